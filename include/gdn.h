@@ -1,0 +1,246 @@
+/* gdn.h: the public interface of gdn, a library for the recurrent half of hybrid
+ * linear-attention models (Gated DeltaNet) on CPUs and CUDA GPUs.
+ * This header is the manual: every declaration says who owns what and for how long. */
+#ifndef GDN_H
+#define GDN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------------------------
+ * Status codes
+ *
+ * Every fallible call returns a gdn_status: GDN_OK (0) on success, a negative code on failure.
+ * The library never aborts or exits on caller input. On failure, gdn_error_detail() gives a
+ * sentence naming what was wrong and what was expected.
+ * ------------------------------------------------------------------------------------------ */
+typedef enum gdn_status {
+#define GDN_STATUS_ITEM(name, value, text) GDN_##name = value,
+#include "gdn_status.def"
+#undef GDN_STATUS_ITEM
+} gdn_status;
+
+/* Short fixed text for a status code ("invalid argument"); static storage, never NULL. */
+const char *gdn_status_string(gdn_status status);
+
+/* Detailed message of the most recent failure on the calling thread, e.g.
+ * "gated_delta_net: v has Hv=30 heads, not a multiple of Hk=16". Thread-local storage owned by
+ * the library, valid until the next gdn call on this thread; "" when nothing failed yet. */
+const char *gdn_error_detail(void);
+
+/* ------------------------------------------------------------------------------------------
+ * Tensors are views: a data pointer, element counts and byte strides, as in ggml.
+ *
+ * ne[0] is the innermost (fastest varying) dimension. Documentation writes shapes outermost
+ * first, as numpy does: q [B,T,Hk,Dk] means ne = {Dk, Hk, T, B}. nb[i] is the distance in bytes
+ * between consecutive elements along dimension i; any values are allowed, so a view can point
+ * into the middle of a larger tensor (a cache slot, a transposed layout). A gdn_tensor never owns
+ * its data.
+ * ------------------------------------------------------------------------------------------ */
+#define GDN_MAX_DIMS 6
+
+typedef enum gdn_dtype {
+    GDN_DTYPE_F32 = 0,
+    GDN_DTYPE_F16 = 1,
+    GDN_DTYPE_BF16 = 2,
+    GDN_DTYPE_I32 = 3,
+    GDN_DTYPE_F64 = 4,
+    GDN_DTYPE_COUNT
+} gdn_dtype;
+
+typedef struct gdn_tensor {
+    void *data;               /* first element; borrowed, never freed by gdn */
+    gdn_dtype dtype;
+    int32_t n_dims;           /* 1..GDN_MAX_DIMS; dims >= n_dims have ne = 1 */
+    int64_t ne[GDN_MAX_DIMS]; /* element counts, innermost first */
+    size_t nb[GDN_MAX_DIMS];  /* byte strides, innermost first */
+} gdn_tensor;
+
+/* Size of one element in bytes (4 for F32); 0 for an unknown dtype. */
+size_t gdn_dtype_size(gdn_dtype dtype);
+
+/* Name as used in safetensors files ("F32", "BF16", ...); "?" for an unknown dtype. */
+const char *gdn_dtype_name(gdn_dtype dtype);
+
+/* A contiguous view of `data` with n_dims dims of counts ne[0..n_dims-1] (innermost first).
+ * Returns the view by value; it borrows `data`. n_dims outside 1..GDN_MAX_DIMS gives n_dims = 0,
+ * which every op rejects. */
+gdn_tensor gdn_tensor_contiguous(void *data, gdn_dtype dtype, int32_t n_dims, const int64_t *ne);
+
+/* Number of elements (product of ne). */
+int64_t gdn_tensor_count(const gdn_tensor *t);
+
+/* Bytes from the first element to one past the last reachable element (0 if empty). */
+size_t gdn_tensor_span(const gdn_tensor *t);
+
+/* 1 if the view is densely packed innermost-first with no gaps, else 0. */
+int gdn_tensor_is_contiguous(const gdn_tensor *t);
+
+/* ------------------------------------------------------------------------------------------
+ * Backends
+ *
+ * A backend runs ops on one device. Tensors passed to a backend's ops must live in memory the
+ * backend can address: host memory for the CPU backend, device memory (from gdn_backend_alloc)
+ * for CUDA. Ops are asynchronous on CUDA (queued on the backend's stream); call
+ * gdn_backend_synchronize before reading results on the host.
+ * ------------------------------------------------------------------------------------------ */
+typedef enum gdn_backend_kind {
+    GDN_BACKEND_CPU = 0,
+    GDN_BACKEND_CUDA = 1
+} gdn_backend_kind;
+
+typedef struct gdn_backend gdn_backend;
+
+typedef struct gdn_backend_options {
+    int32_t n_threads; /* CPU: worker threads; 0 = all online cores */
+    int32_t device;    /* CUDA: device ordinal, default 0 */
+} gdn_backend_options;
+
+/* 1 if the backend was built in and (for CUDA) a usable device is present, else 0.
+ * When 0 and `why` is not NULL, *why points to static text saying why. */
+int gdn_backend_available(gdn_backend_kind kind, const char **why);
+
+/* Create a backend. `options` may be NULL for defaults. On success *out owns the backend;
+ * release it with gdn_backend_free. On failure *out is NULL. */
+gdn_status gdn_backend_init(gdn_backend **out, gdn_backend_kind kind, const gdn_backend_options *options);
+
+/* Release a backend and everything it created except memory from gdn_backend_alloc, which must
+ * be freed first. NULL is a no-op. */
+void gdn_backend_free(gdn_backend *backend);
+
+/* The kind the backend was created as. */
+gdn_backend_kind gdn_backend_kind_of(const gdn_backend *backend);
+
+/* "cpu (avx2, 2 threads)" or "cuda (NVIDIA H100 80GB HBM3, sm_90)". Owned by the backend. */
+const char *gdn_backend_name(const gdn_backend *backend);
+
+/* Allocate `bytes` of backend memory, aligned to at least 256 bytes. *ptr is owned by the caller
+ * and released with gdn_backend_dealloc on the same backend. */
+gdn_status gdn_backend_alloc(gdn_backend *backend, size_t bytes, void **ptr);
+void gdn_backend_dealloc(gdn_backend *backend, void *ptr);
+
+/* Copies between host memory and backend memory, and within backend memory. Synchronous with
+ * respect to the host for upload/download; copy is queued like an op. */
+gdn_status gdn_backend_upload(gdn_backend *backend, void *dst, const void *src_host, size_t bytes);
+gdn_status gdn_backend_download(gdn_backend *backend, void *dst_host, const void *src, size_t bytes);
+gdn_status gdn_backend_copy(gdn_backend *backend, void *dst, const void *src, size_t bytes);
+
+/* Wait until all queued work on the backend is done. */
+gdn_status gdn_backend_synchronize(gdn_backend *backend);
+
+/* Time queued work: start marks a point in the backend's queue, stop marks another, waits for it
+ * and stores the milliseconds between them (CUDA events on CUDA, a monotonic clock on the CPU). */
+gdn_status gdn_backend_timer_start(gdn_backend *backend);
+gdn_status gdn_backend_timer_stop(gdn_backend *backend, double *milliseconds);
+
+/* ------------------------------------------------------------------------------------------
+ * The Gated DeltaNet op
+ *
+ * Per sequence b, value head h, token t (q, k: Dk; v: Dv; g <= 0; beta in [0,1]):
+ *     q, k  <- q / sqrt(|q|^2 + eps), k / sqrt(|k|^2 + eps)   (only when l2norm; eps = 1e-6,
+ *              the form of fla and Hugging Face, with which the Qwen models were trained)
+ *     S     <- exp(g) * S                            S is Dv x Dk, stored [Dv][Dk]
+ *     d     <- beta * (v - S k)                      (S k)[j] = sum_i S[j][i] k[i]
+ *     S     <- S + d k^T                             S[j][i] += d[j] k[i]
+ *     o     <- scale * S q                           scale defaults to 1/sqrt(Dk)
+ * Value head h reads q/k head h % Hk (tiled, ggml/GGUF) or h / (Hv/Hk) (interleaved, Hugging
+ * Face/fla).
+ *
+ * Shapes (outermost first; every input may have any byte strides; dtype F32):
+ *     q, k     [B, T, Hk, Dk]
+ *     v        [B, T, Hv, Dv]
+ *     g, beta  [B, T, Hv]
+ *     state    [B, Hv, Dv, Dk]          initial state of each sequence
+ *     o        [B, T, Hv, Dv]           output, any strides
+ *     states   [N, B, Hv, Dv, Dk]       N = min(T, n_snapshots) snapshots, newest first:
+ *                                       states[s] = state after token T-1-s. Any strides, so the
+ *                                       destination can be a strided view into a state cache.
+ * Requirements: Dk = Dv, Dk in {16, 32, 64, 128, 256}; Hv a multiple of Hk; T >= 1, B >= 1.
+ * Aliasing: `state` may be exactly the view states[s] for one s (same data and strides: an
+ * in-place update of a cache slot, each (b, h) reads its state before writing any snapshot).
+ * Any other overlap of the byte ranges of an output with an input or with the other output is
+ * rejected with GDN_ERROR_OVERLAP.
+ *
+ * Exactness: on one backend, the per-token update runs in one fixed order, so running T tokens
+ * in one call, or one token per call T times, gives bit-identical outputs and states; and a
+ * sequence's results do not depend on B.
+ * ------------------------------------------------------------------------------------------ */
+typedef enum gdn_broadcast {
+    GDN_BROADCAST_TILED = 0,      /* value head h uses q/k head h % Hk */
+    GDN_BROADCAST_INTERLEAVED = 1 /* value head h uses q/k head h / (Hv / Hk) */
+} gdn_broadcast;
+
+typedef struct gdn_gated_delta_net_params {
+    int32_t n_snapshots;     /* K >= 1: how many trailing states to write */
+    gdn_broadcast broadcast;
+    float scale;             /* multiplier of S q; 0 means 1/sqrt(Dk) */
+    int32_t l2norm;          /* 1: L2-normalise q and k inside the op (see above) */
+} gdn_gated_delta_net_params;
+
+/* Defaults: n_snapshots 1, tiled, scale 0 (1/sqrt(Dk)), l2norm 0. */
+gdn_gated_delta_net_params gdn_gated_delta_net_params_default(void);
+
+typedef struct gdn_gated_delta_net_args {
+    gdn_tensor q, k, v, g, beta, state; /* inputs, borrowed */
+    gdn_tensor o, states;               /* outputs, borrowed */
+} gdn_gated_delta_net_args;
+
+/* Run the op on `backend`. Validates every shape, dtype, stride and overlap first; on failure
+ * nothing has been written. */
+gdn_status gdn_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_net_params *params,
+                               const gdn_gated_delta_net_args *args);
+
+/* ------------------------------------------------------------------------------------------
+ * safetensors files
+ *
+ * Reader: the whole file is validated on open (header length, JSON syntax, dtypes, shapes
+ * against byte counts, offsets inside the data section, no overlaps or holes, metadata as
+ * strings); a malformed file gives GDN_ERROR_FORMAT and a detail naming the problem.
+ * ------------------------------------------------------------------------------------------ */
+typedef struct gdn_safetensors gdn_safetensors;
+
+/* Read and validate a file. On success *out owns the contents; free with gdn_safetensors_free. */
+gdn_status gdn_safetensors_open(gdn_safetensors **out, const char *path);
+
+/* The same from memory: `bytes` is copied, so it may be freed after the call. */
+gdn_status gdn_safetensors_parse(gdn_safetensors **out, const void *bytes, size_t n_bytes);
+
+void gdn_safetensors_free(gdn_safetensors *file);
+
+/* Number of tensors, and the name of tensor i (0 <= i < count; NULL otherwise). Names are owned
+ * by the file object. */
+int32_t gdn_safetensors_count(const gdn_safetensors *file);
+const char *gdn_safetensors_name(const gdn_safetensors *file, int32_t index);
+
+/* A contiguous view of the named tensor (shape converted to innermost-first ne). The data is
+ * owned by the file object, aligned to 64 bytes, valid until gdn_safetensors_free.
+ * GDN_ERROR_NOT_FOUND if no such tensor. */
+gdn_status gdn_safetensors_get(const gdn_safetensors *file, const char *name, gdn_tensor *out);
+
+/* Value of a __metadata__ key, or NULL if absent. Owned by the file object. */
+const char *gdn_safetensors_metadata(const gdn_safetensors *file, const char *key);
+
+/* Writer: collect tensors (copied at add time, from any strides) and metadata, then save. */
+typedef struct gdn_safetensors_writer gdn_safetensors_writer;
+
+gdn_status gdn_safetensors_writer_init(gdn_safetensors_writer **out);
+void gdn_safetensors_writer_free(gdn_safetensors_writer *writer);
+
+/* Copy tensor `t` (host memory, any strides) under `name`; duplicate names are rejected. */
+gdn_status gdn_safetensors_writer_add(gdn_safetensors_writer *writer, const char *name, const gdn_tensor *t);
+
+/* Set a __metadata__ string entry (replacing an earlier value of the same key). */
+gdn_status gdn_safetensors_writer_set_metadata(gdn_safetensors_writer *writer, const char *key, const char *value);
+
+/* Write the file. It is written to a temporary name beside `path` and renamed into place, so a
+ * failure never leaves a partial file at `path`. */
+gdn_status gdn_safetensors_writer_save(const gdn_safetensors_writer *writer, const char *path);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* GDN_H */

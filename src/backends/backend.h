@@ -1,0 +1,47 @@
+/* backend.h: the one internal contract every backend implements (cpu/, cuda/), as a table of
+ * function pointers plus a context. Public entry points in src/core/backend.c validate
+ * arguments, then call through this table; backends may assume validated input. */
+#ifndef GDN_BACKEND_H
+#define GDN_BACKEND_H
+
+#include "../core/internal.h"
+#include "../core/gdn_op.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct gdn_backend_ops {
+    gdn_status (*init)(gdn_backend *backend, const gdn_backend_options *options);
+    void (*free)(gdn_backend *backend);
+    gdn_status (*alloc)(gdn_backend *backend, size_t bytes, void **ptr);
+    void (*dealloc)(gdn_backend *backend, void *ptr);
+    gdn_status (*upload)(gdn_backend *backend, void *dst, const void *src_host, size_t bytes);
+    gdn_status (*download)(gdn_backend *backend, void *dst_host, const void *src, size_t bytes);
+    gdn_status (*copy)(gdn_backend *backend, void *dst, const void *src, size_t bytes);
+    gdn_status (*synchronize)(gdn_backend *backend);
+    gdn_status (*timer_start)(gdn_backend *backend);
+    gdn_status (*timer_stop)(gdn_backend *backend, double *milliseconds);
+    /* Arguments validated by gdn_gated_delta_net_check; `shape` holds the sizes it derived. */
+    gdn_status (*gated_delta_net)(gdn_backend *backend, const gdn_gated_delta_net_params *params,
+                                  const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape);
+} gdn_backend_ops;
+
+struct gdn_backend {
+    const gdn_backend_ops *ops;
+    gdn_backend_kind kind;
+    char name[128];  /* filled by the backend's init */
+    void *context;   /* the backend's own state */
+};
+
+/* Availability probes and tables, defined by each backend that is built in. */
+extern const gdn_backend_ops gdn_cpu_backend_ops;
+#ifdef GDN_WITH_CUDA
+extern const gdn_backend_ops gdn_cuda_backend_ops;
+int gdn_cuda_available(const char **why);
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,152 @@
+/* backend.c: public backend entry points; argument checks, then the backend's table. */
+#include "../backends/backend.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const gdn_backend_ops *ops_for(gdn_backend_kind kind)
+{
+    switch (kind) {
+    case GDN_BACKEND_CPU: return &gdn_cpu_backend_ops;
+#ifdef GDN_WITH_CUDA
+    case GDN_BACKEND_CUDA: return &gdn_cuda_backend_ops;
+#endif
+    default: return NULL;
+    }
+}
+
+int gdn_backend_available(gdn_backend_kind kind, const char **why)
+{
+    const char *reason = "unknown backend kind";
+    int ok = 0;
+    switch (kind) {
+    case GDN_BACKEND_CPU:
+        ok = 1;
+        reason = "";
+        break;
+    case GDN_BACKEND_CUDA:
+#ifdef GDN_WITH_CUDA
+        ok = gdn_cuda_available(&reason);
+#else
+        reason = "gdn was built without CUDA (nvcc was not found at configure time)";
+#endif
+        break;
+    }
+    if (why)
+        *why = reason;
+    return ok;
+}
+
+gdn_status gdn_backend_init(gdn_backend **out, gdn_backend_kind kind, const gdn_backend_options *options)
+{
+    gdn_clear_error();
+    if (out == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "backend_init: NULL out");
+    *out = NULL;
+    const char *why = NULL;
+    if (!gdn_backend_available(kind, &why))
+        return gdn_fail(GDN_ERROR_UNSUPPORTED, "backend_init: %s", why);
+    gdn_backend_options defaults = {0, 0};
+    if (options == NULL)
+        options = &defaults;
+    if (options->n_threads < 0)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "backend_init: n_threads=%d, expected >= 0",
+                        (int)options->n_threads);
+    gdn_backend *b = calloc(1, sizeof *b);
+    if (b == NULL)
+        return gdn_fail(GDN_ERROR_OUT_OF_MEMORY, "backend_init: cannot allocate backend");
+    b->ops = ops_for(kind);
+    b->kind = kind;
+    gdn_status st = b->ops->init(b, options);
+    if (st != GDN_OK) {
+        free(b);
+        return st;
+    }
+    *out = b;
+    return GDN_OK;
+}
+
+void gdn_backend_free(gdn_backend *backend)
+{
+    if (backend == NULL)
+        return;
+    backend->ops->free(backend);
+    free(backend);
+}
+
+gdn_backend_kind gdn_backend_kind_of(const gdn_backend *backend)
+{
+    return backend ? backend->kind : GDN_BACKEND_CPU;
+}
+
+const char *gdn_backend_name(const gdn_backend *backend)
+{
+    return backend ? backend->name : "(null)";
+}
+
+gdn_status gdn_backend_alloc(gdn_backend *backend, size_t bytes, void **ptr)
+{
+    gdn_clear_error();
+    if (backend == NULL || ptr == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "backend_alloc: NULL argument");
+    *ptr = NULL;
+    return backend->ops->alloc(backend, bytes ? bytes : 1, ptr);
+}
+
+void gdn_backend_dealloc(gdn_backend *backend, void *ptr)
+{
+    if (backend != NULL && ptr != NULL)
+        backend->ops->dealloc(backend, ptr);
+}
+
+#define CHECK_COPY_ARGS(what)                                                           \
+    do {                                                                                \
+        gdn_clear_error();                                                              \
+        if (backend == NULL || ((dst == NULL || src == NULL) && bytes != 0))            \
+            return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, what ": NULL argument");        \
+        if (bytes == 0)                                                                 \
+            return GDN_OK;                                                              \
+    } while (0)
+
+gdn_status gdn_backend_upload(gdn_backend *backend, void *dst, const void *src, size_t bytes)
+{
+    CHECK_COPY_ARGS("backend_upload");
+    return backend->ops->upload(backend, dst, src, bytes);
+}
+
+gdn_status gdn_backend_download(gdn_backend *backend, void *dst, const void *src, size_t bytes)
+{
+    CHECK_COPY_ARGS("backend_download");
+    return backend->ops->download(backend, dst, src, bytes);
+}
+
+gdn_status gdn_backend_copy(gdn_backend *backend, void *dst, const void *src, size_t bytes)
+{
+    CHECK_COPY_ARGS("backend_copy");
+    return backend->ops->copy(backend, dst, src, bytes);
+}
+
+gdn_status gdn_backend_synchronize(gdn_backend *backend)
+{
+    gdn_clear_error();
+    if (backend == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "backend_synchronize: NULL backend");
+    return backend->ops->synchronize(backend);
+}
+
+gdn_status gdn_backend_timer_start(gdn_backend *backend)
+{
+    gdn_clear_error();
+    if (backend == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "backend_timer_start: NULL backend");
+    return backend->ops->timer_start(backend);
+}
+
+gdn_status gdn_backend_timer_stop(gdn_backend *backend, double *milliseconds)
+{
+    gdn_clear_error();
+    if (backend == NULL || milliseconds == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "backend_timer_stop: NULL argument");
+    return backend->ops->timer_stop(backend, milliseconds);
+}

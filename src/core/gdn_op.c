@@ -1,0 +1,162 @@
+/* gdn_op.c: parameters, validation and dispatch of the Gated DeltaNet op. Every check that a
+ * caller can fail lives here, once, so that backends and the reference see only valid input. */
+#include "gdn_op.h"
+#include "../backends/backend.h"
+
+#include <math.h>
+#include <string.h>
+
+gdn_gated_delta_net_params gdn_gated_delta_net_params_default(void)
+{
+    gdn_gated_delta_net_params p;
+    p.n_snapshots = 1;
+    p.broadcast = GDN_BROADCAST_TILED;
+    p.scale = 0.0f;
+    p.l2norm = 0;
+    return p;
+}
+
+/* Check that `t` is a view of dtype `dtype` with exactly the counts `ne` (innermost first). */
+static gdn_status check_tensor(const char *name, const gdn_tensor *t, gdn_dtype dtype, int n_dims,
+                               const int64_t *ne)
+{
+    if (t->data == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net: %s has no data pointer", name);
+    if (t->dtype != dtype)
+        return gdn_fail(GDN_ERROR_TYPE, "gated_delta_net: %s is %s, expected %s", name,
+                        gdn_dtype_name(t->dtype), gdn_dtype_name(dtype));
+    if (t->n_dims < 1 || t->n_dims > GDN_MAX_DIMS)
+        return gdn_fail(GDN_ERROR_SHAPE, "gated_delta_net: %s has n_dims=%d", name, (int)t->n_dims);
+    for (int i = 0; i < GDN_MAX_DIMS; i++) {
+        int64_t want = i < n_dims ? ne[i] : 1;
+        if (t->ne[i] != want)
+            return gdn_fail(GDN_ERROR_SHAPE,
+                            "gated_delta_net: %s has ne[%d]=%lld (innermost-first), expected %lld",
+                            name, i, (long long)t->ne[i], (long long)want);
+        if (t->nb[i] % gdn_dtype_size(dtype) != 0)
+            return gdn_fail(GDN_ERROR_SHAPE,
+                            "gated_delta_net: %s has byte stride nb[%d]=%zu, not a multiple of %zu",
+                            name, i, t->nb[i], gdn_dtype_size(dtype));
+    }
+    if ((uintptr_t)t->data % gdn_dtype_size(dtype) != 0)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net: %s data is not %zu-byte aligned",
+                        name, gdn_dtype_size(dtype));
+    return GDN_OK;
+}
+
+static int same_view(const gdn_tensor *a, const gdn_tensor *b)
+{
+    if (a->data != b->data)
+        return 0;
+    for (int i = 0; i < 4; i++)
+        if (a->ne[i] != b->ne[i] || a->nb[i] != b->nb[i])
+            return 0;
+    return 1;
+}
+
+gdn_status gdn_gated_delta_net_check(const gdn_gated_delta_net_params *params,
+                                     const gdn_gated_delta_net_args *args, gdn_dtype output_dtype,
+                                     gdn_gdn_shape *shape)
+{
+    if (params == NULL || args == NULL || shape == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net: NULL params or args");
+    if (params->n_snapshots < 1)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net: n_snapshots=%d, expected >= 1",
+                        (int)params->n_snapshots);
+    if (params->broadcast != GDN_BROADCAST_TILED && params->broadcast != GDN_BROADCAST_INTERLEAVED)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net: unknown broadcast rule %d",
+                        (int)params->broadcast);
+    if (params->l2norm != 0 && params->l2norm != 1)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net: l2norm=%d, expected 0 or 1",
+                        (int)params->l2norm);
+    if (!isfinite(params->scale) || params->scale < 0.0f)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT,
+                        "gated_delta_net: scale=%g, expected a finite value >= 0 (0 = 1/sqrt(Dk))",
+                        (double)params->scale);
+
+    /* Sizes come from q and v; everything else is checked against them. */
+    const gdn_tensor *q = &args->q, *v = &args->v;
+    if (q->n_dims != 4 || v->n_dims != 4)
+        return gdn_fail(GDN_ERROR_SHAPE, "gated_delta_net: q and v must have 4 dims [B,T,H,D], got %d and %d",
+                        (int)q->n_dims, (int)v->n_dims);
+    int64_t D = q->ne[0], Hk = q->ne[1], T = q->ne[2], B = q->ne[3];
+    int64_t Hv = v->ne[1];
+    if (D != 16 && D != 32 && D != 64 && D != 128 && D != 256)
+        return gdn_fail(GDN_ERROR_SHAPE, "gated_delta_net: Dk=%lld, expected 16, 32, 64, 128 or 256",
+                        (long long)D);
+    if (v->ne[0] != D)
+        return gdn_fail(GDN_ERROR_SHAPE, "gated_delta_net: Dv=%lld differs from Dk=%lld (Dk = Dv required)",
+                        (long long)v->ne[0], (long long)D);
+    if (Hk < 1 || Hv < 1 || Hv % Hk != 0)
+        return gdn_fail(GDN_ERROR_SHAPE, "gated_delta_net: v has Hv=%lld heads, not a multiple of Hk=%lld",
+                        (long long)Hv, (long long)Hk);
+    if (T < 1 || B < 1)
+        return gdn_fail(GDN_ERROR_SHAPE, "gated_delta_net: T=%lld and B=%lld must be >= 1",
+                        (long long)T, (long long)B);
+    int64_t n_write = T < params->n_snapshots ? T : params->n_snapshots;
+
+    const int64_t ne_qk[4] = {D, Hk, T, B};
+    const int64_t ne_v[4] = {D, Hv, T, B};
+    const int64_t ne_gate[3] = {Hv, T, B};
+    const int64_t ne_state[4] = {D, D, Hv, B};
+    const int64_t ne_states[5] = {D, D, Hv, B, n_write};
+    gdn_status st;
+    if ((st = check_tensor("q", &args->q, GDN_DTYPE_F32, 4, ne_qk)) != GDN_OK ||
+        (st = check_tensor("k", &args->k, GDN_DTYPE_F32, 4, ne_qk)) != GDN_OK ||
+        (st = check_tensor("v", &args->v, GDN_DTYPE_F32, 4, ne_v)) != GDN_OK ||
+        (st = check_tensor("g", &args->g, GDN_DTYPE_F32, 3, ne_gate)) != GDN_OK ||
+        (st = check_tensor("beta", &args->beta, GDN_DTYPE_F32, 3, ne_gate)) != GDN_OK ||
+        (st = check_tensor("state", &args->state, GDN_DTYPE_F32, 4, ne_state)) != GDN_OK ||
+        (st = check_tensor("o", &args->o, output_dtype, 4, ne_v)) != GDN_OK ||
+        (st = check_tensor("states", &args->states, output_dtype, 5, ne_states)) != GDN_OK)
+        return st;
+
+    /* Outputs must not overlap inputs or each other, except state == states[s] exactly. */
+    int64_t alias = -1;
+    for (int64_t s = 0; s < n_write && output_dtype == GDN_DTYPE_F32; s++) {
+        gdn_tensor snap = args->states;
+        snap.data = (char *)snap.data + (size_t)s * snap.nb[4];
+        if (same_view(&snap, &args->state)) {
+            alias = s;
+            break;
+        }
+    }
+    const gdn_tensor *inputs[6] = {&args->q, &args->k, &args->v, &args->g, &args->beta, &args->state};
+    const char *input_names[6] = {"q", "k", "v", "g", "beta", "state"};
+    const gdn_tensor *outputs[2] = {&args->o, &args->states};
+    const char *output_names[2] = {"o", "states"};
+    for (int o = 0; o < 2; o++)
+        for (int i = 0; i < 6; i++) {
+            if (o == 1 && i == 5 && alias >= 0)
+                continue;
+            if (gdn_tensor_ranges_overlap(outputs[o], inputs[i]))
+                return gdn_fail(GDN_ERROR_OVERLAP,
+                                "gated_delta_net: output %s overlaps input %s (only state == states[s] "
+                                "exactly may alias)", output_names[o], input_names[i]);
+        }
+    if (gdn_tensor_ranges_overlap(&args->o, &args->states))
+        return gdn_fail(GDN_ERROR_OVERLAP, "gated_delta_net: outputs o and states overlap");
+
+    shape->B = B;
+    shape->T = T;
+    shape->Hk = Hk;
+    shape->Hv = Hv;
+    shape->D = D;
+    shape->n_write = n_write;
+    shape->state_alias = alias;
+    shape->scale = params->scale != 0.0f ? params->scale : (float)(1.0 / sqrt((double)D));
+    return GDN_OK;
+}
+
+gdn_status gdn_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_net_params *params,
+                               const gdn_gated_delta_net_args *args)
+{
+    gdn_clear_error();
+    if (backend == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net: NULL backend");
+    gdn_gdn_shape shape;
+    gdn_status st = gdn_gated_delta_net_check(params, args, GDN_DTYPE_F32, &shape);
+    if (st != GDN_OK)
+        return st;
+    return backend->ops->gated_delta_net(backend, params, args, &shape);
+}

@@ -1,0 +1,165 @@
+/* harness.c: shared test support (see harness.h). */
+#include "harness.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+int test_passed, test_failed;
+
+void test_check_at(int ok, const char *file, int line, const char *format, ...)
+{
+    if (ok) {
+        test_passed++;
+        return;
+    }
+    test_failed++;
+    fprintf(stderr, "FAIL %s:%d: ", file, line);
+    va_list args;
+    va_start(args, format);
+    vfprintf(stderr, format, args);
+    va_end(args);
+    fputc('\n', stderr);
+}
+
+int test_finish(const char *program)
+{
+    printf("%s: %d passed, %d failed\n", program, test_passed, test_failed);
+    return test_failed == 0 && test_passed > 0 ? 0 : 1;
+}
+
+static uint64_t splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+void test_rng_seed(test_rng *rng, uint64_t seed)
+{
+    for (int i = 0; i < 4; i++)
+        rng->s[i] = splitmix64(&seed);
+}
+
+static uint64_t rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+uint64_t test_rng_next(test_rng *rng)
+{
+    uint64_t *s = rng->s;
+    uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+double test_rng_uniform(test_rng *rng, double lo, double hi)
+{
+    return lo + (hi - lo) * (double)(test_rng_next(rng) >> 11) * 0x1.0p-53;
+}
+
+double test_rng_normal(test_rng *rng)
+{
+    double u = test_rng_uniform(rng, 1e-300, 1.0), w = test_rng_uniform(rng, 0.0, 1.0);
+    return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * w);
+}
+
+int test_backends_open(test_backend *list, int max)
+{
+    int n = 0;
+    /* The CPU backend once per SIMD level, forced through GDN_CPU_SIMD. */
+    static const char *levels[] = {"scalar", "avx2", "avx512"};
+    static const char *labels[] = {"cpu/scalar", "cpu/avx2", "cpu/avx512"};
+    for (int i = 0; i < 3 && n < max; i++) {
+        setenv("GDN_CPU_SIMD", levels[i], 1);
+        gdn_backend *b = NULL;
+        if (gdn_backend_init(&b, GDN_BACKEND_CPU, NULL) == GDN_OK) {
+            list[n].backend = b;
+            list[n].label = labels[i];
+            n++;
+        } else {
+            printf("%s: skipped (%s)\n", labels[i], gdn_error_detail());
+        }
+    }
+    unsetenv("GDN_CPU_SIMD");
+    const char *why = NULL;
+    if (n < max && gdn_backend_available(GDN_BACKEND_CUDA, &why)) {
+        gdn_backend *b = NULL;
+        gdn_status st = gdn_backend_init(&b, GDN_BACKEND_CUDA, NULL);
+        CHECK(st == GDN_OK, "cuda backend init: %s", gdn_error_detail());
+        if (st == GDN_OK) {
+            list[n].backend = b;
+            list[n].label = "cuda";
+            n++;
+        }
+    } else {
+        printf("cuda: skipped (%s)\n", why ? why : "no room");
+    }
+    for (int i = 0; i < n; i++)
+        printf("backend %s: %s\n", list[i].label, gdn_backend_name(list[i].backend));
+    return n;
+}
+
+void test_backends_close(test_backend *list, int n)
+{
+    for (int i = 0; i < n; i++)
+        gdn_backend_free(list[i].backend);
+}
+
+int test_buffer_alloc(test_buffer *buf, gdn_backend *backend, size_t bytes)
+{
+    size_t total = bytes + 2 * TEST_GUARD_BYTES;
+    buf->backend = backend;
+    buf->bytes = bytes;
+    buf->base = NULL;
+    void *base = NULL;
+    if (gdn_backend_alloc(backend, total, &base) != GDN_OK)
+        return 0;
+    buf->base = base;
+    unsigned char *fill = malloc(total);
+    if (fill == NULL)
+        return 0;
+    memset(fill, 0xFF, total);
+    int ok = gdn_backend_upload(backend, base, fill, total) == GDN_OK;
+    free(fill);
+    return ok;
+}
+
+void test_buffer_free(test_buffer *buf)
+{
+    if (buf->base)
+        gdn_backend_dealloc(buf->backend, buf->base);
+    buf->base = NULL;
+}
+
+void *test_buffer_data(const test_buffer *buf)
+{
+    return buf->base + TEST_GUARD_BYTES;
+}
+
+int test_buffer_upload(test_buffer *buf, const void *host, size_t bytes)
+{
+    return gdn_backend_upload(buf->backend, test_buffer_data(buf), host, bytes) == GDN_OK;
+}
+
+int test_buffer_download(const test_buffer *buf, void *host)
+{
+    size_t total = buf->bytes + 2 * TEST_GUARD_BYTES;
+    unsigned char *all = malloc(total);
+    if (all == NULL)
+        return 0;
+    int ok = gdn_backend_download(buf->backend, all, buf->base, total) == GDN_OK;
+    memcpy(host, all + TEST_GUARD_BYTES, buf->bytes);
+    for (size_t i = 0; ok && i < TEST_GUARD_BYTES; i++)
+        ok = all[i] == 0xFF && all[TEST_GUARD_BYTES + buf->bytes + i] == 0xFF;
+    free(all);
+    return ok;
+}

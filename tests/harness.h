@@ -1,0 +1,56 @@
+/* harness.h: what every test program shares: check counting, a seeded random generator,
+ * the list of backends present, and backend buffers wrapped in guard regions. */
+#ifndef GDN_TEST_HARNESS_H
+#define GDN_TEST_HARNESS_H
+
+#include "gdn.h"
+
+#include <stdint.h>
+#include <stdio.h>
+
+/* ---- checks: count, print failures with file:line, summarise in test_finish() ---- */
+extern int test_passed, test_failed;
+void test_check_at(int ok, const char *file, int line, const char *format, ...)
+    __attribute__((format(printf, 4, 5)));
+#define CHECK(cond, ...) test_check_at((cond) ? 1 : 0, __FILE__, __LINE__, __VA_ARGS__)
+/* Prints "N passed, M failed" and returns the process exit code (0 only if nothing failed). */
+int test_finish(const char *program);
+
+/* ---- random numbers: xoshiro256**, seeded, reproducible on every machine ---- */
+typedef struct test_rng {
+    uint64_t s[4];
+} test_rng;
+void test_rng_seed(test_rng *rng, uint64_t seed);
+uint64_t test_rng_next(test_rng *rng);
+double test_rng_uniform(test_rng *rng, double lo, double hi); /* [lo, hi) */
+double test_rng_normal(test_rng *rng);                        /* mean 0, sd 1 */
+
+/* ---- backends present in this build and on this machine ---- */
+typedef struct test_backend {
+    gdn_backend *backend;
+    const char *label; /* "cpu", "cpu/scalar", "cuda" */
+} test_backend;
+/* Fills up to `max` backends: CPU with each SIMD level this machine supports, and CUDA when
+ * available; prints one "skipped: why" line for each absent one. Returns the count. */
+int test_backends_open(test_backend *list, int max);
+void test_backends_close(test_backend *list, int n);
+
+/* ---- backend buffers with guard regions ----
+ * The usable bytes sit between two guards. Everything (guards and usable bytes) starts filled
+ * with 0xFF (a NaN pattern for floats), so unwritten outputs and stray writes both show. */
+typedef struct test_buffer {
+    gdn_backend *backend;
+    unsigned char *base; /* backend memory: guard | usable | guard */
+    size_t bytes;        /* usable bytes */
+} test_buffer;
+#define TEST_GUARD_BYTES 256
+int test_buffer_alloc(test_buffer *buf, gdn_backend *backend, size_t bytes);
+void test_buffer_free(test_buffer *buf);
+void *test_buffer_data(const test_buffer *buf);
+/* Copy host bytes into the usable region (bytes <= buf->bytes). */
+int test_buffer_upload(test_buffer *buf, const void *host, size_t bytes);
+/* Download the usable region into `host` (buf->bytes bytes); return 1 if both guards are
+ * intact, else 0. */
+int test_buffer_download(const test_buffer *buf, void *host);
+
+#endif

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# test_cli.sh GDN TEST_GOLDEN GOLDEN_DIR: the gdn command's op and help paths. Good input gives
+# the golden result; every kind of bad input gives a message on stderr, a non-zero exit and no
+# output file.
+set -u
+gdn=$1 test_golden=$2 golden_dir=$3
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+passed=0 failed=0
+ok()   { passed=$((passed + 1)); }
+fail() { failed=$((failed + 1)); echo "FAIL: $*" >&2; }
+
+golden=$golden_dir/gdn_golden_interleaved_l2.safetensors
+
+# help tells the truth about the commands
+"$gdn" --help >"$work/help" 2>&1 && grep -q 'gdn bench' "$work/help" && grep -q 'gdn op' "$work/help" \
+  && ok || fail "gdn --help"
+"$gdn" op --help >"$work/help" 2>&1 && grep -q 'broadcast' "$work/help" && ok || fail "gdn op --help"
+"$gdn" bench --help >"$work/help" 2>&1 && grep -q -- '--json' "$work/help" && ok || fail "gdn bench --help"
+"$gdn" frobnicate >/dev/null 2>&1 && fail "unknown command accepted" || ok
+
+# good input on the CPU backend matches the golden vectors
+if "$gdn" op gated_delta_net --in "$golden" --out "$work/out.safetensors" --backend cpu; then
+  "$test_golden" --compare "$work/out.safetensors" "$golden" && ok || fail "cpu output differs from golden"
+else
+  fail "gdn op on a golden file"
+fi
+
+# bad input: derived files written with python's standard library only
+python3 - "$golden" "$work" <<'PY'
+import json, struct, sys
+src, work = sys.argv[1], sys.argv[2]
+raw = open(src, "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+header = json.loads(raw[8:8 + n]); data = raw[8 + n:]
+
+def write(name, header, tensors):
+    """tensors: dict name -> (dtype, shape, bytes), laid out in order"""
+    h, blob = {}, b""
+    if "__metadata__" in header:
+        h["__metadata__"] = header["__metadata__"]
+    for key, (dtype, shape, b) in tensors.items():
+        h[key] = {"dtype": dtype, "shape": shape, "data_offsets": [len(blob), len(blob) + len(b)]}
+        blob += b
+    text = json.dumps(h).encode()
+    text += b" " * (-len(text) % 8)
+    open(f"{work}/{name}.safetensors", "wb").write(struct.pack("<Q", len(text)) + text + blob)
+
+tensors = {k: (v["dtype"], v["shape"], data[v["data_offsets"][0]:v["data_offsets"][1]])
+           for k, v in header.items() if k != "__metadata__"}
+meta = header["__metadata__"]
+write("missing_q", header, {k: v for k, v in tensors.items() if k != "q"})
+t = dict(tensors); t["q"] = ("I32",) + t["q"][1:]; write("q_i32", header, t)
+t = dict(tensors); s = t["q"][1]; t["q"] = ("F32", [s[1], s[0]] + s[2:], t["q"][2]); write("q_swapped", header, t)
+t = dict(tensors); s = t["g"][1]; t["g"] = ("F32", [s[0] * s[1], s[2]], t["g"][2]); write("g_2dims", header, t)
+for key, value in [("K", "zero"), ("K", "0"), ("broadcast", "diagonal"), ("l2norm", "2"), ("scale", "-1")]:
+    h = dict(header); h["__metadata__"] = dict(meta, **{key: value}); write(f"meta_{key}_{value}", h, tensors)
+open(f"{work}/garbage.safetensors", "wb").write(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+open(f"{work}/truncated.safetensors", "wb").write(raw[: len(raw) // 2])
+PY
+[ $? -eq 0 ] || { fail "could not derive the bad input files"; echo "test_cli: $passed passed, $failed failed"; exit 1; }
+for bad in "$work"/missing_q "$work"/q_i32 "$work"/q_swapped "$work"/g_2dims "$work"/meta_* \
+           "$work"/garbage "$work"/truncated "$work"/does_not_exist; do
+  bad=${bad%.safetensors}
+  out=$work/out_$(basename "$bad").safetensors
+  if "$gdn" op gated_delta_net --in "$bad.safetensors" --out "$out" --backend cpu 2>"$work/err"; then
+    fail "$(basename "$bad"): accepted"
+  elif [ ! -s "$work/err" ]; then
+    fail "$(basename "$bad"): no message"
+  elif [ -e "$out" ]; then
+    fail "$(basename "$bad"): output file left behind"
+  else
+    ok; echo "rejected $(basename "$bad"): $(head -c 160 "$work/err")"
+  fi
+done
+"$gdn" op gated_delta_net --in "$golden" --out "$work/x.safetensors" --backend tpu 2>/dev/null \
+  && fail "unknown backend accepted" || ok
+"$gdn" op gated_delta_net --in "$golden" --out "$work/nodir/x.safetensors" --backend cpu 2>/dev/null \
+  && fail "unwritable output accepted" || ok
+
+echo "test_cli: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,575 @@
+/* test_gdn_op.c: the Gated DeltaNet op on every backend present against the float64 reference,
+ * from a table of cases (odd sizes, both broadcast rules, K above and below T, non-contiguous
+ * layouts, guard regions); then the exactness contract (one call of T tokens equals T calls of
+ * one token, bit for bit; batch and thread-count invariance); then rejected input. */
+#include "harness.h"
+#include "core/gdn_op.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* How every tensor of a case is laid out in memory. */
+typedef enum layout {
+    LAYOUT_CONTIGUOUS,
+    LAYOUT_PADDED,       /* gaps of 4 floats after every row and plane: 16-byte aligned rows */
+    LAYOUT_PADDED_ODD,   /* gaps of 3 floats: rows lose 16-byte alignment */
+    LAYOUT_PERMUTED,     /* dims 1 and 2 swapped in memory (e.g. q stored [B,Hk,T,Dk]) */
+    LAYOUT_SPACED_INNER, /* innermost stride 2 floats */
+} layout;
+
+static const char *layout_names[] = {"contiguous", "padded", "padded-odd", "permuted", "spaced-inner"};
+
+typedef struct op_case {
+    int B, T, Hk, Hv, D, K;
+    gdn_broadcast broadcast;
+    int l2norm;
+    float scale; /* 0: default 1/sqrt(D) */
+    layout lay;
+    double qk_magnitude; /* 0: unit scale; else q and k scaled to this size (the l2norm eps regime) */
+} op_case;
+
+static const op_case cases[] = {
+    /* B  T Hk Hv   D  K  broadcast                  l2 scale lay */
+    {1, 1, 1, 1, 16, 1, GDN_BROADCAST_TILED, 0, 0.f, LAYOUT_CONTIGUOUS, 0},
+    {3, 7, 2, 6, 32, 4, GDN_BROADCAST_TILED, 0, 0.f, LAYOUT_CONTIGUOUS, 0},        /* Hv/Hk = 3, K < T */
+    {3, 7, 2, 6, 32, 4, GDN_BROADCAST_INTERLEAVED, 0, 0.f, LAYOUT_CONTIGUOUS, 0},
+    {2, 3, 1, 3, 64, 5, GDN_BROADCAST_INTERLEAVED, 1, 0.f, LAYOUT_CONTIGUOUS, 0},  /* K > T */
+    {2, 4, 2, 4, 128, 4, GDN_BROADCAST_TILED, 1, 0.f, LAYOUT_CONTIGUOUS, 0},       /* MTP verify shape */
+    {1, 1, 4, 8, 128, 1, GDN_BROADCAST_TILED, 0, 0.f, LAYOUT_CONTIGUOUS, 0},       /* decode */
+    {2, 2, 1, 2, 256, 2, GDN_BROADCAST_TILED, 1, 0.5f, LAYOUT_CONTIGUOUS, 0},
+    {3, 7, 2, 6, 16, 3, GDN_BROADCAST_INTERLEAVED, 1, 0.f, LAYOUT_PADDED, 0},
+    {3, 5, 1, 3, 128, 2, GDN_BROADCAST_TILED, 0, 0.f, LAYOUT_PADDED, 0},
+    {2, 5, 3, 9, 64, 6, GDN_BROADCAST_TILED, 1, 0.f, LAYOUT_PADDED_ODD, 0},
+    {2, 6, 2, 4, 128, 3, GDN_BROADCAST_INTERLEAVED, 0, 0.f, LAYOUT_PERMUTED, 0},
+    {3, 3, 1, 3, 32, 1, GDN_BROADCAST_TILED, 1, 0.f, LAYOUT_PERMUTED, 0},
+    {2, 4, 2, 2, 64, 2, GDN_BROADCAST_INTERLEAVED, 0, 0.25f, LAYOUT_SPACED_INNER, 0},
+    {1, 9, 1, 2, 128, 9, GDN_BROADCAST_TILED, 1, 0.f, LAYOUT_SPACED_INNER, 0},
+    {5, 1, 16, 32, 128, 1, GDN_BROADCAST_TILED, 1, 0.f, LAYOUT_CONTIGUOUS, 0},     /* Qwen3.6 heads */
+    /* |q|^2, |k|^2 near the eps of the l2norm (1e-6): its exact form matters */
+    {2, 3, 1, 2, 16, 2, GDN_BROADCAST_TILED, 1, 0.f, LAYOUT_CONTIGUOUS, 2e-4},
+    {1, 2, 2, 4, 128, 2, GDN_BROADCAST_INTERLEAVED, 1, 0.f, LAYOUT_PADDED, 1e-4},
+};
+
+/* ---------------------------------------------------------------------------------------------
+ * Host-side views with a chosen layout, and the buffers behind them
+ * ------------------------------------------------------------------------------------------- */
+
+/* Strides for counts ne[0..n) (innermost first) under a layout; returns the bytes to allocate. */
+static size_t make_strides(layout lay, int n, const int64_t *ne, size_t elem, size_t *nb)
+{
+    int order[GDN_MAX_DIMS];
+    for (int i = 0; i < n; i++)
+        order[i] = i;
+    if (lay == LAYOUT_PERMUTED && n >= 3) {
+        order[1] = 2;
+        order[2] = 1;
+    }
+    size_t pad = lay == LAYOUT_PADDED ? 4 : lay == LAYOUT_PADDED_ODD ? 3 : 0;
+    size_t stride = elem * (lay == LAYOUT_SPACED_INNER ? 2 : 1);
+    for (int i = 0; i < n; i++) {
+        int d = order[i];
+        nb[d] = stride;
+        stride = stride * (size_t)ne[d] + (i + 1 < n ? pad * elem : 0);
+    }
+    return stride;
+}
+
+/* One tensor of a case: a host copy and, when `backend` is set, a guarded backend buffer. */
+typedef struct tensor_buffer {
+    gdn_tensor host; /* view into host_bytes */
+    unsigned char *host_bytes;
+    size_t bytes;
+    test_buffer device;
+} tensor_buffer;
+
+static int tensor_buffer_init(tensor_buffer *tb, layout lay, gdn_dtype dtype, int n, const int64_t *ne)
+{
+    memset(tb, 0, sizeof *tb);
+    tb->host = gdn_tensor_contiguous(NULL, dtype, n, ne);
+    tb->bytes = make_strides(lay, n, ne, gdn_dtype_size(dtype), tb->host.nb);
+    tb->host_bytes = malloc(tb->bytes);
+    if (tb->host_bytes == NULL)
+        return 0;
+    memset(tb->host_bytes, 0xFF, tb->bytes); /* gaps hold NaN: reading them poisons results */
+    tb->host.data = tb->host_bytes;
+    return 1;
+}
+
+static void tensor_buffer_free(tensor_buffer *tb)
+{
+    free(tb->host_bytes);
+    test_buffer_free(&tb->device);
+}
+
+/* Byte offset of element index idx[0..5] in a view. */
+static size_t offset_of(const gdn_tensor *t, const int64_t *idx)
+{
+    size_t off = 0;
+    for (int i = 0; i < GDN_MAX_DIMS; i++)
+        off += (size_t)idx[i] * t->nb[i];
+    return off;
+}
+
+/* Advance a multi-index over t's counts; returns 0 after the last element. */
+static int next_index(const gdn_tensor *t, int64_t *idx)
+{
+    for (int i = 0; i < GDN_MAX_DIMS; i++) {
+        if (++idx[i] < t->ne[i])
+            return 1;
+        idx[i] = 0;
+    }
+    return 0;
+}
+
+/* The backend's view of a tensor: same strides, data in the guarded backend buffer. */
+static gdn_tensor device_view(const tensor_buffer *tb)
+{
+    gdn_tensor t = tb->host;
+    t.data = test_buffer_data(&tb->device);
+    return t;
+}
+
+static int upload(tensor_buffer *tb, gdn_backend *backend)
+{
+    return test_buffer_alloc(&tb->device, backend, tb->bytes) &&
+           test_buffer_upload(&tb->device, tb->host_bytes, tb->bytes);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Inputs of a case, with realistic ranges
+ * ------------------------------------------------------------------------------------------- */
+enum { Q, K_, V, G, BETA, STATE, O, STATES, N_TENSORS };
+
+typedef struct op_tensors {
+    tensor_buffer t[N_TENSORS];
+} op_tensors;
+
+static void fill(tensor_buffer *tb, test_rng *rng, int what, int D, int l2norm, double qk_magnitude)
+{
+    int64_t idx[GDN_MAX_DIMS] = {0};
+    do {
+        double x;
+        switch (what) {
+        case G: x = -exp(test_rng_uniform(rng, log(1e-4), log(20.0))); break; /* [-20, -1e-4] */
+        case BETA: x = test_rng_uniform(rng, 0.0, 1.0); break;
+        case K_: x = test_rng_normal(rng) / (l2norm ? 1.0 : sqrt((double)D)); break; /* |k| ~ 1 */
+        case STATE: x = 0.1 * test_rng_normal(rng); break;
+        default: x = test_rng_normal(rng); break;
+        }
+        if ((what == Q || what == K_) && qk_magnitude > 0)
+            x *= qk_magnitude;
+        *(float *)(tb->host_bytes + offset_of(&tb->host, idx)) = (float)x;
+    } while (next_index(&tb->host, idx));
+}
+
+static int op_tensors_init(op_tensors *ts, const op_case *c, test_rng *rng)
+{
+    const int64_t D = c->D, N = c->T < c->K ? c->T : c->K;
+    const int64_t ne_qk[] = {D, c->Hk, c->T, c->B}, ne_v[] = {D, c->Hv, c->T, c->B};
+    const int64_t ne_gate[] = {c->Hv, c->T, c->B}, ne_state[] = {D, D, c->Hv, c->B};
+    const int64_t ne_states[] = {D, D, c->Hv, c->B, N};
+    int ok = tensor_buffer_init(&ts->t[Q], c->lay, GDN_DTYPE_F32, 4, ne_qk) &&
+             tensor_buffer_init(&ts->t[K_], c->lay, GDN_DTYPE_F32, 4, ne_qk) &&
+             tensor_buffer_init(&ts->t[V], c->lay, GDN_DTYPE_F32, 4, ne_v) &&
+             tensor_buffer_init(&ts->t[G], c->lay, GDN_DTYPE_F32, 3, ne_gate) &&
+             tensor_buffer_init(&ts->t[BETA], c->lay, GDN_DTYPE_F32, 3, ne_gate) &&
+             tensor_buffer_init(&ts->t[STATE], c->lay, GDN_DTYPE_F32, 4, ne_state) &&
+             tensor_buffer_init(&ts->t[O], c->lay, GDN_DTYPE_F32, 4, ne_v) &&
+             tensor_buffer_init(&ts->t[STATES], c->lay, GDN_DTYPE_F32, 5, ne_states);
+    if (!ok)
+        return 0;
+    for (int i = Q; i <= STATE; i++)
+        fill(&ts->t[i], rng, i, c->D, c->l2norm, c->qk_magnitude);
+    return 1;
+}
+
+static void op_tensors_free(op_tensors *ts)
+{
+    for (int i = 0; i < N_TENSORS; i++)
+        tensor_buffer_free(&ts->t[i]);
+}
+
+static gdn_gated_delta_net_args device_args(const op_tensors *ts)
+{
+    gdn_gated_delta_net_args a;
+    a.q = device_view(&ts->t[Q]);
+    a.k = device_view(&ts->t[K_]);
+    a.v = device_view(&ts->t[V]);
+    a.g = device_view(&ts->t[G]);
+    a.beta = device_view(&ts->t[BETA]);
+    a.state = device_view(&ts->t[STATE]);
+    a.o = device_view(&ts->t[O]);
+    a.states = device_view(&ts->t[STATES]);
+    return a;
+}
+
+static gdn_gated_delta_net_params case_params(const op_case *c)
+{
+    gdn_gated_delta_net_params p = gdn_gated_delta_net_params_default();
+    p.n_snapshots = c->K;
+    p.broadcast = c->broadcast;
+    p.l2norm = c->l2norm;
+    p.scale = c->scale;
+    return p;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Comparison against the reference: every view element close to it, every other byte of the
+ * output buffer (gaps and guards) still 0xFF.
+ * ------------------------------------------------------------------------------------------- */
+
+/* Tolerances for FP32 arithmetic against float64: each output is a chain of T updates, each a
+ * length-D dot product (error ~ sqrt(D) * 6e-8 relative), so 1e-5 relative in the L2 norm over a
+ * tensor leaves a wide margin for T <= 10 while catching any indexing or ordering mistake (those
+ * give errors of order 1). */
+#define TOL_REL_L2 1e-5
+#define TOL_MAX 1e-4
+
+static void compare_output(const char *what, const char *label, int case_index, const tensor_buffer *tb,
+                           const double *ref, const gdn_tensor *ref_view)
+{
+    unsigned char *got = malloc(tb->bytes);
+    unsigned char *mark = calloc(tb->bytes, 1);
+    if (!got || !mark) {
+        CHECK(0, "out of memory");
+        free(got);
+        free(mark);
+        return;
+    }
+    int guards_ok = test_buffer_download(&tb->device, got);
+    CHECK(guards_ok, "%s case %d %s: guard region overwritten", label, case_index, what);
+    double diff2 = 0, ref2 = 0, max_diff = 0, max_ref = 0;
+    int64_t idx[GDN_MAX_DIMS] = {0};
+    do {
+        size_t off = offset_of(&tb->host, idx);
+        float x;
+        memcpy(&x, got + off, sizeof x);
+        memset(mark + off, 1, sizeof x);
+        double r = *(const double *)((const char *)ref + offset_of(ref_view, idx));
+        double d = fabs((double)x - r);
+        if (!(d <= max_diff))
+            max_diff = d; /* NaN sticks */
+        diff2 += d * d;
+        ref2 += r * r;
+        max_ref = fabs(r) > max_ref ? fabs(r) : max_ref;
+    } while (next_index(&tb->host, idx));
+    size_t stray = 0;
+    for (size_t i = 0; i < tb->bytes; i++)
+        stray += !mark[i] && got[i] != 0xFF;
+    double rel = sqrt(diff2 / (ref2 > 0 ? ref2 : 1)), rel_max = max_diff / (max_ref > 0 ? max_ref : 1);
+    CHECK(rel < TOL_REL_L2 && rel_max < TOL_MAX, "%s case %d %s: rel L2 error %.3g, max error %.3g",
+          label, case_index, what, rel, rel_max);
+    CHECK(stray == 0, "%s case %d %s: %zu bytes written outside the view", label, case_index, what, stray);
+    free(got);
+    free(mark);
+}
+
+static void run_case(const test_backend *tb, int case_index, const op_case *c)
+{
+    test_rng rng;
+    test_rng_seed(&rng, 1000 + (uint64_t)case_index);
+    op_tensors ts;
+    if (!op_tensors_init(&ts, c, &rng)) {
+        CHECK(0, "case %d: out of memory", case_index);
+        op_tensors_free(&ts);
+        return;
+    }
+    /* float64 reference on the host copies */
+    gdn_gated_delta_net_params p = case_params(c);
+    const int64_t D = c->D, N = c->T < c->K ? c->T : c->K;
+    const int64_t ne_o[] = {D, c->Hv, c->T, c->B}, ne_s[] = {D, D, c->Hv, c->B, N};
+    gdn_tensor o_ref = gdn_tensor_contiguous(NULL, GDN_DTYPE_F64, 4, ne_o);
+    gdn_tensor s_ref = gdn_tensor_contiguous(NULL, GDN_DTYPE_F64, 5, ne_s);
+    o_ref.data = malloc(gdn_tensor_span(&o_ref));
+    s_ref.data = malloc(gdn_tensor_span(&s_ref));
+    gdn_gated_delta_net_args ra = {ts.t[Q].host, ts.t[K_].host, ts.t[V].host, ts.t[G].host,
+                                   ts.t[BETA].host, ts.t[STATE].host, o_ref, s_ref};
+    gdn_status st = gdn_gated_delta_net_reference(&p, &ra);
+    CHECK(st == GDN_OK, "case %d reference: %s", case_index, gdn_error_detail());
+
+    int ok = 1;
+    for (int i = 0; i < N_TENSORS; i++)
+        ok = ok && upload(&ts.t[i], tb->backend);
+    CHECK(ok, "%s case %d: upload failed: %s", tb->label, case_index, gdn_error_detail());
+    if (ok && st == GDN_OK) {
+        gdn_gated_delta_net_args a = device_args(&ts);
+        st = gdn_gated_delta_net(tb->backend, &p, &a);
+        CHECK(st == GDN_OK, "%s case %d: %s", tb->label, case_index, gdn_error_detail());
+        CHECK(gdn_backend_synchronize(tb->backend) == GDN_OK, "%s: synchronize: %s", tb->label,
+              gdn_error_detail());
+        compare_output("o", tb->label, case_index, &ts.t[O], o_ref.data, &o_ref);
+        compare_output("states", tb->label, case_index, &ts.t[STATES], s_ref.data, &s_ref);
+    }
+    printf("  %-10s case %2d: B=%d T=%d Hk=%d Hv=%d D=%3d K=%d %s%s %s\n", tb->label, case_index, c->B,
+           c->T, c->Hk, c->Hv, c->D, c->K, c->broadcast == GDN_BROADCAST_TILED ? "tiled" : "interleaved",
+           c->l2norm ? " l2norm" : "", layout_names[c->lay]);
+    free(o_ref.data);
+    free(s_ref.data);
+    op_tensors_free(&ts);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Exactness contract
+ * ------------------------------------------------------------------------------------------- */
+
+/* A view of one token (t) or one sequence (b) of a [.., T, B] tensor, by pointer offset. */
+static gdn_tensor slice(gdn_tensor t, int dim, int64_t index)
+{
+    t.data = (char *)t.data + (size_t)index * t.nb[dim];
+    t.ne[dim] = 1;
+    return t;
+}
+
+static int download_bytes(gdn_backend *backend, const gdn_tensor *t, unsigned char **out)
+{
+    size_t n = gdn_tensor_span(t);
+    *out = malloc(n);
+    return *out && gdn_backend_download(backend, *out, t->data, n) == GDN_OK;
+}
+
+/* Bitwise equality of two views of the same shape (host copies of their spans). */
+static int same_bits(const gdn_tensor *a, const unsigned char *a_bytes, const gdn_tensor *b,
+                     const unsigned char *b_bytes)
+{
+    int64_t idx[GDN_MAX_DIMS] = {0};
+    do {
+        if (memcmp(a_bytes + offset_of(a, idx), b_bytes + offset_of(b, idx), 4) != 0)
+            return 0;
+    } while (next_index(a, idx));
+    return 1;
+}
+
+/* T tokens in one call (K = T) against T calls of one token, each updating the state in place
+ * (state == states[0], the cache pattern): outputs and every intermediate state identical. */
+static void check_token_split(const test_backend *tb, const op_case *c)
+{
+    op_case one = *c;
+    one.K = c->T;
+    test_rng rng;
+    test_rng_seed(&rng, 77);
+    op_tensors all;
+    int ok = op_tensors_init(&all, &one, &rng);
+    for (int i = 0; ok && i < N_TENSORS; i++)
+        ok = upload(&all.t[i], tb->backend);
+    gdn_gated_delta_net_params p = case_params(&one);
+    gdn_gated_delta_net_args a = device_args(&all);
+    ok = ok && gdn_gated_delta_net(tb->backend, &p, &a) == GDN_OK;
+
+    /* token by token, in place: the running state lives in the STATE buffer */
+    p.n_snapshots = 1;
+    int identical = ok;
+    for (int64_t t = 0; ok && t < c->T; t++) {
+        gdn_gated_delta_net_args s = a;
+        s.q = slice(a.q, 2, t);
+        s.k = slice(a.k, 2, t);
+        s.v = slice(a.v, 2, t);
+        s.g = slice(a.g, 1, t);
+        s.beta = slice(a.beta, 1, t);
+        s.states = a.state;
+        s.states.n_dims = 5;
+        s.states.ne[4] = 1;
+        tensor_buffer o1;
+        const int64_t ne_o[] = {c->D, c->Hv, 1, c->B};
+        ok = tensor_buffer_init(&o1, c->lay, GDN_DTYPE_F32, 4, ne_o) && upload(&o1, tb->backend);
+        s.o = device_view(&o1);
+        gdn_status st = ok ? gdn_gated_delta_net(tb->backend, &p, &s) : GDN_ERROR_OUT_OF_MEMORY;
+        CHECK(st == GDN_OK, "%s token split t=%lld: %s", tb->label, (long long)t, gdn_error_detail());
+        ok = ok && st == GDN_OK && gdn_backend_synchronize(tb->backend) == GDN_OK;
+        unsigned char *o_all = NULL, *o_one = NULL, *s_all = NULL, *s_one = NULL;
+        gdn_tensor o_t = slice(a.o, 2, t), snap = slice(a.states, 4, c->T - 1 - t);
+        ok = ok && download_bytes(tb->backend, &o_t, &o_all) && download_bytes(tb->backend, &s.o, &o_one) &&
+             download_bytes(tb->backend, &snap, &s_all) && download_bytes(tb->backend, &s.state, &s_one);
+        if (ok)
+            identical = identical && same_bits(&o_t, o_all, &s.o, o_one) && same_bits(&snap, s_all, &s.state, s_one);
+        free(o_all);
+        free(o_one);
+        free(s_all);
+        free(s_one);
+        tensor_buffer_free(&o1);
+    }
+    CHECK(ok, "%s token split: setup failed: %s", tb->label, gdn_error_detail());
+    CHECK(identical, "%s: T=%d in one call differs from one token per call (B=%d Hv=%d D=%d %s)", tb->label,
+          c->T, c->B, c->Hv, c->D, layout_names[c->lay]);
+    op_tensors_free(&all);
+}
+
+/* A batch of B sequences against each sequence alone: identical bits. */
+static void check_batch_invariance(const test_backend *tb, const op_case *c)
+{
+    test_rng rng;
+    test_rng_seed(&rng, 99);
+    op_tensors all;
+    int ok = op_tensors_init(&all, c, &rng);
+    for (int i = 0; ok && i < N_TENSORS; i++)
+        ok = upload(&all.t[i], tb->backend);
+    gdn_gated_delta_net_params p = case_params(c);
+    gdn_gated_delta_net_args a = device_args(&all);
+    ok = ok && gdn_gated_delta_net(tb->backend, &p, &a) == GDN_OK && gdn_backend_synchronize(tb->backend) == GDN_OK;
+    unsigned char *o_batch = NULL, *s_batch = NULL;
+    ok = ok && download_bytes(tb->backend, &a.o, &o_batch) && download_bytes(tb->backend, &a.states, &s_batch);
+    int identical = ok;
+    for (int64_t b = 0; ok && b < c->B; b++) {
+        gdn_gated_delta_net_args s = {slice(a.q, 3, b), slice(a.k, 3, b), slice(a.v, 3, b),
+                                      slice(a.g, 2, b), slice(a.beta, 2, b), slice(a.state, 3, b),
+                                      slice(a.o, 3, b), slice(a.states, 3, b)};
+        ok = gdn_gated_delta_net(tb->backend, &p, &s) == GDN_OK && gdn_backend_synchronize(tb->backend) == GDN_OK;
+        unsigned char *o_one = NULL, *s_one = NULL;
+        ok = ok && download_bytes(tb->backend, &s.o, &o_one) && download_bytes(tb->backend, &s.states, &s_one);
+        if (ok) {
+            /* sequence b sits at b * nb[3] in the batch's downloaded bytes */
+            identical = identical && same_bits(&s.o, o_one, &s.o, o_batch + (size_t)b * a.o.nb[3]) &&
+                        same_bits(&s.states, s_one, &s.states, s_batch + (size_t)b * a.states.nb[3]);
+        }
+        free(o_one);
+        free(s_one);
+    }
+    CHECK(ok, "%s batch invariance: setup failed: %s", tb->label, gdn_error_detail());
+    CHECK(identical, "%s: results of a sequence depend on the batch (B=%d T=%d)", tb->label, c->B, c->T);
+    free(o_batch);
+    free(s_batch);
+    op_tensors_free(&all);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Rejected input: each mutation of a valid call gives its status and writes nothing.
+ * ------------------------------------------------------------------------------------------- */
+typedef enum mutation {
+    MUT_Q_F16, MUT_HV_NOT_MULTIPLE, MUT_D_48, MUT_DV_DIFFERS, MUT_G_WRONG_T, MUT_STATES_WRONG_N,
+    MUT_O_OVER_Q, MUT_STATES_OVER_O, MUT_STATE_SHIFTED, MUT_ZERO_SNAPSHOTS, MUT_BAD_BROADCAST,
+    MUT_NULL_DATA, MUT_NAN_SCALE, MUT_MISALIGNED, MUT_V_3_DIMS, MUT_COUNT
+} mutation;
+
+static const struct {
+    mutation m;
+    gdn_status want;
+    const char *what;
+} rejections[] = {
+    {MUT_Q_F16, GDN_ERROR_TYPE, "q is F16"},
+    {MUT_HV_NOT_MULTIPLE, GDN_ERROR_SHAPE, "Hv not a multiple of Hk"},
+    {MUT_D_48, GDN_ERROR_SHAPE, "D = 48"},
+    {MUT_DV_DIFFERS, GDN_ERROR_SHAPE, "Dv != Dk"},
+    {MUT_G_WRONG_T, GDN_ERROR_SHAPE, "g has the wrong T"},
+    {MUT_STATES_WRONG_N, GDN_ERROR_SHAPE, "states has the wrong snapshot count"},
+    {MUT_O_OVER_Q, GDN_ERROR_OVERLAP, "o overlaps q"},
+    {MUT_STATES_OVER_O, GDN_ERROR_OVERLAP, "states overlaps o"},
+    {MUT_STATE_SHIFTED, GDN_ERROR_OVERLAP, "state overlaps states but is not states[s]"},
+    {MUT_ZERO_SNAPSHOTS, GDN_ERROR_INVALID_ARGUMENT, "n_snapshots = 0"},
+    {MUT_BAD_BROADCAST, GDN_ERROR_INVALID_ARGUMENT, "unknown broadcast"},
+    {MUT_NULL_DATA, GDN_ERROR_INVALID_ARGUMENT, "NULL data"},
+    {MUT_NAN_SCALE, GDN_ERROR_INVALID_ARGUMENT, "NaN scale"},
+    {MUT_MISALIGNED, GDN_ERROR_INVALID_ARGUMENT, "misaligned data"},
+    {MUT_V_3_DIMS, GDN_ERROR_SHAPE, "v with 3 dims"},
+};
+
+static void check_rejections(const test_backend *tb)
+{
+    const op_case c = {2, 3, 2, 4, 16, 2, GDN_BROADCAST_TILED, 0, 0.f, LAYOUT_CONTIGUOUS, 0};
+    test_rng rng;
+    test_rng_seed(&rng, 5);
+    op_tensors ts;
+    int ok = op_tensors_init(&ts, &c, &rng);
+    for (int i = 0; ok && i < N_TENSORS; i++)
+        ok = upload(&ts.t[i], tb->backend);
+    CHECK(ok, "%s rejections: setup failed", tb->label);
+    if (!ok) {
+        op_tensors_free(&ts);
+        return;
+    }
+    for (size_t r = 0; r < sizeof rejections / sizeof rejections[0]; r++) {
+        gdn_gated_delta_net_params p = case_params(&c);
+        gdn_gated_delta_net_args a = device_args(&ts);
+        switch (rejections[r].m) {
+        case MUT_Q_F16: a.q.dtype = GDN_DTYPE_F16; break;
+        case MUT_HV_NOT_MULTIPLE: a.v.ne[1] = 3; break;
+        case MUT_D_48: a.q.ne[0] = a.k.ne[0] = a.v.ne[0] = 48; break;
+        case MUT_DV_DIFFERS: a.v.ne[0] = 32; break;
+        case MUT_G_WRONG_T: a.g.ne[1] = 2; break;
+        case MUT_STATES_WRONG_N: a.states.ne[4] = 3; break;
+        case MUT_O_OVER_Q: a.o.data = a.q.data; break;
+        case MUT_STATES_OVER_O: a.states.data = a.o.data; break;
+        case MUT_STATE_SHIFTED: a.state.data = (char *)a.states.data + 4; break;
+        case MUT_ZERO_SNAPSHOTS: p.n_snapshots = 0; break;
+        case MUT_BAD_BROADCAST: p.broadcast = (gdn_broadcast)7; break;
+        case MUT_NULL_DATA: a.beta.data = NULL; break;
+        case MUT_NAN_SCALE: p.scale = NAN; break;
+        case MUT_MISALIGNED: a.k.data = (char *)a.k.data + 1; break;
+        case MUT_V_3_DIMS: a.v.n_dims = 3; break;
+        case MUT_COUNT: break;
+        }
+        gdn_status st = gdn_gated_delta_net(tb->backend, &p, &a);
+        CHECK(st == rejections[r].want, "%s rejection '%s': got %d (%s), expected %d", tb->label,
+              rejections[r].what, (int)st, gdn_error_detail(), (int)rejections[r].want);
+        CHECK(strlen(gdn_error_detail()) > 0, "%s rejection '%s': empty detail", tb->label, rejections[r].what);
+    }
+    /* Nothing was written: outputs still hold the 0xFF fill. */
+    gdn_backend_synchronize(tb->backend);
+    for (int i = O; i <= STATES; i++) {
+        unsigned char *got = malloc(ts.t[i].bytes);
+        int intact = got && test_buffer_download(&ts.t[i].device, got);
+        for (size_t j = 0; intact && j < ts.t[i].bytes; j++)
+            intact = got[j] == 0xFF;
+        CHECK(intact, "%s rejections: an output was written by a rejected call", tb->label);
+        free(got);
+    }
+    op_tensors_free(&ts);
+}
+
+int main(void)
+{
+    test_backend backends[8];
+    int n = test_backends_open(backends, 8);
+    CHECK(n >= 1, "no backend could be opened");
+    for (int b = 0; b < n; b++) {
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+            run_case(&backends[b], (int)i, &cases[i]);
+        check_token_split(&backends[b], &cases[2]);
+        check_token_split(&backends[b], &cases[4]);
+        check_token_split(&backends[b], &cases[10]);
+        check_batch_invariance(&backends[b], &cases[1]);
+        check_batch_invariance(&backends[b], &cases[8]);
+        check_rejections(&backends[b]);
+    }
+    /* The CPU backend: the thread count must not change a bit. */
+    {
+        gdn_backend_options one = {1, 0}, three = {3, 0};
+        gdn_backend *b1 = NULL, *b3 = NULL;
+        CHECK(gdn_backend_init(&b1, GDN_BACKEND_CPU, &one) == GDN_OK &&
+                  gdn_backend_init(&b3, GDN_BACKEND_CPU, &three) == GDN_OK,
+              "cpu backends with 1 and 3 threads: %s", gdn_error_detail());
+        if (b1 && b3) {
+            const op_case c = {3, 5, 16, 32, 128, 2, GDN_BROADCAST_TILED, 1, 0.f, LAYOUT_CONTIGUOUS, 0};
+            unsigned char *results[2][2] = {{NULL, NULL}, {NULL, NULL}};
+            gdn_backend *pair[2] = {b1, b3};
+            gdn_tensor views[2];
+            for (int i = 0; i < 2; i++) {
+                test_rng rng;
+                test_rng_seed(&rng, 4242);
+                op_tensors ts;
+                int ok = op_tensors_init(&ts, &c, &rng);
+                for (int j = 0; ok && j < N_TENSORS; j++)
+                    ok = upload(&ts.t[j], pair[i]);
+                gdn_gated_delta_net_params p = case_params(&c);
+                gdn_gated_delta_net_args a = device_args(&ts);
+                ok = ok && gdn_gated_delta_net(pair[i], &p, &a) == GDN_OK;
+                ok = ok && download_bytes(pair[i], &a.o, &results[i][0]) &&
+                     download_bytes(pair[i], &a.states, &results[i][1]);
+                CHECK(ok, "thread invariance run %d: %s", i, gdn_error_detail());
+                views[0] = a.o;
+                views[1] = a.states;
+                op_tensors_free(&ts);
+            }
+            if (results[0][0] && results[1][0] && results[0][1] && results[1][1])
+                CHECK(same_bits(&views[0], results[0][0], &views[0], results[1][0]) &&
+                          same_bits(&views[1], results[0][1], &views[1], results[1][1]),
+                      "cpu: 1 and 3 threads give different bits");
+            for (int i = 0; i < 2; i++)
+                for (int j = 0; j < 2; j++)
+                    free(results[i][j]);
+        }
+        gdn_backend_free(b1);
+        gdn_backend_free(b3);
+    }
+    test_backends_close(backends, n);
+    return test_finish("test_gdn_op");
+}

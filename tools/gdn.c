@@ -1,0 +1,85 @@
+/* gdn.c: the gdn command: dispatch to subcommands, and what they share. */
+#include "tool.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char usage[] =
+    "gdn: Gated DeltaNet kernels for CPUs and CUDA GPUs\n"
+    "\n"
+    "usage:\n"
+    "  gdn bench [options]      time the GDN op on the Qwen3.6-35B-A3B GDN stack shapes\n"
+    "                           (see gdn bench --help)\n"
+    "  gdn op gated_delta_net --in IN.safetensors --out OUT.safetensors [--backend cpu|cuda]\n"
+    "                           run the op on tensors from a file (see gdn op --help)\n"
+    "  gdn --help               this text\n";
+
+int gdn_tool_parse_backend(const char *text, gdn_backend_kind *kind)
+{
+    if (strcmp(text, "cpu") == 0)
+        *kind = GDN_BACKEND_CPU;
+    else if (strcmp(text, "cuda") == 0)
+        *kind = GDN_BACKEND_CUDA;
+    else {
+        fprintf(stderr, "gdn: unknown backend '%s' (expected cpu or cuda)\n", text);
+        return 0;
+    }
+    return 1;
+}
+
+gdn_backend *gdn_tool_open_backend(const char *name)
+{
+    gdn_backend_kind kind = GDN_BACKEND_CPU;
+    if (name == NULL)
+        kind = gdn_backend_available(GDN_BACKEND_CUDA, NULL) ? GDN_BACKEND_CUDA : GDN_BACKEND_CPU;
+    else if (!gdn_tool_parse_backend(name, &kind))
+        return NULL;
+    gdn_backend *backend = NULL;
+    gdn_status st = gdn_backend_init(&backend, kind, NULL);
+    if (st != GDN_OK) {
+        fprintf(stderr, "gdn: cannot open the %s backend: %s\n", kind == GDN_BACKEND_CUDA ? "cuda" : "cpu",
+                gdn_error_detail());
+        return NULL;
+    }
+    return backend;
+}
+
+int gdn_tool_parse_int(const char *text, long min, long max, long *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long value = strtol(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0' || value < min || value > max)
+        return 0;
+    *out = value;
+    return 1;
+}
+
+int gdn_tool_parse_float(const char *text, double *out)
+{
+    char *end = NULL;
+    errno = 0;
+    double value = strtod(text, &end);
+    if (errno != 0 || end == text || *end != '\0' || !isfinite(value))
+        return 0;
+    *out = value;
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        fputs(usage, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (strcmp(argv[1], "bench") == 0)
+        return gdn_cmd_bench(argc - 1, argv + 1);
+    if (strcmp(argv[1], "op") == 0)
+        return gdn_cmd_op(argc - 1, argv + 1);
+    fprintf(stderr, "gdn: unknown command '%s'\n\n%s", argv[1], usage);
+    return 2;
+}
