@@ -437,7 +437,8 @@ static void check_batch_invariance(const test_backend *tb, const op_case *c)
 typedef enum mutation {
     MUT_Q_F16, MUT_HV_NOT_MULTIPLE, MUT_D_48, MUT_DV_DIFFERS, MUT_G_WRONG_T, MUT_STATES_WRONG_N,
     MUT_O_OVER_Q, MUT_STATES_OVER_O, MUT_STATE_SHIFTED, MUT_ZERO_SNAPSHOTS, MUT_BAD_BROADCAST,
-    MUT_NULL_DATA, MUT_NAN_SCALE, MUT_MISALIGNED, MUT_V_3_DIMS, MUT_COUNT
+    MUT_NULL_DATA, MUT_NAN_SCALE, MUT_MISALIGNED, MUT_V_3_DIMS, MUT_O_SELF_OVERLAP, MUT_STATES_ZERO_STRIDE,
+    MUT_COUNT
 } mutation;
 
 static const struct {
@@ -460,6 +461,8 @@ static const struct {
     {MUT_NAN_SCALE, GDN_ERROR_INVALID_ARGUMENT, "NaN scale"},
     {MUT_MISALIGNED, GDN_ERROR_INVALID_ARGUMENT, "misaligned data"},
     {MUT_V_3_DIMS, GDN_ERROR_SHAPE, "v with 3 dims"},
+    {MUT_O_SELF_OVERLAP, GDN_ERROR_OVERLAP, "o rows overlap each other"},
+    {MUT_STATES_ZERO_STRIDE, GDN_ERROR_OVERLAP, "states with a zero snapshot stride"},
 };
 
 static void check_rejections(const test_backend *tb)
@@ -495,6 +498,8 @@ static void check_rejections(const test_backend *tb)
         case MUT_NAN_SCALE: p.scale = NAN; break;
         case MUT_MISALIGNED: a.k.data = (char *)a.k.data + 1; break;
         case MUT_V_3_DIMS: a.v.n_dims = 3; break;
+        case MUT_O_SELF_OVERLAP: a.o.nb[1] = a.o.nb[0] * 8; break; /* rows of 16 floats 8 apart */
+        case MUT_STATES_ZERO_STRIDE: a.states.nb[4] = 0; break;
         case MUT_COUNT: break;
         }
         gdn_status st = gdn_gated_delta_net(tb->backend, &p, &a);

@@ -111,6 +111,13 @@ gdn_status gdn_gated_delta_net_check(const gdn_gated_delta_net_params *params,
         (st = check_tensor("states", &args->states, output_dtype, 5, ne_states)) != GDN_OK)
         return st;
 
+    /* Outputs must not overlap themselves (threads would race), inputs or each other, except
+     * state == states[s] exactly; with states injective, state is then disjoint from every
+     * other snapshot. */
+    if (!gdn_tensor_is_injective(&args->o) || !gdn_tensor_is_injective(&args->states))
+        return gdn_fail(GDN_ERROR_OVERLAP, "gated_delta_net: output %s has elements that share memory "
+                        "(a stride smaller than the extent of the dimensions inside it)",
+                        gdn_tensor_is_injective(&args->o) ? "states" : "o");
     /* Outputs must not overlap inputs or each other, except state == states[s] exactly. */
     int64_t alias = -1;
     for (int64_t s = 0; s < n_write && output_dtype == GDN_DTYPE_F32; s++) {

@@ -29,6 +29,10 @@ int gdn_size_add(size_t a, size_t b, size_t *out);
 /* Byte range [lo, hi) reachable by a view, from its data pointer; empty views give lo == hi. */
 void gdn_tensor_byte_range(const gdn_tensor *t, uintptr_t *lo, uintptr_t *hi);
 
+/* 1 if no two elements of the view share a byte (strides, sorted, each clear the extent of the
+ * dimensions inside them). A sufficient test: views that pass never race with themselves. */
+int gdn_tensor_is_injective(const gdn_tensor *t);
+
 /* 1 if the byte ranges of the two views intersect. */
 int gdn_tensor_ranges_overlap(const gdn_tensor *a, const gdn_tensor *b);
 

@@ -66,7 +66,7 @@ int gdn_tensor_is_contiguous(const gdn_tensor *t)
     for (int i = 0; i < GDN_MAX_DIMS; i++) {
         if (t->ne[i] != 1 && t->nb[i] != stride)
             return 0;
-        stride *= (size_t)t->ne[i];
+        stride *= (size_t)(t->ne[i] > 0 ? t->ne[i] : 1);
     }
     return 1;
 }
@@ -85,4 +85,26 @@ int gdn_tensor_ranges_overlap(const gdn_tensor *a, const gdn_tensor *b)
     if (alo == ahi || blo == bhi)
         return 0;
     return alo < bhi && blo < ahi;
+}
+
+int gdn_tensor_is_injective(const gdn_tensor *t)
+{
+    int order[GDN_MAX_DIMS], n = 0;
+    for (int i = 0; i < GDN_MAX_DIMS; i++)
+        if (t->ne[i] > 1)
+            order[n++] = i;
+    for (int i = 1; i < n; i++) /* insertion sort by stride */
+        for (int j = i; j > 0 && t->nb[order[j]] < t->nb[order[j - 1]]; j--) {
+            int tmp = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = tmp;
+        }
+    size_t extent = gdn_dtype_size(t->dtype);
+    for (int i = 0; i < n; i++) {
+        const int d = order[i];
+        if (t->nb[d] < extent)
+            return 0;
+        extent += (size_t)(t->ne[d] - 1) * t->nb[d];
+    }
+    return 1;
 }
