@@ -1,0 +1,266 @@
+/* backend_cuda.cu: the CUDA backend's table: availability probe, init/free, device memory,
+ * copies, synchronisation and the event timer. Everything is queued on the context's one
+ * non-blocking stream; every CUDA call is checked and a failure becomes GDN_ERROR_BACKEND with
+ * the call, the error name and its text. The GDN kernel lives in gdn_cuda.cu.
+ * Host code only: no C++ runtime (no new, exceptions or guarded statics), so C programs can link
+ * the static library. */
+#include "cuda_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+gdn_status gdn_cuda_check(cudaError_t error, const char *what)
+{
+    if (error == cudaSuccess)
+        return GDN_OK;
+    (void)cudaGetLastError(); /* reset the last-error slot; a sticky error stays in the context */
+    return gdn_fail(GDN_ERROR_BACKEND, "cuda: %s failed: %s (%s)", what, cudaGetErrorName(error),
+                    cudaGetErrorString(error));
+}
+
+gdn_status gdn_cuda_use_device(const gdn_cuda_context *context)
+{
+    return gdn_cuda_check(cudaSetDevice(context->device), "cudaSetDevice");
+}
+
+/* Evaluate a CUDA call; on failure return its gdn status from the enclosing function. */
+#define GDN_CUDA_TRY(call)                                            \
+    do {                                                              \
+        gdn_status gdn_cuda_try_status = gdn_cuda_check((call), #call); \
+        if (gdn_cuda_try_status != GDN_OK)                            \
+            return gdn_cuda_try_status;                               \
+    } while (0)
+
+static gdn_cuda_context *context_of(gdn_backend *backend)
+{
+    return (gdn_cuda_context *)backend->context;
+}
+
+/* The reason for "not available" must be static text that never changes (the public API hands
+ * out the pointer), so each cudaGetDeviceCount failure we can name has its own literal. */
+static const char *unavailable_reason(cudaError_t error)
+{
+    switch (error) {
+    case cudaErrorNoDevice:
+        return "no CUDA device found (cudaGetDeviceCount: cudaErrorNoDevice, no CUDA-capable device "
+               "is detected)";
+    case cudaErrorInsufficientDriver:
+        return "no usable CUDA driver (cudaGetDeviceCount: cudaErrorInsufficientDriver, the NVIDIA "
+               "driver is older than the CUDA runtime gdn was built with)";
+    case cudaErrorSystemDriverMismatch:
+        return "no usable CUDA driver (cudaGetDeviceCount: cudaErrorSystemDriverMismatch, the driver "
+               "and its kernel module have different versions)";
+    case cudaErrorCompatNotSupportedOnDevice:
+        return "no usable CUDA driver (cudaGetDeviceCount: cudaErrorCompatNotSupportedOnDevice, "
+               "forward compatibility is not supported on this device)";
+    case cudaErrorDevicesUnavailable:
+        return "no CUDA device available (cudaGetDeviceCount: cudaErrorDevicesUnavailable, devices "
+               "are busy or in exclusive-process mode)";
+    case cudaErrorNotPermitted:
+        return "CUDA not permitted (cudaGetDeviceCount: cudaErrorNotPermitted)";
+    case cudaErrorInitializationError:
+        return "CUDA failed to initialise (cudaGetDeviceCount: cudaErrorInitializationError)";
+    default:
+        return "CUDA runtime unusable (cudaGetDeviceCount failed with an unexpected error)";
+    }
+}
+
+extern "C" int gdn_cuda_available(const char **why)
+{
+    int count = 0;
+    cudaError_t error = cudaGetDeviceCount(&count);
+    if (error != cudaSuccess) {
+        (void)cudaGetLastError();
+        if (why)
+            *why = unavailable_reason(error);
+        return 0;
+    }
+    if (count < 1) {
+        if (why)
+            *why = "no CUDA device found (cudaGetDeviceCount returned 0 devices)";
+        return 0;
+    }
+    if (why)
+        *why = "";
+    return 1;
+}
+
+static void context_release(gdn_cuda_context *context)
+{
+    /* Teardown is best effort: errors are cleared, not reported (free returns void). The stream
+     * is drained first so no queued work still uses the events. */
+    if (cudaSetDevice(context->device) == cudaSuccess && context->stream != NULL)
+        (void)cudaStreamSynchronize(context->stream);
+    if (context->timer_end != NULL)
+        (void)cudaEventDestroy(context->timer_end);
+    if (context->timer_begin != NULL)
+        (void)cudaEventDestroy(context->timer_begin);
+    if (context->stream != NULL)
+        (void)cudaStreamDestroy(context->stream);
+    (void)cudaGetLastError();
+    free(context);
+}
+
+static gdn_status cuda_init_context(gdn_cuda_context *context, const gdn_backend_options *options)
+{
+    int count = 0;
+    GDN_CUDA_TRY(cudaGetDeviceCount(&count));
+    if (options->device < 0 || options->device >= count)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT,
+                        "backend_init: CUDA device %d requested, expected 0..%d (%d present)",
+                        (int)options->device, count - 1, count);
+    context->device = options->device;
+    GDN_CUDA_TRY(cudaSetDevice(context->device));
+
+    cudaDeviceProp prop;
+    GDN_CUDA_TRY(cudaGetDeviceProperties(&prop, context->device));
+    if (prop.major < 8)
+        return gdn_fail(GDN_ERROR_UNSUPPORTED,
+                        "backend_init: CUDA device %d (%s) has compute capability %d.%d, expected "
+                        ">= 8.0 (gdn is built for sm_80 and sm_90)",
+                        context->device, prop.name, prop.major, prop.minor);
+    context->sm_count = prop.multiProcessorCount;
+    context->cc_major = prop.major;
+    context->cc_minor = prop.minor;
+    context->l2_bytes = (size_t)prop.l2CacheSize;
+    snprintf(context->device_name, sizeof context->device_name, "%s", prop.name);
+
+    GDN_CUDA_TRY(cudaStreamCreateWithFlags(&context->stream, cudaStreamNonBlocking));
+    GDN_CUDA_TRY(cudaEventCreate(&context->timer_begin));
+    GDN_CUDA_TRY(cudaEventCreate(&context->timer_end));
+    return gdn_cuda_gated_delta_net_probe();
+}
+
+static gdn_status cuda_init(gdn_backend *backend, const gdn_backend_options *options)
+{
+    gdn_cuda_context *context = (gdn_cuda_context *)calloc(1, sizeof *context);
+    if (context == NULL)
+        return gdn_fail(GDN_ERROR_OUT_OF_MEMORY, "backend_init: cannot allocate the CUDA context");
+    gdn_status status = cuda_init_context(context, options);
+    if (status != GDN_OK) {
+        context_release(context);
+        return status;
+    }
+    backend->context = context;
+    snprintf(backend->name, sizeof backend->name, "cuda (%.100s, sm_%d%d)", context->device_name,
+             context->cc_major, context->cc_minor);
+    return GDN_OK;
+}
+
+static void cuda_free(gdn_backend *backend)
+{
+    if (backend->context != NULL)
+        context_release(context_of(backend));
+    backend->context = NULL;
+}
+
+static gdn_status cuda_alloc(gdn_backend *backend, size_t bytes, void **ptr)
+{
+    gdn_status status = gdn_cuda_use_device(context_of(backend));
+    if (status != GDN_OK)
+        return status;
+    /* cudaMalloc returns 256-byte aligned memory, as gdn_backend_alloc promises. */
+    cudaError_t error = cudaMalloc(ptr, bytes);
+    if (error == cudaErrorMemoryAllocation) {
+        (void)cudaGetLastError();
+        *ptr = NULL;
+        size_t free_bytes = 0, total_bytes = 0;
+        if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return gdn_fail(GDN_ERROR_OUT_OF_MEMORY, "backend_alloc: cudaMalloc of %zu bytes failed: "
+                            "out of device memory", bytes);
+        }
+        return gdn_fail(GDN_ERROR_OUT_OF_MEMORY,
+                        "backend_alloc: cudaMalloc of %zu bytes failed: out of device memory "
+                        "(%zu of %zu bytes free)", bytes, free_bytes, total_bytes);
+    }
+    if (error != cudaSuccess) {
+        *ptr = NULL;
+        return gdn_cuda_check(error, "cudaMalloc");
+    }
+    return GDN_OK;
+}
+
+static void cuda_dealloc(gdn_backend *backend, void *ptr)
+{
+    /* Returns void: a failure (only possible for a bad pointer or a broken context) is cleared. */
+    if (gdn_cuda_use_device(context_of(backend)) != GDN_OK)
+        return;
+    if (cudaFree(ptr) != cudaSuccess)
+        (void)cudaGetLastError();
+}
+
+static gdn_status cuda_upload(gdn_backend *backend, void *dst, const void *src_host, size_t bytes)
+{
+    gdn_cuda_context *context = context_of(backend);
+    GDN_CUDA_TRY(cudaSetDevice(context->device));
+    GDN_CUDA_TRY(cudaMemcpyAsync(dst, src_host, bytes, cudaMemcpyHostToDevice, context->stream));
+    GDN_CUDA_TRY(cudaStreamSynchronize(context->stream));
+    return GDN_OK;
+}
+
+static gdn_status cuda_download(gdn_backend *backend, void *dst_host, const void *src, size_t bytes)
+{
+    gdn_cuda_context *context = context_of(backend);
+    GDN_CUDA_TRY(cudaSetDevice(context->device));
+    GDN_CUDA_TRY(cudaMemcpyAsync(dst_host, src, bytes, cudaMemcpyDeviceToHost, context->stream));
+    GDN_CUDA_TRY(cudaStreamSynchronize(context->stream));
+    return GDN_OK;
+}
+
+/* Queued like an op, not waited for. The bench uses it as its device bandwidth ceiling. */
+static gdn_status cuda_copy(gdn_backend *backend, void *dst, const void *src, size_t bytes)
+{
+    gdn_cuda_context *context = context_of(backend);
+    GDN_CUDA_TRY(cudaSetDevice(context->device));
+    GDN_CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, context->stream));
+    return GDN_OK;
+}
+
+static gdn_status cuda_synchronize(gdn_backend *backend)
+{
+    gdn_cuda_context *context = context_of(backend);
+    GDN_CUDA_TRY(cudaSetDevice(context->device));
+    GDN_CUDA_TRY(cudaStreamSynchronize(context->stream));
+    return GDN_OK;
+}
+
+static gdn_status cuda_timer_start(gdn_backend *backend)
+{
+    gdn_cuda_context *context = context_of(backend);
+    GDN_CUDA_TRY(cudaSetDevice(context->device));
+    GDN_CUDA_TRY(cudaEventRecord(context->timer_begin, context->stream));
+    context->timer_started = 1;
+    return GDN_OK;
+}
+
+static gdn_status cuda_timer_stop(gdn_backend *backend, double *milliseconds)
+{
+    gdn_cuda_context *context = context_of(backend);
+    if (!context->timer_started)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "backend_timer_stop: timer_start was not called");
+    context->timer_started = 0;
+    GDN_CUDA_TRY(cudaSetDevice(context->device));
+    GDN_CUDA_TRY(cudaEventRecord(context->timer_end, context->stream));
+    GDN_CUDA_TRY(cudaEventSynchronize(context->timer_end));
+    float elapsed = 0.0f;
+    GDN_CUDA_TRY(cudaEventElapsedTime(&elapsed, context->timer_begin, context->timer_end));
+    *milliseconds = (double)elapsed;
+    return GDN_OK;
+}
+
+/* Positional initialisers (designated ones are not C++17); the order is backend.h's. */
+extern "C" const gdn_backend_ops gdn_cuda_backend_ops = {
+    cuda_init,        /* init */
+    cuda_free,        /* free */
+    cuda_alloc,       /* alloc */
+    cuda_dealloc,     /* dealloc */
+    cuda_upload,      /* upload */
+    cuda_download,    /* download */
+    cuda_copy,        /* copy */
+    cuda_synchronize, /* synchronize */
+    cuda_timer_start, /* timer_start */
+    cuda_timer_stop,  /* timer_stop */
+    gdn_cuda_gated_delta_net, /* gated_delta_net */
+};

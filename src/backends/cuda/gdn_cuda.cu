@@ -1,0 +1,426 @@
+/* gdn_cuda.cu: the Gated DeltaNet op on CUDA: one kernel launch per call, state in registers.
+ *
+ * Mapping. The state of head (b, h) is D rows of D floats ([Dv][Dk], Dk contiguous) and rows are
+ * independent (per token: row *= exp(g); sk = row.k; d = beta (v[j] - sk); row += d k;
+ * o[j] = scale row.q). A group of LANES = min(32, D/4) consecutive lanes holds one row: lane l
+ * holds the float4 chunks c*LANES + l (c < CHUNKS = D / (4 LANES)), so each warp-wide load or
+ * store of a chunk touches LANES*16 contiguous bytes (fully coalesced 16-byte accesses). Each
+ * thread holds ROWS rows (ROWS*CHUNKS float4 of state in registers, all loads issued at once for
+ * memory-level parallelism); a warp holds 32/LANES groups, so ROWS_PER_WARP = (32/LANES)*ROWS
+ * consecutive rows of one head. Warps are numbered head-major ((b*Hv + h) * WARPS_PER_HEAD +
+ * warp_in_head), 4 warps a block, so consecutive blocks stream consecutive state memory, and B=1
+ * still gives Hv*D/ROWS_PER_WARP warps (1024 for Hv=32, D=128). Dot products: each lane sums
+ * its elements in a fixed order with fma, then a butterfly of __shfl_xor_sync over the LANES
+ * lanes (offsets LANES/2 .. 1) leaves the same bits in every lane of the group.
+ *
+ *     D     LANES CHUNKS ROWS rows/warp warps/head
+ *     16      4     1     2      16         1
+ *     32      8     1     4      16         2
+ *     64     16     1     4       8         8
+ *     128    32     1     4       4        32
+ *     256    32     2     2       2       128
+ *
+ * Why: the op is memory-bound at large B (the state is D*D floats per head; q/k/v are D floats),
+ * so the goal is one read and one write of each state row at full bandwidth, with everything
+ * else (the T-token loop, snapshots) happening while the rows sit in registers.
+ *
+ * Bytes moved per call (F32): state read B*Hv*D*D*4, snapshots written n_write*B*Hv*D*D*4, o
+ * written B*T*Hv*D*4; q, k, v, g, beta read once per warp that needs them (q/k are shared by the
+ * Hv/Hk value heads of a q/k head and by the warps of a head, so they mostly hit L1/L2):
+ * B*T*(2*Hk*D + Hv*D + 2*Hv)*4 from DRAM. Qwen3.6 decode (B=64, T=1, Hv=32, Hk=16, D=128):
+ * 128 MiB read + 128 MiB written; q+k, v and o are 1 MiB each. Measured on one H100 80GB HBM3
+ * (event-timed median of 50, sm_90): 101 us, 97% of the device-to-device copy bandwidth (copy of
+ * the 128 MiB state: 97 us); B=64 T=4 K=4: 99%; B=1 T=1: ~10 us per call, launch included
+ * (a 2 MiB copy takes ~8 us the same way). ROWS = 2 or 8 at D=128 measured no better.
+ *
+ * Exactness. Every arithmetic step is an explicitly rounded intrinsic (__fmul_rn, __fmaf_rn,
+ * __fadd_rn, __fsub_rn, __fdiv_rn, __fsqrt_rn), which the compiler may neither contract nor
+ * reorder, plus expf (CUDA's libm expf, <= 2 ulp, one fixed instruction sequence; never the
+ * __expf intrinsic; the library is built without fast-math). The per-row order is the same code
+ * for every token, every launch and every B: the launch shape depends on D only, a row's lane
+ * slice and reduction tree depend on D only, and the state is carried from token to token as the
+ * same fp32 values it would have in memory. So T tokens in one call equal T calls of one token,
+ * bit for bit, and a sequence's results do not depend on B. The vector path (16-byte accesses)
+ * and the generic path (4 scalar accesses with any byte strides) only load and store differently;
+ * the arithmetic is shared code.
+ *
+ * Aliasing: `state` may be exactly the view states[s]. Each thread loads all its rows before the
+ * token loop and later writes only those rows, so the in-place update is safe; for the same
+ * reason state loads are plain (coherent) loads, never ld.global.nc, and no pointer is
+ * __restrict__. The other inputs never overlap an output (validated), so they use __ldg. */
+#include "cuda_internal.h"
+
+#include <limits.h>
+
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr int kWarpsPerBlock = 4;
+constexpr unsigned kFullMask = 0xffffffffu;
+
+/* A strided view as the kernel sees it: the first element and byte strides, innermost first. */
+struct gdn_cuda_view {
+    char *data;
+    long long nb[5];
+};
+
+/* Every kernel argument in one struct (STYLE rule 5). Views follow the public shapes:
+ * q, k [B,T,Hk,D]; v, o [B,T,Hv,D]; g, beta [B,T,Hv]; state [B,Hv,D,D]; states [N,B,Hv,D,D]. */
+struct gdn_cuda_gdn_args {
+    gdn_cuda_view q, k, v, g, beta, state; /* inputs */
+    gdn_cuda_view o, states;               /* outputs */
+    int B, Hk, Hv;                         /* B*Hv*WARPS_PER_HEAD <= INT_MAX (host-checked) */
+    long long T;
+    long long n_write;                     /* snapshots written: min(T, n_snapshots) */
+    int interleaved;                       /* 1: q/k head h / (Hv/Hk); 0: tiled, h % Hk */
+    int l2norm;
+    float scale;
+};
+
+/* Launch shape and per-lane slice for head dimension D (see the table at the top). */
+template <int D>
+struct gdn_cuda_config {
+    static constexpr int LANES = D / 4 < kWarpSize ? D / 4 : kWarpSize; /* lanes per row */
+    static constexpr int CHUNKS = D / (4 * LANES);                      /* float4 per lane per row */
+    static constexpr int ELEMS = 4 * CHUNKS;                            /* floats per lane per row */
+    static constexpr int GROUPS = kWarpSize / LANES;                    /* rows side by side in a warp */
+    static constexpr int ROWS = (D == 16 || D == 256) ? 2 : 4;          /* rows per thread */
+    static constexpr int ROWS_PER_WARP = GROUPS * ROWS;
+    static constexpr int WARPS_PER_HEAD = D / ROWS_PER_WARP;
+    static_assert(D % ROWS_PER_WARP == 0, "a head must split into whole warps");
+    static_assert(ROWS <= LANES, "lane r of a group writes o for row r");
+    static_assert(LANES * ELEMS == D, "the lanes of a group cover a row exactly");
+};
+
+/* Element index (within a row) of the e-th float of chunk c held by lane `lane` of a group. */
+template <int D>
+__device__ __forceinline__ int element_of(int lane, int c, int e)
+{
+    return (c * gdn_cuda_config<D>::LANES + lane) * 4 + e;
+}
+
+/* Four consecutive row elements starting at p (element stride nb0 bytes). VECTOR: one 16-byte
+ * access (the host checked nb0 == 4 and 16-byte alignment); otherwise four 4-byte accesses. */
+template <bool VECTOR>
+__device__ __forceinline__ float4 load4_readonly(const char *p, long long nb0)
+{
+    if (VECTOR)
+        return __ldg(reinterpret_cast<const float4 *>(p));
+    return make_float4(__ldg(reinterpret_cast<const float *>(p)),
+                       __ldg(reinterpret_cast<const float *>(p + nb0)),
+                       __ldg(reinterpret_cast<const float *>(p + 2 * nb0)),
+                       __ldg(reinterpret_cast<const float *>(p + 3 * nb0)));
+}
+
+/* As load4_readonly but a plain coherent load: `state` may alias the snapshots being written. */
+template <bool VECTOR>
+__device__ __forceinline__ float4 load4_state(const char *p, long long nb0)
+{
+    if (VECTOR)
+        return *reinterpret_cast<const float4 *>(p);
+    return make_float4(*reinterpret_cast<const float *>(p), *reinterpret_cast<const float *>(p + nb0),
+                       *reinterpret_cast<const float *>(p + 2 * nb0),
+                       *reinterpret_cast<const float *>(p + 3 * nb0));
+}
+
+template <bool VECTOR>
+__device__ __forceinline__ void store4(char *p, long long nb0, float4 x)
+{
+    if (VECTOR) {
+        *reinterpret_cast<float4 *>(p) = x;
+        return;
+    }
+    *reinterpret_cast<float *>(p) = x.x;
+    *reinterpret_cast<float *>(p + nb0) = x.y;
+    *reinterpret_cast<float *>(p + 2 * nb0) = x.z;
+    *reinterpret_cast<float *>(p + 3 * nb0) = x.w;
+}
+
+/* Sum over the LANES lanes of a group: butterfly with xor offsets LANES/2 .. 1. Addition is
+ * commutative, so both partners of each exchange compute the same bits and every lane of the
+ * group ends with the identical total. Called by all 32 lanes (full mask). */
+template <int LANES>
+__device__ __forceinline__ float group_sum(float x)
+{
+#pragma unroll
+    for (int offset = LANES / 2; offset >= 1; offset /= 2)
+        x = __fadd_rn(x, __shfl_xor_sync(kFullMask, x, offset));
+    return x;
+}
+
+/* x <- x / sqrt(|x|^2 + 1e-6) over the row slice held by the group (the l2norm of fla and
+ * Hugging Face, as include/gdn.h specifies). */
+template <int LANES, int ELEMS>
+__device__ __forceinline__ void l2_normalise(float (&x)[ELEMS])
+{
+    float sum = 0.0f;
+#pragma unroll
+    for (int i = 0; i < ELEMS; i++)
+        sum = __fmaf_rn(x[i], x[i], sum);
+    sum = group_sum<LANES>(sum);
+    const float denominator = __fsqrt_rn(__fadd_rn(sum, 1e-6f));
+#pragma unroll
+    for (int i = 0; i < ELEMS; i++)
+        x[i] = __fdiv_rn(x[i], denominator);
+}
+
+/* One token's inputs as one thread needs them: its slice of q and k, v for its rows, g, beta. */
+template <int D>
+struct gdn_cuda_token {
+    float q[gdn_cuda_config<D>::ELEMS];
+    float k[gdn_cuda_config<D>::ELEMS];
+    float v[gdn_cuda_config<D>::ROWS];
+    float g, beta;
+};
+
+/* Where one warp works: sequence b, value head h, q/k head hk, rows row0 .. row0+ROWS-1 of this
+ * thread, and the thread's lane within its row group. */
+struct gdn_cuda_place {
+    int b, h, hk;
+    int row0;
+    int lane;
+};
+
+template <int D, bool VECTOR>
+__device__ __forceinline__ void load_token(gdn_cuda_token<D> &in, const gdn_cuda_gdn_args &a,
+                                           const gdn_cuda_place &at, long long t)
+{
+    using C = gdn_cuda_config<D>;
+    const char *q = a.q.data + at.b * a.q.nb[3] + t * a.q.nb[2] + at.hk * a.q.nb[1];
+    const char *k = a.k.data + at.b * a.k.nb[3] + t * a.k.nb[2] + at.hk * a.k.nb[1];
+#pragma unroll
+    for (int c = 0; c < C::CHUNKS; c++) {
+        const long long e0 = element_of<D>(at.lane, c, 0);
+        const float4 qc = load4_readonly<VECTOR>(q + e0 * a.q.nb[0], a.q.nb[0]);
+        const float4 kc = load4_readonly<VECTOR>(k + e0 * a.k.nb[0], a.k.nb[0]);
+        in.q[4 * c + 0] = qc.x, in.q[4 * c + 1] = qc.y, in.q[4 * c + 2] = qc.z, in.q[4 * c + 3] = qc.w;
+        in.k[4 * c + 0] = kc.x, in.k[4 * c + 1] = kc.y, in.k[4 * c + 2] = kc.z, in.k[4 * c + 3] = kc.w;
+    }
+    /* v[j], g and beta are the same address for every lane of a group: one broadcast load each. */
+    const char *v = a.v.data + at.b * a.v.nb[3] + t * a.v.nb[2] + at.h * a.v.nb[1];
+#pragma unroll
+    for (int r = 0; r < C::ROWS; r++)
+        in.v[r] = __ldg(reinterpret_cast<const float *>(v + (long long)(at.row0 + r) * a.v.nb[0]));
+    in.g = __ldg(reinterpret_cast<const float *>(a.g.data + at.b * a.g.nb[2] + t * a.g.nb[1] +
+                                                 at.h * a.g.nb[0]));
+    in.beta = __ldg(reinterpret_cast<const float *>(a.beta.data + at.b * a.beta.nb[2] +
+                                                    t * a.beta.nb[1] + at.h * a.beta.nb[0]));
+}
+
+/* The per-token update of this thread's rows; out[r] = o for row row0 + r (same in all lanes of
+ * the group). The arithmetic order here is the exactness contract: change it only knowing that
+ * results then change bit-wise (and stay consistent across T, B and both access paths). */
+template <int D>
+__device__ __forceinline__ void update_rows(float (&S)[gdn_cuda_config<D>::ROWS][gdn_cuda_config<D>::ELEMS],
+                                            gdn_cuda_token<D> &in, int l2norm, float scale,
+                                            float (&out)[gdn_cuda_config<D>::ROWS])
+{
+    using C = gdn_cuda_config<D>;
+    if (l2norm) {
+        l2_normalise<C::LANES, C::ELEMS>(in.q);
+        l2_normalise<C::LANES, C::ELEMS>(in.k);
+    }
+    const float decay = expf(in.g);
+
+    /* sk = (exp(g) row) . k, with the decayed row kept. */
+    float sk[C::ROWS];
+#pragma unroll
+    for (int r = 0; r < C::ROWS; r++) {
+        float partial = 0.0f;
+#pragma unroll
+        for (int i = 0; i < C::ELEMS; i++) {
+            S[r][i] = __fmul_rn(S[r][i], decay);
+            partial = __fmaf_rn(S[r][i], in.k[i], partial);
+        }
+        sk[r] = partial;
+    }
+#pragma unroll
+    for (int r = 0; r < C::ROWS; r++)
+        sk[r] = group_sum<C::LANES>(sk[r]);
+
+    /* row += d k with d = beta (v - sk); o = scale (row . q). */
+    float sq[C::ROWS];
+#pragma unroll
+    for (int r = 0; r < C::ROWS; r++) {
+        const float d = __fmul_rn(in.beta, __fsub_rn(in.v[r], sk[r]));
+        float partial = 0.0f;
+#pragma unroll
+        for (int i = 0; i < C::ELEMS; i++) {
+            S[r][i] = __fmaf_rn(d, in.k[i], S[r][i]);
+            partial = __fmaf_rn(S[r][i], in.q[i], partial);
+        }
+        sq[r] = partial;
+    }
+#pragma unroll
+    for (int r = 0; r < C::ROWS; r++)
+        out[r] = __fmul_rn(scale, group_sum<C::LANES>(sq[r]));
+}
+
+template <int D, bool VECTOR>
+__global__ void __launch_bounds__(kWarpsPerBlock *kWarpSize)
+gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
+{
+    using C = gdn_cuda_config<D>;
+    const int lane = threadIdx.x % kWarpSize;
+    /* 32-bit index math: the host checked that the warp count fits in an int. */
+    const int warp = (int)(blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarpSize);
+    const int head = warp / C::WARPS_PER_HEAD; /* b * Hv + h */
+    if (head >= a.B * a.Hv)
+        return; /* whole warps only (the last block may be partly empty): shuffles stay full-mask */
+    const int warp_in_head = warp % C::WARPS_PER_HEAD;
+
+    gdn_cuda_place at;
+    at.b = head / a.Hv;
+    at.h = head % a.Hv;
+    at.hk = a.interleaved ? at.h / (a.Hv / a.Hk) : at.h % a.Hk;
+    at.lane = lane % C::LANES;
+    at.row0 = (warp_in_head * C::GROUPS + lane / C::LANES) * C::ROWS;
+
+    /* This thread's rows of the initial state, all loads in flight at once. */
+    float S[C::ROWS][C::ELEMS];
+    const char *state = a.state.data + at.b * a.state.nb[3] + at.h * a.state.nb[2];
+#pragma unroll
+    for (int r = 0; r < C::ROWS; r++)
+#pragma unroll
+        for (int c = 0; c < C::CHUNKS; c++) {
+            const long long e0 = element_of<D>(at.lane, c, 0);
+            const float4 x = load4_state<VECTOR>(
+                state + (long long)(at.row0 + r) * a.state.nb[1] + e0 * a.state.nb[0], a.state.nb[0]);
+            S[r][4 * c + 0] = x.x, S[r][4 * c + 1] = x.y, S[r][4 * c + 2] = x.z, S[r][4 * c + 3] = x.w;
+        }
+
+    gdn_cuda_token<D> current;
+    load_token<D, VECTOR>(current, a, at, 0);
+    char *o = a.o.data + at.b * a.o.nb[3] + at.h * a.o.nb[1];
+    char *states = a.states.data + at.b * a.states.nb[3] + at.h * a.states.nb[2];
+
+    for (long long t = 0; t < a.T; t++) {
+        /* Prefetch the next token's inputs; they land while this token computes. */
+        gdn_cuda_token<D> next;
+        const bool has_next = t + 1 < a.T;
+        if (has_next)
+            load_token<D, VECTOR>(next, a, at, t + 1);
+
+        float out[C::ROWS];
+        update_rows<D>(S, current, a.l2norm, a.scale, out);
+
+        /* o[b, t, h, row0 + r] from lane r of the group (all lanes hold the same value). */
+#pragma unroll
+        for (int r = 0; r < C::ROWS; r++)
+            if (at.lane == r)
+                *reinterpret_cast<float *>(o + t * a.o.nb[2] + (long long)(at.row0 + r) * a.o.nb[0]) = out[r];
+
+        const long long s = a.T - 1 - t; /* snapshot index, newest first */
+        if (s < a.n_write) {
+            char *snapshot = states + s * a.states.nb[4];
+#pragma unroll
+            for (int r = 0; r < C::ROWS; r++)
+#pragma unroll
+                for (int c = 0; c < C::CHUNKS; c++) {
+                    const long long e0 = element_of<D>(at.lane, c, 0);
+                    store4<VECTOR>(snapshot + (long long)(at.row0 + r) * a.states.nb[1] + e0 * a.states.nb[0],
+                                   a.states.nb[0],
+                                   make_float4(S[r][4 * c + 0], S[r][4 * c + 1], S[r][4 * c + 2], S[r][4 * c + 3]));
+                }
+        }
+        if (has_next)
+            current = next;
+    }
+}
+
+gdn_cuda_view view_of(const gdn_tensor *t)
+{
+    gdn_cuda_view v;
+    v.data = (char *)t->data;
+    for (int i = 0; i < 5; i++)
+        v.nb[i] = (long long)t->nb[i];
+    return v;
+}
+
+/* 1 when every 4-float chunk of the view is one aligned 16-byte access: floats contiguous along
+ * dim 0, data and the strides of every dimension that is stepped through 16-byte aligned. */
+int is_vectorisable(const gdn_tensor *t, int n_dims)
+{
+    if (t->nb[0] != sizeof(float) || (uintptr_t)t->data % 16 != 0)
+        return 0;
+    for (int i = 1; i < n_dims; i++)
+        if (t->ne[i] > 1 && t->nb[i] % 16 != 0)
+            return 0;
+    return 1;
+}
+
+template <int D, bool VECTOR>
+gdn_status launch(const gdn_cuda_gdn_args &a, cudaStream_t stream)
+{
+    using C = gdn_cuda_config<D>;
+    const long long warps = (long long)a.B * a.Hv * C::WARPS_PER_HEAD;
+    const long long blocks = (warps + kWarpsPerBlock - 1) / kWarpsPerBlock;
+    (void)cudaGetLastError(); /* so the check below reports this launch, not an older error */
+    gdn_cuda_gated_delta_net_kernel<D, VECTOR><<<(unsigned)blocks, kWarpsPerBlock * kWarpSize, 0, stream>>>(a);
+    return gdn_cuda_check(cudaGetLastError(), "gated_delta_net kernel launch");
+}
+
+template <int D>
+gdn_status launch_for(const gdn_cuda_gdn_args &a, bool vector, cudaStream_t stream)
+{
+    return vector ? launch<D, true>(a, stream) : launch<D, false>(a, stream);
+}
+
+} // namespace
+
+gdn_status gdn_cuda_gated_delta_net_probe(void)
+{
+    cudaFuncAttributes attributes;
+    return gdn_cuda_check(cudaFuncGetAttributes(&attributes, gdn_cuda_gated_delta_net_kernel<128, true>),
+                          "cudaFuncGetAttributes (is there a kernel image for this device?)");
+}
+
+gdn_status gdn_cuda_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_net_params *params,
+                                    const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape)
+{
+    const gdn_cuda_context *context = (const gdn_cuda_context *)backend->context;
+    gdn_status status = gdn_cuda_use_device(context);
+    if (status != GDN_OK)
+        return status;
+
+    /* The kernel indexes warps, heads and rows with 32-bit ints; warps <= B*Hv*D/2, so
+     * B*Hv*D <= INT_MAX suffices (at D=128 that is 16M heads, 1 TiB of state). */
+    if (shape->B > INT_MAX / shape->D || shape->Hv > INT_MAX / (shape->B * shape->D))
+        return gdn_fail(GDN_ERROR_UNSUPPORTED,
+                        "gated_delta_net: B*Hv*D = %lld*%lld*%lld exceeds the CUDA kernel's 32-bit "
+                        "indexing (at most %d)", (long long)shape->B, (long long)shape->Hv,
+                        (long long)shape->D, INT_MAX);
+
+    gdn_cuda_gdn_args a;
+    a.q = view_of(&args->q);
+    a.k = view_of(&args->k);
+    a.v = view_of(&args->v);
+    a.g = view_of(&args->g);
+    a.beta = view_of(&args->beta);
+    a.state = view_of(&args->state);
+    a.o = view_of(&args->o);
+    a.states = view_of(&args->states);
+    a.B = (int)shape->B;
+    a.T = shape->T;
+    a.Hk = (int)shape->Hk;
+    a.Hv = (int)shape->Hv;
+    a.n_write = shape->n_write;
+    a.interleaved = params->broadcast == GDN_BROADCAST_INTERLEAVED;
+    a.l2norm = params->l2norm;
+    a.scale = shape->scale;
+
+    /* One path for the whole call; both paths share the arithmetic, so the choice never changes
+     * results. v, g, beta and o are read/written one float per row and need no check. */
+    const bool vector = is_vectorisable(&args->q, 4) && is_vectorisable(&args->k, 4) &&
+                        is_vectorisable(&args->state, 4) && is_vectorisable(&args->states, 5);
+    switch (shape->D) {
+    case 16: return launch_for<16>(a, vector, context->stream);
+    case 32: return launch_for<32>(a, vector, context->stream);
+    case 64: return launch_for<64>(a, vector, context->stream);
+    case 128: return launch_for<128>(a, vector, context->stream);
+    case 256: return launch_for<256>(a, vector, context->stream);
+    default:
+        return gdn_fail(GDN_ERROR_UNSUPPORTED, "gated_delta_net: D=%lld has no CUDA kernel",
+                        (long long)shape->D);
+    }
+}
