@@ -137,6 +137,20 @@ gdn_status gdn_backend_synchronize(gdn_backend *backend);
 gdn_status gdn_backend_timer_start(gdn_backend *backend);
 gdn_status gdn_backend_timer_stop(gdn_backend *backend, double *milliseconds);
 
+/* Recording: the ops queued on the calling thread between record_begin and record_end are
+ * captured instead of run, and can then be replayed many times with one call (a CUDA graph on
+ * CUDA: one launch instead of one per op, the way a whole decode step should run at batch 1).
+ * A replay reads and writes the same memory as the recorded calls, with the values the memory
+ * holds at replay time. Between begin and end only ops may be queued (no upload, download,
+ * synchronize or timer calls). Backends without recording (the CPU) return
+ * GDN_ERROR_UNSUPPORTED from record_begin. On success *out owns the recording; release it with
+ * gdn_recording_free before its backend. */
+typedef struct gdn_recording gdn_recording;
+gdn_status gdn_backend_record_begin(gdn_backend *backend);
+gdn_status gdn_backend_record_end(gdn_backend *backend, gdn_recording **out);
+gdn_status gdn_recording_replay(gdn_recording *recording);
+void gdn_recording_free(gdn_recording *recording);
+
 /* ------------------------------------------------------------------------------------------
  * The Gated DeltaNet op
  *

@@ -20,6 +20,8 @@ static const char usage[] =
     "  --batch LIST         comma-separated batch sizes (default cuda 1,8,64,256; cpu 1,16)\n"
     "  --tokens T --K K     one row shape instead of the default pair (T=1 K=1) and (T=4 K=4)\n"
     "  --layers N           layer calls per step (default 30)\n"
+    "  --graphs on|off      record each step once and replay it as one CUDA graph (default on;\n"
+    "                       the CPU backend has no recording and always runs calls one by one)\n"
     "  --reps N             timed steps per row, median reported (default: about 1 s of work, 5..50)\n"
     "  --json               one JSON object per row instead of the table\n"
     "\n"
@@ -33,6 +35,7 @@ typedef struct bench_config {
     int n_batches;
     int64_t T, K; /* 0: default pair */
     int layers, reps, json;
+    int graphs; /* record each step once and replay it (CUDA graphs) */
 } bench_config;
 
 enum { Hk = 16, Hv = 32, D = 128 };
@@ -97,8 +100,36 @@ static double measure_copy(gdn_backend *backend, size_t bytes)
 
 typedef struct row_result {
     double us_per_layer, us_per_step, min_bytes, gbps;
-    int sets, reps;
+    int sets, reps, recorded;
 } row_result;
+
+/* Queue one step: cfg->layers op calls over the layer buffer sets in turn. */
+static int queue_step(gdn_backend *backend, const bench_config *cfg, const layer_buffers *L, int sets, int64_t B,
+                      int64_t T, int64_t K)
+{
+    const int64_t N = T < K ? T : K;
+    const int64_t ne_qk[4] = {D, Hk, T, B}, ne_v[4] = {D, Hv, T, B}, ne_gate[3] = {Hv, T, B};
+    const int64_t ne_states[5] = {D, D, Hv, B, N};
+    gdn_gated_delta_net_params params = gdn_gated_delta_net_params_default();
+    params.n_snapshots = (int32_t)K;
+    for (int l = 0; l < cfg->layers; l++) {
+        const layer_buffers *b = &L[l % sets];
+        gdn_gated_delta_net_args a;
+        a.q = gdn_tensor_contiguous(b->q, GDN_DTYPE_F32, 4, ne_qk);
+        a.k = gdn_tensor_contiguous(b->k, GDN_DTYPE_F32, 4, ne_qk);
+        a.v = gdn_tensor_contiguous(b->v, GDN_DTYPE_F32, 4, ne_v);
+        a.g = gdn_tensor_contiguous(b->g, GDN_DTYPE_F32, 3, ne_gate);
+        a.beta = gdn_tensor_contiguous(b->beta, GDN_DTYPE_F32, 3, ne_gate);
+        a.o = gdn_tensor_contiguous(b->o, GDN_DTYPE_F32, 4, ne_v);
+        a.states = gdn_tensor_contiguous(b->states, GDN_DTYPE_F32, 5, ne_states);
+        a.state = a.states; /* in place: the state is read from snapshot slot 0 */
+        a.state.n_dims = 4;
+        a.state.ne[4] = 1;
+        if (gdn_gated_delta_net(backend, &params, &a) != GDN_OK)
+            return 0;
+    }
+    return 1;
+}
 
 static int bench_row(gdn_backend *backend, const bench_config *cfg, int64_t B, int64_t T, int64_t K,
                      size_t budget, row_result *r)
@@ -132,30 +163,21 @@ static int bench_row(gdn_backend *backend, const bench_config *cfg, int64_t B, i
         fprintf(stderr, "gdn bench: B=%lld T=%lld: cannot set up buffers: %s\n", (long long)B, (long long)T,
                 gdn_error_detail());
 
-    gdn_gated_delta_net_params params = gdn_gated_delta_net_params_default();
-    params.n_snapshots = (int32_t)K;
-    const int64_t ne_qk[4] = {D, Hk, T, B}, ne_v[4] = {D, Hv, T, B}, ne_gate[3] = {Hv, T, B};
-    const int64_t ne_states[5] = {D, D, Hv, B, N};
+    /* One step: `layers` op calls, recorded once and replayed where the backend can (CUDA
+     * graphs), else queued call by call. */
+    gdn_recording *recording = NULL;
+    if (ok && cfg->graphs && gdn_backend_record_begin(backend) == GDN_OK) {
+        ok = queue_step(backend, cfg, L, sets, B, T, K);
+        gdn_status st = gdn_backend_record_end(backend, &recording);
+        ok = ok && st == GDN_OK;
+    }
+    r->recorded = recording != NULL;
     double *times = NULL;
     int reps = cfg->reps;
     for (int rep = -2; ok && (rep < reps || reps == 0); rep++) {
         double ms = 0;
         ok = gdn_backend_timer_start(backend) == GDN_OK;
-        for (int l = 0; ok && l < cfg->layers; l++) {
-            const layer_buffers *b = &L[l % sets];
-            gdn_gated_delta_net_args a;
-            a.q = gdn_tensor_contiguous(b->q, GDN_DTYPE_F32, 4, ne_qk);
-            a.k = gdn_tensor_contiguous(b->k, GDN_DTYPE_F32, 4, ne_qk);
-            a.v = gdn_tensor_contiguous(b->v, GDN_DTYPE_F32, 4, ne_v);
-            a.g = gdn_tensor_contiguous(b->g, GDN_DTYPE_F32, 3, ne_gate);
-            a.beta = gdn_tensor_contiguous(b->beta, GDN_DTYPE_F32, 3, ne_gate);
-            a.o = gdn_tensor_contiguous(b->o, GDN_DTYPE_F32, 4, ne_v);
-            a.states = gdn_tensor_contiguous(b->states, GDN_DTYPE_F32, 5, ne_states);
-            a.state = a.states; /* in place: the state is read from snapshot slot 0 */
-            a.state.n_dims = 4;
-            a.state.ne[4] = 1;
-            ok = gdn_gated_delta_net(backend, &params, &a) == GDN_OK;
-        }
+        ok = ok && (recording ? gdn_recording_replay(recording) == GDN_OK : queue_step(backend, cfg, L, sets, B, T, K));
         ok = ok && gdn_backend_timer_stop(backend, &ms) == GDN_OK;
         if (!ok) {
             fprintf(stderr, "gdn bench: B=%lld T=%lld: %s\n", (long long)B, (long long)T, gdn_error_detail());
@@ -181,9 +203,10 @@ static int bench_row(gdn_backend *backend, const bench_config *cfg, int64_t B, i
         r->gbps = r->min_bytes / (r->us_per_layer * 1e-6) / 1e9;
     }
     free(times);
+    gdn_recording_free(recording);
     for (int s = 0; L && s < sets; s++) {
-        void **all = (void **)&L[s];
-        for (size_t i = 0; i < sizeof(layer_buffers) / sizeof(void *); i++)
+        void *all[] = {L[s].q, L[s].k, L[s].v, L[s].g, L[s].beta, L[s].o, L[s].states};
+        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
             gdn_backend_dealloc(backend, all[i]);
     }
     free(L);
@@ -194,6 +217,7 @@ static int parse_args(int argc, char **argv, bench_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
     cfg->layers = 30;
+    cfg->graphs = 1;
     for (int i = 1; i < argc; i++) {
         const char *opt = argv[i];
         if (strcmp(opt, "--help") == 0 || strcmp(opt, "-h") == 0) {
@@ -230,6 +254,8 @@ static int parse_args(int argc, char **argv, bench_config *cfg)
             cfg->T = n;
         } else if (strcmp(opt, "--K") == 0 && gdn_tool_parse_int(val, 1, 64, &n)) {
             cfg->K = n;
+        } else if (strcmp(opt, "--graphs") == 0 && (strcmp(val, "on") == 0 || strcmp(val, "off") == 0)) {
+            cfg->graphs = strcmp(val, "on") == 0;
         } else if (strcmp(opt, "--layers") == 0 && gdn_tool_parse_int(val, 1, 1000, &n)) {
             cfg->layers = (int)n;
         } else if (strcmp(opt, "--reps") == 0 && gdn_tool_parse_int(val, 1, 100000, &n)) {
@@ -278,8 +304,8 @@ int gdn_cmd_bench(int argc, char **argv)
                Hk, Hv, D, cfg.layers);
         printf("backend: %s\n", gdn_backend_name(backend));
         printf("ceiling: device copy %.1f GB/s (bytes read + written, median of 15)\n\n", copy_gbps);
-        printf("%4s %3s %5s %12s %12s %14s %10s %9s\n", "T", "K", "B", "us/layer", "us/step", "min MB/layer",
-               "GB/s", "% ceiling");
+        printf("%4s %3s %5s %12s %12s %14s %10s %9s %6s\n", "T", "K", "B", "us/layer", "us/step", "min MB/layer",
+               "GB/s", "% ceiling", "graph");
     }
     const int64_t shapes[2][2] = {{1, 1}, {4, 4}};
     int n_shapes = cfg.T ? 1 : 2, failed = 0;
@@ -296,14 +322,14 @@ int gdn_cmd_bench(int argc, char **argv)
                 printf("{\"backend\":\"%s\",\"device\":\"%s\",\"T\":%lld,\"K\":%lld,\"B\":%lld,\"Hk\":%d,\"Hv\":%d,"
                        "\"D\":%d,\"layers\":%d,\"distinct_layer_buffers\":%d,\"reps\":%d,\"us_per_layer\":%.3f,"
                        "\"us_per_step\":%.3f,\"min_bytes_per_layer\":%.0f,\"gbps\":%.2f,\"copy_gbps\":%.2f,"
-                       "\"ceiling_ratio\":%.4f}\n",
+                       "\"ceiling_ratio\":%.4f,\"graph\":%s}\n",
                        cuda ? "cuda" : "cpu", gdn_backend_name(backend), (long long)T, (long long)K,
                        (long long)cfg.batches[b], Hk, Hv, D, cfg.layers, r.sets, r.reps, r.us_per_layer, r.us_per_step,
-                       r.min_bytes, r.gbps, copy_gbps, ratio);
+                       r.min_bytes, r.gbps, copy_gbps, ratio, r.recorded ? "true" : "false");
             else
-                printf("%4lld %3lld %5lld %12.2f %12.1f %14.2f %10.1f %8.1f%%\n", (long long)T, (long long)K,
+                printf("%4lld %3lld %5lld %12.2f %12.1f %14.2f %10.1f %8.1f%% %6s\n", (long long)T, (long long)K,
                        (long long)cfg.batches[b], r.us_per_layer, r.us_per_step, r.min_bytes / 1e6, r.gbps,
-                       100.0 * ratio);
+                       100.0 * ratio, r.recorded ? "yes" : "no");
             fflush(stdout);
         }
     }

@@ -25,6 +25,11 @@ typedef struct gdn_backend_ops {
     /* Arguments validated by gdn_gated_delta_net_check; `shape` holds the sizes it derived. */
     gdn_status (*gated_delta_net)(gdn_backend *backend, const gdn_gated_delta_net_params *params,
                                   const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape);
+    /* Recording of queued ops for replay (CUDA graphs). NULL where a backend has none. */
+    gdn_status (*record_begin)(gdn_backend *backend);
+    gdn_status (*record_end)(gdn_backend *backend, void **handle);
+    gdn_status (*replay)(gdn_backend *backend, void *handle);
+    void (*recording_free)(gdn_backend *backend, void *handle);
 } gdn_backend_ops;
 
 struct gdn_backend {

@@ -150,3 +150,56 @@ gdn_status gdn_backend_timer_stop(gdn_backend *backend, double *milliseconds)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "backend_timer_stop: NULL argument");
     return backend->ops->timer_stop(backend, milliseconds);
 }
+
+struct gdn_recording {
+    gdn_backend *backend;
+    void *handle; /* the backend's own (a CUDA graph executable) */
+};
+
+gdn_status gdn_backend_record_begin(gdn_backend *backend)
+{
+    gdn_clear_error();
+    if (backend == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "backend_record_begin: NULL backend");
+    if (backend->ops->record_begin == NULL)
+        return gdn_fail(GDN_ERROR_UNSUPPORTED, "backend_record_begin: the %s backend runs ops as they are "
+                        "called and has nothing to record", backend->kind == GDN_BACKEND_CPU ? "cpu" : "this");
+    return backend->ops->record_begin(backend);
+}
+
+gdn_status gdn_backend_record_end(gdn_backend *backend, gdn_recording **out)
+{
+    gdn_clear_error();
+    if (backend == NULL || out == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "backend_record_end: NULL argument");
+    *out = NULL;
+    if (backend->ops->record_end == NULL)
+        return gdn_fail(GDN_ERROR_UNSUPPORTED, "backend_record_end: this backend cannot record");
+    gdn_recording *r = calloc(1, sizeof *r);
+    gdn_status st = backend->ops->record_end(backend, r ? &r->handle : NULL);
+    if (r == NULL)
+        return st != GDN_OK ? st : gdn_fail(GDN_ERROR_OUT_OF_MEMORY, "backend_record_end: no memory");
+    if (st != GDN_OK) {
+        free(r);
+        return st;
+    }
+    r->backend = backend;
+    *out = r;
+    return GDN_OK;
+}
+
+gdn_status gdn_recording_replay(gdn_recording *recording)
+{
+    gdn_clear_error();
+    if (recording == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "recording_replay: NULL recording");
+    return recording->backend->ops->replay(recording->backend, recording->handle);
+}
+
+void gdn_recording_free(gdn_recording *recording)
+{
+    if (recording == NULL)
+        return;
+    recording->backend->ops->recording_free(recording->backend, recording->handle);
+    free(recording);
+}

@@ -251,6 +251,56 @@ static gdn_status cuda_timer_stop(gdn_backend *backend, double *milliseconds)
 }
 
 /* Positional initialisers (designated ones are not C++17); the order is backend.h's. */
+/* Recording is stream capture into a CUDA graph, instantiated at the end (one launch to replay
+ * a whole step). Thread-local capture mode: other threads' CUDA calls are not disturbed. */
+static gdn_status cuda_record_begin(gdn_backend *backend)
+{
+    gdn_cuda_context *context = context_of(backend);
+    gdn_status status = gdn_cuda_use_device(context);
+    if (status != GDN_OK)
+        return status;
+    return gdn_cuda_check(cudaStreamBeginCapture(context->stream, cudaStreamCaptureModeThreadLocal),
+                          "cudaStreamBeginCapture");
+}
+
+/* Always ends the capture (so the stream is usable again); *handle gets the executable graph.
+ * handle == NULL (the caller ran out of memory) discards the graph. */
+static gdn_status cuda_record_end(gdn_backend *backend, void **handle)
+{
+    gdn_cuda_context *context = context_of(backend);
+    gdn_status status = gdn_cuda_use_device(context);
+    if (status != GDN_OK)
+        return status;
+    cudaGraph_t graph = NULL;
+    status = gdn_cuda_check(cudaStreamEndCapture(context->stream, &graph), "cudaStreamEndCapture");
+    if (status != GDN_OK || handle == NULL) {
+        if (graph)
+            cudaGraphDestroy(graph);
+        return status;
+    }
+    cudaGraphExec_t exec = NULL;
+    status = gdn_cuda_check(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
+    cudaGraphDestroy(graph);
+    if (status == GDN_OK)
+        *handle = exec;
+    return status;
+}
+
+static gdn_status cuda_replay(gdn_backend *backend, void *handle)
+{
+    gdn_cuda_context *context = context_of(backend);
+    gdn_status status = gdn_cuda_use_device(context);
+    if (status != GDN_OK)
+        return status;
+    return gdn_cuda_check(cudaGraphLaunch((cudaGraphExec_t)handle, context->stream), "cudaGraphLaunch");
+}
+
+static void cuda_recording_free(gdn_backend *backend, void *handle)
+{
+    if (gdn_cuda_use_device(context_of(backend)) == GDN_OK)
+        cudaGraphExecDestroy((cudaGraphExec_t)handle);
+}
+
 extern "C" const gdn_backend_ops gdn_cuda_backend_ops = {
     cuda_init,        /* init */
     cuda_free,        /* free */
@@ -263,4 +313,8 @@ extern "C" const gdn_backend_ops gdn_cuda_backend_ops = {
     cuda_timer_start, /* timer_start */
     cuda_timer_stop,  /* timer_stop */
     gdn_cuda_gated_delta_net, /* gated_delta_net */
+    cuda_record_begin,        /* record_begin */
+    cuda_record_end,          /* record_end */
+    cuda_replay,              /* replay */
+    cuda_recording_free,      /* recording_free */
 };

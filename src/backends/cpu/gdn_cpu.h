@@ -1,0 +1,80 @@
+/* gdn_cpu.h: what the CPU backend's files share: the backend context, the SIMD levels and the
+ * per-level kernel table that the Gated DeltaNet driver (gdn_cpu.c) calls into. */
+#ifndef GDN_CPU_H
+#define GDN_CPU_H
+
+#include "../backend.h"
+#include "threadpool.h"
+
+#include <time.h>
+
+typedef enum gdn_cpu_simd {
+    GDN_CPU_SIMD_SCALAR = 0,
+    GDN_CPU_SIMD_AVX2 = 1,   /* AVX2 + FMA */
+    GDN_CPU_SIMD_AVX512 = 2  /* AVX-512F */
+} gdn_cpu_simd;
+
+/* One token of the update for a group of rows of one head: the kernels' argument struct.
+ * Row r (a contiguous D-float vector) is read from in + r * in_stride and written, updated, to
+ * out + r * out_stride (strides in floats). out may equal in (an in-place cache slot); each row
+ * is read completely before any of its floats is written. */
+typedef struct gdn_cpu_token {
+    const float *in;
+    int64_t in_stride;
+    float *out;
+    int64_t out_stride;
+    int stream;          /* out rows are stream_align-aligned: store them bypassing the cache */
+    int64_t prefetch;    /* floats ahead of each `in` element to prefetch (0: none): in is
+                          * main memory (the initial state), read once in a sequential stream */
+    int64_t n_rows;
+    int64_t D;           /* a multiple of 16 */
+    const float *q, *k;  /* [D], 64-byte aligned (already L2-normalised when asked) */
+    const float *v;      /* [n_rows]: this token's v[j] of each row */
+    float *o;            /* [n_rows]: written with scale * (row . q) */
+    float decay, beta, scale;
+} gdn_cpu_token;
+
+/* The inner loops of one SIMD level. Each level fixes its own order of floating-point
+ * operations per state row, and every row of every call goes through the same function with
+ * the same D: that is what makes results independent of T, B, the thread count and the row
+ * split. Per row: row *= decay; sk = row . k; d = beta (v - sk); row += d k; o = scale row . q. */
+typedef struct gdn_cpu_kernels {
+    const char *name;    /* "scalar", "avx2", "avx512" */
+    size_t stream_align; /* bytes an out row must be aligned to for streaming stores */
+    void (*token)(const gdn_cpu_token *token);
+    /* Copy n floats (a multiple of 16) from src (64-byte aligned) to dst; with `stream`, dst is
+     * stream_align-aligned and the stores bypass the cache. */
+    void (*store)(float *dst, const float *src, int64_t n, int stream);
+    /* Order earlier streaming stores before later stores (sfence); NULL: the level never streams. */
+    void (*fence)(void);
+    /* memcpy with streaming stores (any alignment; fenced before returning); NULL exactly when
+     * fence is NULL. */
+    void (*copy_stream)(void *dst, const void *src, size_t bytes);
+} gdn_cpu_kernels;
+
+extern const gdn_cpu_kernels gdn_cpu_kernels_scalar;
+#if defined(__x86_64__) || defined(__i386__)
+#define GDN_CPU_X86 1
+extern const gdn_cpu_kernels gdn_cpu_kernels_avx2;
+extern const gdn_cpu_kernels gdn_cpu_kernels_avx512;
+#endif
+
+typedef struct gdn_cpu_context {
+    gdn_cpu_threadpool *pool;
+    int n_threads;
+    gdn_cpu_simd simd;
+    const gdn_cpu_kernels *kernels;
+    /* Snapshot bytes per call from which snapshots (other than an in-place update of `state`)
+     * are written with streaming stores: the threads' private L2 caches together. Beyond that
+     * the lines leave the writing core anyway, and a normal store would first read each line
+     * (read-for-ownership). The shared L3 is left out: what sysconf reports for it is often the
+     * whole socket, and a state cache worth the name is larger than any L3. */
+    size_t stream_threshold;
+    struct timespec timer_start;
+} gdn_cpu_context;
+
+/* The gated_delta_net entry of gdn_cpu_backend_ops (arguments validated by the caller). */
+gdn_status gdn_cpu_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_net_params *params,
+                                   const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape);
+
+#endif

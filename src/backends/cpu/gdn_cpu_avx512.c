@@ -1,0 +1,147 @@
+/* gdn_cpu_avx512.c: AVX-512F kernels of the CPU backend: the AVX2 kernels (gdn_cpu_avx2.c)
+ * with 16-float chunks. Order of operations per row: chunk c (16 floats) goes to accumulator
+ * c % 4 (D = 16 has chunk 0 only, D = 32 chunks 0 and 1):
+ *   pass 1: x = in[c] * decay; a[c % 4] = fma(x, k[c], a[c % 4])
+ *           sk = hsum((a0 + a1) + (a2 + a3)); d = beta * (v - sk)
+ *   pass 2: x = fma(d, k[c], in[c] * decay); out[c] = x; b[c % 4] = fma(x, q[c], b[c % 4])
+ *           o = scale * hsum((b0 + b1) + (b2 + b3))
+ * Rows go one at a time, in memory order. */
+#include "gdn_cpu.h"
+
+#ifdef GDN_CPU_X86
+#include <immintrin.h>
+#include <string.h>
+
+#define GDN_CPU_AVX512 __attribute__((target("avx512f")))
+#define GDN_CPU_AVX512_INLINE static inline __attribute__((target("avx512f"), always_inline))
+
+/* Fixed tree: 16 -> 8 (low half + high half) -> 4 -> 2 -> 1. AVX-512F only (no DQ needed). */
+GDN_CPU_AVX512_INLINE float gdn_cpu_hsum_avx512(__m512 x)
+{
+    __m256 lo = _mm512_castps512_ps256(x);
+    __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1));
+    __m256 s8 = _mm256_add_ps(lo, hi);
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Pass 1, chunk at offset i: acc += (in * decay) * k. Each chunk is one 64-byte line, so this
+ * is also where the line `prefetch` floats ahead is requested. */
+GDN_CPU_AVX512_INLINE void gdn_cpu_pass1_avx512(const float *in, const float *k, int64_t i,
+                                                int64_t prefetch, __m512 decay, __m512 *acc)
+{
+    if (prefetch)
+        _mm_prefetch((const char *)(in + prefetch + i), _MM_HINT_T0);
+    *acc = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_loadu_ps(in + i), decay), _mm512_load_ps(k + i), *acc);
+}
+
+/* Pass 2, chunk at offset i: x = d k + in * decay; out = x; acc += x * q. The load precedes
+ * the store, so out may equal in. */
+GDN_CPU_AVX512_INLINE void gdn_cpu_pass2_avx512(const float *in, float *out, const int stream,
+                                                const float *q, const float *k, int64_t i,
+                                                __m512 decay, __m512 d, __m512 *acc)
+{
+    __m512 x = _mm512_fmadd_ps(d, _mm512_load_ps(k + i), _mm512_mul_ps(_mm512_loadu_ps(in + i), decay));
+    if (stream)
+        _mm512_stream_ps(out + i, x);
+    else
+        _mm512_storeu_ps(out + i, x);
+    *acc = _mm512_fmadd_ps(x, _mm512_load_ps(q + i), *acc);
+}
+
+/* One row; `stream` is a constant at each call site, everything else a local (see the AVX2
+ * file). */
+GDN_CPU_AVX512_INLINE float gdn_cpu_row_avx512(const float *in, float *out, const int stream,
+                                               int64_t prefetch, int64_t D, const float *restrict q,
+                                               const float *restrict k, __m512 decay, float beta,
+                                               float v, float scale)
+{
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t i = 0; i < D; i += 64) {
+        gdn_cpu_pass1_avx512(in, k, i, prefetch, decay, &a0);
+        if (D > 16) /* D is 16, 32 or a multiple of 64 */
+            gdn_cpu_pass1_avx512(in, k, i + 16, prefetch, decay, &a1);
+        if (D > 32) {
+            gdn_cpu_pass1_avx512(in, k, i + 32, prefetch, decay, &a2);
+            gdn_cpu_pass1_avx512(in, k, i + 48, prefetch, decay, &a3);
+        }
+    }
+    const float sk = gdn_cpu_hsum_avx512(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    const __m512 d = _mm512_set1_ps(beta * (v - sk));
+
+    __m512 b0 = _mm512_setzero_ps(), b1 = b0, b2 = b0, b3 = b0;
+    for (int64_t i = 0; i < D; i += 64) {
+        gdn_cpu_pass2_avx512(in, out, stream, q, k, i, decay, d, &b0);
+        if (D > 16)
+            gdn_cpu_pass2_avx512(in, out, stream, q, k, i + 16, decay, d, &b1);
+        if (D > 32) {
+            gdn_cpu_pass2_avx512(in, out, stream, q, k, i + 32, decay, d, &b2);
+            gdn_cpu_pass2_avx512(in, out, stream, q, k, i + 48, decay, d, &b3);
+        }
+    }
+    return scale * gdn_cpu_hsum_avx512(_mm512_add_ps(_mm512_add_ps(b0, b1), _mm512_add_ps(b2, b3)));
+}
+
+GDN_CPU_AVX512 static void gdn_cpu_token_avx512(const gdn_cpu_token *a)
+{
+    const __m512 decay = _mm512_set1_ps(a->decay);
+    for (int64_t r = 0; r < a->n_rows; r++) {
+        const float *in = a->in + r * a->in_stride;
+        float *out = a->out + r * a->out_stride;
+        if (a->stream)
+            a->o[r] = gdn_cpu_row_avx512(in, out, 1, a->prefetch, a->D, a->q, a->k, decay, a->beta,
+                                         a->v[r], a->scale);
+        else
+            a->o[r] = gdn_cpu_row_avx512(in, out, 0, a->prefetch, a->D, a->q, a->k, decay, a->beta,
+                                         a->v[r], a->scale);
+    }
+}
+
+GDN_CPU_AVX512 static void gdn_cpu_store_avx512(float *dst, const float *src, int64_t n, int stream)
+{
+    if (stream) {
+        for (int64_t i = 0; i < n; i += 16)
+            _mm512_stream_ps(dst + i, _mm512_load_ps(src + i));
+    } else {
+        for (int64_t i = 0; i < n; i += 16)
+            _mm512_storeu_ps(dst + i, _mm512_load_ps(src + i));
+    }
+}
+
+/* memcpy through streaming stores: unaligned loads, 64-byte aligned non-temporal stores, four
+ * vectors per iteration; the unaligned head and the tail go through memcpy. */
+GDN_CPU_AVX512 static void gdn_cpu_copy_stream_avx512(void *dst, const void *src, size_t bytes)
+{
+    char *d = dst;
+    const char *s = src;
+    size_t head = (64 - (uintptr_t)d % 64) % 64;
+    head = head < bytes ? head : bytes;
+    memcpy(d, s, head);
+    d += head, s += head, bytes -= head;
+    for (; bytes >= 256; d += 256, s += 256, bytes -= 256) {
+        __m512i v0 = _mm512_loadu_si512(s), v1 = _mm512_loadu_si512(s + 64);
+        __m512i v2 = _mm512_loadu_si512(s + 128), v3 = _mm512_loadu_si512(s + 192);
+        _mm512_stream_si512((__m512i *)d, v0);
+        _mm512_stream_si512((__m512i *)(d + 64), v1);
+        _mm512_stream_si512((__m512i *)(d + 128), v2);
+        _mm512_stream_si512((__m512i *)(d + 192), v3);
+    }
+    memcpy(d, s, bytes);
+    _mm_sfence();
+}
+
+static void gdn_cpu_fence_avx512(void)
+{
+    _mm_sfence();
+}
+
+const gdn_cpu_kernels gdn_cpu_kernels_avx512 = {
+    "avx512", 64, gdn_cpu_token_avx512, gdn_cpu_store_avx512, gdn_cpu_fence_avx512,
+    gdn_cpu_copy_stream_avx512,
+};
+#else
+/* Not x86: nothing to build here (ISO C wants a non-empty file). */
+typedef int gdn_cpu_no_x86_kernels;
+#endif

@@ -1,0 +1,47 @@
+/* gdn_cpu_scalar.c: the portable kernels of the CPU backend (no SIMD intrinsics). Used when
+ * the CPU has neither AVX2+FMA nor AVX-512F, or when GDN_CPU_SIMD=scalar forces it. */
+#include "gdn_cpu.h"
+
+#include <string.h>
+
+/* Dot products keep 4 partial sums (element i goes to lane i % 4), added as (p0 + p1) +
+ * (p2 + p3): a fixed order with enough independent chains not to stall on the add latency. */
+static float gdn_cpu_sum4(const float partial[4])
+{
+    return (partial[0] + partial[1]) + (partial[2] + partial[3]);
+}
+
+static void gdn_cpu_token_scalar(const gdn_cpu_token *a)
+{
+    const int64_t D = a->D;
+    const float *k = a->k, *q = a->q;
+    const float decay = a->decay; /* locals: `out` may alias anything the compiler can see */
+    for (int64_t r = 0; r < a->n_rows; r++) {
+        const float *in = a->in + r * a->in_stride;
+        float *out = a->out + r * a->out_stride;
+        float sk[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int64_t i = 0; i < D; i += 4)
+            for (int lane = 0; lane < 4; lane++)
+                sk[lane] += (in[i + lane] * decay) * k[i + lane];
+        const float d = a->beta * (a->v[r] - gdn_cpu_sum4(sk));
+        /* Recompute in * decay (the same product as above) so that the row is written once. */
+        float sq[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int64_t i = 0; i < D; i += 4)
+            for (int lane = 0; lane < 4; lane++) {
+                float x = in[i + lane] * decay + d * k[i + lane];
+                out[i + lane] = x;
+                sq[lane] += x * q[i + lane];
+            }
+        a->o[r] = a->scale * gdn_cpu_sum4(sq);
+    }
+}
+
+static void gdn_cpu_store_scalar(float *dst, const float *src, int64_t n, int stream)
+{
+    (void)stream; /* never streams: fence is NULL */
+    memcpy(dst, src, (size_t)n * sizeof(float));
+}
+
+const gdn_cpu_kernels gdn_cpu_kernels_scalar = {
+    "scalar", 64, gdn_cpu_token_scalar, gdn_cpu_store_scalar, NULL, NULL,
+};
