@@ -20,14 +20,17 @@ static const char usage[] =
     "  --batch LIST         comma-separated batch sizes (default cuda 1,8,64,256; cpu 1,16)\n"
     "  --tokens T --K K     one row shape instead of the default pair (T=1 K=1) and (T=4 K=4)\n"
     "  --layers N           layer calls per step (default 30)\n"
+    "  --distinct N         at most N distinct buffer sets per step (default: one per layer as far\n"
+    "                       as memory allows); --distinct 1 reuses one set, as op micro-benchmarks\n"
+    "                       such as ggml's test-backend-ops do, so small states stay in cache\n"
     "  --graphs on|off      record each step once and replay it as one CUDA graph (default on;\n"
     "                       the CPU backend has no recording and always runs calls one by one)\n"
     "  --reps N             timed steps per row, median reported (default: about 1 s of work, 5..50)\n"
     "  --json               one JSON object per row instead of the table\n"
     "\n"
     "Each step runs N layer calls with distinct state buffers (as many as fit in a memory budget,\n"
-    "so the state is never served from cache); the state is updated in place (state = states[0],\n"
-    "as in a recurrent cache).\n";
+    "so the state is never served from cache; the 'sets' column says how many); the state is\n"
+    "updated in place (state = states[0], as in a recurrent cache).\n";
 
 typedef struct bench_config {
     const char *backend_name;
@@ -35,7 +38,8 @@ typedef struct bench_config {
     int n_batches;
     int64_t T, K; /* 0: default pair */
     int layers, reps, json;
-    int graphs; /* record each step once and replay it (CUDA graphs) */
+    int graphs;   /* record each step once and replay it (CUDA graphs) */
+    int distinct; /* at most this many distinct layer buffer sets (0: as many as fit the budget) */
 } bench_config;
 
 enum { Hk = 16, Hv = 32, D = 128 };
@@ -141,6 +145,8 @@ static int bench_row(gdn_backend *backend, const bench_config *cfg, int64_t B, i
     const size_t per_layer = 2 * qk + 2 * v + 2 * gate + (size_t)N * state;
     int sets = (int)(budget / per_layer);
     sets = sets < 1 ? 1 : sets > cfg->layers ? cfg->layers : sets;
+    if (cfg->distinct > 0 && sets > cfg->distinct)
+        sets = cfg->distinct;
     r->sets = sets;
     r->min_bytes = (double)(2 * qk + 2 * v + 2 * gate + state + (size_t)N * state);
 
@@ -256,6 +262,8 @@ static int parse_args(int argc, char **argv, bench_config *cfg)
             cfg->K = n;
         } else if (strcmp(opt, "--graphs") == 0 && (strcmp(val, "on") == 0 || strcmp(val, "off") == 0)) {
             cfg->graphs = strcmp(val, "on") == 0;
+        } else if (strcmp(opt, "--distinct") == 0 && gdn_tool_parse_int(val, 1, 1000, &n)) {
+            cfg->distinct = (int)n;
         } else if (strcmp(opt, "--layers") == 0 && gdn_tool_parse_int(val, 1, 1000, &n)) {
             cfg->layers = (int)n;
         } else if (strcmp(opt, "--reps") == 0 && gdn_tool_parse_int(val, 1, 100000, &n)) {
@@ -304,8 +312,8 @@ int gdn_cmd_bench(int argc, char **argv)
                Hk, Hv, D, cfg.layers);
         printf("backend: %s\n", gdn_backend_name(backend));
         printf("ceiling: device copy %.1f GB/s (bytes read + written, median of 15)\n\n", copy_gbps);
-        printf("%4s %3s %5s %12s %12s %14s %10s %9s %6s\n", "T", "K", "B", "us/layer", "us/step", "min MB/layer",
-               "GB/s", "% ceiling", "graph");
+        printf("%4s %3s %5s %12s %12s %14s %10s %9s %6s %5s\n", "T", "K", "B", "us/layer", "us/step", "min MB/layer",
+               "GB/s", "% ceiling", "graph", "sets");
     }
     const int64_t shapes[2][2] = {{1, 1}, {4, 4}};
     int n_shapes = cfg.T ? 1 : 2, failed = 0;
@@ -327,9 +335,9 @@ int gdn_cmd_bench(int argc, char **argv)
                        (long long)cfg.batches[b], Hk, Hv, D, cfg.layers, r.sets, r.reps, r.us_per_layer, r.us_per_step,
                        r.min_bytes, r.gbps, copy_gbps, ratio, r.recorded ? "true" : "false");
             else
-                printf("%4lld %3lld %5lld %12.2f %12.1f %14.2f %10.1f %8.1f%% %6s\n", (long long)T, (long long)K,
+                printf("%4lld %3lld %5lld %12.2f %12.1f %14.2f %10.1f %8.1f%% %6s %5d\n", (long long)T, (long long)K,
                        (long long)cfg.batches[b], r.us_per_layer, r.us_per_step, r.min_bytes / 1e6, r.gbps,
-                       100.0 * ratio, r.recorded ? "yes" : "no");
+                       100.0 * ratio, r.recorded ? "yes" : "no", r.sets);
             fflush(stdout);
         }
     }

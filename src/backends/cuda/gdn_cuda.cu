@@ -7,13 +7,15 @@
  * store of a chunk touches LANES*16 contiguous bytes (fully coalesced 16-byte accesses). Each
  * thread holds ROWS rows (ROWS*CHUNKS float4 of state in registers, all loads issued at once for
  * memory-level parallelism); a warp holds 32/LANES groups, so ROWS_PER_WARP = (32/LANES)*ROWS
- * consecutive rows of one head. Warps are numbered head-major ((b*Hv + h) * WARPS_PER_HEAD +
+ * consecutive rows of one head. ROWS is 2 when the grid would otherwise be thin (fewer than
+ * 4096 warps, e.g. B=1: latency-bound, so more warps in flight win), else the wide value of the
+ * table below; a row's arithmetic is the same either way. Warps are numbered head-major ((b*Hv + h) * WARPS_PER_HEAD +
  * warp_in_head), 4 warps a block, so consecutive blocks stream consecutive state memory, and B=1
  * still gives Hv*D/ROWS_PER_WARP warps (1024 for Hv=32, D=128). Dot products: each lane sums
  * its elements in a fixed order with fma, then a butterfly of __shfl_xor_sync over the LANES
  * lanes (offsets LANES/2 .. 1) leaves the same bits in every lane of the group.
  *
- *     D     LANES CHUNKS ROWS rows/warp warps/head
+ *     D     LANES CHUNKS ROWS (wide) rows/warp warps/head (wide)
  *     16      4     1     2      16         1
  *     32      8     1     4      16         2
  *     64     16     1     4       8         8
@@ -78,13 +80,13 @@ struct gdn_cuda_gdn_args {
 };
 
 /* Launch shape and per-lane slice for head dimension D (see the table at the top). */
-template <int D>
+template <int D, int R>
 struct gdn_cuda_config {
     static constexpr int LANES = D / 4 < kWarpSize ? D / 4 : kWarpSize; /* lanes per row */
     static constexpr int CHUNKS = D / (4 * LANES);                      /* float4 per lane per row */
     static constexpr int ELEMS = 4 * CHUNKS;                            /* floats per lane per row */
     static constexpr int GROUPS = kWarpSize / LANES;                    /* rows side by side in a warp */
-    static constexpr int ROWS = (D == 16 || D == 256) ? 2 : 4;          /* rows per thread */
+    static constexpr int ROWS = R;                                      /* rows per thread */
     static constexpr int ROWS_PER_WARP = GROUPS * ROWS;
     static constexpr int WARPS_PER_HEAD = D / ROWS_PER_WARP;
     static_assert(D % ROWS_PER_WARP == 0, "a head must split into whole warps");
@@ -96,7 +98,7 @@ struct gdn_cuda_config {
 template <int D>
 __device__ __forceinline__ int element_of(int lane, int c, int e)
 {
-    return (c * gdn_cuda_config<D>::LANES + lane) * 4 + e;
+    return (c * gdn_cuda_config<D, 1>::LANES + lane) * 4 + e;
 }
 
 /* Four consecutive row elements starting at p (element stride nb0 bytes). VECTOR: one 16-byte
@@ -165,11 +167,11 @@ __device__ __forceinline__ void l2_normalise(float (&x)[ELEMS])
 }
 
 /* One token's inputs as one thread needs them: its slice of q and k, v for its rows, g, beta. */
-template <int D>
+template <int D, int R>
 struct gdn_cuda_token {
-    float q[gdn_cuda_config<D>::ELEMS];
-    float k[gdn_cuda_config<D>::ELEMS];
-    float v[gdn_cuda_config<D>::ROWS];
+    float q[gdn_cuda_config<D, R>::ELEMS];
+    float k[gdn_cuda_config<D, R>::ELEMS];
+    float v[R];
     float g, beta;
 };
 
@@ -181,11 +183,11 @@ struct gdn_cuda_place {
     int lane;
 };
 
-template <int D, bool VECTOR>
-__device__ __forceinline__ void load_token(gdn_cuda_token<D> &in, const gdn_cuda_gdn_args &a,
+template <int D, int R, bool VECTOR>
+__device__ __forceinline__ void load_token(gdn_cuda_token<D, R> &in, const gdn_cuda_gdn_args &a,
                                            const gdn_cuda_place &at, long long t)
 {
-    using C = gdn_cuda_config<D>;
+    using C = gdn_cuda_config<D, R>;
     const char *q = a.q.data + at.b * a.q.nb[3] + t * a.q.nb[2] + at.hk * a.q.nb[1];
     const char *k = a.k.data + at.b * a.k.nb[3] + t * a.k.nb[2] + at.hk * a.k.nb[1];
 #pragma unroll
@@ -210,12 +212,11 @@ __device__ __forceinline__ void load_token(gdn_cuda_token<D> &in, const gdn_cuda
 /* The per-token update of this thread's rows; out[r] = o for row row0 + r (same in all lanes of
  * the group). The arithmetic order here is the exactness contract: change it only knowing that
  * results then change bit-wise (and stay consistent across T, B and both access paths). */
-template <int D>
-__device__ __forceinline__ void update_rows(float (&S)[gdn_cuda_config<D>::ROWS][gdn_cuda_config<D>::ELEMS],
-                                            gdn_cuda_token<D> &in, int l2norm, float scale,
-                                            float (&out)[gdn_cuda_config<D>::ROWS])
+template <int D, int R>
+__device__ __forceinline__ void update_rows(float (&S)[R][gdn_cuda_config<D, R>::ELEMS],
+                                            gdn_cuda_token<D, R> &in, int l2norm, float scale, float (&out)[R])
 {
-    using C = gdn_cuda_config<D>;
+    using C = gdn_cuda_config<D, R>;
     if (l2norm) {
         l2_normalise<C::LANES, C::ELEMS>(in.q);
         l2_normalise<C::LANES, C::ELEMS>(in.k);
@@ -256,11 +257,11 @@ __device__ __forceinline__ void update_rows(float (&S)[gdn_cuda_config<D>::ROWS]
         out[r] = __fmul_rn(scale, group_sum<C::LANES>(sq[r]));
 }
 
-template <int D, bool VECTOR>
+template <int D, int R, bool VECTOR>
 __global__ void __launch_bounds__(kWarpsPerBlock *kWarpSize)
 gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
 {
-    using C = gdn_cuda_config<D>;
+    using C = gdn_cuda_config<D, R>;
     const int lane = threadIdx.x % kWarpSize;
     /* 32-bit index math: the host checked that the warp count fits in an int. */
     const int warp = (int)(blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarpSize);
@@ -289,20 +290,20 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
             S[r][4 * c + 0] = x.x, S[r][4 * c + 1] = x.y, S[r][4 * c + 2] = x.z, S[r][4 * c + 3] = x.w;
         }
 
-    gdn_cuda_token<D> current;
-    load_token<D, VECTOR>(current, a, at, 0);
+    gdn_cuda_token<D, R> current;
+    load_token<D, R, VECTOR>(current, a, at, 0);
     char *o = a.o.data + at.b * a.o.nb[3] + at.h * a.o.nb[1];
     char *states = a.states.data + at.b * a.states.nb[3] + at.h * a.states.nb[2];
 
     for (long long t = 0; t < a.T; t++) {
         /* Prefetch the next token's inputs; they land while this token computes. */
-        gdn_cuda_token<D> next;
+        gdn_cuda_token<D, R> next;
         const bool has_next = t + 1 < a.T;
         if (has_next)
-            load_token<D, VECTOR>(next, a, at, t + 1);
+            load_token<D, R, VECTOR>(next, a, at, t + 1);
 
         float out[C::ROWS];
-        update_rows<D>(S, current, a.l2norm, a.scale, out);
+        update_rows<D, R>(S, current, a.l2norm, a.scale, out);
 
         /* o[b, t, h, row0 + r] from lane r of the group (all lanes hold the same value). */
 #pragma unroll
@@ -349,21 +350,46 @@ int is_vectorisable(const gdn_tensor *t, int n_dims)
     return 1;
 }
 
-template <int D, bool VECTOR>
+/* Rows per thread. The arithmetic of a row does not depend on it (a row's lane slice and
+ * reduction tree depend on D only), so it may follow the batch without changing a bit: few heads
+ * (B*Hv small, latency-bound) get fewer rows per thread and more warps in flight; many heads get
+ * the bandwidth shape (4 rows, 2 at D = 16 and 256) that keeps more bytes in flight per thread.
+ * Measured at B=1, Hv=32, D=128 on an H100 (us per layer, 30-call CUDA graph, state in L2 /
+ * from DRAM, decode and T=4 verify): 1 row 3.59/4.08 and 5.77/6.41; 2 rows 2.93/3.81 and
+ * 5.33/6.97; 4 rows 3.12/4.13 and 6.65/8.39. Two rows is the default for thin grids. */
+template <int D>
+constexpr int wide_rows()
+{
+    return (D == 16 || D == 256) ? 2 : 4;
+}
+
+/* Below this many warps in the wide shape the grid is too thin to cover memory latency on a
+ * large GPU (an H100 holds 132 x 64 warps); measured: B=1, Hv=32, D=128 is 1024 warps. */
+constexpr long long kThinGridWarps = 4096;
+#ifndef GDN_CUDA_THIN_ROWS
+#define GDN_CUDA_THIN_ROWS 2
+#endif
+constexpr int kThinRows = GDN_CUDA_THIN_ROWS;
+
+template <int D, int R, bool VECTOR>
 gdn_status launch(const gdn_cuda_gdn_args &a, cudaStream_t stream)
 {
-    using C = gdn_cuda_config<D>;
+    using C = gdn_cuda_config<D, R>;
     const long long warps = (long long)a.B * a.Hv * C::WARPS_PER_HEAD;
     const long long blocks = (warps + kWarpsPerBlock - 1) / kWarpsPerBlock;
     (void)cudaGetLastError(); /* so the check below reports this launch, not an older error */
-    gdn_cuda_gated_delta_net_kernel<D, VECTOR><<<(unsigned)blocks, kWarpsPerBlock * kWarpSize, 0, stream>>>(a);
+    gdn_cuda_gated_delta_net_kernel<D, R, VECTOR><<<(unsigned)blocks, kWarpsPerBlock * kWarpSize, 0, stream>>>(a);
     return gdn_cuda_check(cudaGetLastError(), "gated_delta_net kernel launch");
 }
 
 template <int D>
 gdn_status launch_for(const gdn_cuda_gdn_args &a, bool vector, cudaStream_t stream)
 {
-    return vector ? launch<D, true>(a, stream) : launch<D, false>(a, stream);
+    constexpr int WIDE = wide_rows<D>(), THIN = kThinRows < WIDE ? kThinRows : WIDE;
+    const bool thin = (long long)a.B * a.Hv * gdn_cuda_config<D, WIDE>::WARPS_PER_HEAD < kThinGridWarps;
+    if (thin)
+        return vector ? launch<D, THIN, true>(a, stream) : launch<D, THIN, false>(a, stream);
+    return vector ? launch<D, WIDE, true>(a, stream) : launch<D, WIDE, false>(a, stream);
 }
 
 } // namespace
@@ -371,7 +397,7 @@ gdn_status launch_for(const gdn_cuda_gdn_args &a, bool vector, cudaStream_t stre
 gdn_status gdn_cuda_gated_delta_net_probe(void)
 {
     cudaFuncAttributes attributes;
-    return gdn_cuda_check(cudaFuncGetAttributes(&attributes, gdn_cuda_gated_delta_net_kernel<128, true>),
+    return gdn_cuda_check(cudaFuncGetAttributes(&attributes, gdn_cuda_gated_delta_net_kernel<128, 4, true>),
                           "cudaFuncGetAttributes (is there a kernel image for this device?)");
 }
 
