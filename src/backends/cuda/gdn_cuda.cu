@@ -80,9 +80,16 @@ struct gdn_cuda_gdn_args {
 };
 
 /* Launch shape and per-lane slice for head dimension D (see the table at the top). */
+/* Lanes that hold one row: a function of D alone (so is every row's arithmetic). */
+template <int D>
+__host__ __device__ constexpr int lanes_per_row()
+{
+    return D / 4 < kWarpSize ? D / 4 : kWarpSize;
+}
+
 template <int D, int R>
 struct gdn_cuda_config {
-    static constexpr int LANES = D / 4 < kWarpSize ? D / 4 : kWarpSize; /* lanes per row */
+    static constexpr int LANES = lanes_per_row<D>();                    /* lanes per row */
     static constexpr int CHUNKS = D / (4 * LANES);                      /* float4 per lane per row */
     static constexpr int ELEMS = 4 * CHUNKS;                            /* floats per lane per row */
     static constexpr int GROUPS = kWarpSize / LANES;                    /* rows side by side in a warp */
@@ -98,7 +105,7 @@ struct gdn_cuda_config {
 template <int D>
 __device__ __forceinline__ int element_of(int lane, int c, int e)
 {
-    return (c * gdn_cuda_config<D, 1>::LANES + lane) * 4 + e;
+    return (c * lanes_per_row<D>() + lane) * 4 + e;
 }
 
 /* Four consecutive row elements starting at p (element stride nb0 bytes). VECTOR: one 16-byte
