@@ -124,6 +124,8 @@ static gdn_status cuda_init_context(gdn_cuda_context *context, const gdn_backend
     context->cc_major = prop.major;
     context->cc_minor = prop.minor;
     context->l2_bytes = (size_t)prop.l2CacheSize;
+    const char *dependent = getenv("GDN_CUDA_DEPENDENT_LAUNCH");
+    context->dependent_launch = !(dependent != NULL && strcmp(dependent, "0") == 0);
     snprintf(context->device_name, sizeof context->device_name, "%s", prop.name);
 
     GDN_CUDA_TRY(cudaStreamCreateWithFlags(&context->stream, cudaStreamNonBlocking));

@@ -19,6 +19,8 @@ typedef struct gdn_cuda_context {
     int cc_major, cc_minor;  /* compute capability */
     size_t l2_bytes;         /* L2 cache size */
     char device_name[256];   /* cudaDeviceProp::name */
+    int dependent_launch;    /* 1: launch kernels with programmatic dependent launch (sm_90+);
+                                GDN_CUDA_DEPENDENT_LAUNCH=0 in the environment turns it off */
 } gdn_cuda_context;
 
 /* GDN_OK when `error` is cudaSuccess; otherwise records "cuda: <what> failed: <name> (<text>)"

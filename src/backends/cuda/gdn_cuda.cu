@@ -284,6 +284,16 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
     at.lane = lane % C::LANES;
     at.row0 = (warp_in_head * C::GROUPS + lane / C::LANES) * C::ROWS;
 
+    /* Programmatic dependent launch (sm_90): this grid may start while the previous kernel on
+     * the stream is still running, so that its launch and index math overlap that kernel's
+     * tail. Nothing in memory is read or written before the wait, which returns once the
+     * previous grid has completed and its writes are visible; the trigger lets the next kernel
+     * start the same way. On older GPUs (or launches without the attribute) both are no-ops. */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+
     /* This thread's rows of the initial state, all loads in flight at once. */
     float S[C::ROWS][C::ELEMS];
     const char *state = a.state.data + at.b * a.state.nb[3] + at.h * a.state.nb[2];
@@ -378,25 +388,40 @@ constexpr long long kThinGridWarps = 4096;
 #endif
 constexpr int kThinRows = GDN_CUDA_THIN_ROWS;
 
+/* How a launch goes out: the stream, and whether programmatic dependent launch may be asked
+ * for (compute capability 9.0 and newer). */
+struct gdn_cuda_launch {
+    cudaStream_t stream;
+    bool dependent;
+};
+
 template <int D, int R, bool VECTOR>
-gdn_status launch(const gdn_cuda_gdn_args &a, cudaStream_t stream)
+gdn_status launch(const gdn_cuda_gdn_args &a, const gdn_cuda_launch &how)
 {
     using C = gdn_cuda_config<D, R>;
     const long long warps = (long long)a.B * a.Hv * C::WARPS_PER_HEAD;
     const long long blocks = (warps + kWarpsPerBlock - 1) / kWarpsPerBlock;
-    (void)cudaGetLastError(); /* so the check below reports this launch, not an older error */
-    gdn_cuda_gated_delta_net_kernel<D, R, VECTOR><<<(unsigned)blocks, kWarpsPerBlock * kWarpSize, 0, stream>>>(a);
-    return gdn_cuda_check(cudaGetLastError(), "gated_delta_net kernel launch");
+    cudaLaunchAttribute attribute;
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3((unsigned)blocks);
+    config.blockDim = dim3(kWarpsPerBlock * kWarpSize);
+    config.stream = how.stream;
+    config.attrs = &attribute;
+    config.numAttrs = how.dependent ? 1 : 0;
+    return gdn_cuda_check(cudaLaunchKernelEx(&config, gdn_cuda_gated_delta_net_kernel<D, R, VECTOR>, a),
+                          "gated_delta_net kernel launch");
 }
 
 template <int D>
-gdn_status launch_for(const gdn_cuda_gdn_args &a, bool vector, cudaStream_t stream)
+gdn_status launch_for(const gdn_cuda_gdn_args &a, bool vector, const gdn_cuda_launch &how)
 {
     constexpr int WIDE = wide_rows<D>(), THIN = kThinRows < WIDE ? kThinRows : WIDE;
     const bool thin = (long long)a.B * a.Hv * gdn_cuda_config<D, WIDE>::WARPS_PER_HEAD < kThinGridWarps;
     if (thin)
-        return vector ? launch<D, THIN, true>(a, stream) : launch<D, THIN, false>(a, stream);
-    return vector ? launch<D, WIDE, true>(a, stream) : launch<D, WIDE, false>(a, stream);
+        return vector ? launch<D, THIN, true>(a, how) : launch<D, THIN, false>(a, how);
+    return vector ? launch<D, WIDE, true>(a, how) : launch<D, WIDE, false>(a, how);
 }
 
 } // namespace
@@ -446,12 +471,15 @@ gdn_status gdn_cuda_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_
      * results. v, g, beta and o are read/written one float per row and need no check. */
     const bool vector = is_vectorisable(&args->q, 4) && is_vectorisable(&args->k, 4) &&
                         is_vectorisable(&args->state, 4) && is_vectorisable(&args->states, 5);
+    gdn_cuda_launch how;
+    how.stream = context->stream;
+    how.dependent = context->cc_major >= 9 && context->dependent_launch;
     switch (shape->D) {
-    case 16: return launch_for<16>(a, vector, context->stream);
-    case 32: return launch_for<32>(a, vector, context->stream);
-    case 64: return launch_for<64>(a, vector, context->stream);
-    case 128: return launch_for<128>(a, vector, context->stream);
-    case 256: return launch_for<256>(a, vector, context->stream);
+    case 16: return launch_for<16>(a, vector, how);
+    case 32: return launch_for<32>(a, vector, how);
+    case 64: return launch_for<64>(a, vector, how);
+    case 128: return launch_for<128>(a, vector, how);
+    case 256: return launch_for<256>(a, vector, how);
     default:
         return gdn_fail(GDN_ERROR_UNSUPPORTED, "gated_delta_net: D=%lld has no CUDA kernel",
                         (long long)shape->D);
