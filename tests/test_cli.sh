@@ -26,6 +26,15 @@ else
   fail "gdn op on a golden file"
 fi
 
+# the same on the CUDA backend where one is present (it says why when it is not)
+if "$gdn" op gated_delta_net --in "$golden" --out "$work/out_cuda.safetensors" --backend cuda 2>"$work/err"; then
+  "$test_golden" --compare "$work/out_cuda.safetensors" "$golden" && ok || fail "cuda output differs from golden"
+elif grep -q "cannot open the cuda backend" "$work/err" && [ ! -e "$work/out_cuda.safetensors" ]; then
+  ok; echo "cuda: skipped ($(head -c 160 "$work/err"))"
+else
+  fail "gdn op --backend cuda: $(cat "$work/err")"
+fi
+
 # bad input: derived files written with python's standard library only
 python3 - "$golden" "$work" <<'PY'
 import json, struct, sys
