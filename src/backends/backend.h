@@ -6,6 +6,7 @@
 
 #include "../core/internal.h"
 #include "../core/gdn_op.h"
+#include "../core/ops.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -25,6 +26,9 @@ typedef struct gdn_backend_ops {
     /* Arguments validated by gdn_gated_delta_net_check; `shape` holds the sizes it derived. */
     gdn_status (*gated_delta_net)(gdn_backend *backend, const gdn_gated_delta_net_params *params,
                                   const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape);
+    /* Any op of the op table (src/core/ops.h), arguments validated by gdn_op_check. NULL, or
+     * GDN_ERROR_UNSUPPORTED for a kind it lacks, where a backend does not run it. */
+    gdn_status (*run_op)(gdn_backend *backend, const gdn_op_call *call);
     /* Recording of queued ops for replay (CUDA graphs). NULL where a backend has none. */
     gdn_status (*record_begin)(gdn_backend *backend);
     gdn_status (*record_end)(gdn_backend *backend, void **handle);

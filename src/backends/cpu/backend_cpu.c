@@ -245,4 +245,5 @@ const gdn_backend_ops gdn_cpu_backend_ops = {
     .timer_start = gdn_cpu_timer_start,
     .timer_stop = gdn_cpu_timer_stop,
     .gated_delta_net = gdn_cpu_gated_delta_net,
+    .run_op = gdn_cpu_run_op,
 };

@@ -77,4 +77,8 @@ typedef struct gdn_cpu_context {
 gdn_status gdn_cpu_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_net_params *params,
                                    const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape);
 
+/* The run_op entry of gdn_cpu_backend_ops: every op of the op table except GATED_DELTA_NET
+ * (call validated by gdn_op_check); ops_cpu.c. */
+gdn_status gdn_cpu_run_op(gdn_backend *backend, const gdn_op_call *call);
+
 #endif

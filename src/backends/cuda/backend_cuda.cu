@@ -315,6 +315,7 @@ extern "C" const gdn_backend_ops gdn_cuda_backend_ops = {
     cuda_timer_start, /* timer_start */
     cuda_timer_stop,  /* timer_stop */
     gdn_cuda_gated_delta_net, /* gated_delta_net */
+    NULL,                     /* run_op: the op table's other ops are not on CUDA yet */
     cuda_record_begin,        /* record_begin */
     cuda_record_end,          /* record_end */
     cuda_replay,              /* replay */

@@ -1,0 +1,325 @@
+/* ops.c: the op table's declarations (gdn_op_traits_of), the validation of an op call
+ * (gdn_op_check) and its dispatch to a backend (gdn_op_run). Every check a caller can fail
+ * lives here, once, so that the reference and the backends' kernels see only valid calls. */
+#include "ops.h"
+#include "ops_run.h"
+#include "gdn_op.h"
+#include "../backends/backend.h"
+
+#include <math.h>
+#include <string.h>
+
+/* Every op's CPU kernel writes through dst strides (strided_dst bit 0, both outputs of the
+ * GDN op). alias_ok bit 0 (dst 0 may be exactly src 0) where each output element is written
+ * only after everything it depends on in src 0 has been read: elementwise ops, row norms (a row
+ * is reduced before any of it is written) and cpy between equal dtypes. The GDN op's own alias
+ * (state == states[s], a part of dst 1) is checked by gdn_gated_delta_net_check. No op reads
+ * indexed source rows yet (indexed_src 0). */
+static const gdn_op_traits gdn_op_traits_table[GDN_OP_COUNT] = {
+    [GDN_OP_ADD] = {"add", 2, 1, 1u, 1u, 0u},
+    [GDN_OP_MUL] = {"mul", 2, 1, 1u, 1u, 0u},
+    [GDN_OP_SCALE] = {"scale", 1, 1, 1u, 1u, 0u},
+    [GDN_OP_SILU] = {"silu", 1, 1, 1u, 1u, 0u},
+    [GDN_OP_SIGMOID] = {"sigmoid", 1, 1, 1u, 1u, 0u},
+    [GDN_OP_SOFTPLUS] = {"softplus", 1, 1, 1u, 1u, 0u},
+    [GDN_OP_EXP] = {"exp", 1, 1, 1u, 1u, 0u},
+    [GDN_OP_L2_NORM] = {"l2_norm", 1, 1, 1u, 1u, 0u},
+    [GDN_OP_RMS_NORM] = {"rms_norm", 1, 1, 1u, 1u, 0u},
+    [GDN_OP_RMS_NORM_GATED] = {"rms_norm_gated", 3, 1, 1u, 1u, 0u},
+    [GDN_OP_SSM_CONV] = {"ssm_conv", 2, 1, 1u, 0u, 0u},
+    [GDN_OP_GET_ROWS] = {"get_rows", 2, 1, 1u, 0u, 0u},
+    [GDN_OP_CONCAT] = {"concat", 2, 1, 1u, 0u, 0u},
+    [GDN_OP_CPY] = {"cpy", 1, 1, 1u, 1u, 0u},
+    [GDN_OP_MUL_MAT] = {"mul_mat", 2, 1, 1u, 0u, 0u},
+    [GDN_OP_GATED_DELTA_NET] = {"gated_delta_net", 6, 2, 3u, 0u, 0u},
+};
+
+/* Source names per kind, in call order, for messages. */
+static const char *const gdn_op_src_names[GDN_OP_COUNT][GDN_OP_MAX_SRC] = {
+    [GDN_OP_ADD] = {"a", "b"},
+    [GDN_OP_MUL] = {"a", "b"},
+    [GDN_OP_SCALE] = {"a"},
+    [GDN_OP_SILU] = {"a"},
+    [GDN_OP_SIGMOID] = {"a"},
+    [GDN_OP_SOFTPLUS] = {"a"},
+    [GDN_OP_EXP] = {"a"},
+    [GDN_OP_L2_NORM] = {"a"},
+    [GDN_OP_RMS_NORM] = {"a"},
+    [GDN_OP_RMS_NORM_GATED] = {"x", "w", "z"},
+    [GDN_OP_SSM_CONV] = {"x", "w"},
+    [GDN_OP_GET_ROWS] = {"a", "index"},
+    [GDN_OP_CONCAT] = {"a", "b"},
+    [GDN_OP_CPY] = {"a"},
+    [GDN_OP_MUL_MAT] = {"w", "x"},
+    [GDN_OP_GATED_DELTA_NET] = {"q", "k", "v", "g", "beta", "state"},
+};
+
+const gdn_op_traits *gdn_op_traits_of(gdn_op_kind kind)
+{
+    if ((int)kind < 0 || kind >= GDN_OP_COUNT)
+        return NULL;
+    return &gdn_op_traits_table[kind];
+}
+
+#define DTYPE_BIT(d) (1u << (unsigned)(d))
+
+/* A well-formed view: data, 1..GDN_MAX_DIMS dims, counts >= 1 (1 beyond n_dims), a dtype in
+ * `dtypes` (a mask of DTYPE_BIT), strides and data aligned to the element size. */
+static gdn_status check_view(const char *op, const char *name, const gdn_tensor *t, uint32_t dtypes)
+{
+    if (t->data == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: %s has no data pointer", op, name);
+    if ((int)t->dtype < 0 || t->dtype >= GDN_DTYPE_COUNT || !(dtypes & DTYPE_BIT(t->dtype))) {
+        char allowed[64] = "";
+        for (int d = 0; d < GDN_DTYPE_COUNT; d++)
+            if (dtypes & DTYPE_BIT(d)) {
+                if (allowed[0] != '\0')
+                    strcat(allowed, " or ");
+                strcat(allowed, gdn_dtype_name((gdn_dtype)d));
+            }
+        return gdn_fail(GDN_ERROR_TYPE, "%s: %s is %s, expected %s", op, name, gdn_dtype_name(t->dtype),
+                        allowed);
+    }
+    if (t->n_dims < 1 || t->n_dims > GDN_MAX_DIMS)
+        return gdn_fail(GDN_ERROR_SHAPE, "%s: %s has n_dims=%d, expected 1..%d", op, name, (int)t->n_dims,
+                        GDN_MAX_DIMS);
+    const size_t size = gdn_dtype_size(t->dtype);
+    for (int i = 0; i < GDN_MAX_DIMS; i++) {
+        if (t->ne[i] < 1 || (i >= t->n_dims && t->ne[i] != 1))
+            return gdn_fail(GDN_ERROR_SHAPE, "%s: %s has ne[%d]=%lld with n_dims=%d (counts are >= 1, "
+                            "and 1 beyond n_dims)", op, name, i, (long long)t->ne[i], (int)t->n_dims);
+        if (t->nb[i] % size != 0)
+            return gdn_fail(GDN_ERROR_SHAPE, "%s: %s has byte stride nb[%d]=%zu, not a multiple of %zu",
+                            op, name, i, t->nb[i], size);
+    }
+    if ((uintptr_t)t->data % size != 0)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: %s data is not %zu-byte aligned", op, name, size);
+    return GDN_OK;
+}
+
+/* Exact counts: ne[0..5] of `t` equal `want[0..5]`. */
+static gdn_status check_ne(const char *op, const char *name, const gdn_tensor *t, const int64_t *want)
+{
+    for (int i = 0; i < GDN_MAX_DIMS; i++)
+        if (t->ne[i] != want[i])
+            return gdn_fail(GDN_ERROR_SHAPE, "%s: %s has ne[%d]=%lld (innermost-first), expected %lld",
+                            op, name, i, (long long)t->ne[i], (long long)want[i]);
+    return GDN_OK;
+}
+
+static void set_ne(int64_t *ne, int64_t n0, int64_t n1, int64_t n2)
+{
+    ne[0] = n0;
+    ne[1] = n1;
+    ne[2] = n2;
+    ne[3] = ne[4] = ne[5] = 1;
+}
+
+static int same_view(const gdn_tensor *a, const gdn_tensor *b)
+{
+    if (a->data != b->data || a->dtype != b->dtype)
+        return 0;
+    for (int i = 0; i < GDN_MAX_DIMS; i++)
+        if (a->ne[i] != b->ne[i] || a->nb[i] != b->nb[i])
+            return 0;
+    return 1;
+}
+
+/* Shapes, dtypes and parameters of the sources, and the counts and dtype the destination must
+ * have (`dst_ne`, `dst_dtypes`), per kind. */
+static gdn_status check_kind(const gdn_op_call *call, const char *op, int64_t *dst_ne, uint32_t *dst_dtypes)
+{
+    const gdn_tensor *s = call->src;
+    const uint32_t f32 = DTYPE_BIT(GDN_DTYPE_F32), weights = f32 | DTYPE_BIT(GDN_DTYPE_BF16);
+    const char *const *names = gdn_op_src_names[call->kind];
+    /* Source dtypes: everything F32 except weights (BF16 allowed) and the get_rows index. */
+    for (int i = 0; i < call->n_src; i++) {
+        uint32_t allowed = f32;
+        if ((call->kind == GDN_OP_MUL_MAT && i == 0) || (call->kind == GDN_OP_GET_ROWS && i == 0) ||
+            call->kind == GDN_OP_CPY)
+            allowed = weights;
+        if (call->kind == GDN_OP_GET_ROWS && i == 1)
+            allowed = DTYPE_BIT(GDN_DTYPE_I32);
+        gdn_status st = check_view(op, names[i], &s[i], allowed);
+        if (st != GDN_OK)
+            return st;
+    }
+    *dst_dtypes = call->kind == GDN_OP_CPY ? weights : f32;
+    memcpy(dst_ne, s[0].ne, sizeof s[0].ne); /* elementwise default: dst shaped as src 0 */
+    int64_t want[GDN_MAX_DIMS];
+    gdn_status st = GDN_OK;
+
+    switch (call->kind) {
+    case GDN_OP_ADD:
+    case GDN_OP_MUL:
+        for (int i = 0; i < GDN_MAX_DIMS; i++)
+            if (s[0].ne[i] % s[1].ne[i] != 0)
+                return gdn_fail(GDN_ERROR_SHAPE, "%s: b has ne[%d]=%lld, which does not divide a's "
+                                "ne[%d]=%lld (b repeats over a)", op, i, (long long)s[1].ne[i], i,
+                                (long long)s[0].ne[i]);
+        break;
+    case GDN_OP_SCALE:
+        if (!isfinite(call->params.scale.scale))
+            return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "scale: scale=%g, expected a finite value",
+                            (double)call->params.scale.scale);
+        break;
+    case GDN_OP_SILU:
+    case GDN_OP_SIGMOID:
+    case GDN_OP_SOFTPLUS:
+    case GDN_OP_EXP:
+    case GDN_OP_CPY:
+        break;
+    case GDN_OP_L2_NORM:
+    case GDN_OP_RMS_NORM:
+    case GDN_OP_RMS_NORM_GATED:
+        if (!isfinite(call->params.norm.eps) || call->params.norm.eps < 0.0f)
+            return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: eps=%g, expected a finite value >= 0", op,
+                            (double)call->params.norm.eps);
+        if (call->kind == GDN_OP_RMS_NORM_GATED) {
+            set_ne(want, s[0].ne[0], 1, 1);
+            if ((st = check_ne(op, "w", &s[1], want)) != GDN_OK ||
+                (st = check_ne(op, "z", &s[2], s[0].ne)) != GDN_OK)
+                return st;
+        }
+        break;
+    case GDN_OP_SSM_CONV: {
+        const int64_t K = s[1].ne[0], C = s[1].ne[1];
+        set_ne(want, K, C, 1);
+        if ((st = check_ne(op, "w [C, Kconv]", &s[1], want)) != GDN_OK)
+            return st;
+        const int64_t T = s[0].ne[0] - (K - 1);
+        if (T < 1)
+            return gdn_fail(GDN_ERROR_SHAPE, "ssm_conv: x has %lld columns, expected Kconv-1+T = %lld+T "
+                            "with T >= 1", (long long)s[0].ne[0], (long long)(K - 1));
+        set_ne(want, s[0].ne[0], C, s[0].ne[2]);
+        if ((st = check_ne(op, "x [B, C, Kconv-1+T]", &s[0], want)) != GDN_OK)
+            return st;
+        set_ne(dst_ne, C, T, s[0].ne[2]);
+        break;
+    }
+    case GDN_OP_GET_ROWS:
+        set_ne(want, s[0].ne[0], s[0].ne[1], 1);
+        if ((st = check_ne(op, "a [R, D]", &s[0], want)) != GDN_OK)
+            return st;
+        set_ne(want, s[1].ne[0], 1, 1);
+        if ((st = check_ne(op, "index [n]", &s[1], want)) != GDN_OK)
+            return st;
+        set_ne(dst_ne, s[0].ne[0], s[1].ne[0], 1);
+        break;
+    case GDN_OP_CONCAT: {
+        const int32_t dim = call->params.concat.dim;
+        if (dim < 0 || dim >= GDN_MAX_DIMS)
+            return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "concat: dim=%d, expected 0..%d", (int)dim,
+                            GDN_MAX_DIMS - 1);
+        for (int i = 0; i < GDN_MAX_DIMS; i++)
+            if (i != dim && s[0].ne[i] != s[1].ne[i])
+                return gdn_fail(GDN_ERROR_SHAPE, "concat: a and b differ in ne[%d] (%lld vs %lld); only "
+                                "dim %d may differ", i, (long long)s[0].ne[i], (long long)s[1].ne[i], (int)dim);
+        dst_ne[dim] = s[0].ne[dim] + s[1].ne[dim];
+        break;
+    }
+    case GDN_OP_MUL_MAT:
+        if (s[0].n_dims > 2 || s[0].ne[2] != 1)
+            return gdn_fail(GDN_ERROR_SHAPE, "mul_mat: w must be 2-D [N, K], got n_dims=%d", (int)s[0].n_dims);
+        if (s[1].ne[0] != s[0].ne[0])
+            return gdn_fail(GDN_ERROR_SHAPE, "mul_mat: x has K=%lld (ne[0]), w has K=%lld", (long long)s[1].ne[0],
+                            (long long)s[0].ne[0]);
+        memcpy(dst_ne, s[1].ne, sizeof s[1].ne);
+        dst_ne[0] = s[0].ne[1];
+        break;
+    default:
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: not checked here", op);
+    }
+    return GDN_OK;
+}
+
+/* The GDN op's call as the arguments of its own entry points. */
+static void gdn_op_gdn_args(const gdn_op_call *call, gdn_gated_delta_net_args *args)
+{
+    args->q = call->src[0];
+    args->k = call->src[1];
+    args->v = call->src[2];
+    args->g = call->src[3];
+    args->beta = call->src[4];
+    args->state = call->src[5];
+    args->o = call->dst[0];
+    args->states = call->dst[1];
+}
+
+gdn_status gdn_op_check(const gdn_op_call *call, int float64_dst)
+{
+    if (call == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "op: NULL call");
+    const gdn_op_traits *traits = gdn_op_traits_of(call->kind);
+    if (traits == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "op: unknown kind %d", (int)call->kind);
+    const char *op = traits->name;
+    if (call->n_src != traits->n_src || call->n_dst != traits->n_dst)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: %d sources and %d destinations, expected %d and %d",
+                        op, (int)call->n_src, (int)call->n_dst, (int)traits->n_src, (int)traits->n_dst);
+
+    if (call->kind == GDN_OP_GATED_DELTA_NET) {
+        gdn_gated_delta_net_args args;
+        gdn_op_gdn_args(call, &args);
+        gdn_gdn_shape shape;
+        const gdn_dtype out = float64_dst && args.o.dtype == GDN_DTYPE_F64 ? GDN_DTYPE_F64 : GDN_DTYPE_F32;
+        return gdn_gated_delta_net_check(&call->params.gated_delta_net, &args, out, &shape);
+    }
+
+    int64_t dst_ne[GDN_MAX_DIMS];
+    uint32_t dst_dtypes = 0;
+    gdn_status st = check_kind(call, op, dst_ne, &dst_dtypes);
+    if (st != GDN_OK)
+        return st;
+    if (float64_dst)
+        dst_dtypes |= DTYPE_BIT(GDN_DTYPE_F64); /* the reference may write F64 instead */
+    const gdn_tensor *dst = &call->dst[0];
+    if ((st = check_view(op, "dst", dst, dst_dtypes)) != GDN_OK || (st = check_ne(op, "dst", dst, dst_ne)) != GDN_OK)
+        return st;
+
+    /* The destination must not overlap itself (threads would race) nor any source, except an
+     * exact alias the op declares safe. */
+    if (!gdn_tensor_is_injective(dst))
+        return gdn_fail(GDN_ERROR_OVERLAP, "%s: dst has elements that share memory (a stride smaller "
+                        "than the extent of the dimensions inside it)", op);
+    for (int s = 0; s < call->n_src; s++) {
+        if (!gdn_tensor_ranges_overlap(dst, &call->src[s]))
+            continue;
+        const int may_alias = (traits->alias_ok >> (s * GDN_OP_MAX_DST)) & 1u;
+        if (may_alias && same_view(dst, &call->src[s]))
+            continue;
+        return gdn_fail(GDN_ERROR_OVERLAP, "%s: dst overlaps source %s (%s)", op, gdn_op_src_names[call->kind][s],
+                        may_alias ? "only dst == that source exactly, same data, dtype, counts and strides, "
+                                    "may alias" : "this op allows no aliasing of it");
+    }
+    return GDN_OK;
+}
+
+gdn_status gdn_op_run(gdn_backend *backend, const gdn_op_call *call)
+{
+    gdn_clear_error();
+    if (backend == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "op: NULL backend");
+    gdn_status st = gdn_op_check(call, 0);
+    if (st != GDN_OK)
+        return st;
+    const char *op = gdn_op_traits_of(call->kind)->name;
+    if (call->kind == GDN_OP_GATED_DELTA_NET) {
+        gdn_gated_delta_net_args args;
+        gdn_op_gdn_args(call, &args);
+        gdn_gdn_shape shape;
+        st = gdn_gated_delta_net_check(&call->params.gated_delta_net, &args, GDN_DTYPE_F32, &shape);
+        if (st != GDN_OK)
+            return st;
+        if (backend->ops->gated_delta_net == NULL)
+            return gdn_fail(GDN_ERROR_UNSUPPORTED, "%s: not implemented on backend %s", op, backend->name);
+        return backend->ops->gated_delta_net(backend, &call->params.gated_delta_net, &args, &shape);
+    }
+    if (backend->ops->run_op == NULL)
+        return gdn_fail(GDN_ERROR_UNSUPPORTED, "%s: not implemented on backend %s (it runs no op of the op "
+                        "table yet)", op, backend->name);
+    st = backend->ops->run_op(backend, call);
+    if (st == GDN_ERROR_UNSUPPORTED && gdn_error_detail()[0] == '\0')
+        return gdn_fail(GDN_ERROR_UNSUPPORTED, "%s: not implemented on backend %s", op, backend->name);
+    return st;
+}

@@ -1,0 +1,101 @@
+/* ops.h: the op table shared by the compute graph, the passes and every backend. An op call is
+ * one node's work: a kind, typed parameters, source views and destination views. What an op's
+ * kernels accept (strided destinations, aliasing, indexed source rows) is declared here, once,
+ * so that graph passes decide from declarations and never from op names. Internal header. */
+#ifndef GDN_OPS_H
+#define GDN_OPS_H
+
+#include "internal.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum gdn_op_kind {
+    GDN_OP_ADD,            /* dst = a + b            (b broadcast over a by repetition, as ggml) */
+    GDN_OP_MUL,            /* dst = a * b            (same broadcast) */
+    GDN_OP_SCALE,          /* dst = a * scale */
+    GDN_OP_SILU,           /* dst = a * sigmoid(a) */
+    GDN_OP_SIGMOID,        /* dst = 1 / (1 + exp(-a)) */
+    GDN_OP_SOFTPLUS,       /* dst = log(1 + exp(a)), = a above the threshold 20 */
+    GDN_OP_EXP,            /* dst = exp(a) */
+    GDN_OP_L2_NORM,        /* dst = a / sqrt(sum(a^2) + eps) over dim 0 (the GDN op's form) */
+    GDN_OP_RMS_NORM,       /* dst = a / sqrt(mean(a^2) + eps) over dim 0 */
+    GDN_OP_RMS_NORM_GATED, /* dst = (a / sqrt(mean(a^2) + eps)) * w * silu(z), over dim 0 */
+    GDN_OP_SSM_CONV,       /* causal depthwise conv: shapes in the SSM_CONV comment below */
+    GDN_OP_GET_ROWS,       /* dst[r] = a[index[r]] (rows along dim 1, index I32) */
+    GDN_OP_CONCAT,         /* dst = a ++ b along `dim` */
+    GDN_OP_CPY,            /* dst = a, any strides, F32 <-> BF16 conversion */
+    GDN_OP_MUL_MAT,        /* dst[i][j] = sum_k w[j][k] x[i][k]: see below */
+    GDN_OP_GATED_DELTA_NET,
+    GDN_OP_COUNT
+} gdn_op_kind;
+
+/* Parameters, one struct per op that has any. */
+typedef struct gdn_scale_params {
+    float scale;
+} gdn_scale_params;
+
+typedef struct gdn_norm_params {
+    float eps; /* l2_norm: 1e-6 in the models; rms_norm: the model's rms_norm_eps */
+} gdn_norm_params;
+
+/* SSM_CONV (the short convolution of a GDN block, ggml's ssm_conv):
+ *   src[0] x      [B, C, Kconv-1+T]  conv window (Kconv-1 past columns) then T new columns;
+ *                                    ne = {Kconv-1+T, C, B}: time innermost, as ggml
+ *   src[1] w      [C, Kconv]         ne = {Kconv, C}
+ *   dst           [B, T, C]          ne = {C, T, B}
+ *   dst[b][t][c] = sum_{i<Kconv} x[b][c][t+i] * w[c][i]   (no activation: SILU is its own op) */
+typedef struct gdn_concat_params {
+    int32_t dim; /* dimension (innermost first) along which b follows a */
+} gdn_concat_params;
+
+/* MUL_MAT: src[0] w [N, K] (ne = {K, N}, F32 or BF16), src[1] x [..., M, K] (ne = {K, M, d2, d3},
+ * F32), dst [..., M, N] (ne = {N, M, d2, d3}, F32). Each output element is one dot product of
+ * length K in one fixed order, so a row of x gives the same bits whatever M is (batch invariance,
+ * required by the exactness contract). */
+
+typedef union gdn_op_params {
+    gdn_scale_params scale;
+    gdn_norm_params norm;
+    gdn_concat_params concat;
+    gdn_gated_delta_net_params gated_delta_net;
+} gdn_op_params;
+
+#define GDN_OP_MAX_SRC 6
+#define GDN_OP_MAX_DST 2
+
+/* One op call: validated by gdn_op_check, run by a backend or by the float64 reference. */
+typedef struct gdn_op_call {
+    gdn_op_kind kind;
+    gdn_op_params params;
+    int32_t n_src, n_dst;
+    gdn_tensor src[GDN_OP_MAX_SRC]; /* in the order the op's comment gives */
+    gdn_tensor dst[GDN_OP_MAX_DST];
+} gdn_op_call;
+
+/* What an op's kernels accept, read by the graph passes (DESIGN.md section 4). */
+typedef struct gdn_op_traits {
+    const char *name;          /* "add", "rms_norm", ... */
+    int32_t n_src, n_dst;
+    uint32_t strided_dst;      /* bit d: dst[d] may have any byte strides */
+    uint32_t alias_ok;         /* bit (s * GDN_OP_MAX_DST + d): dst[d] may be exactly src[s] */
+    uint32_t indexed_src;      /* bit s: src[s] may be read through a row index (gather elision) */
+} gdn_op_traits;
+
+/* Traits of an op kind; NULL for an unknown kind. Static storage. */
+const gdn_op_traits *gdn_op_traits_of(gdn_op_kind kind);
+
+/* Validate an op call: counts, dtypes, shapes, strides, overlaps. `float64_dst` lets the
+ * reference's F64 destinations pass. On failure: the status and a detail naming the op and the
+ * tensor. */
+gdn_status gdn_op_check(const gdn_op_call *call, int float64_dst);
+
+/* The float64 reference of every op: inputs F32 (or BF16 weights, I32 indices), destinations
+ * F64. Plain loops; every backend is tested against it. */
+gdn_status gdn_op_reference(const gdn_op_call *call);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
