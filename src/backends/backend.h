@@ -29,6 +29,8 @@ typedef struct gdn_backend_ops {
     /* Any op of the op table (src/core/ops.h), arguments validated by gdn_op_check. NULL, or
      * GDN_ERROR_UNSUPPORTED for a kind it lacks, where a backend does not run it. */
     gdn_status (*run_op)(gdn_backend *backend, const gdn_op_call *call);
+    /* 1 if the backend runs op `kind` (the graph asks before running anything). */
+    int (*supports_op)(const gdn_backend *backend, gdn_op_kind kind);
     /* Recording of queued ops for replay (CUDA graphs). NULL where a backend has none. */
     gdn_status (*record_begin)(gdn_backend *backend);
     gdn_status (*record_end)(gdn_backend *backend, void **handle);

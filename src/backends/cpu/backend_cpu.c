@@ -233,6 +233,13 @@ static gdn_status gdn_cpu_timer_stop(gdn_backend *backend, double *milliseconds)
 }
 
 /* Designated initializers: entries the CPU has no use for (recording for replay) stay NULL. */
+/* The CPU backend runs every op of the table. */
+static int gdn_cpu_supports_op(const gdn_backend *backend, gdn_op_kind kind)
+{
+    (void)backend;
+    return kind >= 0 && kind < GDN_OP_COUNT;
+}
+
 const gdn_backend_ops gdn_cpu_backend_ops = {
     .init = gdn_cpu_init,
     .free = gdn_cpu_free,
@@ -246,4 +253,5 @@ const gdn_backend_ops gdn_cpu_backend_ops = {
     .timer_stop = gdn_cpu_timer_stop,
     .gated_delta_net = gdn_cpu_gated_delta_net,
     .run_op = gdn_cpu_run_op,
+    .supports_op = gdn_cpu_supports_op,
 };

@@ -255,6 +255,12 @@ static gdn_status cuda_timer_stop(gdn_backend *backend, double *milliseconds)
 /* Positional initialisers (designated ones are not C++17); the order is backend.h's. */
 /* Recording is stream capture into a CUDA graph, instantiated at the end (one launch to replay
  * a whole step). Thread-local capture mode: other threads' CUDA calls are not disturbed. */
+static int cuda_supports_op(const gdn_backend *backend, gdn_op_kind kind)
+{
+    (void)backend;
+    return kind == GDN_OP_GATED_DELTA_NET;
+}
+
 static gdn_status cuda_record_begin(gdn_backend *backend)
 {
     gdn_cuda_context *context = context_of(backend);
@@ -316,6 +322,7 @@ extern "C" const gdn_backend_ops gdn_cuda_backend_ops = {
     cuda_timer_stop,  /* timer_stop */
     gdn_cuda_gated_delta_net, /* gated_delta_net */
     NULL,                     /* run_op: the op table's other ops are not on CUDA yet */
+    cuda_supports_op,         /* supports_op */
     cuda_record_begin,        /* record_begin */
     cuda_record_end,          /* record_end */
     cuda_replay,              /* replay */
