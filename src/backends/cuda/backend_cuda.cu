@@ -1,7 +1,8 @@
 /* backend_cuda.cu: the CUDA backend's table: availability probe, init/free, device memory,
  * copies, synchronisation and the event timer. Everything is queued on the context's one
  * non-blocking stream; every CUDA call is checked and a failure becomes GDN_ERROR_BACKEND with
- * the call, the error name and its text. The GDN kernel lives in gdn_cuda.cu.
+ * the call, the error name and its text. The GDN kernel lives in gdn_cuda.cu, the other ops of
+ * the op table in ops_cuda*.cu.
  * Host code only: no C++ runtime (no new, exceptions or guarded statics), so C programs can link
  * the static library. */
 #include "cuda_internal.h"
@@ -92,6 +93,8 @@ static void context_release(gdn_cuda_context *context)
      * is drained first so no queued work still uses the events. */
     if (cudaSetDevice(context->device) == cudaSuccess && context->stream != NULL)
         (void)cudaStreamSynchronize(context->stream);
+    if (context->index_check != NULL)
+        (void)cudaFree(context->index_check);
     if (context->timer_end != NULL)
         (void)cudaEventDestroy(context->timer_end);
     if (context->timer_begin != NULL)
@@ -131,6 +134,7 @@ static gdn_status cuda_init_context(gdn_cuda_context *context, const gdn_backend
     GDN_CUDA_TRY(cudaStreamCreateWithFlags(&context->stream, cudaStreamNonBlocking));
     GDN_CUDA_TRY(cudaEventCreate(&context->timer_begin));
     GDN_CUDA_TRY(cudaEventCreate(&context->timer_end));
+    GDN_CUDA_TRY(cudaMalloc((void **)&context->index_check, 2 * sizeof *context->index_check));
     return gdn_cuda_gated_delta_net_probe();
 }
 
@@ -258,7 +262,7 @@ static gdn_status cuda_timer_stop(gdn_backend *backend, double *milliseconds)
 static int cuda_supports_op(const gdn_backend *backend, gdn_op_kind kind)
 {
     (void)backend;
-    return kind == GDN_OP_GATED_DELTA_NET;
+    return kind == GDN_OP_GATED_DELTA_NET || gdn_cuda_runs_op(kind);
 }
 
 static gdn_status cuda_record_begin(gdn_backend *backend)
@@ -321,7 +325,7 @@ extern "C" const gdn_backend_ops gdn_cuda_backend_ops = {
     cuda_timer_start, /* timer_start */
     cuda_timer_stop,  /* timer_stop */
     gdn_cuda_gated_delta_net, /* gated_delta_net */
-    NULL,                     /* run_op: the op table's other ops are not on CUDA yet */
+    gdn_cuda_run_op,          /* run_op: the op table's other ops (ops_cuda.cu) */
     cuda_supports_op,         /* supports_op */
     cuda_record_begin,        /* record_begin */
     cuda_record_end,          /* record_end */

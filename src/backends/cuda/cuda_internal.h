@@ -1,6 +1,7 @@
 /* cuda_internal.h: what the CUDA backend's files share: the backend context (device, stream,
- * timer events, device properties), the CUDA error helper and the op launchers. Not installed;
- * included by the .cu files of src/backends/cuda only. */
+ * timer events, device properties), the CUDA error helper, the op launchers, and the views,
+ * argument struct, strided loads and launch helper of the op-table kernels (ops_cuda*.cu).
+ * Not installed; included by the .cu files of src/backends/cuda only. */
 #ifndef GDN_CUDA_INTERNAL_H
 #define GDN_CUDA_INTERNAL_H
 
@@ -21,6 +22,7 @@ typedef struct gdn_cuda_context {
     char device_name[256];   /* cudaDeviceProp::name */
     int dependent_launch;    /* 1: launch kernels with programmatic dependent launch (sm_90+);
                                 GDN_CUDA_DEPENDENT_LAUNCH=0 in the environment turns it off */
+    int64_t *index_check;    /* device, 2 values: get_rows' verdict on its indices (ops_cuda_data.cu) */
 } gdn_cuda_context;
 
 /* GDN_OK when `error` is cudaSuccess; otherwise records "cuda: <what> failed: <name> (<text>)"
@@ -39,5 +41,120 @@ gdn_status gdn_cuda_gated_delta_net_probe(void);
 /* The gated_delta_net entry of the table (gdn_cuda.cu): one kernel launch on the stream. */
 gdn_status gdn_cuda_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_net_params *params,
                                     const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape);
+
+
+/* ---------------------------------------------------------------------------------------------
+ * The op table on CUDA (ops_cuda.cu, ops_cuda_elementwise.cu, ops_cuda_data.cu,
+ * ops_cuda_matmul.cu). Every kernel takes one gdn_cuda_op_args (style rule 5) and indexes every
+ * view through its ne/nb, so any byte strides work; a thread or warp owns whole output elements,
+ * and each output element is computed in one fixed order that depends only on the op's sizes
+ * along the reduced dimension (never on the number of rows, the grid or the layout), so every
+ * op is batch invariant.
+ * ------------------------------------------------------------------------------------------- */
+
+/* A view as the kernels see it: byte strides signed so index math stays in int64. */
+struct gdn_cuda_view {
+    char *data;
+    int64_t ne[GDN_MAX_DIMS];
+    int64_t nb[GDN_MAX_DIMS];
+    int dtype; /* gdn_dtype: F32, BF16 or I32 */
+};
+
+/* The one argument of every op-table kernel. */
+struct gdn_cuda_op_args {
+    gdn_cuda_view src[3]; /* in the op's source order (ops.h); unused ones zeroed */
+    gdn_cuda_view dst;
+    int kind;             /* gdn_op_kind */
+    float scale;          /* scale: the factor */
+    float eps;            /* norms */
+    int dim;              /* concat */
+    int64_t count;        /* work items: dst elements, rows or dot products, per kernel */
+    int64_t *index_check; /* get_rows: {first bad position or -1, its index} from its check kernel */
+};
+
+/* The kernel view of a validated tensor. */
+static inline gdn_cuda_view gdn_cuda_view_of(const gdn_tensor *t)
+{
+    gdn_cuda_view v;
+    v.data = (char *)t->data;
+    for (int i = 0; i < GDN_MAX_DIMS; i++) {
+        v.ne[i] = t->ne[i];
+        v.nb[i] = (int64_t)t->nb[i];
+    }
+    v.dtype = (int)t->dtype;
+    return v;
+}
+
+/* Programmatic dependent launch: wait for the previous grid on the stream (complete, its writes
+ * visible) before touching memory, then let the next one start its prologue. No-ops before sm_90
+ * or without the launch attribute. Every op-table kernel calls this first. */
+static __device__ __forceinline__ void gdn_cuda_wait_previous_grid()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+/* Byte offset of the element whose flat index (dim 0 fastest) over counts `ne` is `e`. */
+static __device__ __forceinline__ int64_t gdn_cuda_offset_flat(const gdn_cuda_view &v, const int64_t *ne, int64_t e)
+{
+    int64_t off = 0;
+#pragma unroll
+    for (int i = 0; i < GDN_MAX_DIMS; i++) {
+        off += (e % ne[i]) * v.nb[i];
+        e /= ne[i];
+    }
+    return off;
+}
+
+/* Element at byte offset `off` of a F32 or BF16 view, as a float (BF16 -> F32 is exact). */
+static __device__ __forceinline__ float gdn_cuda_load(const gdn_cuda_view &v, int64_t off)
+{
+    if (v.dtype == GDN_DTYPE_BF16)
+        return __uint_as_float((unsigned)*(const unsigned short *)(v.data + off) << 16);
+    return *(const float *)(v.data + off);
+}
+
+/* Launch `kernel` on the context's stream with one args struct, with programmatic dependent
+ * launch where the device and the context allow it; the launch is checked. */
+template <typename Args>
+static inline gdn_status gdn_cuda_launch_op(const gdn_cuda_context *context, void (*kernel)(Args), unsigned blocks,
+                                            unsigned threads, const Args &args, const char *what)
+{
+    cudaLaunchAttribute attribute;
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(blocks);
+    config.blockDim = dim3(threads);
+    config.stream = context->stream;
+    config.attrs = &attribute;
+    config.numAttrs = context->cc_major >= 9 && context->dependent_launch ? 1 : 0;
+    return gdn_cuda_check(cudaLaunchKernelEx(&config, kernel, args), what);
+}
+
+/* Blocks for `items` work items of `per_block` each, capped (kernels loop grid-stride). */
+static inline unsigned gdn_cuda_blocks(const gdn_cuda_context *context, int64_t items, int64_t per_block)
+{
+    int64_t blocks = (items + per_block - 1) / per_block;
+    const int64_t cap = (int64_t)context->sm_count * 32;
+    return (unsigned)(blocks < 1 ? 1 : blocks > cap ? cap : blocks);
+}
+
+/* The run_op entry of the table (ops_cuda.cu): any op-table kind but gated_delta_net. */
+gdn_status gdn_cuda_run_op(gdn_backend *backend, const gdn_op_call *call);
+/* 1 for the kinds gdn_cuda_run_op runs. */
+int gdn_cuda_runs_op(gdn_op_kind kind);
+
+/* The per-family launchers; `args` holds the views, parameters and kind (count set here).
+ * Each queues its kernels on context->stream; get_rows also waits for its index check. */
+gdn_status gdn_cuda_elementwise(const gdn_cuda_context *context, gdn_cuda_op_args args); /* add .. exp */
+gdn_status gdn_cuda_norm(const gdn_cuda_context *context, gdn_cuda_op_args args);        /* l2, rms, gated */
+gdn_status gdn_cuda_ssm_conv(const gdn_cuda_context *context, gdn_cuda_op_args args);
+gdn_status gdn_cuda_get_rows(const gdn_cuda_context *context, gdn_cuda_op_args args);
+gdn_status gdn_cuda_concat(const gdn_cuda_context *context, gdn_cuda_op_args args);
+gdn_status gdn_cuda_cpy(const gdn_cuda_context *context, gdn_cuda_op_args args);
+gdn_status gdn_cuda_mul_mat(const gdn_cuda_context *context, gdn_cuda_op_args args);
 
 #endif

@@ -1,0 +1,74 @@
+/* ops_cuda.cu: the CUDA backend's run_op: the call's views into one kernel argument struct and
+ * the dispatch by kind to the family launchers (ops_cuda_elementwise.cu, ops_cuda_data.cu,
+ * ops_cuda_matmul.cu). Calls arrive validated by gdn_op_check. */
+#include "cuda_internal.h"
+
+#include <string.h>
+
+int gdn_cuda_runs_op(gdn_op_kind kind)
+{
+    switch (kind) {
+    case GDN_OP_ADD:
+    case GDN_OP_MUL:
+    case GDN_OP_SCALE:
+    case GDN_OP_SILU:
+    case GDN_OP_SIGMOID:
+    case GDN_OP_SOFTPLUS:
+    case GDN_OP_EXP:
+    case GDN_OP_L2_NORM:
+    case GDN_OP_RMS_NORM:
+    case GDN_OP_RMS_NORM_GATED:
+    case GDN_OP_SSM_CONV:
+    case GDN_OP_GET_ROWS:
+    case GDN_OP_CONCAT:
+    case GDN_OP_CPY:
+    case GDN_OP_MUL_MAT:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+gdn_status gdn_cuda_run_op(gdn_backend *backend, const gdn_op_call *call)
+{
+    const gdn_cuda_context *context = (const gdn_cuda_context *)backend->context;
+    const gdn_op_traits *traits = gdn_op_traits_of(call->kind);
+    if (!gdn_cuda_runs_op(call->kind))
+        return gdn_fail(GDN_ERROR_UNSUPPORTED, "%s: not run through run_op on backend %s",
+                        traits ? traits->name : "?", backend->name);
+    gdn_status status = gdn_cuda_use_device(context);
+    if (status != GDN_OK)
+        return status;
+
+    gdn_cuda_op_args args;
+    memset(&args, 0, sizeof args);
+    for (int s = 0; s < call->n_src && s < 3; s++)
+        args.src[s] = gdn_cuda_view_of(&call->src[s]);
+    args.dst = gdn_cuda_view_of(&call->dst[0]);
+    args.kind = (int)call->kind;
+    if (call->kind == GDN_OP_SCALE)
+        args.scale = call->params.scale.scale;
+    if (call->kind == GDN_OP_L2_NORM || call->kind == GDN_OP_RMS_NORM || call->kind == GDN_OP_RMS_NORM_GATED)
+        args.eps = call->params.norm.eps;
+    if (call->kind == GDN_OP_CONCAT)
+        args.dim = call->params.concat.dim;
+
+    switch (call->kind) {
+    case GDN_OP_L2_NORM:
+    case GDN_OP_RMS_NORM:
+    case GDN_OP_RMS_NORM_GATED:
+        return gdn_cuda_norm(context, args);
+    case GDN_OP_SSM_CONV:
+        return gdn_cuda_ssm_conv(context, args);
+    case GDN_OP_GET_ROWS:
+        return gdn_cuda_get_rows(context, args);
+    case GDN_OP_CONCAT:
+        return gdn_cuda_concat(context, args);
+    case GDN_OP_CPY:
+        return gdn_cuda_cpy(context, args);
+    case GDN_OP_MUL_MAT:
+        return gdn_cuda_mul_mat(context, args);
+    default:
+        return gdn_cuda_elementwise(context, args);
+    }
+}
