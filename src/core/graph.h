@@ -34,7 +34,8 @@ enum {
 
 typedef struct gdn_graph gdn_graph;
 
-/* Create an empty graph. *out owns it; free with gdn_graph_free. */
+/* Create an empty graph. *out owns it; free with gdn_graph_free, before the backend it was
+ * last computed on (its intermediate memory belongs to that backend). */
 gdn_status gdn_graph_init(gdn_graph **out);
 void gdn_graph_free(gdn_graph *graph);
 
