@@ -168,16 +168,26 @@ void gdn_recording_free(gdn_recording *recording);
  *     q, k     [B, T, Hk, Dk]
  *     v        [B, T, Hv, Dv]
  *     g, beta  [B, T, Hv]
- *     state    [B, Hv, Dv, Dk]          initial state of each sequence
+ *     state    [B, Hv, Dv, Dk]          initial state of each sequence; with state_index:
+ *              [S, Hv, Dv, Dk]          a pool of S >= 1 slots (e.g. the whole recurrent cache)
+ *     state_index  [B] (ne = {B}), I32   optional (data NULL: none). Sequence b starts from pool
+ *                                       slot state_index[b]; slots may repeat (they are only read).
+ *                                       The op reads, in place of a get_rows gather of the cache.
  *     o        [B, T, Hv, Dv]           output, any strides
  *     states   [N, B, Hv, Dv, Dk]       N = min(T, n_snapshots) snapshots, newest first:
  *                                       states[s] = state after token T-1-s. Any strides, so the
  *                                       destination can be a strided view into a state cache.
  * Requirements: Dk = Dv, Dk in {16, 32, 64, 128, 256}; Hv a multiple of Hk; T >= 1, B >= 1.
- * Aliasing: `state` may be exactly the view states[s] for one s (same data and strides: an
- * in-place update of a cache slot, each (b, h) reads its state before writing any snapshot).
- * Any other overlap of the byte ranges of an output with an input or with the other output is
- * rejected with GDN_ERROR_OVERLAP.
+ * Aliasing: without state_index, `state` may be exactly the view states[s] for one s (same data
+ * and strides: an in-place update of a cache slot, each (b, h) reads its state before writing any
+ * snapshot). With state_index, the pool must not overlap `states` or `o` at all (which slot a
+ * sequence reads is only known from the index, which may live in device memory, so an in-place
+ * pool cannot be validated). Any other overlap of the byte ranges of an output with an input or
+ * with the other output is rejected with GDN_ERROR_OVERLAP.
+ * Index values: every state_index[b] must lie in 0..S-1. They may be in memory the host cannot
+ * read, so the backend checks them: a bad value writes nothing and gives
+ * GDN_ERROR_INVALID_ARGUMENT naming the position and the value (on CUDA this waits for the
+ * stream; while the stream is being recorded a bad index still writes nothing but is not reported).
  *
  * Exactness: on one backend, the per-token update runs in one fixed order, so running T tokens
  * in one call, or one token per call T times, gives bit-identical outputs and states; and a
@@ -201,6 +211,9 @@ gdn_gated_delta_net_params gdn_gated_delta_net_params_default(void);
 typedef struct gdn_gated_delta_net_args {
     gdn_tensor q, k, v, g, beta, state; /* inputs, borrowed */
     gdn_tensor o, states;               /* outputs, borrowed */
+    gdn_tensor state_index;             /* optional input, borrowed: data NULL (as a positional
+                                         * initialiser of the eight views above leaves it) means
+                                         * none; a declared-but-unset struct must zero it */
 } gdn_gated_delta_net_args;
 
 /* Run the op on `backend`. Validates every shape, dtype, stride and overlap first; on failure

@@ -193,6 +193,7 @@ static void op_tensors_free(op_tensors *ts)
 static gdn_gated_delta_net_args device_args(const op_tensors *ts)
 {
     gdn_gated_delta_net_args a;
+    memset(&a, 0, sizeof a); /* no state_index */
     a.q = device_view(&ts->t[Q]);
     a.k = device_view(&ts->t[K_]);
     a.v = device_view(&ts->t[V]);
@@ -284,7 +285,7 @@ static void run_case(const test_backend *tb, int case_index, const op_case *c)
     o_ref.data = malloc(gdn_tensor_span(&o_ref));
     s_ref.data = malloc(gdn_tensor_span(&s_ref));
     gdn_gated_delta_net_args ra = {ts.t[Q].host, ts.t[K_].host, ts.t[V].host, ts.t[G].host,
-                                   ts.t[BETA].host, ts.t[STATE].host, o_ref, s_ref};
+                                   ts.t[BETA].host, ts.t[STATE].host, o_ref, s_ref, {0}};
     gdn_status st = gdn_gated_delta_net_reference(&p, &ra);
     CHECK(st == GDN_OK, "case %d reference: %s", case_index, gdn_error_detail());
 
@@ -412,7 +413,7 @@ static void check_batch_invariance(const test_backend *tb, const op_case *c)
     for (int64_t b = 0; ok && b < c->B; b++) {
         gdn_gated_delta_net_args s = {slice(a.q, 3, b), slice(a.k, 3, b), slice(a.v, 3, b),
                                       slice(a.g, 2, b), slice(a.beta, 2, b), slice(a.state, 3, b),
-                                      slice(a.o, 3, b), slice(a.states, 3, b)};
+                                      slice(a.o, 3, b), slice(a.states, 3, b), {0}};
         ok = gdn_gated_delta_net(tb->backend, &p, &s) == GDN_OK && gdn_backend_synchronize(tb->backend) == GDN_OK;
         unsigned char *o_one = NULL, *s_one = NULL;
         ok = ok && download_bytes(tb->backend, &s.o, &o_one) && download_bytes(tb->backend, &s.states, &s_one);
@@ -566,6 +567,148 @@ static void check_rejections(const test_backend *tb)
     op_tensors_free(&ts);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * The state pool read through an index (what gather elision hands the op): S = 5 slots, B = 3
+ * sequences with repeated slots, against the reference, against the same call on the gathered
+ * state (bit for bit), and bad indices (rejected, nothing written).
+ * ------------------------------------------------------------------------------------------- */
+static const op_case indexed_cases[] = {
+    {3, 2, 1, 2, 32, 2, GDN_BROADCAST_TILED, 0, 0.f, LAYOUT_CONTIGUOUS, 0},
+    {3, 3, 2, 4, 128, 2, GDN_BROADCAST_INTERLEAVED, 1, 0.f, LAYOUT_PADDED, 0},    /* non-contiguous pool */
+    {3, 1, 1, 2, 64, 1, GDN_BROADCAST_TILED, 0, 0.f, LAYOUT_SPACED_INNER, 0},     /* decode, strided */
+};
+
+/* Run one indexed call (index values `slots`) and download o and states; 0 on failure. */
+static gdn_status run_indexed(const test_backend *tb, const op_case *c, const op_tensors *ts, const tensor_buffer *pool,
+                              const tensor_buffer *index, unsigned char **o, unsigned char **states)
+{
+    gdn_gated_delta_net_params p = case_params(c);
+    gdn_gated_delta_net_args a = device_args(ts);
+    a.state = device_view(pool);
+    a.state_index = device_view(index);
+    gdn_status st = gdn_gated_delta_net(tb->backend, &p, &a);
+    if (st != GDN_OK || o == NULL)
+        return st;
+    if (gdn_backend_synchronize(tb->backend) != GDN_OK || !download_bytes(tb->backend, &a.o, o) ||
+        !download_bytes(tb->backend, &a.states, states))
+        return GDN_ERROR_BACKEND;
+    return GDN_OK;
+}
+
+static void check_indexed(const test_backend *tb, int case_index, const op_case *c)
+{
+    enum { S = 5 };
+    const int32_t slots[3] = {4, 0, 4};
+    test_rng rng;
+    test_rng_seed(&rng, 500 + (uint64_t)case_index);
+    op_tensors ts;
+    tensor_buffer pool, index;
+    const int64_t D = c->D, N = c->T < c->K ? c->T : c->K;
+    const int64_t ne_pool[] = {D, D, c->Hv, S}, ne_index[] = {c->B};
+    int ok = op_tensors_init(&ts, c, &rng) && tensor_buffer_init(&pool, c->lay, GDN_DTYPE_F32, 4, ne_pool) &&
+             tensor_buffer_init(&index, LAYOUT_CONTIGUOUS, GDN_DTYPE_I32, 1, ne_index);
+    if (ok) {
+        fill(&pool, &rng, STATE, c->D, 0, 0);
+        memcpy(index.host_bytes, slots, sizeof slots);
+    }
+    /* The reference, reading the pool on the host. */
+    gdn_gated_delta_net_params p = case_params(c);
+    const int64_t ne_o[] = {D, c->Hv, c->T, c->B}, ne_s[] = {D, D, c->Hv, c->B, N};
+    gdn_tensor o_ref = gdn_tensor_contiguous(NULL, GDN_DTYPE_F64, 4, ne_o);
+    gdn_tensor s_ref = gdn_tensor_contiguous(NULL, GDN_DTYPE_F64, 5, ne_s);
+    o_ref.data = malloc(gdn_tensor_span(&o_ref));
+    s_ref.data = malloc(gdn_tensor_span(&s_ref));
+    ok = ok && o_ref.data && s_ref.data;
+    gdn_gated_delta_net_args ra = {ts.t[Q].host, ts.t[K_].host, ts.t[V].host, ts.t[G].host, ts.t[BETA].host,
+                                   pool.host, o_ref, s_ref, index.host};
+    ok = ok && gdn_gated_delta_net_reference(&p, &ra) == GDN_OK;
+    CHECK(ok, "%s indexed case %d: setup or reference failed: %s", tb->label, case_index, gdn_error_detail());
+    for (int i = 0; ok && i < N_TENSORS; i++)
+        ok = upload(&ts.t[i], tb->backend);
+    ok = ok && upload(&pool, tb->backend) && upload(&index, tb->backend);
+
+    /* Bad indices first, while the outputs still hold their 0xFF fill: rejected, nothing written. */
+    const int32_t bad[2][3] = {{1, 5, 0}, {-1, 0, 0}};
+    for (int i = 0; ok && i < 2; i++) {
+        ok = test_buffer_upload(&index.device, bad[i], sizeof bad[i]);
+        const gdn_status st = run_indexed(tb, c, &ts, &pool, &index, NULL, NULL);
+        char want[64];
+        snprintf(want, sizeof want, "state_index[%d]=%d", i == 0 ? 1 : 0, (int)bad[i][i == 0 ? 1 : 0]);
+        CHECK(st == GDN_ERROR_INVALID_ARGUMENT && strstr(gdn_error_detail(), want) != NULL,
+              "%s indexed case %d: bad index %d gave %d (%s), expected invalid argument naming %s", tb->label,
+              case_index, i, (int)st, gdn_error_detail(), want);
+        gdn_backend_synchronize(tb->backend);
+        for (int t = O; t <= STATES; t++) {
+            unsigned char *got = malloc(ts.t[t].bytes);
+            int intact = got && test_buffer_download(&ts.t[t].device, got);
+            for (size_t j = 0; intact && j < ts.t[t].bytes; j++)
+                intact = got[j] == 0xFF;
+            CHECK(intact, "%s indexed case %d: a call with a bad index wrote an output", tb->label, case_index);
+            free(got);
+        }
+    }
+    ok = ok && test_buffer_upload(&index.device, slots, sizeof slots);
+
+    /* Against the reference, and the pool left as it was (it is only read). */
+    unsigned char *o_indexed = NULL, *s_indexed = NULL, *o_gathered = NULL, *s_gathered = NULL;
+    gdn_status st = ok ? run_indexed(tb, c, &ts, &pool, &index, &o_indexed, &s_indexed) : GDN_ERROR_BACKEND;
+    CHECK(st == GDN_OK, "%s indexed case %d: %s", tb->label, case_index, gdn_error_detail());
+    if (st == GDN_OK) {
+        compare_output("o (indexed)", tb->label, case_index, &ts.t[O], o_ref.data, &o_ref);
+        compare_output("states (indexed)", tb->label, case_index, &ts.t[STATES], s_ref.data, &s_ref);
+        unsigned char *pool_after = malloc(pool.bytes);
+        CHECK(pool_after && test_buffer_download(&pool.device, pool_after) &&
+                  memcmp(pool_after, pool.host_bytes, pool.bytes) == 0,
+              "%s indexed case %d: the pool changed", tb->label, case_index);
+        free(pool_after);
+    }
+
+    /* Bitwise: the same call on the state gathered by hand equals the indexed call. */
+    if (st == GDN_OK) {
+        int64_t idx[GDN_MAX_DIMS] = {0};
+        do {
+            int64_t from[GDN_MAX_DIMS];
+            memcpy(from, idx, sizeof from);
+            from[3] = slots[idx[3]];
+            memcpy(ts.t[STATE].host_bytes + offset_of(&ts.t[STATE].host, idx),
+                   pool.host_bytes + offset_of(&pool.host, from), sizeof(float));
+        } while (next_index(&ts.t[STATE].host, idx));
+        gdn_gated_delta_net_args a = device_args(&ts);
+        ok = test_buffer_upload(&ts.t[STATE].device, ts.t[STATE].host_bytes, ts.t[STATE].bytes) &&
+             gdn_gated_delta_net(tb->backend, &p, &a) == GDN_OK && gdn_backend_synchronize(tb->backend) == GDN_OK &&
+             download_bytes(tb->backend, &a.o, &o_gathered) && download_bytes(tb->backend, &a.states, &s_gathered);
+        CHECK(ok, "%s indexed case %d: gathered call: %s", tb->label, case_index, gdn_error_detail());
+        if (ok)
+            CHECK(same_bits(&a.o, o_indexed, &a.o, o_gathered) && same_bits(&a.states, s_indexed, &a.states, s_gathered),
+                  "%s indexed case %d: the indexed call differs from the call on the gathered state", tb->label,
+                  case_index);
+    }
+
+    /* With an index the pool may not overlap the snapshots, not even as an exact slot. */
+    if (st == GDN_OK) {
+        gdn_gated_delta_net_args a = device_args(&ts);
+        a.state_index = device_view(&index);
+        a.state = a.states;
+        a.state.n_dims = 4;
+        a.state.ne[4] = 1;
+        a.state.ne[3] = c->B;
+        st = gdn_gated_delta_net(tb->backend, &p, &a);
+        CHECK(st == GDN_ERROR_OVERLAP, "%s indexed case %d: a pool aliasing states[0] gave %d (%s)", tb->label,
+              case_index, (int)st, gdn_error_detail());
+    }
+    printf("  %-10s indexed case %d: S=%d B=%d T=%d Hv=%d D=%3d %s\n", tb->label, case_index, S, c->B, c->T, c->Hv,
+           c->D, layout_names[c->lay]);
+    free(o_indexed);
+    free(s_indexed);
+    free(o_gathered);
+    free(s_gathered);
+    free(o_ref.data);
+    free(s_ref.data);
+    tensor_buffer_free(&pool);
+    tensor_buffer_free(&index);
+    op_tensors_free(&ts);
+}
+
 int main(void)
 {
     test_backend backends[8];
@@ -581,6 +724,8 @@ int main(void)
         check_batch_invariance(&backends[b], &cases[8]);
         check_batch_invariance(&backends[b], &cases[14]); /* B=5 vs B=1 may take different launch shapes */
         check_rejections(&backends[b]);
+        for (size_t i = 0; i < sizeof indexed_cases / sizeof indexed_cases[0]; i++)
+            check_indexed(&backends[b], (int)i, &indexed_cases[i]);
         check_recording(&backends[b], &cases[4]);
     }
     /* The CPU backend: the thread count must not change a bit. */

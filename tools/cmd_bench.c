@@ -119,6 +119,7 @@ static int queue_step(gdn_backend *backend, const bench_config *cfg, const layer
     for (int l = 0; l < cfg->layers; l++) {
         const layer_buffers *b = &L[l % sets];
         gdn_gated_delta_net_args a;
+        memset(&a, 0, sizeof a); /* no state_index: each layer reads its own state */
         a.q = gdn_tensor_contiguous(b->q, GDN_DTYPE_F32, 4, ne_qk);
         a.k = gdn_tensor_contiguous(b->k, GDN_DTYPE_F32, 4, ne_qk);
         a.v = gdn_tensor_contiguous(b->v, GDN_DTYPE_F32, 4, ne_v);

@@ -98,7 +98,15 @@ gdn_status gdn_gated_delta_net_check(const gdn_gated_delta_net_params *params,
     const int64_t ne_qk[4] = {D, Hk, T, B};
     const int64_t ne_v[4] = {D, Hv, T, B};
     const int64_t ne_gate[3] = {Hv, T, B};
-    const int64_t ne_state[4] = {D, D, Hv, B};
+    /* With an index, `state` is a pool of any S >= 1 slots; its values are checked by the
+     * backends (they may be in device memory). */
+    const int indexed = args->state_index.data != NULL;
+    const int64_t S = indexed ? args->state.ne[3] : B;
+    if (S < 1)
+        return gdn_fail(GDN_ERROR_SHAPE, "gated_delta_net: state pool has ne[3]=%lld slots, expected >= 1",
+                        (long long)S);
+    const int64_t ne_state[4] = {D, D, Hv, S};
+    const int64_t ne_index[1] = {B};
     const int64_t ne_states[5] = {D, D, Hv, B, n_write};
     gdn_status st;
     if ((st = check_tensor("q", &args->q, GDN_DTYPE_F32, 4, ne_qk)) != GDN_OK ||
@@ -108,7 +116,8 @@ gdn_status gdn_gated_delta_net_check(const gdn_gated_delta_net_params *params,
         (st = check_tensor("beta", &args->beta, GDN_DTYPE_F32, 3, ne_gate)) != GDN_OK ||
         (st = check_tensor("state", &args->state, GDN_DTYPE_F32, 4, ne_state)) != GDN_OK ||
         (st = check_tensor("o", &args->o, output_dtype, 4, ne_v)) != GDN_OK ||
-        (st = check_tensor("states", &args->states, output_dtype, 5, ne_states)) != GDN_OK)
+        (st = check_tensor("states", &args->states, output_dtype, 5, ne_states)) != GDN_OK ||
+        (indexed && (st = check_tensor("state_index", &args->state_index, GDN_DTYPE_I32, 1, ne_index)) != GDN_OK))
         return st;
 
     /* Outputs must not overlap themselves (threads would race), inputs or each other, except
@@ -118,9 +127,10 @@ gdn_status gdn_gated_delta_net_check(const gdn_gated_delta_net_params *params,
         return gdn_fail(GDN_ERROR_OVERLAP, "gated_delta_net: output %s has elements that share memory "
                         "(a stride smaller than the extent of the dimensions inside it)",
                         gdn_tensor_is_injective(&args->o) ? "states" : "o");
-    /* Outputs must not overlap inputs or each other, except state == states[s] exactly. */
+    /* Outputs must not overlap inputs or each other, except state == states[s] exactly (never
+     * for an indexed pool: which slot each sequence reads is known only from the index). */
     int64_t alias = -1;
-    for (int64_t s = 0; s < n_write && output_dtype == GDN_DTYPE_F32; s++) {
+    for (int64_t s = 0; s < n_write && output_dtype == GDN_DTYPE_F32 && !indexed; s++) {
         gdn_tensor snap = args->states;
         snap.data = (char *)snap.data + (size_t)s * snap.nb[4];
         if (same_view(&snap, &args->state)) {
@@ -128,18 +138,20 @@ gdn_status gdn_gated_delta_net_check(const gdn_gated_delta_net_params *params,
             break;
         }
     }
-    const gdn_tensor *inputs[6] = {&args->q, &args->k, &args->v, &args->g, &args->beta, &args->state};
-    const char *input_names[6] = {"q", "k", "v", "g", "beta", "state"};
+    const gdn_tensor *inputs[7] = {&args->q, &args->k, &args->v, &args->g, &args->beta, &args->state,
+                                   &args->state_index};
+    const char *input_names[7] = {"q", "k", "v", "g", "beta", "state", "state_index"};
     const gdn_tensor *outputs[2] = {&args->o, &args->states};
     const char *output_names[2] = {"o", "states"};
     for (int o = 0; o < 2; o++)
-        for (int i = 0; i < 6; i++) {
+        for (int i = 0; i < 6 + indexed; i++) {
             if (o == 1 && i == 5 && alias >= 0)
                 continue;
             if (gdn_tensor_ranges_overlap(outputs[o], inputs[i]))
                 return gdn_fail(GDN_ERROR_OVERLAP,
-                                "gated_delta_net: output %s overlaps input %s (only state == states[s] "
-                                "exactly may alias)", output_names[o], input_names[i]);
+                                "gated_delta_net: output %s overlaps input %s (%s)", output_names[o],
+                                input_names[i], indexed ? "with state_index, no output may overlap the "
+                                "state pool" : "only state == states[s] exactly may alias");
         }
     if (gdn_tensor_ranges_overlap(&args->o, &args->states))
         return gdn_fail(GDN_ERROR_OVERLAP, "gated_delta_net: outputs o and states overlap");
@@ -151,6 +163,8 @@ gdn_status gdn_gated_delta_net_check(const gdn_gated_delta_net_params *params,
     shape->D = D;
     shape->n_write = n_write;
     shape->state_alias = alias;
+    shape->S = S;
+    shape->indexed = indexed;
     shape->scale = params->scale != 0.0f ? params->scale : (float)(1.0 / sqrt((double)D));
     return GDN_OK;
 }

@@ -14,6 +14,8 @@ typedef struct gdn_gdn_shape {
     int64_t B, T, Hk, Hv, D; /* D = Dk = Dv */
     int64_t n_write;         /* snapshots written: min(T, n_snapshots) */
     int64_t state_alias;     /* s such that `state` is the view states[s], or -1 */
+    int64_t S;               /* slots of `state`: the pool size with an index, else B */
+    int indexed;             /* 1: sequence b reads state slot state_index[b] (values unchecked) */
     float scale;             /* resolved scale (1/sqrt(D) when params->scale == 0) */
 } gdn_gdn_shape;
 

@@ -251,10 +251,10 @@ static int written_before(const gdn_graph *graph, int32_t before, gdn_tensor_id 
 static gdn_status check_node(const gdn_graph *graph, const gdn_graph_node *node, const gdn_op_traits *traits)
 {
     const int32_t index = graph->n_nodes;
-    if (node->n_src != traits->n_src || node->n_dst != traits->n_dst)
+    if (!gdn_op_src_count_ok(traits, node->n_src) || node->n_dst != traits->n_dst)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "graph node %d (%s): %d sources and %d destinations, "
-                        "expected %d and %d", (int)index, traits->name, (int)node->n_src, (int)node->n_dst,
-                        (int)traits->n_src, (int)traits->n_dst);
+                        "expected %d%s and %d", (int)index, traits->name, (int)node->n_src, (int)node->n_dst,
+                        (int)traits->n_src, traits->indexed_src ? " (+1 index)" : "", (int)traits->n_dst);
     for (int i = 0; i < node->n_src + node->n_dst; i++) {
         const int is_src = i < node->n_src;
         const gdn_tensor_id id = is_src ? node->src[i] : node->dst[i - node->n_src];

@@ -65,6 +65,7 @@ gdn_status gdn_graph_op(gdn_graph *graph, gdn_op_kind kind, const gdn_op_params 
 typedef struct gdn_graph_stats {
     int32_t n_nodes;             /* nodes that will run */
     int32_t n_copies;            /* of which CPY nodes */
+    int32_t n_gathers;           /* of which GET_ROWS nodes */
     int32_t nodes_removed;       /* by passes so far */
     size_t bytes_saved;          /* bytes the removed nodes would have read plus written */
     size_t intermediate_bytes;   /* memory the planner needs for intermediates */
@@ -82,6 +83,19 @@ void gdn_graph_get_stats(const gdn_graph *graph, gdn_graph_stats *stats);
  * where they land changes). */
 typedef void (*gdn_graph_log_fn)(void *user, const char *message);
 gdn_status gdn_graph_pass_copy_elision(gdn_graph *graph, gdn_graph_log_fn log, void *user);
+
+/* Gather elision (DESIGN.md section 4, the input side): for every GET_ROWS node G that gathers
+ * rows of a table A (ne = {row, R}) by an index into a whole intermediate T, read by nothing but
+ * one node N as its source s, where N's traits declare indexed_src bit s and N has no index yet:
+ * rewrite N to read a view of A (N's view of T with the row dimension widened to all R rows of
+ * A, strides from A's) through G's index as its extra last source, and remove G. Legal only
+ * when: T is not an output; N's view of T is a whole reshape of T whose outer dimension is T's
+ * rows; dtypes match (A is not converted); no node between G and N writes A or the index; and
+ * the rewritten node passes gdn_op_check (for the GDN op: the pool overlaps no output). Each
+ * refusal is logged with its reason, e.g. "gather elision: node 2 (get_rows) kept: t9 has 2
+ * readers"; with no log callback, GDN_LOG_PASSES=1 prints to stderr. Results are bit-identical
+ * with and without the pass (get_rows copies bits; N reads the same floats from A). */
+gdn_status gdn_graph_pass_gather_elision(gdn_graph *graph, gdn_graph_log_fn log, void *user);
 
 /* Run every node in order on `backend`: intermediates get backend memory (allocated on the
  * first compute, reused by later computes of the same graph), then each node's op call is

@@ -139,6 +139,7 @@ void gdn_graph_get_stats(const gdn_graph *graph, gdn_graph_stats *stats)
         if (!graph->nodes[i].removed) {
             stats->n_nodes++;
             stats->n_copies += graph->nodes[i].kind == GDN_OP_CPY;
+            stats->n_gathers += graph->nodes[i].kind == GDN_OP_GET_ROWS;
         }
     stats->nodes_removed = graph->nodes_removed;
     stats->bytes_saved = graph->bytes_saved;

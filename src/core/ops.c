@@ -13,8 +13,9 @@
  * GDN op). alias_ok bit 0 (dst 0 may be exactly src 0) where each output element is written
  * only after everything it depends on in src 0 has been read: elementwise ops, row norms (a row
  * is reduced before any of it is written) and cpy between equal dtypes. The GDN op's own alias
- * (state == states[s], a part of dst 1) is checked by gdn_gated_delta_net_check. No op reads
- * indexed source rows yet (indexed_src 0). */
+ * (state == states[s], a part of dst 1) is checked by gdn_gated_delta_net_check. The GDN op
+ * reads its initial state (source 5) through an optional index (indexed_src bit 5; the index is
+ * source 6), so that gather elision can drop a get_rows of the cache in front of it. */
 static const gdn_op_traits gdn_op_traits_table[GDN_OP_COUNT] = {
     [GDN_OP_ADD] = {"add", 2, 1, 1u, 1u, 0u},
     [GDN_OP_MUL] = {"mul", 2, 1, 1u, 1u, 0u},
@@ -31,7 +32,7 @@ static const gdn_op_traits gdn_op_traits_table[GDN_OP_COUNT] = {
     [GDN_OP_CONCAT] = {"concat", 2, 1, 1u, 0u, 0u},
     [GDN_OP_CPY] = {"cpy", 1, 1, 1u, 1u, 0u},
     [GDN_OP_MUL_MAT] = {"mul_mat", 2, 1, 1u, 0u, 0u},
-    [GDN_OP_GATED_DELTA_NET] = {"gated_delta_net", 6, 2, 3u, 0u, 0u},
+    [GDN_OP_GATED_DELTA_NET] = {"gated_delta_net", 6, 2, 3u, 0u, 1u << 5},
 };
 
 /* Source names per kind, in call order, for messages. */
@@ -51,7 +52,7 @@ static const char *const gdn_op_src_names[GDN_OP_COUNT][GDN_OP_MAX_SRC] = {
     [GDN_OP_CONCAT] = {"a", "b"},
     [GDN_OP_CPY] = {"a"},
     [GDN_OP_MUL_MAT] = {"w", "x"},
-    [GDN_OP_GATED_DELTA_NET] = {"q", "k", "v", "g", "beta", "state"},
+    [GDN_OP_GATED_DELTA_NET] = {"q", "k", "v", "g", "beta", "state", "state_index"},
 };
 
 const gdn_op_traits *gdn_op_traits_of(gdn_op_kind kind)
@@ -244,6 +245,9 @@ static void gdn_op_gdn_args(const gdn_op_call *call, gdn_gated_delta_net_args *a
     args->state = call->src[5];
     args->o = call->dst[0];
     args->states = call->dst[1];
+    memset(&args->state_index, 0, sizeof args->state_index); /* data NULL: no index */
+    if (call->n_src > 6)
+        args->state_index = call->src[6];
 }
 
 gdn_status gdn_op_check(const gdn_op_call *call, int float64_dst)
@@ -254,9 +258,12 @@ gdn_status gdn_op_check(const gdn_op_call *call, int float64_dst)
     if (traits == NULL)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "op: unknown kind %d", (int)call->kind);
     const char *op = traits->name;
-    if (call->n_src != traits->n_src || call->n_dst != traits->n_dst)
-        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: %d sources and %d destinations, expected %d and %d",
-                        op, (int)call->n_src, (int)call->n_dst, (int)traits->n_src, (int)traits->n_dst);
+    if (!gdn_op_src_count_ok(traits, call->n_src) || call->n_dst != traits->n_dst)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: %d sources and %d destinations, expected %d%s and %d",
+                        op, (int)call->n_src, (int)call->n_dst, (int)traits->n_src,
+                        traits->indexed_src ? " (+1 index)" : "", (int)traits->n_dst);
+    if (call->kind == GDN_OP_GATED_DELTA_NET && call->n_src > 6 && call->src[6].data == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: source state_index has no data pointer", op);
 
     if (call->kind == GDN_OP_GATED_DELTA_NET) {
         gdn_gated_delta_net_args args;

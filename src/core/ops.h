@@ -62,7 +62,10 @@ typedef union gdn_op_params {
     gdn_gated_delta_net_params gated_delta_net;
 } gdn_op_params;
 
-#define GDN_OP_MAX_SRC 6
+/* An op whose traits declare an indexed source (indexed_src) may take one more source than its
+ * traits' n_src: the I32 row index of that source, last. GATED_DELTA_NET: 6 sources (state
+ * [B,Hv,Dv,Dk]) or 7, src[6] = state_index [B] and state a pool [S,Hv,Dv,Dk]. */
+#define GDN_OP_MAX_SRC 7
 #define GDN_OP_MAX_DST 2
 
 /* One op call: validated by gdn_op_check, run by a backend or by the float64 reference. */
@@ -80,8 +83,16 @@ typedef struct gdn_op_traits {
     int32_t n_src, n_dst;
     uint32_t strided_dst;      /* bit d: dst[d] may have any byte strides */
     uint32_t alias_ok;         /* bit (s * GDN_OP_MAX_DST + d): dst[d] may be exactly src[s] */
-    uint32_t indexed_src;      /* bit s: src[s] may be read through a row index (gather elision) */
+    uint32_t indexed_src;      /* bit s: src[s] may be read through a row index (gather elision):
+                                * then the call has n_src + 1 sources, the index last */
 } gdn_op_traits;
+
+/* 1 if `n_src` sources are a valid count for an op with these traits: traits->n_src, or one more
+ * (an index) when the op declares an indexed source. */
+static inline int gdn_op_src_count_ok(const gdn_op_traits *traits, int32_t n_src)
+{
+    return n_src == traits->n_src || (traits->indexed_src != 0 && n_src == traits->n_src + 1);
+}
 
 /* Traits of an op kind; NULL for an unknown kind. Static storage. */
 const gdn_op_traits *gdn_op_traits_of(gdn_op_kind kind);

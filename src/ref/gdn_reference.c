@@ -36,6 +36,13 @@ gdn_status gdn_gated_delta_net_reference(const gdn_gated_delta_net_params *param
     gdn_status st = gdn_gated_delta_net_check(params, args, GDN_DTYPE_F64, &shape);
     if (st != GDN_OK)
         return st;
+    /* The pool slot each sequence starts from; every index is checked before anything is written. */
+    for (int64_t b = 0; shape.indexed && b < shape.B; b++) {
+        const int32_t slot = *(const int32_t *)((const char *)args->state_index.data + b * args->state_index.nb[0]);
+        if (slot < 0 || slot >= shape.S)
+            return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net: state_index[%lld]=%d is outside 0..%lld "
+                            "(slots of the state pool)", (long long)b, (int)slot, (long long)(shape.S - 1));
+    }
     const int64_t D = shape.D;
     double *S = malloc(sizeof(double) * (size_t)(D * D + 2 * D)); /* S[j][i], then q, k */
     if (S == NULL)
@@ -45,9 +52,10 @@ gdn_status gdn_gated_delta_net_reference(const gdn_gated_delta_net_params *param
     for (int64_t b = 0; b < shape.B; b++)
         for (int64_t h = 0; h < shape.Hv; h++) {
             const int64_t hk = gdn_qk_head(params->broadcast, h, shape.Hk, shape.Hv);
+            const int64_t slot = shape.indexed ? *(const int32_t *)at(&args->state_index, b, 0, 0, 0, 0) : b;
             for (int64_t j = 0; j < D; j++)
                 for (int64_t i = 0; i < D; i++)
-                    S[j * D + i] = load_f32(&args->state, i, j, h, b);
+                    S[j * D + i] = load_f32(&args->state, i, j, h, slot);
 
             for (int64_t t = 0; t < shape.T; t++) {
                 for (int64_t i = 0; i < D; i++) {

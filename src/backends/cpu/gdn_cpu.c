@@ -127,6 +127,12 @@ static void gdn_cpu_run_task(const gdn_cpu_job *job, int64_t task, gdn_cpu_scrat
     const int64_t h = (task / job->tasks_per_head) % shape->Hv;
     const int64_t j0 = (task % job->tasks_per_head) * R;
     const int64_t hk = gdn_qk_head(job->broadcast, h, shape->Hk, shape->Hv);
+    int64_t slot = b; /* the state slot this sequence starts from: its own, or the pool's index[b] */
+    if (shape->indexed) {
+        int32_t index;
+        memcpy(&index, gdn_cpu_at(&args->state_index, b, 0, 0, 0, 0), sizeof index);
+        slot = index;
+    }
 
     gdn_cpu_token token;
     token.n_rows = R;
@@ -138,12 +144,12 @@ static void gdn_cpu_run_task(const gdn_cpu_job *job, int64_t task, gdn_cpu_scrat
     token.scale = shape->scale;
     token.prefetch = 0;
     if (state->nb[0] == sizeof(float)) {
-        token.in = (const float *)gdn_cpu_at(state, 0, j0, h, b, 0);
+        token.in = (const float *)gdn_cpu_at(state, 0, j0, h, slot, 0);
         token.in_stride = (int64_t)(state->nb[1] / sizeof(float));
         token.prefetch = job->prefetch_rows * token.in_stride;
     } else {
         for (int64_t r = 0; r < R; r++)
-            gdn_cpu_gather(scratch->rows + r * D, gdn_cpu_at(state, 0, j0 + r, h, b, 0), state->nb[0], D);
+            gdn_cpu_gather(scratch->rows + r * D, gdn_cpu_at(state, 0, j0 + r, h, slot, 0), state->nb[0], D);
         token.in = scratch->rows;
         token.in_stride = D;
     }
@@ -213,6 +219,14 @@ gdn_status gdn_cpu_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_n
                                    const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape)
 {
     const gdn_cpu_context *context = backend->context;
+    /* Every pool index is checked before any task runs, so a bad one leaves the outputs untouched. */
+    for (int64_t b = 0; shape->indexed && b < shape->B; b++) {
+        int32_t index;
+        memcpy(&index, (const char *)args->state_index.data + (size_t)b * args->state_index.nb[0], sizeof index);
+        if (index < 0 || index >= shape->S)
+            return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net: state_index[%lld]=%d is outside 0..%lld "
+                            "(slots of the state pool)", (long long)b, (int)index, (long long)(shape->S - 1));
+    }
     gdn_cpu_job job;
     job.args = args;
     job.shape = shape;

@@ -49,7 +49,11 @@
  * Aliasing: `state` may be exactly the view states[s]. Each thread loads all its rows before the
  * token loop and later writes only those rows, so the in-place update is safe; for the same
  * reason state loads are plain (coherent) loads, never ld.global.nc, and no pointer is
- * __restrict__. The other inputs never overlap an output (validated), so they use __ldg. */
+ * __restrict__. The other inputs never overlap an output (validated), so they use __ldg.
+ *
+ * Pool index (optional): sequence b reads its initial state from pool slot index[b]. A one-block
+ * check kernel runs first; each warp then loads the check's verdict and index[b] (broadcast
+ * loads) before its state loads, and nothing else changes: a row's arithmetic is the same. */
 #include "cuda_internal.h"
 
 #include <limits.h>
@@ -77,6 +81,13 @@ struct gdn_cuda_gdn_args {
     int interleaved;                       /* 1: q/k head h / (Hv/Hk); 0: tiled, h % Hk */
     int l2norm;
     float scale;
+    /* Optional pool index (NULL: sequence b reads state slot b): sequence b reads slot index[b]
+     * of the pool. The check kernel stores {first bad position or -1, its value} in
+     * index_check, and the main kernel writes nothing unless index_check[0] is -1. */
+    const char *index;
+    long long index_nb;
+    long long S;                           /* pool slots */
+    int64_t *index_check;                  /* the context's 2-value device buffer */
 };
 
 /* Launch shape and per-lane slice for head dimension D (see the table at the top). */
@@ -294,9 +305,18 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
     asm volatile("griddepcontrol.launch_dependents;" :::);
 #endif
 
+    /* The slot this sequence starts from: its own, or index[b] of the pool (one broadcast load
+     * per warp, after the check kernel's verdict: on any bad index the whole grid writes nothing). */
+    long long slot = at.b;
+    if (a.index != nullptr) {
+        if (a.index_check[0] >= 0)
+            return;
+        slot = *reinterpret_cast<const int *>(a.index + at.b * a.index_nb);
+    }
+
     /* This thread's rows of the initial state, all loads in flight at once. */
     float S[C::ROWS][C::ELEMS];
-    const char *state = a.state.data + at.b * a.state.nb[3] + at.h * a.state.nb[2];
+    const char *state = a.state.data + slot * a.state.nb[3] + at.h * a.state.nb[2];
 #pragma unroll
     for (int r = 0; r < C::ROWS; r++)
 #pragma unroll
@@ -343,6 +363,37 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
         }
         if (has_next)
             current = next;
+    }
+}
+
+/* One block: index_check <- {the first position b whose index is outside 0..S-1 (-1 if none),
+ * that index}. Runs before the main kernel on the same stream (as get_rows' check does). */
+constexpr int kCheckThreads = 256;
+
+__global__ void __launch_bounds__(kCheckThreads) gdn_cuda_index_check_kernel(const gdn_cuda_gdn_args a)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+    __shared__ long long first[kCheckThreads];
+    long long bad = LLONG_MAX;
+    for (long long b = threadIdx.x; b < a.B; b += blockDim.x) {
+        const int slot = *reinterpret_cast<const int *>(a.index + b * a.index_nb);
+        if ((slot < 0 || slot >= a.S) && b < bad)
+            bad = b;
+    }
+    first[threadIdx.x] = bad;
+    __syncthreads();
+    for (int half = kCheckThreads / 2; half > 0; half >>= 1) {
+        if ((int)threadIdx.x < half && first[threadIdx.x + half] < first[threadIdx.x])
+            first[threadIdx.x] = first[threadIdx.x + half];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        const long long b = first[0];
+        a.index_check[0] = b == LLONG_MAX ? -1 : b;
+        a.index_check[1] = b == LLONG_MAX ? 0 : *reinterpret_cast<const int *>(a.index + b * a.index_nb);
     }
 }
 
@@ -394,6 +445,23 @@ struct gdn_cuda_launch {
     cudaStream_t stream;
     bool dependent;
 };
+
+/* The index check: one block, launched like the main kernel (programmatic dependent launch
+ * where allowed). */
+gdn_status launch_index_check(const gdn_cuda_gdn_args &a, const gdn_cuda_launch &how)
+{
+    cudaLaunchAttribute attribute;
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(1);
+    config.blockDim = dim3(kCheckThreads);
+    config.stream = how.stream;
+    config.attrs = &attribute;
+    config.numAttrs = how.dependent ? 1 : 0;
+    return gdn_cuda_check(cudaLaunchKernelEx(&config, gdn_cuda_index_check_kernel, a),
+                          "gated_delta_net index check kernel launch");
+}
 
 template <int D, int R, bool VECTOR>
 gdn_status launch(const gdn_cuda_gdn_args &a, const gdn_cuda_launch &how)
@@ -466,6 +534,10 @@ gdn_status gdn_cuda_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_
     a.interleaved = params->broadcast == GDN_BROADCAST_INTERLEAVED;
     a.l2norm = params->l2norm;
     a.scale = shape->scale;
+    a.index = shape->indexed ? (const char *)args->state_index.data : nullptr;
+    a.index_nb = shape->indexed ? (long long)args->state_index.nb[0] : 0;
+    a.S = shape->S;
+    a.index_check = context->index_check;
 
     /* One path for the whole call; both paths share the arithmetic, so the choice never changes
      * results. v, g, beta and o are read/written one float per row and need no check. */
@@ -474,14 +546,37 @@ gdn_status gdn_cuda_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_
     gdn_cuda_launch how;
     how.stream = context->stream;
     how.dependent = context->cc_major >= 9 && context->dependent_launch;
+    if (shape->indexed && (status = launch_index_check(a, how)) != GDN_OK)
+        return status;
     switch (shape->D) {
-    case 16: return launch_for<16>(a, vector, how);
-    case 32: return launch_for<32>(a, vector, how);
-    case 64: return launch_for<64>(a, vector, how);
-    case 128: return launch_for<128>(a, vector, how);
-    case 256: return launch_for<256>(a, vector, how);
+    case 16: status = launch_for<16>(a, vector, how); break;
+    case 32: status = launch_for<32>(a, vector, how); break;
+    case 64: status = launch_for<64>(a, vector, how); break;
+    case 128: status = launch_for<128>(a, vector, how); break;
+    case 256: status = launch_for<256>(a, vector, how); break;
     default:
         return gdn_fail(GDN_ERROR_UNSUPPORTED, "gated_delta_net: D=%lld has no CUDA kernel",
                         (long long)shape->D);
     }
+    if (status != GDN_OK || !shape->indexed)
+        return status;
+    /* Report a bad index, as get_rows does: a synchronous read-back of the check (a stream sync
+     * per indexed call). While the stream is being captured a sync is not allowed: a bad index
+     * then still writes nothing, but is not reported. */
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    status = gdn_cuda_check(cudaStreamIsCapturing(context->stream, &capture), "cudaStreamIsCapturing");
+    if (status != GDN_OK || capture != cudaStreamCaptureStatusNone)
+        return status;
+    int64_t check[2] = {-1, 0};
+    status = gdn_cuda_check(cudaMemcpyAsync(check, context->index_check, sizeof check, cudaMemcpyDeviceToHost,
+                                            context->stream), "gated_delta_net index check read-back");
+    if (status == GDN_OK)
+        status = gdn_cuda_check(cudaStreamSynchronize(context->stream), "gated_delta_net cudaStreamSynchronize");
+    if (status != GDN_OK)
+        return status;
+    if (check[0] >= 0)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net: state_index[%lld]=%lld is outside 0..%lld "
+                        "(slots of the state pool)", (long long)check[0], (long long)check[1],
+                        (long long)(shape->S - 1));
+    return GDN_OK;
 }

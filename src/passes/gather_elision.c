@@ -1,0 +1,228 @@
+/* gather_elision.c: input forwarding (DESIGN.md section 4), the twin of copy elision. A
+ * GET_ROWS node G that gathers rows of a table A by an index into a whole intermediate T, read
+ * by nothing but one node N as a source that N's traits declare indexable, is removed: N reads
+ * A itself (a view shaped as its source, with all of A's rows) through G's index. The decision
+ * reads only op traits and tensor geometry; the one op kind named is GET_ROWS itself. Each
+ * refusal is logged with its reason; with no log callback, GDN_LOG_PASSES=1 sends the lines to
+ * stderr. */
+#include "../core/graph_internal.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct pass_log {
+    gdn_graph_log_fn fn;
+    void *user;
+} pass_log;
+
+static void say(const pass_log *log, const char *format, ...) GDN_PRINTF(2, 3);
+
+static void say(const pass_log *log, const char *format, ...)
+{
+    if (log->fn == NULL)
+        return;
+    char message[512];
+    va_list args;
+    va_start(args, format);
+    vsnprintf(message, sizeof message, format, args);
+    va_end(args);
+    log->fn(log->user, message);
+}
+
+static void log_to_stderr(void *user, const char *message)
+{
+    (void)user;
+    fprintf(stderr, "%s\n", message);
+}
+
+/* The one (node, source) that reads any byte of `id` among nodes that run, when there is exactly
+ * one such read; returns the number of reads. */
+static int32_t sole_reader(const gdn_graph *graph, gdn_tensor_id id, int32_t *node, int *source)
+{
+    int32_t reads = 0;
+    for (int32_t n = 0; n < graph->n_nodes; n++)
+        for (int s = 0; !graph->nodes[n].removed && s < graph->nodes[n].n_src; s++)
+            if (gdn_graph_tensors_overlap(graph, graph->nodes[n].src[s], id)) {
+                *node = n;
+                *source = s;
+                reads++;
+            }
+    return reads;
+}
+
+/* The pool view: the reader's view `v` of T (T = rows of length row, ne = {row, B}) with its row
+ * dimension widened to all rows of table A and strides taken from A's (A's rows of `row`
+ * elements, element stride a->nb[0], row stride a->nb[1]). The reader's dims 0..k-1 must
+ * flatten to one row of T and dim k count its rows: then element (i_0..i_k-1, r) of the pool is
+ * A[r][i_0 + ne_0 (i_1 + ne_1 (...))], which A's strides express whatever they are. Returns 0
+ * (with the reason in `why`) when v is not such a reshape. */
+static int pool_view(const gdn_tensor *v, const gdn_tensor *t, const gdn_tensor *a, gdn_tensor *pool, char *why,
+                     size_t why_size)
+{
+    if (!gdn_tensor_is_contiguous(v) || gdn_tensor_count(v) != gdn_tensor_count(t)) {
+        snprintf(why, why_size, "is not all of it, packed (a reshape of its rows is needed)");
+        return 0;
+    }
+    int k = 0;
+    int64_t row = 1;
+    while (k < GDN_MAX_DIMS && row < t->ne[0])
+        row *= v->ne[k++];
+    int ok = k < GDN_MAX_DIMS && row == t->ne[0] && v->ne[k] == t->ne[1];
+    for (int i = k + 1; ok && i < GDN_MAX_DIMS; i++)
+        ok = v->ne[i] == 1;
+    if (!ok) {
+        snprintf(why, why_size, "does not split into rows of %lld elements (inner dims) times %lld rows (the "
+                 "next dim)", (long long)t->ne[0], (long long)t->ne[1]);
+        return 0;
+    }
+    *pool = *v;
+    pool->data = a->data;
+    pool->dtype = a->dtype;
+    pool->n_dims = k + 1;
+    size_t stride = a->nb[0];
+    for (int i = 0; i < k; i++) {
+        pool->nb[i] = stride;
+        stride *= (size_t)v->ne[i];
+    }
+    pool->ne[k] = a->ne[1];
+    pool->nb[k] = a->nb[1];
+    for (int i = k + 1; i < GDN_MAX_DIMS; i++) {
+        pool->ne[i] = 1;
+        pool->nb[i] = 0;
+    }
+    const size_t span = gdn_tensor_span(pool);
+    for (int i = k + 1; i < GDN_MAX_DIMS; i++)
+        pool->nb[i] = span; /* as gdn_graph_view sets the strides beyond n_dims */
+    return 1;
+}
+
+/* Every rule for forwarding G's table and index into its reader; on a refusal, logs it and
+ * returns 0. On success *reader, *source and *pool (a stand-in view) are set. `prefix` is
+ * "gather elision: node G (get_rows) kept". */
+static int may_forward(const gdn_graph *graph, const pass_log *log, const char *prefix, int32_t g, int32_t *reader,
+                       int *source, gdn_tensor *pool)
+{
+    const gdn_graph_node *gather = &graph->nodes[g];
+    const gdn_tensor_id a = gather->src[0], index = gather->src[1], t = gather->dst[0];
+    const gdn_graph_tensor *at = &graph->tensors[a], *tt = &graph->tensors[t];
+
+    if (tt->kind != GDN_GRAPH_TENSOR_INTERMEDIATE) {
+        say(log, "%s: its destination t%d '%s' is not a whole intermediate (a %s)", prefix, (int)t, tt->name,
+            tt->kind == GDN_GRAPH_TENSOR_LEAF ? "leaf" : "view");
+        return 0;
+    }
+    if (gdn_graph_is_output(graph, t)) {
+        say(log, "%s: t%d '%s' is a graph output", prefix, (int)t, tt->name);
+        return 0;
+    }
+    int32_t n = -1;
+    int s = 0;
+    const int32_t readers = sole_reader(graph, t, &n, &s);
+    if (readers != 1) {
+        say(log, "%s: t%d '%s' has %d readers", prefix, (int)t, tt->name, (int)readers);
+        return 0;
+    }
+    const gdn_graph_node *node = &graph->nodes[n];
+    const gdn_op_traits *traits = gdn_op_traits_of(node->kind);
+    const char *op = traits->name;
+    if (!((traits->indexed_src >> s) & 1u)) {
+        say(log, "%s: its reader node %d (%s) does not declare an indexed source %d", prefix, (int)n, op, s);
+        return 0;
+    }
+    if (node->n_src != traits->n_src) {
+        say(log, "%s: its reader node %d (%s) already reads through an index", prefix, (int)n, op);
+        return 0;
+    }
+    const gdn_graph_tensor *vt = &graph->tensors[node->src[s]];
+    if (at->view.dtype != vt->view.dtype) {
+        say(log, "%s: the gather converts %s to %s", prefix, gdn_dtype_name(at->view.dtype),
+            gdn_dtype_name(vt->view.dtype));
+        return 0;
+    }
+    char why[160];
+    const gdn_tensor table = gdn_graph_stand_in(graph, a), whole = gdn_graph_stand_in(graph, t);
+    const gdn_tensor read = gdn_graph_stand_in(graph, node->src[s]);
+    if (read.data != whole.data || !pool_view(&read, &whole, &table, pool, why, sizeof why)) {
+        say(log, "%s: source %d of node %d (%s), t%d '%s', %s", prefix, s, (int)n, op, (int)node->src[s], vt->name,
+            read.data != whole.data ? "does not start at the first row of the gathered rows" : why);
+        return 0;
+    }
+    /* N now reads the table and the index when it runs, not when G ran: nothing in between may
+     * change them. */
+    for (int32_t m = g + 1; m < n; m++) {
+        const gdn_graph_node *between = &graph->nodes[m];
+        for (int d = 0; !between->removed && d < between->n_dst; d++) {
+            const int hits_table = gdn_graph_tensors_overlap(graph, between->dst[d], a);
+            if (!hits_table && !gdn_graph_tensors_overlap(graph, between->dst[d], index))
+                continue;
+            say(log, "%s: node %d (%s) between the gather and its reader node %d writes the %s t%d '%s'", prefix,
+                (int)m, gdn_op_traits_of(between->kind)->name, (int)n, hits_table ? "table" : "index",
+                hits_table ? (int)a : (int)index, graph->tensors[hits_table ? a : index].name);
+            return 0;
+        }
+    }
+    /* The rewritten node must pass its own op's check (for the GDN op: the pool overlaps no
+     * output, the index is I32 [B]). */
+    gdn_op_call call;
+    gdn_graph_stand_in_call(graph, node, &call);
+    call.src[s] = *pool;
+    call.src[call.n_src++] = gdn_graph_stand_in(graph, index);
+    if (gdn_op_check(&call, 0) != GDN_OK) {
+        say(log, "%s: the rewritten node %d (%s) fails its op check: %s", prefix, (int)n, op, gdn_error_detail());
+        gdn_clear_error();
+        return 0;
+    }
+    *reader = n;
+    *source = s;
+    return 1;
+}
+
+gdn_status gdn_graph_pass_gather_elision(gdn_graph *graph, gdn_graph_log_fn log_fn, void *user)
+{
+    gdn_clear_error();
+    if (graph == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gather elision: NULL graph");
+    pass_log log = {log_fn, user};
+    const char *env = getenv("GDN_LOG_PASSES");
+    if (log.fn == NULL && env != NULL && strcmp(env, "1") == 0)
+        log.fn = log_to_stderr;
+
+    for (int32_t g = 0; g < graph->n_nodes; g++) {
+        if (graph->nodes[g].removed || graph->nodes[g].kind != GDN_OP_GET_ROWS)
+            continue;
+        char prefix[64];
+        snprintf(prefix, sizeof prefix, "gather elision: node %d (get_rows) kept", (int)g);
+        int32_t n = -1;
+        int s = 0;
+        gdn_tensor pool;
+        if (!may_forward(graph, &log, prefix, g, &n, &s, &pool))
+            continue;
+        const gdn_tensor_id a = graph->nodes[g].src[0], index = graph->nodes[g].src[1], t = graph->nodes[g].dst[0];
+        gdn_tensor_id pool_id;
+        gdn_status st = gdn_graph_view(graph, a, 0, pool.n_dims, pool.ne, pool.nb, &pool_id);
+        if (st != GDN_OK) { /* out of memory, or a view the graph cannot hold: leave G in place */
+            say(&log, "%s: the pool view of t%d '%s' cannot be made: %s", prefix, (int)a, graph->tensors[a].name,
+                gdn_error_detail());
+            gdn_clear_error();
+            continue;
+        }
+        /* gdn_graph_view may have moved the tensor list: only ids from here on. */
+        gdn_graph_node *node = &graph->nodes[n];
+        const gdn_graph_tensor *tt = &graph->tensors[t];
+        const size_t saved = (size_t)gdn_tensor_count(&tt->view) *
+                             (gdn_dtype_size(graph->tensors[a].view.dtype) + gdn_dtype_size(tt->view.dtype));
+        node->src[s] = pool_id;
+        node->src[node->n_src++] = index; /* T is now written and read by nobody: the planner skips it */
+        graph->nodes[g].removed = 1;
+        graph->nodes_removed++;
+        graph->bytes_saved += saved;
+        gdn_graph_invalidate_plan(graph);
+        say(&log, "gather elision: node %d (get_rows) removed: node %d (%s) reads source %d from t%d '%s' through "
+            "the index t%d '%s' instead of t%d '%s' (%zu bytes saved)", (int)g, (int)n,
+            gdn_op_traits_of(node->kind)->name, s, (int)a, graph->tensors[a].name, (int)index,
+            graph->tensors[index].name, (int)t, tt->name, saved);
+    }
+    return GDN_OK;
+}
