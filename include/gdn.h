@@ -151,6 +151,39 @@ gdn_status gdn_backend_record_end(gdn_backend *backend, gdn_recording **out);
 gdn_status gdn_recording_replay(gdn_recording *recording);
 void gdn_recording_free(gdn_recording *recording);
 
+/* Counters: what the backend was asked to run, counted in the library's dispatch each time an
+ * op call passes validation and its backend entry returns GDN_OK (gdn_gated_delta_net, and every
+ * node a graph computes). Byte counts are logical: each element of each view once, times its
+ * dtype size (a strided view counts its elements, not its span); they are what the call must
+ * read and write, not what the hardware's caches end up moving.
+ *   op_calls     op calls run.
+ *   launches     kernel launches they made: one per op call, except on CUDA, where get_rows
+ *                and a gated_delta_net call with a state_index launch a bounds-check kernel
+ *                first (two each). On the CPU, one per op call.
+ *   copies       cpy op calls (graph nodes of kind cpy).
+ *   gathers      get_rows op calls.
+ *   gdn_calls    gated_delta_net op calls.
+ *   bytes        read plus written by all calls: every source and destination view; for
+ *                get_rows only the rows gathered (plus the index), for a gated_delta_net call
+ *                with a state_index only the B pool slots read (plus the index).
+ *   cache_bytes  the recurrent-cache (state and conv-window) traffic among those bytes: each
+ *                gated_delta_net call's state read (B states) plus its snapshots written, plus
+ *                all the bytes (read and written) of every cpy and get_rows call.
+ * Not counted: gdn_backend_upload, download and copy (memory transfers, not ops). Recording:
+ * calls queued while recording are counted when they are recorded; gdn_recording_replay counts
+ * nothing. To count a step that is replayed, run it once un-recorded between reset and get.
+ * The counters are plain integers, updated by the calling thread without locks (use one thread
+ * per backend, as for queueing ops). */
+typedef struct gdn_backend_counters {
+    uint64_t op_calls, launches, copies, gathers, gdn_calls;
+    uint64_t bytes, cache_bytes;
+} gdn_backend_counters;
+
+/* Copy the counters into *out (zeroes when backend is NULL). */
+void gdn_backend_get_counters(const gdn_backend *backend, gdn_backend_counters *out);
+/* Set every counter to 0. NULL is a no-op. */
+void gdn_backend_reset_counters(gdn_backend *backend);
+
 /* ------------------------------------------------------------------------------------------
  * The Gated DeltaNet op
  *

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# test_cli.sh GDN TEST_GOLDEN GOLDEN_DIR: the gdn command's op and help paths. Good input gives
-# the golden result; every kind of bad input gives a message on stderr, a non-zero exit and no
-# output file.
+# test_cli.sh GDN TEST_GOLDEN GOLDEN_DIR: the gdn command's op, help and bench --stack paths.
+# Good input gives the golden result; every kind of bad input gives a message on stderr, a
+# non-zero exit and no output file.
 set -u
 gdn=$1 test_golden=$2 golden_dir=$3
 work=$(mktemp -d)
@@ -86,6 +86,37 @@ done
   && fail "unknown backend accepted" || ok
 "$gdn" op gated_delta_net --in "$golden" --out "$work/nodir/x.safetensors" --backend cpu 2>/dev/null \
   && fail "unwritable output accepted" || ok
+
+# gdn bench --stack on the CPU: one JSON object per row, passes off and on per (T, B), and the
+# two rows of a pair compute the same thing (same checksum), with fewer copies when on
+for shape in "" "--tokens 4 --K 4"; do
+  # shellcheck disable=SC2086
+  if "$gdn" bench --stack --backend cpu --layers 2 --batch 1 --reps 2 --json $shape >"$work/stack.json" 2>"$work/err"; then
+    if python3 - "$work/stack.json" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+assert rows and all(r["scheme"] == "snapshot" and r["layers"] == 2 and r["B"] == 1 for r in rows), rows
+keys = ("backend", "scheme", "passes", "T", "K", "B", "layers", "us_per_step", "state_bytes_per_step",
+        "copies", "launches", "checksum")
+assert all(all(k in r for k in keys) for r in rows), "missing keys"
+pairs = {}
+for r in rows:
+    pairs.setdefault((r["T"], r["K"], r["B"]), {})[r["passes"]] = r
+for key, p in pairs.items():
+    assert set(p) == {"on", "off"}, (key, list(p))
+    assert p["on"]["checksum"] == p["off"]["checksum"], (key, p["on"]["checksum"], p["off"]["checksum"])
+    assert p["on"]["copies"] < p["off"]["copies"], key
+    assert p["on"]["state_bytes_per_step"] < p["off"]["state_bytes_per_step"], key
+print("bench --stack:", len(rows), "rows,", ", ".join(f"T={k[0]} B={k[2]} checksum {p['on']['checksum']}"
+                                                   for k, p in pairs.items()))
+PY
+    then ok; else fail "gdn bench --stack $shape: rows do not check out: $(cat "$work/stack.json")"; fi
+  else
+    fail "gdn bench --stack $shape: $(cat "$work/err")"
+  fi
+done
+"$gdn" bench --stack --backend cpu --passes sideways >/dev/null 2>&1 && fail "bad --passes accepted" || ok
+"$gdn" bench --stack --help >"$work/help" 2>&1 && grep -q -- '--passes' "$work/help" && ok || fail "gdn bench --stack --help"
 
 echo "test_cli: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -7,6 +7,7 @@
 /* Subcommands: each returns the process exit code. */
 int gdn_cmd_op(int argc, char **argv);
 int gdn_cmd_bench(int argc, char **argv);
+int gdn_cmd_bench_stack(int argc, char **argv); /* gdn bench --stack (cmd_bench_stack.c) */
 
 /* "cpu" or "cuda" to a kind; returns 0 and prints an error for anything else. */
 int gdn_tool_parse_backend(const char *text, gdn_backend_kind *kind);

@@ -43,7 +43,14 @@ struct gdn_backend {
     gdn_backend_kind kind;
     char name[128];  /* filled by the backend's init */
     void *context;   /* the backend's own state */
+    gdn_backend_counters counters; /* counted by the core dispatch (backend.c), zero at init */
 };
+
+/* Count one op call that ran (status GDN_OK) into backend->counters: gdn_backend_count_op for
+ * any op of the op table but the GDN op (gdn_op_run), gdn_backend_count_gdn for the GDN op
+ * (`shape` from its check). Definitions in gdn.h (gdn_backend_counters). */
+void gdn_backend_count_op(gdn_backend *backend, const gdn_op_call *call);
+void gdn_backend_count_gdn(gdn_backend *backend, const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape);
 
 /* Availability probes and tables, defined by each backend that is built in. */
 extern const gdn_backend_ops gdn_cpu_backend_ops;

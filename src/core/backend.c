@@ -203,3 +203,72 @@ void gdn_recording_free(gdn_recording *recording)
     recording->backend->ops->recording_free(recording->backend, recording->handle);
     free(recording);
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * Counters (definitions in gdn.h)
+ * ------------------------------------------------------------------------------------------- */
+static uint64_t view_bytes(const gdn_tensor *t)
+{
+    return (uint64_t)gdn_tensor_count(t) * (uint64_t)gdn_dtype_size(t->dtype);
+}
+
+/* The CUDA backend launches a bounds-check kernel before the gather of get_rows
+ * (ops_cuda_data.cu) and before an indexed gated_delta_net kernel (gdn_cuda.cu). */
+static uint64_t check_launches(const gdn_backend *backend)
+{
+    return backend->kind == GDN_BACKEND_CUDA ? 1u : 0u;
+}
+
+void gdn_backend_count_op(gdn_backend *backend, const gdn_op_call *call)
+{
+    gdn_backend_counters *c = &backend->counters;
+    uint64_t bytes = 0;
+    for (int s = 0; s < call->n_src; s++)
+        bytes += call->kind == GDN_OP_GET_ROWS && s == 0
+                     ? (uint64_t)gdn_tensor_count(&call->dst[0]) * gdn_dtype_size(call->src[0].dtype) /* rows read */
+                     : view_bytes(&call->src[s]);
+    for (int d = 0; d < call->n_dst; d++)
+        bytes += view_bytes(&call->dst[d]);
+    c->op_calls++;
+    c->launches += 1u + (call->kind == GDN_OP_GET_ROWS ? check_launches(backend) : 0u);
+    c->bytes += bytes;
+    if (call->kind == GDN_OP_CPY || call->kind == GDN_OP_GET_ROWS) {
+        c->copies += call->kind == GDN_OP_CPY;
+        c->gathers += call->kind == GDN_OP_GET_ROWS;
+        c->cache_bytes += bytes;
+    }
+}
+
+void gdn_backend_count_gdn(gdn_backend *backend, const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape)
+{
+    gdn_backend_counters *c = &backend->counters;
+    /* The state read: B states (with an index, B slots of the pool, not the whole pool). */
+    const uint64_t state_read = (uint64_t)(gdn_tensor_count(&args->state) / args->state.ne[3]) *
+                                (uint64_t)shape->B * gdn_dtype_size(args->state.dtype);
+    const uint64_t states_written = view_bytes(&args->states);
+    uint64_t bytes = view_bytes(&args->q) + view_bytes(&args->k) + view_bytes(&args->v) + view_bytes(&args->g) +
+                     view_bytes(&args->beta) + view_bytes(&args->o) + state_read + states_written;
+    if (shape->indexed)
+        bytes += view_bytes(&args->state_index);
+    c->op_calls++;
+    c->gdn_calls++;
+    c->launches += 1u + (shape->indexed ? check_launches(backend) : 0u);
+    c->bytes += bytes;
+    c->cache_bytes += state_read + states_written;
+}
+
+void gdn_backend_get_counters(const gdn_backend *backend, gdn_backend_counters *out)
+{
+    if (out == NULL)
+        return;
+    if (backend == NULL)
+        memset(out, 0, sizeof *out);
+    else
+        *out = backend->counters;
+}
+
+void gdn_backend_reset_counters(gdn_backend *backend)
+{
+    if (backend != NULL)
+        memset(&backend->counters, 0, sizeof backend->counters);
+}

@@ -179,5 +179,8 @@ gdn_status gdn_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_net_p
     gdn_status st = gdn_gated_delta_net_check(params, args, GDN_DTYPE_F32, &shape);
     if (st != GDN_OK)
         return st;
-    return backend->ops->gated_delta_net(backend, params, args, &shape);
+    st = backend->ops->gated_delta_net(backend, params, args, &shape);
+    if (st == GDN_OK)
+        gdn_backend_count_gdn(backend, args, &shape);
+    return st;
 }

@@ -320,12 +320,17 @@ gdn_status gdn_op_run(gdn_backend *backend, const gdn_op_call *call)
             return st;
         if (backend->ops->gated_delta_net == NULL)
             return gdn_fail(GDN_ERROR_UNSUPPORTED, "%s: not implemented on backend %s", op, backend->name);
-        return backend->ops->gated_delta_net(backend, &call->params.gated_delta_net, &args, &shape);
+        st = backend->ops->gated_delta_net(backend, &call->params.gated_delta_net, &args, &shape);
+        if (st == GDN_OK)
+            gdn_backend_count_gdn(backend, &args, &shape);
+        return st;
     }
     if (backend->ops->run_op == NULL)
         return gdn_fail(GDN_ERROR_UNSUPPORTED, "%s: not implemented on backend %s (it runs no op of the op "
                         "table yet)", op, backend->name);
     st = backend->ops->run_op(backend, call);
+    if (st == GDN_OK)
+        gdn_backend_count_op(backend, call);
     if (st == GDN_ERROR_UNSUPPORTED && gdn_error_detail()[0] == '\0')
         return gdn_fail(GDN_ERROR_UNSUPPORTED, "%s: not implemented on backend %s", op, backend->name);
     return st;
