@@ -5,37 +5,13 @@
  * reads only op traits and tensor geometry; the one op kind named is GET_ROWS itself. Each
  * refusal is logged with its reason; with no log callback, GDN_LOG_PASSES=1 sends the lines to
  * stderr. */
+#include "pass_log.h"
 #include "../core/graph_internal.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-typedef struct pass_log {
-    gdn_graph_log_fn fn;
-    void *user;
-} pass_log;
-
-static void say(const pass_log *log, const char *format, ...) GDN_PRINTF(2, 3);
-
-static void say(const pass_log *log, const char *format, ...)
-{
-    if (log->fn == NULL)
-        return;
-    char message[512];
-    va_list args;
-    va_start(args, format);
-    vsnprintf(message, sizeof message, format, args);
-    va_end(args);
-    log->fn(log->user, message);
-}
-
-static void log_to_stderr(void *user, const char *message)
-{
-    (void)user;
-    fprintf(stderr, "%s\n", message);
-}
 
 /* The one (node, source) that reads any byte of `id` among nodes that run, when there is exactly
  * one such read; returns the number of reads. */
@@ -101,7 +77,7 @@ static int pool_view(const gdn_tensor *v, const gdn_tensor *t, const gdn_tensor 
 /* Every rule for forwarding G's table and index into its reader; on a refusal, logs it and
  * returns 0. On success *reader, *source and *pool (a stand-in view) are set. `prefix` is
  * "gather elision: node G (get_rows) kept". */
-static int may_forward(const gdn_graph *graph, const pass_log *log, const char *prefix, int32_t g, int32_t *reader,
+static int may_forward(const gdn_graph *graph, const gdn_pass_log *log, const char *prefix, int32_t g, int32_t *reader,
                        int *source, gdn_tensor *pool)
 {
     const gdn_graph_node *gather = &graph->nodes[g];
@@ -109,35 +85,35 @@ static int may_forward(const gdn_graph *graph, const pass_log *log, const char *
     const gdn_graph_tensor *at = &graph->tensors[a], *tt = &graph->tensors[t];
 
     if (tt->kind != GDN_GRAPH_TENSOR_INTERMEDIATE) {
-        say(log, "%s: its destination t%d '%s' is not a whole intermediate (a %s)", prefix, (int)t, tt->name,
+        gdn_pass_say(log, "%s: its destination t%d '%s' is not a whole intermediate (a %s)", prefix, (int)t, tt->name,
             tt->kind == GDN_GRAPH_TENSOR_LEAF ? "leaf" : "view");
         return 0;
     }
     if (gdn_graph_is_output(graph, t)) {
-        say(log, "%s: t%d '%s' is a graph output", prefix, (int)t, tt->name);
+        gdn_pass_say(log, "%s: t%d '%s' is a graph output", prefix, (int)t, tt->name);
         return 0;
     }
     int32_t n = -1;
     int s = 0;
     const int32_t readers = sole_reader(graph, t, &n, &s);
     if (readers != 1) {
-        say(log, "%s: t%d '%s' has %d readers", prefix, (int)t, tt->name, (int)readers);
+        gdn_pass_say(log, "%s: t%d '%s' has %d readers", prefix, (int)t, tt->name, (int)readers);
         return 0;
     }
     const gdn_graph_node *node = &graph->nodes[n];
     const gdn_op_traits *traits = gdn_op_traits_of(node->kind);
     const char *op = traits->name;
     if (!((traits->indexed_src >> s) & 1u)) {
-        say(log, "%s: its reader node %d (%s) does not declare an indexed source %d", prefix, (int)n, op, s);
+        gdn_pass_say(log, "%s: its reader node %d (%s) does not declare an indexed source %d", prefix, (int)n, op, s);
         return 0;
     }
     if (node->n_src != traits->n_src) {
-        say(log, "%s: its reader node %d (%s) already reads through an index", prefix, (int)n, op);
+        gdn_pass_say(log, "%s: its reader node %d (%s) already reads through an index", prefix, (int)n, op);
         return 0;
     }
     const gdn_graph_tensor *vt = &graph->tensors[node->src[s]];
     if (at->view.dtype != vt->view.dtype) {
-        say(log, "%s: the gather converts %s to %s", prefix, gdn_dtype_name(at->view.dtype),
+        gdn_pass_say(log, "%s: the gather converts %s to %s", prefix, gdn_dtype_name(at->view.dtype),
             gdn_dtype_name(vt->view.dtype));
         return 0;
     }
@@ -145,7 +121,7 @@ static int may_forward(const gdn_graph *graph, const pass_log *log, const char *
     const gdn_tensor table = gdn_graph_stand_in(graph, a), whole = gdn_graph_stand_in(graph, t);
     const gdn_tensor read = gdn_graph_stand_in(graph, node->src[s]);
     if (read.data != whole.data || !pool_view(&read, &whole, &table, pool, why, sizeof why)) {
-        say(log, "%s: source %d of node %d (%s), t%d '%s', %s", prefix, s, (int)n, op, (int)node->src[s], vt->name,
+        gdn_pass_say(log, "%s: source %d of node %d (%s), t%d '%s', %s", prefix, s, (int)n, op, (int)node->src[s], vt->name,
             read.data != whole.data ? "does not start at the first row of the gathered rows" : why);
         return 0;
     }
@@ -157,7 +133,7 @@ static int may_forward(const gdn_graph *graph, const pass_log *log, const char *
             const int hits_table = gdn_graph_tensors_overlap(graph, between->dst[d], a);
             if (!hits_table && !gdn_graph_tensors_overlap(graph, between->dst[d], index))
                 continue;
-            say(log, "%s: node %d (%s) between the gather and its reader node %d writes the %s t%d '%s'", prefix,
+            gdn_pass_say(log, "%s: node %d (%s) between the gather and its reader node %d writes the %s t%d '%s'", prefix,
                 (int)m, gdn_op_traits_of(between->kind)->name, (int)n, hits_table ? "table" : "index",
                 hits_table ? (int)a : (int)index, graph->tensors[hits_table ? a : index].name);
             return 0;
@@ -170,7 +146,7 @@ static int may_forward(const gdn_graph *graph, const pass_log *log, const char *
     call.src[s] = *pool;
     call.src[call.n_src++] = gdn_graph_stand_in(graph, index);
     if (gdn_op_check(&call, 0) != GDN_OK) {
-        say(log, "%s: the rewritten node %d (%s) fails its op check: %s", prefix, (int)n, op, gdn_error_detail());
+        gdn_pass_say(log, "%s: the rewritten node %d (%s) fails its op check: %s", prefix, (int)n, op, gdn_error_detail());
         gdn_clear_error();
         return 0;
     }
@@ -184,10 +160,7 @@ gdn_status gdn_graph_pass_gather_elision(gdn_graph *graph, gdn_graph_log_fn log_
     gdn_clear_error();
     if (graph == NULL)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gather elision: NULL graph");
-    pass_log log = {log_fn, user};
-    const char *env = getenv("GDN_LOG_PASSES");
-    if (log.fn == NULL && env != NULL && strcmp(env, "1") == 0)
-        log.fn = log_to_stderr;
+    gdn_pass_log log = gdn_pass_log_open(log_fn, user);
 
     for (int32_t g = 0; g < graph->n_nodes; g++) {
         if (graph->nodes[g].removed || graph->nodes[g].kind != GDN_OP_GET_ROWS)
@@ -203,7 +176,7 @@ gdn_status gdn_graph_pass_gather_elision(gdn_graph *graph, gdn_graph_log_fn log_
         gdn_tensor_id pool_id;
         gdn_status st = gdn_graph_view(graph, a, 0, pool.n_dims, pool.ne, pool.nb, &pool_id);
         if (st != GDN_OK) { /* out of memory, or a view the graph cannot hold: leave G in place */
-            say(&log, "%s: the pool view of t%d '%s' cannot be made: %s", prefix, (int)a, graph->tensors[a].name,
+            gdn_pass_say(&log, "%s: the pool view of t%d '%s' cannot be made: %s", prefix, (int)a, graph->tensors[a].name,
                 gdn_error_detail());
             gdn_clear_error();
             continue;
@@ -219,7 +192,7 @@ gdn_status gdn_graph_pass_gather_elision(gdn_graph *graph, gdn_graph_log_fn log_
         graph->nodes_removed++;
         graph->bytes_saved += saved;
         gdn_graph_invalidate_plan(graph);
-        say(&log, "gather elision: node %d (get_rows) removed: node %d (%s) reads source %d from t%d '%s' through "
+        gdn_pass_say(&log, "gather elision: node %d (get_rows) removed: node %d (%s) reads source %d from t%d '%s' through "
             "the index t%d '%s' instead of t%d '%s' (%zu bytes saved)", (int)g, (int)n,
             gdn_op_traits_of(node->kind)->name, s, (int)a, graph->tensors[a].name, (int)index,
             graph->tensors[index].name, (int)t, tt->name, saved);
