@@ -72,12 +72,6 @@ static int fill(gdn_backend *backend, void *dst, size_t bytes, float lo, float h
     return ok;
 }
 
-static int compare_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Device copy bandwidth in GB/s, counting bytes read plus bytes written; median of runs. */
 static double measure_copy(gdn_backend *backend, size_t bytes)
 {
@@ -95,7 +89,7 @@ static double measure_copy(gdn_backend *backend, size_t bytes)
                 ms[i - 2] = t; /* two warm-up copies */
         }
         if (ok) {
-            qsort(ms, 15, sizeof ms[0], compare_double);
+            qsort(ms, 15, sizeof ms[0], gdn_tool_compare_double);
             result = 2.0 * (double)bytes / (ms[7] * 1e-3) / 1e9;
         }
     }
@@ -204,7 +198,7 @@ static int bench_row(gdn_backend *backend, const bench_config *cfg, int64_t B, i
             times[rep] = ms;
     }
     if (ok) {
-        qsort(times, (size_t)reps, sizeof *times, compare_double);
+        qsort(times, (size_t)reps, sizeof *times, gdn_tool_compare_double);
         double step_ms = times[reps / 2];
         r->reps = reps;
         r->us_per_step = step_ms * 1e3;
@@ -249,16 +243,8 @@ static int parse_args(int argc, char **argv, bench_config *cfg)
                 return 0;
             cfg->backend_name = val;
         } else if (strcmp(opt, "--batch") == 0) {
-            char *copy = strdup(val), *save = NULL;
-            for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-                if (cfg->n_batches == 16 || !gdn_tool_parse_int(tok, 1, 1 << 16, &n)) {
-                    fprintf(stderr, "gdn bench: --batch '%s': expected up to 16 integers in 1..65536\n", val);
-                    free(copy);
-                    return 0;
-                }
-                cfg->batches[cfg->n_batches++] = n;
-            }
-            free(copy);
+            if (!gdn_tool_parse_batches("gdn bench", val, cfg->batches, 16, &cfg->n_batches))
+                return 0;
         } else if (strcmp(opt, "--tokens") == 0 && gdn_tool_parse_int(val, 1, 4096, &n)) {
             cfg->T = n;
         } else if (strcmp(opt, "--K") == 0 && gdn_tool_parse_int(val, 1, 64, &n)) {

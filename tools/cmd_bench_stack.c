@@ -62,12 +62,6 @@ typedef struct stack_row {
     uint64_t checksum;
 } stack_row;
 
-static int compare_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static uint64_t fnv1a(const unsigned char *p, size_t n)
 {
     uint64_t h = 0xcbf29ce484222325ull;
@@ -242,7 +236,7 @@ static int stack_row_run(stack *s, const stack_config *cfg, int passes, stack_ro
             times[rep] = ms;
     }
     if (ok) {
-        qsort(times, (size_t)reps, sizeof *times, compare_double);
+        qsort(times, (size_t)reps, sizeof *times, gdn_tool_compare_double);
         r->us_per_step = times[reps / 2] * 1e3;
         r->reps = reps;
     } else {
@@ -329,16 +323,8 @@ static int parse_args(int argc, char **argv, stack_config *cfg)
                 return 0;
             cfg->backend_name = val;
         } else if (strcmp(opt, "--batch") == 0) {
-            char *copy = strdup(val), *save = NULL;
-            for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-                if (cfg->n_batches == 16 || !gdn_tool_parse_int(tok, 1, 1 << 16, &n)) {
-                    fprintf(stderr, "gdn bench --stack: --batch '%s': expected up to 16 integers in 1..65536\n", val);
-                    free(copy);
-                    return 0;
-                }
-                cfg->batches[cfg->n_batches++] = n;
-            }
-            free(copy);
+            if (!gdn_tool_parse_batches("gdn bench --stack", val, cfg->batches, 16, &cfg->n_batches))
+                return 0;
         } else if (strcmp(opt, "--tokens") == 0 && gdn_tool_parse_int(val, 1, 4096, &n)) {
             cfg->T = n;
         } else if (strcmp(opt, "--K") == 0 && gdn_tool_parse_int(val, 1, 64, &n)) {

@@ -69,6 +69,30 @@ int gdn_tool_parse_float(const char *text, double *out)
     return 1;
 }
 
+int gdn_tool_parse_batches(const char *who, const char *text, int64_t *out, int max, int *n)
+{
+    char *copy = strdup(text), *save = NULL;
+    if (copy == NULL)
+        return 0;
+    long value = 0;
+    for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (*n == max || !gdn_tool_parse_int(tok, 1, 1 << 16, &value)) {
+            fprintf(stderr, "%s: --batch '%s': expected up to %d integers in 1..65536\n", who, text, max);
+            free(copy);
+            return 0;
+        }
+        out[(*n)++] = value;
+    }
+    free(copy);
+    return 1;
+}
+
+int gdn_tool_compare_double(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||

@@ -20,4 +20,11 @@ gdn_backend *gdn_tool_open_backend(const char *name);
 int gdn_tool_parse_int(const char *text, long min, long max, long *out);
 int gdn_tool_parse_float(const char *text, double *out);
 
+/* A comma-separated list of batch sizes (1..65536, at most `max`) into out[*n...]; prints the
+ * problem (prefixed by `who`) and returns 0 on a bad list. */
+int gdn_tool_parse_batches(const char *who, const char *text, int64_t *out, int max, int *n);
+
+/* qsort comparator for doubles, ascending (medians of timings). */
+int gdn_tool_compare_double(const void *a, const void *b);
+
 #endif
