@@ -158,6 +158,11 @@ static void gdn_cpu_cpy_rows(const gdn_cpu_rows_job *job, int64_t first, int64_t
         gdn_cpu_row_index(dst->ne, r, idx);
         const char *in = (const char *)a->data + gdn_cpu_offset(a, idx);
         char *out = (char *)dst->data + gdn_cpu_offset(dst, idx);
+        const size_t elem = gdn_dtype_size(a->dtype);
+        if (a->dtype == dst->dtype && a->nb[0] == elem && dst->nb[0] == elem) {
+            memmove(out, in, (size_t)dst->ne[0] * elem); /* packed rows: one move (may be in place) */
+            continue;
+        }
         for (int64_t i = 0; i < dst->ne[0]; i++) {
             char *o = out + (size_t)i * dst->nb[0];
             if (a->dtype == dst->dtype) {
