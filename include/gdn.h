@@ -204,7 +204,8 @@ void gdn_backend_reset_counters(gdn_backend *backend);
  *     state    [B, Hv, Dv, Dk]          initial state of each sequence; with state_index:
  *              [S, Hv, Dv, Dk]          a pool of S >= 1 slots (e.g. the whole recurrent cache)
  *     state_index  [B] (ne = {B}), I32   optional (data NULL: none). Sequence b starts from pool
- *                                       slot state_index[b]; slots may repeat (they are only read).
+ *                                       slot state_index[b]; slots may repeat (where they are
+ *                                       only read; see Aliasing).
  *                                       The op reads, in place of a get_rows gather of the cache.
  *     o        [B, T, Hv, Dv]           output, any strides
  *     states   [N, B, Hv, Dv, Dk]       N = min(T, n_snapshots) snapshots, newest first:
@@ -213,10 +214,17 @@ void gdn_backend_reset_counters(gdn_backend *backend);
  * Requirements: Dk = Dv, Dk in {16, 32, 64, 128, 256}; Hv a multiple of Hk; T >= 1, B >= 1.
  * Aliasing: without state_index, `state` may be exactly the view states[s] for one s (same data
  * and strides: an in-place update of a cache slot, each (b, h) reads its state before writing any
- * snapshot). With state_index, the pool must not overlap `states` or `o` at all (which slot a
- * sequence reads is only known from the index, which may live in device memory, so an in-place
- * pool cannot be validated). Any other overlap of the byte ranges of an output with an input or
- * with the other output is rejected with GDN_ERROR_OVERLAP.
+ * snapshot). With state_index, the pool never overlaps `o`, but may overlap `states` (the
+ * llama.cpp cache: the slots read are the slots rewritten) under a rule that depends on the
+ * index values, so the backend checks it where the index is readable, with the index check
+ * below: for every sequence b, the state it reads (pool slot state_index[b]: counts Dk, Dv, Hv
+ * with the pool's strides) must be either disjoint (byte ranges) from every snapshot view
+ * written (states[s][b'] for all s < N, all b'), or exactly (same address, same nb[0..2]) one of
+ * b's own snapshot views states[s][b]; then each (b, h, row) is read before it is written, by
+ * the one task that writes it. Otherwise GDN_ERROR_OVERLAP naming b, state_index[b] and the
+ * snapshot states[s][b'] it overlaps, with nothing written (on CUDA while recording: nothing
+ * written, not reported, as for a bad index). Any other overlap of the byte ranges of an output
+ * with an input or with the other output is rejected with GDN_ERROR_OVERLAP.
  * Index values: every state_index[b] must lie in 0..S-1. They may be in memory the host cannot
  * read, so the backend checks them: a bad value writes nothing and gives
  * GDN_ERROR_INVALID_ARGUMENT naming the position and the value (on CUDA this waits for the

@@ -684,18 +684,8 @@ static void check_indexed(const test_backend *tb, int case_index, const op_case 
                   case_index);
     }
 
-    /* With an index the pool may not overlap the snapshots, not even as an exact slot. */
-    if (st == GDN_OK) {
-        gdn_gated_delta_net_args a = device_args(&ts);
-        a.state_index = device_view(&index);
-        a.state = a.states;
-        a.state.n_dims = 4;
-        a.state.ne[4] = 1;
-        a.state.ne[3] = c->B;
-        st = gdn_gated_delta_net(tb->backend, &p, &a);
-        CHECK(st == GDN_ERROR_OVERLAP, "%s indexed case %d: a pool aliasing states[0] gave %d (%s)", tb->label,
-              case_index, (int)st, gdn_error_detail());
-    }
+    /* A pool that is the snapshots themselves, read through an index, is out of range here
+     * (B = 3 slots, index 4); the in-place rule is tested by check_in_place. */
     printf("  %-10s indexed case %d: S=%d B=%d T=%d Hv=%d D=%3d %s\n", tb->label, case_index, S, c->B, c->T, c->Hv,
            c->D, layout_names[c->lay]);
     free(o_indexed);
@@ -705,6 +695,137 @@ static void check_indexed(const test_backend *tb, int case_index, const op_case 
     free(o_ref.data);
     free(s_ref.data);
     tensor_buffer_free(&pool);
+    tensor_buffer_free(&index);
+    op_tensors_free(&ts);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The llama.cpp cache read and rewritten in place through an index: a cache [slot][group][Hv]
+ * [Dv][Dk] of B + 1 slots and N groups; the pool is group 1 of every slot, the snapshots are
+ * groups 0..N-1 of slots 0..B-1, index[b] = b (each sequence reads its own group 1, which is
+ * its snapshot 1, and rewrites its groups). Against the float64 reference on the host copy, bit
+ * for bit against the same call on a gathered state, the unread slot untouched; then index[0] =
+ * 1 (sequence 0 reads what sequence 1 writes): GDN_ERROR_OVERLAP, nothing written.
+ * ------------------------------------------------------------------------------------------- */
+static double rel_l2_view(const gdn_tensor *t, const unsigned char *bytes, const double *ref)
+{
+    int64_t idx[GDN_MAX_DIMS] = {0};
+    double diff = 0, norm = 0;
+    size_t i = 0;
+    do {
+        float x;
+        memcpy(&x, bytes + offset_of(t, idx), sizeof x);
+        diff += ((double)x - ref[i]) * ((double)x - ref[i]);
+        norm += ref[i] * ref[i];
+        i++;
+    } while (next_index(t, idx));
+    return sqrt(diff / (norm > 0 ? norm : 1));
+}
+
+static void check_in_place(const test_backend *tb, int case_index, const op_case *c)
+{
+    const int64_t D = c->D, N = c->T < c->K ? c->T : c->K, B = c->B;
+    if (N < 2)
+        return; /* group 1 must be a snapshot */
+    test_rng rng;
+    test_rng_seed(&rng, 700 + (uint64_t)case_index);
+    op_tensors ts;
+    tensor_buffer cache, index;
+    const int64_t ne_cache[] = {D, D, c->Hv, N, B + 1}, ne_index[] = {B};
+    int ok = op_tensors_init(&ts, c, &rng) && tensor_buffer_init(&cache, LAYOUT_CONTIGUOUS, GDN_DTYPE_F32, 5, ne_cache) &&
+             tensor_buffer_init(&index, LAYOUT_CONTIGUOUS, GDN_DTYPE_I32, 1, ne_index);
+    if (!ok) {
+        CHECK(0, "%s in-place case %d: out of memory", tb->label, case_index);
+        op_tensors_free(&ts);
+        return;
+    }
+    fill(&cache, &rng, STATE, c->D, 0, 0);
+    for (int32_t b = 0; b < B; b++)
+        memcpy(index.host_bytes + (size_t)b * sizeof b, &b, sizeof b);
+    const size_t group = cache.host.nb[3], slot = cache.host.nb[4];
+    /* host views into the cache: pool (group 1 of each slot) and snapshots */
+    gdn_tensor pool = cache.host, snaps = cache.host;
+    pool.data = cache.host_bytes + group;
+    pool.n_dims = 4;
+    pool.ne[3] = B + 1, pool.ne[4] = 1;
+    pool.nb[3] = slot, pool.nb[4] = slot * (size_t)(B + 1);
+    snaps.ne[3] = B, snaps.ne[4] = N;
+    snaps.nb[3] = slot, snaps.nb[4] = group;
+
+    gdn_gated_delta_net_params p = case_params(c);
+    const int64_t ne_o[] = {D, c->Hv, c->T, B}, ne_s[] = {D, D, c->Hv, B, N};
+    gdn_tensor o_ref = gdn_tensor_contiguous(NULL, GDN_DTYPE_F64, 4, ne_o);
+    gdn_tensor s_ref = gdn_tensor_contiguous(NULL, GDN_DTYPE_F64, 5, ne_s);
+    o_ref.data = malloc(gdn_tensor_span(&o_ref));
+    s_ref.data = malloc(gdn_tensor_span(&s_ref));
+    ok = o_ref.data && s_ref.data;
+    gdn_gated_delta_net_args ra = {ts.t[Q].host, ts.t[K_].host, ts.t[V].host, ts.t[G].host, ts.t[BETA].host,
+                                   pool, o_ref, s_ref, index.host};
+    ok = ok && gdn_gated_delta_net_reference(&p, &ra) == GDN_OK;
+    CHECK(ok, "%s in-place case %d: reference: %s", tb->label, case_index, gdn_error_detail());
+    /* the gathered state: group 1 of slot b */
+    int64_t idx[GDN_MAX_DIMS] = {0};
+    do {
+        memcpy(ts.t[STATE].host_bytes + offset_of(&ts.t[STATE].host, idx), (const char *)pool.data + offset_of(&pool, idx),
+               sizeof(float));
+    } while (next_index(&ts.t[STATE].host, idx));
+    for (int i = 0; ok && i < N_TENSORS; i++)
+        ok = upload(&ts.t[i], tb->backend);
+    ok = ok && upload(&cache, tb->backend) && upload(&index, tb->backend);
+    CHECK(ok, "%s in-place case %d: upload: %s", tb->label, case_index, gdn_error_detail());
+
+    gdn_gated_delta_net_args a = device_args(&ts);
+    a.state = pool;
+    a.state.data = (char *)test_buffer_data(&cache.device) + group;
+    a.states = snaps;
+    a.states.data = test_buffer_data(&cache.device);
+    a.state_index = device_view(&index);
+    unsigned char *after = malloc(cache.bytes), *o_after = malloc(ts.t[O].bytes);
+    ok = ok && after && o_after;
+
+    /* Sequence 0 reads sequence 1's group 1, which sequence 1 writes: rejected, nothing written. */
+    const int32_t crossed[2] = {1, 1};
+    if (ok) {
+        ok = test_buffer_upload(&index.device, crossed, sizeof crossed);
+        const gdn_status st = gdn_gated_delta_net(tb->backend, &p, &a);
+        CHECK(st == GDN_ERROR_OVERLAP && strstr(gdn_error_detail(), "state_index[0]=1") != NULL &&
+                  strstr(gdn_error_detail(), "states[1][1]") != NULL,
+              "%s in-place case %d: crossed index gave %d (%s), expected an overlap naming state_index[0]=1 and "
+              "states[1][1]", tb->label, case_index, (int)st, gdn_error_detail());
+        gdn_backend_synchronize(tb->backend);
+        CHECK(test_buffer_download(&cache.device, after) && memcmp(after, cache.host_bytes, cache.bytes) == 0 &&
+                  test_buffer_download(&ts.t[O].device, o_after) && memcmp(o_after, ts.t[O].host_bytes, ts.t[O].bytes) == 0,
+              "%s in-place case %d: the rejected call wrote an output", tb->label, case_index);
+        ok = ok && test_buffer_upload(&index.device, index.host_bytes, index.bytes);
+    }
+
+    /* The same inputs on the gathered state (separate outputs), then in place. */
+    unsigned char *o_g = NULL, *s_g = NULL, *o_i = NULL, *s_i = NULL;
+    gdn_gated_delta_net_args ga = device_args(&ts);
+    ok = ok && gdn_gated_delta_net(tb->backend, &p, &ga) == GDN_OK && gdn_backend_synchronize(tb->backend) == GDN_OK &&
+         download_bytes(tb->backend, &ga.o, &o_g) && download_bytes(tb->backend, &ga.states, &s_g);
+    CHECK(ok, "%s in-place case %d: gathered call: %s", tb->label, case_index, gdn_error_detail());
+    gdn_status st = ok ? gdn_gated_delta_net(tb->backend, &p, &a) : GDN_ERROR_BACKEND;
+    CHECK(st == GDN_OK, "%s in-place case %d: %s", tb->label, case_index, gdn_error_detail());
+    ok = ok && st == GDN_OK && gdn_backend_synchronize(tb->backend) == GDN_OK && download_bytes(tb->backend, &a.o, &o_i) &&
+         download_bytes(tb->backend, &a.states, &s_i);
+    if (ok) {
+        CHECK(same_bits(&ga.o, o_g, &a.o, o_i) && same_bits(&ga.states, s_g, &a.states, s_i),
+              "%s in-place case %d: differs from the call on the gathered state", tb->label, case_index);
+        const double e_o = rel_l2_view(&a.o, o_i, o_ref.data), e_s = rel_l2_view(&a.states, s_i, s_ref.data);
+        CHECK(e_o < TOL_REL_L2 && e_s < TOL_REL_L2, "%s in-place case %d: against the reference: o %.3g, states %.3g",
+              tb->label, case_index, e_o, e_s);
+        /* slot B is neither read nor written; the guards hold */
+        CHECK(test_buffer_download(&cache.device, after) &&
+                  memcmp(after + (size_t)B * slot, cache.host_bytes + (size_t)B * slot, slot) == 0,
+              "%s in-place case %d: the unread slot or a guard changed", tb->label, case_index);
+    }
+    printf("  %-10s in-place case %d: B=%d T=%d Hv=%d D=%3d N=%d\n", tb->label, case_index, c->B, c->T, c->Hv, c->D,
+           (int)N);
+    free(after), free(o_after), free(o_g), free(s_g), free(o_i), free(s_i);
+    free(o_ref.data);
+    free(s_ref.data);
+    tensor_buffer_free(&cache);
     tensor_buffer_free(&index);
     op_tensors_free(&ts);
 }
@@ -726,6 +847,8 @@ int main(void)
         check_rejections(&backends[b]);
         for (size_t i = 0; i < sizeof indexed_cases / sizeof indexed_cases[0]; i++)
             check_indexed(&backends[b], (int)i, &indexed_cases[i]);
+        for (size_t i = 0; i < 2; i++)
+            check_in_place(&backends[b], (int)i, &indexed_cases[i]);
         check_recording(&backends[b], &cases[4]);
     }
     /* The CPU backend: the thread count must not change a bit. */

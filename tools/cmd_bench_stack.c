@@ -140,7 +140,8 @@ static int stack_build(stack *s, int passes)
         if (st == GDN_OK)
             st = gdn_graph_leaf(*g, "x", &xv, GDN_GRAPH_INPUT, &x);
         if (st == GDN_OK)
-            st = gdn_graph_leaf(*g, "slot_index", &iv, GDN_GRAPH_INPUT, &index);
+            st = gdn_graph_leaf(*g, "slot_index", &iv, GDN_GRAPH_INPUT | GDN_GRAPH_OWN_SLOT_INDEX,
+                                &index); /* sequence b reads slot b, which only it writes */
         if (st == GDN_OK)
             st = gdn_block_build(*g, &s->config, &s->weights[l % s->n_weight_sets], &s->caches[l], x, s->B, s->T,
                                  index, 0, &s->outs[l]);

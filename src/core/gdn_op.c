@@ -127,8 +127,9 @@ gdn_status gdn_gated_delta_net_check(const gdn_gated_delta_net_params *params,
         return gdn_fail(GDN_ERROR_OVERLAP, "gated_delta_net: output %s has elements that share memory "
                         "(a stride smaller than the extent of the dimensions inside it)",
                         gdn_tensor_is_injective(&args->o) ? "states" : "o");
-    /* Outputs must not overlap inputs or each other, except state == states[s] exactly (never
-     * for an indexed pool: which slot each sequence reads is known only from the index). */
+    /* Outputs must not overlap inputs or each other, except state == states[s] exactly; with
+     * an index, the pool may overlap states (which slot each sequence reads is known only from
+     * the index: the backend checks the in-place rule where the index is readable), never o. */
     int64_t alias = -1;
     for (int64_t s = 0; s < n_write && output_dtype == GDN_DTYPE_F32 && !indexed; s++) {
         gdn_tensor snap = args->states;
@@ -145,12 +146,12 @@ gdn_status gdn_gated_delta_net_check(const gdn_gated_delta_net_params *params,
     const char *output_names[2] = {"o", "states"};
     for (int o = 0; o < 2; o++)
         for (int i = 0; i < 6 + indexed; i++) {
-            if (o == 1 && i == 5 && alias >= 0)
+            if (o == 1 && i == 5 && (alias >= 0 || indexed))
                 continue;
             if (gdn_tensor_ranges_overlap(outputs[o], inputs[i]))
                 return gdn_fail(GDN_ERROR_OVERLAP,
                                 "gated_delta_net: output %s overlaps input %s (%s)", output_names[o],
-                                input_names[i], indexed ? "with state_index, no output may overlap the "
+                                input_names[i], indexed ? "with state_index, only states may overlap the "
                                 "state pool" : "only state == states[s] exactly may alias");
         }
     if (gdn_tensor_ranges_overlap(&args->o, &args->states))
@@ -165,7 +166,61 @@ gdn_status gdn_gated_delta_net_check(const gdn_gated_delta_net_params *params,
     shape->state_alias = alias;
     shape->S = S;
     shape->indexed = indexed;
+    shape->pool_overlaps_states = indexed && gdn_tensor_ranges_overlap(&args->state, &args->states);
     shape->scale = params->scale != 0.0f ? params->scale : (float)(1.0 / sqrt((double)D));
+    return GDN_OK;
+}
+
+/* Byte range [lo, hi) of the D x D x Hv state at `base` with strides nb[0..2] (nb >= 0). */
+static void state_range(const char *base, const size_t *nb, int64_t D, int64_t Hv, uintptr_t *lo, uintptr_t *hi)
+{
+    *lo = (uintptr_t)base;
+    *hi = *lo + (uintptr_t)(D - 1) * nb[0] + (uintptr_t)(D - 1) * nb[1] + (uintptr_t)(Hv - 1) * nb[2] + sizeof(float);
+}
+
+gdn_status gdn_gated_delta_net_check_index(const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape,
+                                           int *in_place)
+{
+    if (in_place != NULL)
+        *in_place = 0;
+    if (!shape->indexed)
+        return GDN_OK;
+    const gdn_tensor *pool = &args->state, *states = &args->states;
+    for (int64_t b = 0; b < shape->B; b++) {
+        int32_t slot;
+        memcpy(&slot, (const char *)args->state_index.data + (size_t)b * args->state_index.nb[0], sizeof slot);
+        if (slot < 0 || slot >= shape->S)
+            return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net: state_index[%lld]=%d is outside 0..%lld "
+                            "(slots of the state pool)", (long long)b, (int)slot, (long long)(shape->S - 1));
+    }
+    /* The in-place rule: the slot read by b is disjoint from every snapshot written, or exactly
+     * one of b's own (then each task reads its rows before writing them, as for state ==
+     * states[s]). B*B*n_write comparisons, only when the whole ranges meet at all. */
+    for (int64_t b = 0; shape->pool_overlaps_states && b < shape->B; b++) {
+        int32_t slot;
+        memcpy(&slot, (const char *)args->state_index.data + (size_t)b * args->state_index.nb[0], sizeof slot);
+        const char *read = (const char *)pool->data + (size_t)slot * pool->nb[3];
+        uintptr_t lo, hi;
+        state_range(read, pool->nb, shape->D, shape->Hv, &lo, &hi);
+        for (int64_t s = 0; s < shape->n_write; s++)
+            for (int64_t b2 = 0; b2 < shape->B; b2++) {
+                const char *snap = (const char *)states->data + (size_t)s * states->nb[4] + (size_t)b2 * states->nb[3];
+                uintptr_t slo, shi;
+                state_range(snap, states->nb, shape->D, shape->Hv, &slo, &shi);
+                if (hi <= slo || shi <= lo)
+                    continue;
+                if (b2 == b && snap == read && states->nb[0] == pool->nb[0] && states->nb[1] == pool->nb[1] &&
+                    states->nb[2] == pool->nb[2]) {
+                    if (in_place != NULL)
+                        *in_place = 1;
+                    continue;
+                }
+                return gdn_fail(GDN_ERROR_OVERLAP, "gated_delta_net: state_index[%lld]=%d: the pool slot read "
+                                "overlaps the snapshot states[%lld][%lld] (a sequence may read only a slot "
+                                "disjoint from every snapshot, or exactly one of its own)", (long long)b, (int)slot,
+                                (long long)s, (long long)b2);
+            }
+    }
     return GDN_OK;
 }
 

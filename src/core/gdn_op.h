@@ -16,6 +16,8 @@ typedef struct gdn_gdn_shape {
     int64_t state_alias;     /* s such that `state` is the view states[s], or -1 */
     int64_t S;               /* slots of `state`: the pool size with an index, else B */
     int indexed;             /* 1: sequence b reads state slot state_index[b] (values unchecked) */
+    int pool_overlaps_states; /* indexed, and the pool's byte range meets the snapshots': the
+                               * backend checks the in-place rule (include/gdn.h) per sequence */
     float scale;             /* resolved scale (1/sqrt(D) when params->scale == 0) */
 } gdn_gdn_shape;
 
@@ -24,6 +26,13 @@ typedef struct gdn_gdn_shape {
 gdn_status gdn_gated_delta_net_check(const gdn_gated_delta_net_params *params,
                                      const gdn_gated_delta_net_args *args, gdn_dtype output_dtype,
                                      gdn_gdn_shape *shape);
+
+/* With an index in host memory: every state_index[b] in 0..S-1 (GDN_ERROR_INVALID_ARGUMENT),
+ * then the in-place rule of include/gdn.h (GDN_ERROR_OVERLAP naming b, index[b] and the
+ * snapshot states[s][b'] its slot overlaps). *in_place (may be NULL) <- 1 when some sequence
+ * reads one of its own snapshots. Called by the reference and host backends before any work. */
+gdn_status gdn_gated_delta_net_check_index(const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape,
+                                           int *in_place);
 
 /* Value head h -> q/k head. */
 static inline int64_t gdn_qk_head(gdn_broadcast broadcast, int64_t h, int64_t Hk, int64_t Hv)

@@ -89,7 +89,7 @@ gdn_status gdn_graph_leaf(gdn_graph *graph, const char *name, const gdn_tensor *
     memset(&t, 0, sizeof t);
     t.kind = GDN_GRAPH_TENSOR_LEAF;
     snprintf(t.name, sizeof t.name, "%s", name ? name : "leaf");
-    if (flags & ~(uint32_t)(GDN_GRAPH_INPUT | GDN_GRAPH_PERSISTENT | GDN_GRAPH_OUTPUT))
+    if (flags & ~(uint32_t)(GDN_GRAPH_INPUT | GDN_GRAPH_PERSISTENT | GDN_GRAPH_OUTPUT | GDN_GRAPH_OWN_SLOT_INDEX))
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "graph_leaf '%s': unknown flags 0x%x", t.name, (unsigned)flags);
     if (view->data == NULL)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "graph_leaf '%s': no data pointer", t.name);

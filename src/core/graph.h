@@ -30,6 +30,12 @@ enum {
     GDN_GRAPH_INPUT = 1u << 0,      /* a leaf the caller fills before compute */
     GDN_GRAPH_PERSISTENT = 1u << 1, /* a leaf that outlives the step (a cache pool, weights) */
     GDN_GRAPH_OUTPUT = 1u << 2,     /* read by the caller after compute: never rewritten away */
+    /* An I32 index leaf whose entry b names a slot that, among the sequences of the step, only
+     * sequence b writes (a promise of whoever maps sequences to cache slots). Gather elision
+     * forwards an index into a pool that its reader also writes only when the index carries
+     * this flag; the GDN op still checks the promise when it runs and writes nothing if it is
+     * broken. Without the flag the gather stays and any slot mapping works. */
+    GDN_GRAPH_OWN_SLOT_INDEX = 1u << 3,
 };
 
 typedef struct gdn_graph gdn_graph;

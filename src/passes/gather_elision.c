@@ -140,7 +140,8 @@ static int may_forward(const gdn_graph *graph, const gdn_pass_log *log, const ch
         }
     }
     /* The rewritten node must pass its own op's check (for the GDN op: the pool overlaps no
-     * output, the index is I32 [B]). */
+     * output but states, the index is I32 [B]; whether the index values make an in-place pool
+     * safe is checked at run time by the backend, as are their ranges). */
     gdn_op_call call;
     gdn_graph_stand_in_call(graph, node, &call);
     call.src[s] = *pool;
@@ -149,6 +150,18 @@ static int may_forward(const gdn_graph *graph, const gdn_pass_log *log, const ch
         gdn_pass_say(log, "%s: the rewritten node %d (%s) fails its op check: %s", prefix, (int)n, op, gdn_error_detail());
         gdn_clear_error();
         return 0;
+    }
+    /* A pool the reader also writes is safe only if each sequence reads a slot no other
+     * sequence writes: that is the index's promise (GDN_GRAPH_OWN_SLOT_INDEX), not something
+     * the pass can see, and without it a valid graph would fail at run time. */
+    const gdn_graph_tensor *it = &graph->tensors[graph->tensors[index].root];
+    for (int d = 0; d < node->n_dst; d++) {
+        const gdn_tensor written = gdn_graph_stand_in(graph, node->dst[d]);
+        if (gdn_tensor_ranges_overlap(pool, &written) && !(it->flags & GDN_GRAPH_OWN_SLOT_INDEX)) {
+            gdn_pass_say(log, "%s: the pool would overlap destination %d of node %d (%s) and the index t%d '%s' is "
+                "not declared GDN_GRAPH_OWN_SLOT_INDEX", prefix, d, (int)n, op, (int)index, graph->tensors[index].name);
+            return 0;
+        }
     }
     *reader = n;
     *source = s;

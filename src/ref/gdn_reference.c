@@ -36,13 +36,10 @@ gdn_status gdn_gated_delta_net_reference(const gdn_gated_delta_net_params *param
     gdn_status st = gdn_gated_delta_net_check(params, args, GDN_DTYPE_F64, &shape);
     if (st != GDN_OK)
         return st;
-    /* The pool slot each sequence starts from; every index is checked before anything is written. */
-    for (int64_t b = 0; shape.indexed && b < shape.B; b++) {
-        const int32_t slot = *(const int32_t *)((const char *)args->state_index.data + b * args->state_index.nb[0]);
-        if (slot < 0 || slot >= shape.S)
-            return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net: state_index[%lld]=%d is outside 0..%lld "
-                            "(slots of the state pool)", (long long)b, (int)slot, (long long)(shape.S - 1));
-    }
+    /* The pool slot each sequence starts from: every index and the in-place rule are checked
+     * before anything is written (each (b, h) reads its whole state before writing). */
+    if ((st = gdn_gated_delta_net_check_index(args, &shape, NULL)) != GDN_OK)
+        return st;
     const int64_t D = shape.D;
     double *S = malloc(sizeof(double) * (size_t)(D * D + 2 * D)); /* S[j][i], then q, k */
     if (S == NULL)

@@ -219,14 +219,13 @@ gdn_status gdn_cpu_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_n
                                    const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape)
 {
     const gdn_cpu_context *context = backend->context;
-    /* Every pool index is checked before any task runs, so a bad one leaves the outputs untouched. */
-    for (int64_t b = 0; shape->indexed && b < shape->B; b++) {
-        int32_t index;
-        memcpy(&index, (const char *)args->state_index.data + (size_t)b * args->state_index.nb[0], sizeof index);
-        if (index < 0 || index >= shape->S)
-            return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net: state_index[%lld]=%d is outside 0..%lld "
-                            "(slots of the state pool)", (long long)b, (int)index, (long long)(shape->S - 1));
-    }
+    /* Every pool index and the in-place rule are checked before any task runs, so a violation
+     * leaves the outputs untouched. In place, a task reads all its rows at token 0 before writing
+     * a snapshot, and rewrites rows just read: no streaming stores. */
+    int in_place = 0;
+    gdn_status status = gdn_gated_delta_net_check_index(args, shape, &in_place);
+    if (status != GDN_OK)
+        return status;
     gdn_cpu_job job;
     job.args = args;
     job.shape = shape;
@@ -252,7 +251,7 @@ gdn_status gdn_cpu_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_n
     job.prefetch_rows = 4096 / ((int64_t)sizeof(float) * D) > 1 ? 4096 / ((int64_t)sizeof(float) * D) : 1;
 
     const double snapshot_bytes = (double)shape->n_write * (double)heads * (double)(D * D) * sizeof(float);
-    job.stream = context->kernels->fence != NULL && snapshot_bytes >= (double)context->stream_threshold;
+    job.stream = !in_place && context->kernels->fence != NULL && snapshot_bytes >= (double)context->stream_threshold;
 
     gdn_cpu_threadpool_run(context->pool, gdn_cpu_worker, &job);
     return GDN_OK;

@@ -134,7 +134,7 @@ static gdn_status cuda_init_context(gdn_cuda_context *context, const gdn_backend
     GDN_CUDA_TRY(cudaStreamCreateWithFlags(&context->stream, cudaStreamNonBlocking));
     GDN_CUDA_TRY(cudaEventCreate(&context->timer_begin));
     GDN_CUDA_TRY(cudaEventCreate(&context->timer_end));
-    GDN_CUDA_TRY(cudaMalloc((void **)&context->index_check, 2 * sizeof *context->index_check));
+    GDN_CUDA_TRY(cudaMalloc((void **)&context->index_check, 4 * sizeof *context->index_check));
     return gdn_cuda_gated_delta_net_probe();
 }
 

@@ -22,7 +22,8 @@ typedef struct gdn_cuda_context {
     char device_name[256];   /* cudaDeviceProp::name */
     int dependent_launch;    /* 1: launch kernels with programmatic dependent launch (sm_90+);
                                 GDN_CUDA_DEPENDENT_LAUNCH=0 in the environment turns it off */
-    int64_t *index_check;    /* device, 2 values: get_rows' verdict on its indices (ops_cuda_data.cu) */
+    int64_t *index_check;    /* device, 4 values: get_rows' and gated_delta_net's verdicts on their
+                                indices (ops_cuda_data.cu uses the first 2, gdn_cuda.cu all 4) */
 } gdn_cuda_context;
 
 /* GDN_OK when `error` is cudaSuccess; otherwise records "cuda: <what> failed: <name> (<text>)"

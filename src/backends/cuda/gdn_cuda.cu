@@ -53,7 +53,11 @@
  *
  * Pool index (optional): sequence b reads its initial state from pool slot index[b]. A one-block
  * check kernel runs first; each warp then loads the check's verdict and index[b] (broadcast
- * loads) before its state loads, and nothing else changes: a row's arithmetic is the same. */
+ * loads) before its state loads, and nothing else changes: a row's arithmetic is the same.
+ * The pool may overlap `states` (include/gdn.h): the check kernel also verifies that each slot
+ * read is disjoint from every snapshot or exactly one of its own sequence's, in which case each
+ * thread loads its rows before the token loop and writes only those rows, as in the aliasing
+ * case above. */
 #include "cuda_internal.h"
 
 #include <limits.h>
@@ -76,18 +80,21 @@ struct gdn_cuda_gdn_args {
     gdn_cuda_view q, k, v, g, beta, state; /* inputs */
     gdn_cuda_view o, states;               /* outputs */
     int B, Hk, Hv;                         /* B*Hv*WARPS_PER_HEAD <= INT_MAX (host-checked) */
+    int D;                                 /* Dk = Dv (the templates carry it; the check kernel reads it) */
     long long T;
     long long n_write;                     /* snapshots written: min(T, n_snapshots) */
     int interleaved;                       /* 1: q/k head h / (Hv/Hk); 0: tiled, h % Hk */
     int l2norm;
     float scale;
     /* Optional pool index (NULL: sequence b reads state slot b): sequence b reads slot index[b]
-     * of the pool. The check kernel stores {first bad position or -1, its value} in
+     * of the pool. The check kernel stores {first bad position or -1, its value, the snapshot
+     * s and sequence b' its slot overlaps (-1, -1 for an index outside the pool)} in
      * index_check, and the main kernel writes nothing unless index_check[0] is -1. */
     const char *index;
     long long index_nb;
     long long S;                           /* pool slots */
-    int64_t *index_check;                  /* the context's 2-value device buffer */
+    int pool_check;                        /* 1: the pool's range meets states': check the rule */
+    int64_t *index_check;                  /* the context's 4-value device buffer */
 };
 
 /* Launch shape and per-lane slice for head dimension D (see the table at the top). */
@@ -367,8 +374,33 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
 }
 
 /* One block: index_check <- {the first position b whose index is outside 0..S-1 (-1 if none),
- * that index}. Runs before the main kernel on the same stream (as get_rows' check does). */
+ * that index, -1, -1}; when all are inside and the pool may overlap the snapshots, the first b
+ * (then s, b') whose slot overlaps snapshot states[s][b'] without being exactly states[s][b]:
+ * {b, index[b], s, b'}. Runs before the main kernel on the same stream (as get_rows' check does). */
 constexpr int kCheckThreads = 256;
+
+/* Byte range [lo, hi) of the D x D x Hv state at `base` with the view's strides nb[0..2]. */
+__device__ void state_range(const char *base, const long long *nb, long long D, long long Hv,
+                            unsigned long long *lo, unsigned long long *hi)
+{
+    *lo = (unsigned long long)base;
+    *hi = *lo + (unsigned long long)((D - 1) * nb[0] + (D - 1) * nb[1] + (Hv - 1) * nb[2]) + sizeof(float);
+}
+
+/* Block-wide minimum of `value` (every thread gets it). */
+__device__ long long block_min(long long value, long long *scratch)
+{
+    scratch[threadIdx.x] = value;
+    __syncthreads();
+    for (int half = kCheckThreads / 2; half > 0; half >>= 1) {
+        if ((int)threadIdx.x < half && scratch[threadIdx.x + half] < scratch[threadIdx.x])
+            scratch[threadIdx.x] = scratch[threadIdx.x + half];
+        __syncthreads();
+    }
+    const long long result = scratch[0];
+    __syncthreads();
+    return result;
+}
 
 __global__ void __launch_bounds__(kCheckThreads) gdn_cuda_index_check_kernel(const gdn_cuda_gdn_args a)
 {
@@ -376,24 +408,54 @@ __global__ void __launch_bounds__(kCheckThreads) gdn_cuda_index_check_kernel(con
     asm volatile("griddepcontrol.wait;" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;" :::);
 #endif
-    __shared__ long long first[kCheckThreads];
+    __shared__ long long scratch[kCheckThreads];
     long long bad = LLONG_MAX;
     for (long long b = threadIdx.x; b < a.B; b += blockDim.x) {
         const int slot = *reinterpret_cast<const int *>(a.index + b * a.index_nb);
         if ((slot < 0 || slot >= a.S) && b < bad)
             bad = b;
     }
-    first[threadIdx.x] = bad;
-    __syncthreads();
-    for (int half = kCheckThreads / 2; half > 0; half >>= 1) {
-        if ((int)threadIdx.x < half && first[threadIdx.x + half] < first[threadIdx.x])
-            first[threadIdx.x] = first[threadIdx.x + half];
-        __syncthreads();
+    const long long first_bad = block_min(bad, scratch);
+    /* The in-place rule, over (b, s, b') in that order: pair code (b * n_write + s) * B + b'. */
+    long long first_overlap = LLONG_MAX;
+    if (first_bad == LLONG_MAX && a.pool_check) {
+        long long overlap = LLONG_MAX;
+        const long long pairs = (long long)a.B * a.n_write * a.B;
+        for (long long p = threadIdx.x; p < pairs; p += blockDim.x) {
+            const long long b = p / (a.n_write * a.B), s = (p / a.B) % a.n_write, b2 = p % a.B;
+            const int slot = *reinterpret_cast<const int *>(a.index + b * a.index_nb);
+            const char *read = a.state.data + slot * a.state.nb[3];
+            const char *snap = a.states.data + s * a.states.nb[4] + b2 * a.states.nb[3];
+            unsigned long long lo, hi, slo, shi;
+            state_range(read, a.state.nb, a.D, a.Hv, &lo, &hi);
+            state_range(snap, a.states.nb, a.D, a.Hv, &slo, &shi);
+            if (hi <= slo || shi <= lo)
+                continue;
+            const bool exact = b2 == b && snap == read && a.states.nb[0] == a.state.nb[0] &&
+                               a.states.nb[1] == a.state.nb[1] && a.states.nb[2] == a.state.nb[2];
+            if (!exact && p < overlap)
+                overlap = p;
+        }
+        first_overlap = block_min(overlap, scratch);
     }
     if (threadIdx.x == 0) {
-        const long long b = first[0];
-        a.index_check[0] = b == LLONG_MAX ? -1 : b;
-        a.index_check[1] = b == LLONG_MAX ? 0 : *reinterpret_cast<const int *>(a.index + b * a.index_nb);
+        if (first_bad != LLONG_MAX) {
+            a.index_check[0] = first_bad;
+            a.index_check[1] = *reinterpret_cast<const int *>(a.index + first_bad * a.index_nb);
+            a.index_check[2] = -1;
+            a.index_check[3] = -1;
+        } else if (first_overlap != LLONG_MAX) {
+            const long long b = first_overlap / (a.n_write * a.B);
+            a.index_check[0] = b;
+            a.index_check[1] = *reinterpret_cast<const int *>(a.index + b * a.index_nb);
+            a.index_check[2] = (first_overlap / a.B) % a.n_write;
+            a.index_check[3] = first_overlap % a.B;
+        } else {
+            a.index_check[0] = -1;
+            a.index_check[1] = 0;
+            a.index_check[2] = -1;
+            a.index_check[3] = -1;
+        }
     }
 }
 
@@ -537,6 +599,8 @@ gdn_status gdn_cuda_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_
     a.index = shape->indexed ? (const char *)args->state_index.data : nullptr;
     a.index_nb = shape->indexed ? (long long)args->state_index.nb[0] : 0;
     a.S = shape->S;
+    a.D = (int)shape->D;
+    a.pool_check = shape->pool_overlaps_states;
     a.index_check = context->index_check;
 
     /* One path for the whole call; both paths share the arithmetic, so the choice never changes
@@ -567,13 +631,18 @@ gdn_status gdn_cuda_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_
     status = gdn_cuda_check(cudaStreamIsCapturing(context->stream, &capture), "cudaStreamIsCapturing");
     if (status != GDN_OK || capture != cudaStreamCaptureStatusNone)
         return status;
-    int64_t check[2] = {-1, 0};
+    int64_t check[4] = {-1, 0, -1, -1};
     status = gdn_cuda_check(cudaMemcpyAsync(check, context->index_check, sizeof check, cudaMemcpyDeviceToHost,
                                             context->stream), "gated_delta_net index check read-back");
     if (status == GDN_OK)
         status = gdn_cuda_check(cudaStreamSynchronize(context->stream), "gated_delta_net cudaStreamSynchronize");
     if (status != GDN_OK)
         return status;
+    if (check[0] >= 0 && check[2] >= 0)
+        return gdn_fail(GDN_ERROR_OVERLAP, "gated_delta_net: state_index[%lld]=%lld: the pool slot read overlaps the "
+                        "snapshot states[%lld][%lld] (a sequence may read only a slot disjoint from every snapshot, "
+                        "or exactly one of its own)", (long long)check[0], (long long)check[1], (long long)check[2],
+                        (long long)check[3]);
     if (check[0] >= 0)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net: state_index[%lld]=%lld is outside 0..%lld "
                         "(slots of the state pool)", (long long)check[0], (long long)check[1],
