@@ -163,3 +163,21 @@ int test_buffer_download(const test_buffer *buf, void *host)
     free(all);
     return ok;
 }
+
+size_t test_offset_of(const gdn_tensor *t, const int64_t *idx)
+{
+    size_t off = 0;
+    for (int i = 0; i < GDN_MAX_DIMS; i++)
+        off += (size_t)idx[i] * t->nb[i];
+    return off;
+}
+
+int test_next_index(const gdn_tensor *t, int64_t *idx)
+{
+    for (int i = 0; i < GDN_MAX_DIMS; i++) {
+        if (++idx[i] < t->ne[i])
+            return 1;
+        idx[i] = 0;
+    }
+    return 0;
+}

@@ -53,4 +53,10 @@ int test_buffer_upload(test_buffer *buf, const void *host, size_t bytes);
  * intact, else 0. */
 int test_buffer_download(const test_buffer *buf, void *host);
 
+/* ---- walking strided views ---- */
+/* Byte offset of multi-index idx[0..GDN_MAX_DIMS) in a view (from its data pointer). */
+size_t test_offset_of(const gdn_tensor *t, const int64_t *idx);
+/* Advance a multi-index over t's counts, innermost first; returns 0 after the last element. */
+int test_next_index(const gdn_tensor *t, int64_t *idx);
+
 #endif

@@ -102,26 +102,6 @@ static void tensor_buffer_free(tensor_buffer *tb)
     test_buffer_free(&tb->device);
 }
 
-/* Byte offset of element index idx[0..5] in a view. */
-static size_t offset_of(const gdn_tensor *t, const int64_t *idx)
-{
-    size_t off = 0;
-    for (int i = 0; i < GDN_MAX_DIMS; i++)
-        off += (size_t)idx[i] * t->nb[i];
-    return off;
-}
-
-/* Advance a multi-index over t's counts; returns 0 after the last element. */
-static int next_index(const gdn_tensor *t, int64_t *idx)
-{
-    for (int i = 0; i < GDN_MAX_DIMS; i++) {
-        if (++idx[i] < t->ne[i])
-            return 1;
-        idx[i] = 0;
-    }
-    return 0;
-}
-
 /* The backend's view of a tensor: same strides, data in the guarded backend buffer. */
 static gdn_tensor device_view(const tensor_buffer *tb)
 {
@@ -159,8 +139,8 @@ static void fill(tensor_buffer *tb, test_rng *rng, int what, int D, int l2norm, 
         }
         if ((what == Q || what == K_) && qk_magnitude > 0)
             x *= qk_magnitude;
-        *(float *)(tb->host_bytes + offset_of(&tb->host, idx)) = (float)x;
-    } while (next_index(&tb->host, idx));
+        *(float *)(tb->host_bytes + test_offset_of(&tb->host, idx)) = (float)x;
+    } while (test_next_index(&tb->host, idx));
 }
 
 static int op_tensors_init(op_tensors *ts, const op_case *c, test_rng *rng)
@@ -243,18 +223,18 @@ static void compare_output(const char *what, const char *label, int case_index, 
     double diff2 = 0, ref2 = 0, max_diff = 0, max_ref = 0;
     int64_t idx[GDN_MAX_DIMS] = {0};
     do {
-        size_t off = offset_of(&tb->host, idx);
+        size_t off = test_offset_of(&tb->host, idx);
         float x;
         memcpy(&x, got + off, sizeof x);
         memset(mark + off, 1, sizeof x);
-        double r = *(const double *)((const char *)ref + offset_of(ref_view, idx));
+        double r = *(const double *)((const char *)ref + test_offset_of(ref_view, idx));
         double d = fabs((double)x - r);
         if (!(d <= max_diff))
             max_diff = d; /* NaN sticks */
         diff2 += d * d;
         ref2 += r * r;
         max_ref = fabs(r) > max_ref ? fabs(r) : max_ref;
-    } while (next_index(&tb->host, idx));
+    } while (test_next_index(&tb->host, idx));
     size_t stray = 0;
     for (size_t i = 0; i < tb->bytes; i++)
         stray += !mark[i] && got[i] != 0xFF;
@@ -335,9 +315,9 @@ static int same_bits(const gdn_tensor *a, const unsigned char *a_bytes, const gd
 {
     int64_t idx[GDN_MAX_DIMS] = {0};
     do {
-        if (memcmp(a_bytes + offset_of(a, idx), b_bytes + offset_of(b, idx), 4) != 0)
+        if (memcmp(a_bytes + test_offset_of(a, idx), b_bytes + test_offset_of(b, idx), 4) != 0)
             return 0;
-    } while (next_index(a, idx));
+    } while (test_next_index(a, idx));
     return 1;
 }
 
@@ -670,9 +650,9 @@ static void check_indexed(const test_backend *tb, int case_index, const op_case 
             int64_t from[GDN_MAX_DIMS];
             memcpy(from, idx, sizeof from);
             from[3] = slots[idx[3]];
-            memcpy(ts.t[STATE].host_bytes + offset_of(&ts.t[STATE].host, idx),
-                   pool.host_bytes + offset_of(&pool.host, from), sizeof(float));
-        } while (next_index(&ts.t[STATE].host, idx));
+            memcpy(ts.t[STATE].host_bytes + test_offset_of(&ts.t[STATE].host, idx),
+                   pool.host_bytes + test_offset_of(&pool.host, from), sizeof(float));
+        } while (test_next_index(&ts.t[STATE].host, idx));
         gdn_gated_delta_net_args a = device_args(&ts);
         ok = test_buffer_upload(&ts.t[STATE].device, ts.t[STATE].host_bytes, ts.t[STATE].bytes) &&
              gdn_gated_delta_net(tb->backend, &p, &a) == GDN_OK && gdn_backend_synchronize(tb->backend) == GDN_OK &&
@@ -714,11 +694,11 @@ static double rel_l2_view(const gdn_tensor *t, const unsigned char *bytes, const
     size_t i = 0;
     do {
         float x;
-        memcpy(&x, bytes + offset_of(t, idx), sizeof x);
+        memcpy(&x, bytes + test_offset_of(t, idx), sizeof x);
         diff += ((double)x - ref[i]) * ((double)x - ref[i]);
         norm += ref[i] * ref[i];
         i++;
-    } while (next_index(t, idx));
+    } while (test_next_index(t, idx));
     return sqrt(diff / (norm > 0 ? norm : 1));
 }
 
@@ -766,9 +746,9 @@ static void check_in_place(const test_backend *tb, int case_index, const op_case
     /* the gathered state: group 1 of slot b */
     int64_t idx[GDN_MAX_DIMS] = {0};
     do {
-        memcpy(ts.t[STATE].host_bytes + offset_of(&ts.t[STATE].host, idx), (const char *)pool.data + offset_of(&pool, idx),
+        memcpy(ts.t[STATE].host_bytes + test_offset_of(&ts.t[STATE].host, idx), (const char *)pool.data + test_offset_of(&pool, idx),
                sizeof(float));
-    } while (next_index(&ts.t[STATE].host, idx));
+    } while (test_next_index(&ts.t[STATE].host, idx));
     for (int i = 0; ok && i < N_TENSORS; i++)
         ok = upload(&ts.t[i], tb->backend);
     ok = ok && upload(&cache, tb->backend) && upload(&index, tb->backend);

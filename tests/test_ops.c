@@ -147,28 +147,10 @@ static gdn_tensor device_view(const tensor_buffer *tb)
     return t;
 }
 
-static size_t offset_of(const gdn_tensor *t, const int64_t *idx)
-{
-    size_t off = 0;
-    for (int i = 0; i < GDN_MAX_DIMS; i++)
-        off += (size_t)idx[i] * t->nb[i];
-    return off;
-}
-
-static int next_index(const gdn_tensor *t, int64_t *idx)
-{
-    for (int i = 0; i < GDN_MAX_DIMS; i++) {
-        if (++idx[i] < t->ne[i])
-            return 1;
-        idx[i] = 0;
-    }
-    return 0;
-}
-
 /* Write v to element idx of a host view: F32, BF16 (nearest even; inputs are finite), I32, F64. */
 static void put(const gdn_tensor *t, const int64_t *idx, double v)
 {
-    char *p = (char *)t->data + offset_of(t, idx);
+    char *p = (char *)t->data + test_offset_of(t, idx);
     float f = (float)v;
     uint32_t bits;
     memcpy(&bits, &f, 4);
@@ -185,7 +167,7 @@ static void put(const gdn_tensor *t, const int64_t *idx, double v)
 /* Element idx of a F32, BF16 or F64 view over `bytes` (the view's data pointer ignored). */
 static double get(const gdn_tensor *t, const unsigned char *bytes, const int64_t *idx)
 {
-    const unsigned char *p = bytes + offset_of(t, idx);
+    const unsigned char *p = bytes + test_offset_of(t, idx);
     float f;
     uint16_t h;
     double x;
@@ -340,7 +322,7 @@ static int instance_init(instance *in, const op_case *c, uint64_t seed)
         int64_t idx[GDN_MAX_DIMS] = {0};
         do
             put(&in->src[s].host, idx, sample(c, s, &rng));
-        while (next_index(&in->src[s].host, idx));
+        while (test_next_index(&in->src[s].host, idx));
     }
     for (int d = 0; ok && d < in->call.n_dst; d++) {
         ok = tensor_buffer_init(&in->dst[d], c->dst_lay, dst[d].dtype, dst[d].n, dst[d].ne);
@@ -414,14 +396,14 @@ static void compare(const char *label, int ci, const gdn_tensor *v, const unsign
     int64_t idx[GDN_MAX_DIMS] = {0}, bad = 0;
     do {
         const double g = get(v, got, idx), r = get(rv, ref, idx);
-        memset(mark + offset_of(v, idx), 1, gdn_dtype_size(v->dtype));
+        memset(mark + test_offset_of(v, idx), 1, gdn_dtype_size(v->dtype));
         if (!(fabs(g - r) <= 1e300) || (tol == 0.0 && g != r))
             bad++;
         diff2 += (g - r) * (g - r);
         ref2 += r * r;
         max_diff = fabs(g - r) > max_diff ? fabs(g - r) : max_diff;
         max_ref = fabs(r) > max_ref ? fabs(r) : max_ref;
-    } while (next_index(v, idx));
+    } while (test_next_index(v, idx));
     const double rel = sqrt(diff2 / (ref2 > 0 ? ref2 : 1.0));
     CHECK(bad == 0 && rel <= tol && max_diff <= 10.0 * tol * (max_ref > 1.0 ? max_ref : 1.0),
           "%s case %d (%s): relative L2 error %.3g, max error %.3g, %lld non-finite or inexact (tolerance %.3g)",
@@ -564,8 +546,8 @@ static void check_subset(const test_backend *tb, int ci, int s, int src_dim, int
         int64_t idx[GDN_MAX_DIMS] = {0};
         int same = 1;
         do
-            same = same && memcmp(whole + base + offset_of(&v, idx), alone + base + offset_of(&v, idx), 4) == 0;
-        while (next_index(&v, idx));
+            same = same && memcmp(whole + base + test_offset_of(&v, idx), alone + base + test_offset_of(&v, idx), 4) == 0;
+        while (test_next_index(&v, idx));
         CHECK(same, "%s: %s rows [%lld, %lld) alone differ from the whole call (case %d)", tb->label,
               gdn_op_traits_of(cases[ci].kind)->name, (long long)start, (long long)(start + count), ci);
     }
