@@ -222,16 +222,31 @@ static uint64_t check_launches(const gdn_backend *backend)
 void gdn_backend_count_op(gdn_backend *backend, const gdn_op_call *call)
 {
     gdn_backend_counters *c = &backend->counters;
-    uint64_t bytes = 0;
-    for (int s = 0; s < call->n_src; s++)
-        bytes += call->kind == GDN_OP_GET_ROWS && s == 0
-                     ? (uint64_t)gdn_tensor_count(&call->dst[0]) * gdn_dtype_size(call->src[0].dtype) /* rows read */
-                     : view_bytes(&call->src[s]);
+    uint64_t bytes = 0, cache = 0;
+    int pool = -1;
+    const int indexed = gdn_op_call_indexed(call, &pool);
+    for (int s = 0; s < call->n_src; s++) {
+        if (call->kind == GDN_OP_GET_ROWS && s == 0) { /* rows read */
+            bytes += (uint64_t)gdn_tensor_count(&call->dst[0]) * gdn_dtype_size(call->src[0].dtype);
+        } else if (indexed && s == pool) { /* the slots read: one part of the pool per index entry */
+            const gdn_tensor *p = &call->src[s];
+            const int outer = gdn_op_index_dim(call);
+            const uint64_t read = (uint64_t)(gdn_tensor_count(p) / p->ne[outer]) *
+                                  (uint64_t)call->src[call->n_src - 1].ne[0] * gdn_dtype_size(p->dtype);
+            bytes += read;
+            cache += read;
+        } else {
+            bytes += view_bytes(&call->src[s]);
+        }
+    }
     for (int d = 0; d < call->n_dst; d++)
         bytes += view_bytes(&call->dst[d]);
+    if (call->n_dst > gdn_op_traits_of(call->kind)->n_dst) /* a tee: a part of dst 0 into the cache */
+        cache += view_bytes(&call->dst[call->n_dst - 1]);
     c->op_calls++;
     c->launches += 1u + (call->kind == GDN_OP_GET_ROWS ? check_launches(backend) : 0u);
     c->bytes += bytes;
+    c->cache_bytes += cache;
     if (call->kind == GDN_OP_CPY || call->kind == GDN_OP_GET_ROWS) {
         c->copies += call->kind == GDN_OP_CPY;
         c->gathers += call->kind == GDN_OP_GET_ROWS;

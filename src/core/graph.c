@@ -233,6 +233,7 @@ void gdn_graph_stand_in_call(const gdn_graph *graph, const gdn_graph_node *node,
         call->src[s] = gdn_graph_stand_in(graph, node->src[s]);
     for (int d = 0; d < node->n_dst; d++)
         call->dst[d] = gdn_graph_stand_in(graph, node->dst[d]);
+    memcpy(call->tee_offset, node->tee_offset, sizeof call->tee_offset);
 }
 
 /* 1 if a node before `before` (not removed) writes bytes of `id`. */

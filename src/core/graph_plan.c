@@ -231,6 +231,7 @@ gdn_status gdn_graph_compute(gdn_graph *graph, gdn_backend *backend)
         call.params = node->params;
         call.n_src = node->n_src;
         call.n_dst = node->n_dst;
+        memcpy(call.tee_offset, node->tee_offset, sizeof call.tee_offset);
         st = GDN_OK;
         for (int s = 0; st == GDN_OK && s < node->n_src; s++)
             st = concrete_view(graph, node->src[s], &call.src[s]);

@@ -15,7 +15,11 @@
  * is reduced before any of it is written) and cpy between equal dtypes. The GDN op's own alias
  * (state == states[s], a part of dst 1) is checked by gdn_gated_delta_net_check. The GDN op
  * reads its initial state (source 5) through an optional index (indexed_src bit 5; the index is
- * source 6), so that gather elision can drop a get_rows of the cache in front of it. */
+ * source 6), so that gather elision can drop a get_rows of the cache in front of it. CONCAT
+ * reads a (source 0) through an optional index and may tee a box of its output into a second,
+ * strided destination (strided_dst bits 0 and 1), which may overlap the indexed pool under the
+ * rule of gdn_op_check_index: the llama.cpp conv-window gather and window-update copy fold into
+ * it. */
 static const gdn_op_traits gdn_op_traits_table[GDN_OP_COUNT] = {
     [GDN_OP_ADD] = {"add", 2, 1, 1u, 1u, 0u},
     [GDN_OP_MUL] = {"mul", 2, 1, 1u, 1u, 0u},
@@ -29,7 +33,7 @@ static const gdn_op_traits gdn_op_traits_table[GDN_OP_COUNT] = {
     [GDN_OP_RMS_NORM_GATED] = {"rms_norm_gated", 3, 1, 1u, 1u, 0u},
     [GDN_OP_SSM_CONV] = {"ssm_conv", 2, 1, 1u, 0u, 0u},
     [GDN_OP_GET_ROWS] = {"get_rows", 2, 1, 1u, 0u, 0u},
-    [GDN_OP_CONCAT] = {"concat", 2, 1, 1u, 0u, 0u},
+    [GDN_OP_CONCAT] = {"concat", 2, 1, 3u, 0u, 1u, 1u, 1u << (0 * GDN_OP_MAX_DST + 1)},
     [GDN_OP_CPY] = {"cpy", 1, 1, 1u, 1u, 0u},
     [GDN_OP_MUL_MAT] = {"mul_mat", 2, 1, 1u, 0u, 0u},
     [GDN_OP_GATED_DELTA_NET] = {"gated_delta_net", 6, 2, 3u, 0u, 1u << 5},
@@ -49,7 +53,7 @@ static const char *const gdn_op_src_names[GDN_OP_COUNT][GDN_OP_MAX_SRC] = {
     [GDN_OP_RMS_NORM_GATED] = {"x", "w", "z"},
     [GDN_OP_SSM_CONV] = {"x", "w"},
     [GDN_OP_GET_ROWS] = {"a", "index"},
-    [GDN_OP_CONCAT] = {"a", "b"},
+    [GDN_OP_CONCAT] = {"a", "b", "index"},
     [GDN_OP_CPY] = {"a"},
     [GDN_OP_MUL_MAT] = {"w", "x"},
     [GDN_OP_GATED_DELTA_NET] = {"q", "k", "v", "g", "beta", "state", "state_index"},
@@ -139,8 +143,8 @@ static gdn_status check_kind(const gdn_op_call *call, const char *op, int64_t *d
         if ((call->kind == GDN_OP_MUL_MAT && i == 0) || (call->kind == GDN_OP_GET_ROWS && i == 0) ||
             call->kind == GDN_OP_CPY)
             allowed = weights;
-        if (call->kind == GDN_OP_GET_ROWS && i == 1)
-            allowed = DTYPE_BIT(GDN_DTYPE_I32);
+        if ((call->kind == GDN_OP_GET_ROWS && i == 1) || i == gdn_op_traits_of(call->kind)->n_src)
+            allowed = DTYPE_BIT(GDN_DTYPE_I32); /* an index */
         gdn_status st = check_view(op, names[i], &s[i], allowed);
         if (st != GDN_OK)
             return st;
@@ -212,11 +216,28 @@ static gdn_status check_kind(const gdn_op_call *call, const char *op, int64_t *d
         if (dim < 0 || dim >= GDN_MAX_DIMS)
             return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "concat: dim=%d, expected 0..%d", (int)dim,
                             GDN_MAX_DIMS - 1);
+        /* With an index, a's dim `outer` counts pool slots and the index has one entry per
+         * position of b's. */
+        const int indexed = call->n_src == 3, outer = gdn_op_index_dim(call);
+        if (indexed && outer == dim)
+            return gdn_fail(GDN_ERROR_SHAPE, "concat: the index selects along dim %d, the concat dim", (int)dim);
+        if (indexed) {
+            set_ne(want, s[1].ne[outer], 1, 1);
+            if ((st = check_ne(op, "index [n]", &s[2], want)) != GDN_OK)
+                return st;
+        }
         for (int i = 0; i < GDN_MAX_DIMS; i++)
-            if (i != dim && s[0].ne[i] != s[1].ne[i])
+            if (i != dim && !(indexed && i == outer) && s[0].ne[i] != s[1].ne[i])
                 return gdn_fail(GDN_ERROR_SHAPE, "concat: a and b differ in ne[%d] (%lld vs %lld); only "
                                 "dim %d may differ", i, (long long)s[0].ne[i], (long long)s[1].ne[i], (int)dim);
+        memcpy(dst_ne, s[1].ne, sizeof s[1].ne);
         dst_ne[dim] = s[0].ne[dim] + s[1].ne[dim];
+        if (call->n_dst == 2)
+            for (int i = 0; i < GDN_MAX_DIMS; i++)
+                if (i != dim && call->tee_offset[i] != 0)
+                    return gdn_fail(GDN_ERROR_SHAPE, "concat: the tee starts at offset %lld along dim %d; it may "
+                                    "be offset only along the concat dim %d", (long long)call->tee_offset[i], i,
+                                    (int)dim);
         break;
     }
     case GDN_OP_MUL_MAT:
@@ -250,6 +271,104 @@ static void gdn_op_gdn_args(const gdn_op_call *call, gdn_gated_delta_net_args *a
         args->state_index = call->src[6];
 }
 
+/* The tee, the last destination: a box of dst[0] (same dtype) at tee_offset, injective, apart
+ * from dst[0] and from every source except an indexed pool the op declares it may overlap. */
+static gdn_status check_tee(const gdn_op_call *call, const char *op)
+{
+    const gdn_op_traits *traits = gdn_op_traits_of(call->kind);
+    const int d = call->n_dst - 1;
+    const gdn_tensor *tee = &call->dst[d], *dst = &call->dst[0];
+    gdn_status st = check_view(op, "tee", tee, DTYPE_BIT(dst->dtype));
+    if (st != GDN_OK)
+        return st;
+    for (int i = 0; i < GDN_MAX_DIMS; i++)
+        if (call->tee_offset[i] < 0 || call->tee_offset[i] + tee->ne[i] > dst->ne[i])
+            return gdn_fail(GDN_ERROR_SHAPE, "%s: the tee's box [%lld, %lld) along dim %d is outside dst (ne %lld)", op,
+                            (long long)call->tee_offset[i], (long long)(call->tee_offset[i] + tee->ne[i]), i,
+                            (long long)dst->ne[i]);
+    if (!gdn_tensor_is_injective(tee))
+        return gdn_fail(GDN_ERROR_OVERLAP, "%s: the tee has elements that share memory", op);
+    if (gdn_tensor_ranges_overlap(tee, dst))
+        return gdn_fail(GDN_ERROR_OVERLAP, "%s: the tee overlaps dst", op);
+    int pool = -1;
+    const int indexed = gdn_op_call_indexed(call, &pool);
+    for (int s = 0; s < call->n_src; s++) {
+        if (!gdn_tensor_ranges_overlap(tee, &call->src[s]))
+            continue;
+        if (indexed && s == pool && ((traits->indexed_alias >> (s * GDN_OP_MAX_DST + d)) & 1u)) {
+            if (call->kind == GDN_OP_CONCAT && call->params.concat.dim != 0)
+                return gdn_fail(GDN_ERROR_OVERLAP, "concat: the tee overlaps the indexed pool a, which needs "
+                                "dim 0 (rows are moved in order), not dim %d", (int)call->params.concat.dim);
+            continue; /* per sequence, at run time: gdn_op_check_index */
+        }
+        return gdn_fail(GDN_ERROR_OVERLAP, "%s: the tee overlaps source %s", op, gdn_op_src_names[call->kind][s]);
+    }
+    return GDN_OK;
+}
+
+int gdn_op_call_indexed(const gdn_op_call *call, int *source)
+{
+    const gdn_op_traits *traits = gdn_op_traits_of(call->kind);
+    if (traits == NULL || call->kind == GDN_OP_GATED_DELTA_NET || traits->indexed_src == 0 ||
+        call->n_src != traits->n_src + 1)
+        return 0;
+    int s = 0;
+    while (!((traits->indexed_src >> s) & 1u))
+        s++;
+    *source = s;
+    return 1;
+}
+
+/* Part j of view v along dim `outer`: the view with that dim fixed at j. */
+static gdn_tensor part_of(const gdn_tensor *v, int outer, int64_t j)
+{
+    gdn_tensor part = *v;
+    part.data = (char *)v->data + (size_t)j * v->nb[outer];
+    part.ne[outer] = 1;
+    return part;
+}
+
+gdn_status gdn_op_check_index(const gdn_op_call *call)
+{
+    int s = 0;
+    if (!gdn_op_call_indexed(call, &s))
+        return GDN_OK;
+    const gdn_op_traits *traits = gdn_op_traits_of(call->kind);
+    const char *op = traits->name;
+    const gdn_tensor *pool = &call->src[s], *index = &call->src[call->n_src - 1];
+    const int outer = gdn_op_index_dim(call);
+    for (int64_t j = 0; j < index->ne[0]; j++) {
+        int32_t slot;
+        memcpy(&slot, (const char *)index->data + (size_t)j * index->nb[0], sizeof slot);
+        if (slot < 0 || slot >= pool->ne[outer])
+            return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: index[%lld]=%d is outside 0..%lld (slots of %s)", op,
+                            (long long)j, (int)slot, (long long)(pool->ne[outer] - 1), gdn_op_src_names[call->kind][s]);
+    }
+    for (int d = 0; d < call->n_dst; d++) {
+        const gdn_tensor *dst = &call->dst[d];
+        if (!((traits->indexed_alias >> (s * GDN_OP_MAX_DST + d)) & 1u) || !gdn_tensor_ranges_overlap(pool, dst))
+            continue;
+        for (int64_t j = 0; j < index->ne[0]; j++) {
+            int32_t slot;
+            memcpy(&slot, (const char *)index->data + (size_t)j * index->nb[0], sizeof slot);
+            gdn_tensor read = part_of(pool, outer, slot), own = part_of(dst, outer, j);
+            if (!gdn_tensor_ranges_overlap(&read, dst))
+                continue;
+            if (read.data == own.data) { /* exactly its own part: same counts and strides? */
+                int same = 1;
+                for (int i = 0; i < GDN_MAX_DIMS; i++)
+                    same &= read.ne[i] == own.ne[i] && (read.nb[i] == own.nb[i] || read.ne[i] == 1);
+                if (same)
+                    continue;
+            }
+            return gdn_fail(GDN_ERROR_OVERLAP, "%s: index[%lld]=%d: the pool slot read meets destination %d but is "
+                            "not exactly its own part of it (a position may read only a slot no position writes, "
+                            "or its own)", op, (long long)j, (int)slot, d);
+        }
+    }
+    return GDN_OK;
+}
+
 gdn_status gdn_op_check(const gdn_op_call *call, int float64_dst)
 {
     if (call == NULL)
@@ -258,10 +377,10 @@ gdn_status gdn_op_check(const gdn_op_call *call, int float64_dst)
     if (traits == NULL)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "op: unknown kind %d", (int)call->kind);
     const char *op = traits->name;
-    if (!gdn_op_src_count_ok(traits, call->n_src) || call->n_dst != traits->n_dst)
-        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: %d sources and %d destinations, expected %d%s and %d",
+    if (!gdn_op_src_count_ok(traits, call->n_src) || !gdn_op_dst_count_ok(traits, call->n_dst))
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: %d sources and %d destinations, expected %d%s and %d%s",
                         op, (int)call->n_src, (int)call->n_dst, (int)traits->n_src,
-                        traits->indexed_src ? " (+1 index)" : "", (int)traits->n_dst);
+                        traits->indexed_src ? " (+1 index)" : "", (int)traits->n_dst, traits->tee_dst ? " (+1 tee)" : "");
     if (call->kind == GDN_OP_GATED_DELTA_NET && call->n_src > 6 && call->src[6].data == NULL)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: source state_index has no data pointer", op);
 
@@ -299,7 +418,7 @@ gdn_status gdn_op_check(const gdn_op_call *call, int float64_dst)
                         may_alias ? "only dst == that source exactly, same data, dtype, counts and strides, "
                                     "may alias" : "this op allows no aliasing of it");
     }
-    return GDN_OK;
+    return call->n_dst > traits->n_dst ? check_tee(call, op) : GDN_OK;
 }
 
 gdn_status gdn_op_run(gdn_backend *backend, const gdn_op_call *call)

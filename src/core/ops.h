@@ -50,6 +50,14 @@ typedef struct gdn_concat_params {
     int32_t dim; /* dimension (innermost first) along which b follows a */
 } gdn_concat_params;
 
+/* CONCAT with an index (gather elision): src[0] a is a pool whose outermost call dimension
+ * (dst 0's dim n_dims-1, not `dim`) counts slots; src[2] index I32 [n] picks slot index[j] for
+ * position j of that dimension. With a tee (copy elision): dst[1] receives the box of dst[0]
+ * starting at tee_offset (nonzero only along `dim`). The tee may overlap the pool when it is
+ * concatenated along dim 0: each sequence must then read either pool bytes no sequence writes or
+ * exactly its own part of the tee (checked at run time); the kernels move one row of dim 0 at a
+ * time, in order, so an element is read before the tee writes over it. */
+
 /* MUL_MAT: src[0] w [N, K] (ne = {K, N}, F32 or BF16), src[1] x [..., M, K] (ne = {K, M, d2, d3},
  * F32), dst [..., M, N] (ne = {N, M, d2, d3}, F32). Each output element is one dot product of
  * length K in one fixed order, so a row of x gives the same bits whatever M is (batch invariance,
@@ -75,6 +83,8 @@ typedef struct gdn_op_call {
     int32_t n_src, n_dst;
     gdn_tensor src[GDN_OP_MAX_SRC]; /* in the order the op's comment gives */
     gdn_tensor dst[GDN_OP_MAX_DST];
+    int64_t tee_offset[GDN_MAX_DIMS]; /* with a tee (n_dst = traits n_dst + 1): where in dst[0] the
+                                         last destination's box starts */
 } gdn_op_call;
 
 /* What an op's kernels accept, read by the graph passes (DESIGN.md section 4). */
@@ -85,6 +95,10 @@ typedef struct gdn_op_traits {
     uint32_t alias_ok;         /* bit (s * GDN_OP_MAX_DST + d): dst[d] may be exactly src[s] */
     uint32_t indexed_src;      /* bit s: src[s] may be read through a row index (gather elision):
                                 * then the call has n_src + 1 sources, the index last */
+    uint32_t tee_dst;          /* 1: the op may take one more destination, last, that receives a
+                                * copy of a box of dst[0] (copy elision of a copied part) */
+    uint32_t indexed_alias;    /* bit (s * GDN_OP_MAX_DST + d): the indexed src[s] may overlap
+                                * dst[d], under the per-sequence rule gdn_op_check_index applies */
 } gdn_op_traits;
 
 /* 1 if `n_src` sources are a valid count for an op with these traits: traits->n_src, or one more
@@ -93,6 +107,29 @@ static inline int gdn_op_src_count_ok(const gdn_op_traits *traits, int32_t n_src
 {
     return n_src == traits->n_src || (traits->indexed_src != 0 && n_src == traits->n_src + 1);
 }
+
+/* 1 if `n_dst` destinations are a valid count: traits->n_dst, or one more (a tee). */
+static inline int gdn_op_dst_count_ok(const gdn_op_traits *traits, int32_t n_dst)
+{
+    return n_dst == traits->n_dst || (traits->tee_dst != 0 && n_dst == traits->n_dst + 1);
+}
+
+/* 1 if the call reads a source through an index (an op other than GATED_DELTA_NET, whose index
+ * is its own argument); then *source is the indexed source and the index is src[n_src - 1]. */
+int gdn_op_call_indexed(const gdn_op_call *call, int *source);
+
+/* The dimension an index selects along: dst[0]'s outermost (n_dims - 1). */
+static inline int gdn_op_index_dim(const gdn_op_call *call)
+{
+    return call->dst[0].n_dims > 0 ? call->dst[0].n_dims - 1 : 0;
+}
+
+/* The run-time half of an indexed call's check, where the index is readable on the host (the CPU
+ * backend and the reference; the CUDA kernels apply the same rule on the device): every index
+ * names a slot of the pool, and where a destination may overlap the pool (indexed_alias), each
+ * position j reads either pool bytes that meet no part of that destination, or exactly part j of
+ * it (same address, counts and strides). On failure nothing has been written. */
+gdn_status gdn_op_check_index(const gdn_op_call *call);
 
 /* Traits of an op kind; NULL for an unknown kind. Static storage. */
 const gdn_op_traits *gdn_op_traits_of(gdn_op_kind kind);

@@ -22,8 +22,11 @@
  *   17 cpy       states -> state pool [first, first+B) groups 0..min(T,K)-1 (one strided copy)
  *   18 rms_norm_gated  o normed with norm weight and silu(z) (z a view of qkvz)
  *   19 mul_mat   out [B,T,hidden] = out_proj normed   (a graph output)
- * Node 17 is the copy that copy elision forwards into the GDN op; node 4 copies a view of the
- * concat output, which the pass keeps (it forwards whole intermediates only). */
+ * Copy elision forwards node 17 into the GDN op (its snapshots go straight into the groups) and
+ * folds node 4 into the concat as a tee (the concat output stays, ssm_conv reads it whole; the
+ * concat also writes its last Kc-1 columns into the slots). Gather elision then makes the GDN op
+ * and the concat read their slots through slot_index (nodes 15 and 2 go), when the index is
+ * declared GDN_GRAPH_OWN_SLOT_INDEX: 16 nodes, no copy, no gather. */
 #include "gdn_block.h"
 
 #include <math.h>

@@ -28,46 +28,37 @@ static int32_t sole_reader(const gdn_graph *graph, gdn_tensor_id id, int32_t *no
     return reads;
 }
 
-/* The pool view: the reader's view `v` of T (T = rows of length row, ne = {row, B}) with its row
- * dimension widened to all rows of table A and strides taken from A's (A's rows of `row`
- * elements, element stride a->nb[0], row stride a->nb[1]). The reader's dims 0..k-1 must
- * flatten to one row of T and dim k count its rows: then element (i_0..i_k-1, r) of the pool is
- * A[r][i_0 + ne_0 (i_1 + ne_1 (...))], which A's strides express whatever they are. Returns 0
- * (with the reason in `why`) when v is not such a reshape. */
+/* The pool view: the reader's view `v` of T (T = rows of `row` elements, packed, ne = {row, B})
+ * with its outermost dimension k = n_dims - 1 counting T's rows (stride: one row) and its inner
+ * dimensions addressing elements of one row at any strides (a reshape, or a transposing view such
+ * as the conv window read time-innermost). Element (i_0..i_k-1, r) of v is T[r][e] with
+ * e = sum i_j nb_j / size, so in the pool it is A[r][e]: inner strides scaled by A's element
+ * stride, dim k at A's row stride over all of A's rows. Returns 0 (with the reason in `why`) when
+ * v is not such a view. */
 static int pool_view(const gdn_tensor *v, const gdn_tensor *t, const gdn_tensor *a, gdn_tensor *pool, char *why,
                      size_t why_size)
 {
-    if (!gdn_tensor_is_contiguous(v) || gdn_tensor_count(v) != gdn_tensor_count(t)) {
-        snprintf(why, why_size, "is not all of it, packed (a reshape of its rows is needed)");
+    const int k = v->n_dims - 1;
+    const size_t size = gdn_dtype_size(t->dtype), row_bytes = (size_t)t->ne[0] * size;
+    if (k < 1 || v->ne[k] != t->ne[1] || (t->ne[1] > 1 && v->nb[k] != t->nb[1])) {
+        snprintf(why, why_size, "does not count the %lld gathered rows in its outermost dim %d", (long long)t->ne[1],
+                 k);
         return 0;
     }
-    int k = 0;
-    int64_t row = 1;
-    while (k < GDN_MAX_DIMS && row < t->ne[0])
-        row *= v->ne[k++];
-    int ok = k < GDN_MAX_DIMS && row == t->ne[0] && v->ne[k] == t->ne[1];
-    for (int i = k + 1; ok && i < GDN_MAX_DIMS; i++)
-        ok = v->ne[i] == 1;
-    if (!ok) {
-        snprintf(why, why_size, "does not split into rows of %lld elements (inner dims) times %lld rows (the "
-                 "next dim)", (long long)t->ne[0], (long long)t->ne[1]);
+    size_t inner = size; /* span of one row's part of v */
+    for (int i = 0; i < k; i++)
+        inner += (size_t)(v->ne[i] - 1) * v->nb[i];
+    if (inner > row_bytes) {
+        snprintf(why, why_size, "reaches past one gathered row (%zu of %zu bytes) in its inner dims", inner, row_bytes);
         return 0;
     }
     *pool = *v;
     pool->data = a->data;
     pool->dtype = a->dtype;
-    pool->n_dims = k + 1;
-    size_t stride = a->nb[0];
-    for (int i = 0; i < k; i++) {
-        pool->nb[i] = stride;
-        stride *= (size_t)v->ne[i];
-    }
+    for (int i = 0; i < k; i++)
+        pool->nb[i] = v->nb[i] / size * a->nb[0];
     pool->ne[k] = a->ne[1];
     pool->nb[k] = a->nb[1];
-    for (int i = k + 1; i < GDN_MAX_DIMS; i++) {
-        pool->ne[i] = 1;
-        pool->nb[i] = 0;
-    }
     const size_t span = gdn_tensor_span(pool);
     for (int i = k + 1; i < GDN_MAX_DIMS; i++)
         pool->nb[i] = span; /* as gdn_graph_view sets the strides beyond n_dims */

@@ -192,10 +192,16 @@ static gdn_status get_rows(const gdn_op_call *call)
     return GDN_OK;
 }
 
-static void concat(const gdn_op_call *call)
+/* dst = a ++ b; with an index a's outer position j is slot index[j]; with a tee the box of dst at
+ * tee_offset is written there too, after everything has been read (the reference's tee never
+ * aliases a: it writes F64). */
+static gdn_status concat(const gdn_op_call *call)
 {
+    gdn_status st = gdn_op_check_index(call);
+    if (st != GDN_OK)
+        return st;
     const gdn_tensor *a = &call->src[0], *dst = &call->dst[0];
-    const int dim = call->params.concat.dim;
+    const int dim = call->params.concat.dim, indexed = call->n_src == 3, outer = gdn_op_index_dim(call);
     int64_t o[GDN_MAX_DIMS] = {0};
     do {
         int64_t i[GDN_MAX_DIMS];
@@ -203,8 +209,24 @@ static void concat(const gdn_op_call *call)
         const int from_b = o[dim] >= a->ne[dim];
         if (from_b)
             i[dim] -= a->ne[dim];
+        else if (indexed) {
+            int32_t slot;
+            memcpy(&slot, (const char *)call->src[2].data + (size_t)o[outer] * call->src[2].nb[0], sizeof slot);
+            i[outer] = slot;
+        }
         store(dst, o, load(&call->src[from_b], i));
     } while (next(dst->ne, o, 0));
+    if (call->n_dst == 2) {
+        const gdn_tensor *tee = &call->dst[1];
+        int64_t t[GDN_MAX_DIMS] = {0};
+        do {
+            int64_t from[GDN_MAX_DIMS];
+            for (int k = 0; k < GDN_MAX_DIMS; k++)
+                from[k] = t[k] + call->tee_offset[k];
+            store(tee, t, load(dst, from));
+        } while (next(tee->ne, t, 0));
+    }
+    return GDN_OK;
 }
 
 /* dst[..., m, n] = sum_k w[n][k] x[..., m, k]. */
@@ -250,8 +272,7 @@ gdn_status gdn_op_reference(const gdn_op_call *call)
     case GDN_OP_GET_ROWS:
         return get_rows(call);
     case GDN_OP_CONCAT:
-        concat(call);
-        return GDN_OK;
+        return concat(call);
     case GDN_OP_MUL_MAT:
         mul_mat(call);
         return GDN_OK;

@@ -124,16 +124,41 @@ static gdn_status gdn_cpu_get_rows(gdn_backend *backend, const gdn_op_call *call
     return gdn_cpu_run_rows(backend, call, index->ne[0], index->ne[0] * a->ne[0], gdn_cpu_get_rows_rows, 0, 0);
 }
 
-/* concat, one row of dst (dims 1..5) at a time. */
+/* concat, one row of dst (dims 1..5) at a time, element by element in order: with an index, a's
+ * outer position j is read from slot index[j]; with a tee, an element inside the tee's box is
+ * also written there, right after it was read. A tee that aliases the pool (dim 0, own slots:
+ * gdn_op_check_index) writes row element i - offset only after element i was read, and i -
+ * offset <= i, so every pool element is read before it is overwritten. */
 static void gdn_cpu_concat_rows(const gdn_cpu_rows_job *job, int64_t first, int64_t last, int thread_index)
 {
     (void)thread_index;
-    const gdn_tensor *a = &job->call->src[0], *b = &job->call->src[1], *dst = &job->call->dst[0];
-    const int dim = job->call->params.concat.dim;
+    const gdn_op_call *call = job->call;
+    const gdn_tensor *a = &call->src[0], *b = &call->src[1], *dst = &call->dst[0];
+    const gdn_tensor *tee = call->n_dst == 2 ? &call->dst[1] : NULL;
+    const int dim = call->params.concat.dim, indexed = call->n_src == 3, outer = gdn_op_index_dim(call);
+    const int64_t *off = call->tee_offset;
     for (int64_t r = first; r < last; r++) {
         int64_t idx[GDN_MAX_DIMS];
         gdn_cpu_row_index(dst->ne, r, idx);
         char *out = (char *)dst->data + gdn_cpu_offset(dst, idx);
+        char *tee_row = NULL; /* this row's place in the tee, if it has one */
+        if (tee != NULL) {
+            int64_t t[GDN_MAX_DIMS];
+            int inside = 1;
+            for (int k = 1; k < GDN_MAX_DIMS; k++) {
+                t[k] = idx[k] - off[k];
+                inside &= t[k] >= 0 && t[k] < tee->ne[k];
+            }
+            t[0] = 0;
+            if (inside)
+                tee_row = (char *)tee->data + gdn_cpu_offset(tee, t);
+        }
+        int64_t slot = idx[outer];
+        if (indexed) {
+            int32_t s32;
+            memcpy(&s32, (const char *)call->src[2].data + (size_t)idx[outer] * call->src[2].nb[0], sizeof s32);
+            slot = s32;
+        }
         for (int64_t i = 0; i < dst->ne[0]; i++) {
             int64_t from[GDN_MAX_DIMS];
             memcpy(from, idx, sizeof from);
@@ -142,10 +167,25 @@ static void gdn_cpu_concat_rows(const gdn_cpu_rows_job *job, int64_t first, int6
             if (from[dim] >= a->ne[dim]) {
                 from[dim] -= a->ne[dim];
                 src = b;
+            } else {
+                from[outer] = slot;
             }
-            memcpy(out + (size_t)i * dst->nb[0], (const char *)src->data + gdn_cpu_offset(src, from), sizeof(float));
+            uint32_t bits;
+            memcpy(&bits, (const char *)src->data + gdn_cpu_offset(src, from), sizeof bits);
+            memcpy(out + (size_t)i * dst->nb[0], &bits, sizeof bits);
+            if (tee_row != NULL && i >= off[0] && i - off[0] < tee->ne[0])
+                memcpy(tee_row + (size_t)(i - off[0]) * tee->nb[0], &bits, sizeof bits);
         }
     }
+}
+
+/* The index (range and pool aliasing) is checked before any row is written. */
+static gdn_status gdn_cpu_concat(gdn_backend *backend, const gdn_op_call *call, int64_t rows, int64_t work)
+{
+    gdn_status st = gdn_op_check_index(call);
+    if (st != GDN_OK)
+        return st;
+    return gdn_cpu_run_rows(backend, call, rows, work, gdn_cpu_concat_rows, 0, 0);
 }
 
 /* cpy, one row at a time: F32 and BF16 either way (BF16 written with round-to-nearest-even). */
@@ -199,7 +239,7 @@ gdn_status gdn_cpu_run_op(gdn_backend *backend, const gdn_op_call *call)
     case GDN_OP_GET_ROWS:
         return gdn_cpu_get_rows(backend, call);
     case GDN_OP_CONCAT:
-        return gdn_cpu_run_rows(backend, call, rows, work, gdn_cpu_concat_rows, 0, 0);
+        return gdn_cpu_concat(backend, call, rows, work);
     case GDN_OP_CPY:
         return gdn_cpu_run_rows(backend, call, rows, work, gdn_cpu_cpy_rows, 0, 0);
     case GDN_OP_MUL_MAT:

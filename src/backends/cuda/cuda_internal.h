@@ -70,7 +70,17 @@ struct gdn_cuda_op_args {
     float eps;            /* norms */
     int dim;              /* concat */
     int64_t count;        /* work items: dst elements, rows or dot products, per kernel */
-    int64_t *index_check; /* get_rows: {first bad position or -1, its index} from its check kernel */
+    int64_t *index_check; /* get_rows: {first bad position or -1, its index} from its check kernel;
+                             concat: {first bad position or -1, its index, 0 range / 1 overlap} */
+    /* concat with an index (src[2]) and/or a tee (the gather and copy the passes fold in) */
+    int indexed;          /* 1: src[0]'s position j along `outer` is slot index[j] */
+    int outer;            /* the dimension the index selects along */
+    gdn_cuda_view tee;    /* data NULL: no tee */
+    int64_t tee_offset[GDN_MAX_DIMS];
+    int tee_alias;        /* 0: the tee cannot meet the pool; 1: a slot read that meets the tee must
+                             be the position's own part (same geometry); 2: no slot read may meet it */
+    int64_t part_bytes;   /* span of one slot of the pool */
+    int64_t tee_bytes;    /* span of the tee */
 };
 
 /* The kernel view of a validated tensor. */

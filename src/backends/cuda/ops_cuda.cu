@@ -50,8 +50,26 @@ gdn_status gdn_cuda_run_op(gdn_backend *backend, const gdn_op_call *call)
         args.scale = call->params.scale.scale;
     if (call->kind == GDN_OP_L2_NORM || call->kind == GDN_OP_RMS_NORM || call->kind == GDN_OP_RMS_NORM_GATED)
         args.eps = call->params.norm.eps;
-    if (call->kind == GDN_OP_CONCAT)
+    if (call->kind == GDN_OP_CONCAT) {
         args.dim = call->params.concat.dim;
+        args.indexed = call->n_src == 3;
+        args.outer = gdn_op_index_dim(call);
+        if (call->n_dst == 2) {
+            args.tee = gdn_cuda_view_of(&call->dst[1]);
+            memcpy(args.tee_offset, call->tee_offset, sizeof args.tee_offset);
+        }
+        if (args.indexed && call->n_dst == 2 && gdn_tensor_ranges_overlap(&call->src[0], &call->dst[1])) {
+            /* The host half of gdn_op_check_index's rule: can a slot be exactly a part of the tee? */
+            gdn_tensor part = call->src[0], own = call->dst[1];
+            part.ne[args.outer] = own.ne[args.outer] = 1;
+            int same = 1;
+            for (int i = 0; i < GDN_MAX_DIMS; i++)
+                same &= part.ne[i] == own.ne[i] && (part.nb[i] == own.nb[i] || part.ne[i] == 1);
+            args.tee_alias = same ? 1 : 2;
+            args.part_bytes = (int64_t)gdn_tensor_span(&part);
+            args.tee_bytes = (int64_t)gdn_tensor_span(&call->dst[1]);
+        }
+    }
 
     switch (call->kind) {
     case GDN_OP_L2_NORM:

@@ -122,6 +122,99 @@ __global__ void concat_kernel(gdn_cuda_op_args a)
     }
 }
 
+/* concat with an index and/or a tee, one row of dst (dims 1..5) per thread, in order along dim 0
+ * (the order gdn_cpu_concat_rows uses, which makes a tee that aliases the pool safe: element i
+ * of a row is read before element i - offset <= i is written over it).
+ * With an index every block first checks all of it (range, and the pool rule of
+ * gdn_op_check_index) and the whole grid writes nothing on a bad entry, so no second launch is
+ * needed; block 0 records the verdict for the host. */
+__global__ void concat_rows_kernel(gdn_cuda_op_args a)
+{
+    gdn_cuda_wait_previous_grid();
+    const gdn_cuda_view &src0 = a.src[0], &index = a.src[2], &dst = a.dst, &tee = a.tee;
+    if (a.indexed) {
+        __shared__ int64_t first_bad;
+        if (threadIdx.x == 0)
+            first_bad = INT64_MAX;
+        __syncthreads();
+        const int64_t slots = src0.ne[a.outer];
+        const uintptr_t tee_lo = (uintptr_t)tee.data;
+        const uintptr_t tee_hi = tee_lo + (uintptr_t)a.tee_bytes;
+        for (int64_t j = threadIdx.x; j < index.ne[0]; j += blockDim.x) {
+            const int slot = *(const int *)(index.data + j * index.nb[0]);
+            int kind = -1;
+            if (slot < 0 || slot >= slots) {
+                kind = 0;
+            } else if (a.tee_alias != 0) {
+                const uintptr_t lo = (uintptr_t)(src0.data + (int64_t)slot * src0.nb[a.outer]);
+                const uintptr_t own = (uintptr_t)(tee.data + j * tee.nb[a.outer]);
+                if (lo < tee_hi && tee_lo < lo + (uintptr_t)a.part_bytes && !(a.tee_alias == 1 && lo == own))
+                    kind = 1;
+            }
+            if (kind >= 0)
+                atomicMin((unsigned long long *)&first_bad, (unsigned long long)j);
+        }
+        __syncthreads();
+        const int64_t j = first_bad;
+        if (j != INT64_MAX) {
+            if (blockIdx.x == 0 && threadIdx.x == 0) {
+                const int slot = *(const int *)(index.data + j * index.nb[0]);
+                a.index_check[0] = j;
+                a.index_check[1] = slot;
+                a.index_check[2] = slot < 0 || slot >= slots ? 0 : 1;
+            }
+            return;
+        }
+        if (blockIdx.x == 0 && threadIdx.x == 0)
+            a.index_check[0] = -1;
+    }
+    const int dim = a.dim;
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; r < a.count; r += stride) {
+        int64_t o[GDN_MAX_DIMS];
+        o[0] = 0;
+        int64_t rest = r;
+#pragma unroll
+        for (int i = 1; i < GDN_MAX_DIMS; i++) {
+            o[i] = rest % dst.ne[i];
+            rest /= dst.ne[i];
+        }
+        char *tee_row = nullptr;
+        if (tee.data != nullptr) {
+            bool inside = true;
+            int64_t off = 0;
+#pragma unroll
+            for (int i = 1; i < GDN_MAX_DIMS; i++) {
+                const int64_t t = o[i] - a.tee_offset[i];
+                inside = inside && t >= 0 && t < tee.ne[i];
+                off += t * tee.nb[i];
+            }
+            if (inside)
+                tee_row = tee.data + off;
+        }
+        const int64_t slot = a.indexed ? *(const int *)(index.data + o[a.outer] * index.nb[0]) : o[a.outer];
+        char *out = dst.data + offset(dst, o);
+        for (int64_t i = 0; i < dst.ne[0]; i++) {
+            int64_t from[GDN_MAX_DIMS];
+#pragma unroll
+            for (int k = 0; k < GDN_MAX_DIMS; k++)
+                from[k] = o[k];
+            from[0] = i;
+            const bool from_b = from[dim] >= src0.ne[dim];
+            if (from_b)
+                from[dim] -= src0.ne[dim];
+            else
+                from[a.outer] = slot;
+            const gdn_cuda_view &src = a.src[from_b ? 1 : 0];
+            const unsigned bits = *(const unsigned *)(src.data + offset(src, from));
+            *(unsigned *)(out + i * dst.nb[0]) = bits;
+            const int64_t t = i - a.tee_offset[0];
+            if (tee_row != nullptr && t >= 0 && t < tee.ne[0])
+                *(unsigned *)(tee_row + t * tee.nb[0]) = bits;
+        }
+    }
+}
+
 /* cpy: F32 and BF16 either way; equal dtypes copy bits (in place is safe: each thread reads its
  * element before writing it). */
 __global__ void cpy_kernel(gdn_cuda_op_args a)
@@ -196,11 +289,39 @@ gdn_status gdn_cuda_get_rows(const gdn_cuda_context *context, gdn_cuda_op_args a
     return GDN_OK;
 }
 
+/* Plain concat: one thread per element. With an index or a tee: one thread per row, the index
+ * checked inside the kernel, and (outside stream capture, as get_rows) a read-back that reports a
+ * bad index with the status gdn_op_check_index gives on the host. */
 gdn_status gdn_cuda_concat(const gdn_cuda_context *context, gdn_cuda_op_args args)
 {
-    args.count = count_of(args.dst);
-    return gdn_cuda_launch_op(context, concat_kernel, gdn_cuda_blocks(context, args.count, kThreads), kThreads, args,
-                              "concat kernel launch");
+    if (!args.indexed && args.tee.data == nullptr) {
+        args.count = count_of(args.dst);
+        return gdn_cuda_launch_op(context, concat_kernel, gdn_cuda_blocks(context, args.count, kThreads), kThreads,
+                                  args, "concat kernel launch");
+    }
+    args.count = count_of(args.dst) / args.dst.ne[0];
+    args.index_check = context->index_check;
+    gdn_status status = gdn_cuda_launch_op(context, concat_rows_kernel, gdn_cuda_blocks(context, args.count, kThreads),
+                                           kThreads, args, "concat kernel launch");
+    if (status != GDN_OK || !args.indexed)
+        return status;
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    status = gdn_cuda_check(cudaStreamIsCapturing(context->stream, &capture), "cudaStreamIsCapturing");
+    if (status != GDN_OK || capture != cudaStreamCaptureStatusNone)
+        return status;
+    int64_t check[3] = {-1, 0, 0};
+    status = gdn_cuda_check(cudaMemcpyAsync(check, context->index_check, sizeof check, cudaMemcpyDeviceToHost,
+                                            context->stream), "concat index check read-back");
+    if (status == GDN_OK)
+        status = gdn_cuda_check(cudaStreamSynchronize(context->stream), "concat cudaStreamSynchronize");
+    if (status != GDN_OK || check[0] < 0)
+        return status;
+    if (check[2] == 0)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "concat: index[%lld]=%lld is outside 0..%lld (slots of a)",
+                        (long long)check[0], (long long)check[1], (long long)(args.src[0].ne[args.outer] - 1));
+    return gdn_fail(GDN_ERROR_OVERLAP, "concat: index[%lld]=%lld: the pool slot read meets destination 1 but is not "
+                    "exactly its own part of it (a position may read only a slot no position writes, or its own)",
+                    (long long)check[0], (long long)check[1]);
 }
 
 gdn_status gdn_cuda_cpy(const gdn_cuda_context *context, gdn_cuda_op_args args)
