@@ -25,7 +25,7 @@ struct gdn_cpu_rows_job {
     gdn_cpu_row_fn fn;
     int64_t n_rows;         /* units of work, each computed by fn alone */
     int64_t rows_per_claim;
-    int64_t aux;            /* op-specific (mul_mat: column blocks per row of x) */
+    int64_t aux;            /* op-specific (mul_mat: rows of x, M) */
     char *scratch;          /* n_threads * scratch_bytes, 64-byte aligned slices; NULL if none */
     size_t scratch_bytes;
     atomic_llong next_row;  /* first row not yet claimed */
