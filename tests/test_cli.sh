@@ -106,6 +106,7 @@ for key, p in pairs.items():
     assert set(p) == {"on", "off"}, (key, list(p))
     assert p["on"]["checksum"] == p["off"]["checksum"], (key, p["on"]["checksum"], p["off"]["checksum"])
     assert p["on"]["copies"] < p["off"]["copies"], key
+    assert p["on"]["copies"] == 0 and p["on"]["gathers"] == 0, (key, p["on"]["copies"], p["on"]["gathers"])
     assert p["on"]["state_bytes_per_step"] < p["off"]["state_bytes_per_step"], key
 print("bench --stack:", len(rows), "rows,", ", ".join(f"T={k[0]} B={k[2]} checksum {p['on']['checksum']}"
                                                    for k, p in pairs.items()))

@@ -1,6 +1,7 @@
 /* cmd_bench_stack.c: `gdn bench --stack`: the GDN layers of Qwen3.6-35B-A3B (30 layers, hidden
- * 2048, Hk 16, Hv 32, D 128, Kconv 4) as one compute graph per layer (gdn_block_build over that
- * layer's weights and cache), layer l reading layer l-1's block output, for decode (T=1) and MTP
+ * 2048, Hk 16, Hv 32, D 128, Kconv 4) as one compute graph per layer (an input rms_norm, then
+ * gdn_block_build over that layer's weights and cache), layer l reading layer l-1's block
+ * output, for decode (T=1) and MTP
  * verify (T=4, K=4) steps, with the graph passes (copy elision, then gather elision) off and on.
  * Per row: time per step, nodes and copies per layer (graph stats), and what the backend ran in
  * one step (launches, bytes, cache bytes: the backend counters of one un-recorded step), plus a
@@ -9,6 +10,7 @@
 #include "tool.h"
 #include "model/gdn_block.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,11 +19,12 @@ static const char usage[] =
     "usage: gdn bench --stack [options]\n"
     "\n"
     "Times whole steps of the GDN layers of Qwen3.6-35B-A3B (hidden 2048, Hk 16, Hv 32, D 128,\n"
-    "Kconv 4, synthetic seeded weights): each layer one graph built in llama.cpp's pattern (the\n"
-    "gather of the state, the GDN op, the copy of its snapshots into the cache), layer l reading\n"
-    "layer l-1's output, for decode (T=1 K=1) and MTP verify (T=4 K=4), with the graph passes off\n"
-    "and on (on: copy elision, then gather elision). Scheme: snapshot (the cache keeps K state\n"
-    "groups per slot; sequence b reads and writes slot b).\n"
+    "Kconv 4, synthetic seeded weights): each layer one graph, an input rms_norm and the block\n"
+    "built in llama.cpp's pattern (gathers of the state and the conv window from the cache, the\n"
+    "GDN op, copies of its snapshots and of the new window into the cache), layer l reading layer\n"
+    "l-1's output, for decode (T=1 K=1) and MTP verify (T=4 K=4), with the graph passes off and\n"
+    "on (on: copy elision, then gather elision, which leave no copy and no gather). Scheme:\n"
+    "snapshot (the cache keeps K state groups per slot; sequence b reads and writes slot b).\n"
     "\n"
     "options:\n"
     "  --backend cpu|cuda   backend (default: cuda when a GPU is present, else cpu)\n"
@@ -38,9 +41,11 @@ static const char usage[] =
     "Columns: us/step (median), nodes and copies per layer (graph stats after the passes),\n"
     "launches, cache MB and MB per step (backend counters of one un-recorded step: kernel\n"
     "launches; bytes of state and conv-window traffic, i.e. the GDN op's state read and\n"
-    "snapshots written plus every cpy and get_rows; all bytes read and written), checksum (FNV-1a\n"
-    "of the last layer's output after 2 steps from the same seeded caches: equal for passes off\n"
-    "and on), on/off (speed-up of passes on over off for the same T and B).\n";
+    "snapshots written, the concat's window read and written, plus every cpy and get_rows; all\n"
+    "bytes read and written), checksum (FNV-1a of the last layer's output after 2 steps from the\n"
+    "same seeded caches: equal for passes off and on; the command fails if they differ or if the\n"
+    "output is all zeros or not finite), on/off (speed-up of passes on over off for the same T\n"
+    "and B).\n";
 
 enum { CHECK_STEPS = 2 };
 
@@ -142,9 +147,21 @@ static int stack_build(stack *s, int passes)
         if (st == GDN_OK)
             st = gdn_graph_leaf(*g, "slot_index", &iv, GDN_GRAPH_INPUT | GDN_GRAPH_OWN_SLOT_INDEX,
                                 &index); /* sequence b reads slot b, which only it writes */
+        /* The layer's input norm, as in the model (input_layernorm, weight 1 here): without it
+         * the block's gain below 1 would shrink the signal layer by layer until the last
+         * layer's output (the checksum) is all zeros. */
+        gdn_tensor_id normed = -1;
         if (st == GDN_OK)
-            st = gdn_block_build(*g, &s->config, &s->weights[l % s->n_weight_sets], &s->caches[l], x, s->B, s->T,
-                                 index, 0, &s->outs[l]);
+            st = gdn_graph_intermediate(*g, "x_normed", GDN_DTYPE_F32, 3, ne_x, &normed);
+        if (st == GDN_OK) {
+            gdn_op_params p;
+            memset(&p, 0, sizeof p);
+            p.norm.eps = s->config.rms_eps;
+            st = gdn_graph_op(*g, GDN_OP_RMS_NORM, &p, 1, &x, 1, &normed);
+        }
+        if (st == GDN_OK)
+            st = gdn_block_build(*g, &s->config, &s->weights[l % s->n_weight_sets], &s->caches[l], normed, s->B,
+                                 s->T, index, 0, &s->outs[l]);
         /* Refusals are logged to stderr with GDN_LOG_PASSES=1 (no callback here). */
         if (st == GDN_OK && passes)
             st = gdn_graph_pass_copy_elision(*g, NULL, NULL);
@@ -202,8 +219,20 @@ static int stack_row_run(stack *s, const stack_config *cfg, int passes, stack_ro
     gdn_tensor out;
     ok = ok && host != NULL && gdn_graph_tensor_view(s->graphs[s->layers - 1], s->outs[s->layers - 1], &out) == GDN_OK &&
          gdn_backend_download(s->backend, host, out.data, out_bytes) == GDN_OK;
-    if (ok)
+    if (ok) { /* a checksum of zeros or of non-finite values would agree whatever was computed */
         r->checksum = fnv1a(host, out_bytes);
+        float largest = 0.0f;
+        for (size_t i = 0; i < out_bytes / sizeof(float); i++) {
+            float v;
+            memcpy(&v, host + i * sizeof v, sizeof v);
+            largest = !isfinite(v) ? INFINITY : fabsf(v) > largest ? fabsf(v) : largest;
+        }
+        if (!(largest > 1e-3f) || !isfinite(largest)) {
+            fprintf(stderr, "gdn bench --stack: T=%lld B=%lld: the last layer's output has largest |value| %g; the "
+                    "checksum would not tell computations apart\n", (long long)s->T, (long long)s->B, (double)largest);
+            ok = 0;
+        }
+    }
     free(host);
 
     /* Timing. Inside a recording the graphs are only queued: they were planned above, so
