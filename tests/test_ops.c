@@ -87,6 +87,13 @@ static const op_case cases[] = {
     {GDN_OP_MUL_MAT, 128, 1, 1, 70, 1, L_CONTIG, L_SPACED, 0}, /* decode: M = 1 */
     {GDN_OP_MUL_MAT, 257, 33, 1, 130, 0, L_CONTIG, L_CONTIG, 0}, /* large: threads */
     {GDN_OP_MUL_MAT, 257, 33, 1, 130, 1, L_PERMUTED, L_CONTIG, 0},
+    {GDN_OP_MUL_MAT, 2056, 40, 1, 70, 1, L_CONTIG, L_CONTIG, 0},  /* BF16 K in 5 segments (CUDA) */
+    {GDN_OP_MUL_MAT, 1032, 5, 2, 40, 1, L_PERMUTED, L_PADDED, 0}, /* the same, 3, rows permuted */
+    {GDN_OP_MUL_MAT, 2056, 3, 1, 33, 1, L_CONTIG, L_SPACED, 0},   /* the same, decode */
+    {GDN_OP_MUL_MAT, 64, 6, 2, 29, 1, L_CONTIG, L_CONTIG, 0},    /* K % 8 == 0: x read in place */
+    {GDN_OP_MUL_MAT, 64, 7, 2, 29, 0, L_PADDED, L_SPACED, 0},    /* in place through padded rows */
+    {GDN_OP_MUL_MAT, 128, 1, 1, 70, 0, L_CONTIG, L_CONTIG, 0},   /* decode, x in place */
+    {GDN_OP_MUL_MAT, 256, 5, 3, 100, 1, L_CONTIG, L_PADDED, 0},  /* large: threads, x in place */
     {GDN_OP_GATED_DELTA_NET, 16, 3, 2, 0, 0, L_CONTIG, L_PADDED, 0},
 };
 #define N_CASES ((int)(sizeof cases / sizeof cases[0]))

@@ -107,6 +107,23 @@ static __device__ __forceinline__ void gdn_cuda_wait_previous_grid()
 #endif
 }
 
+/* The two halves of gdn_cuda_wait_previous_grid, for a kernel that has work to do before it
+ * needs the previous grid's results (the decode mul_mat starts streaming weights first) or
+ * that should let the next grid in only near its end. */
+static __device__ __forceinline__ void gdn_cuda_grid_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+static __device__ __forceinline__ void gdn_cuda_grid_release()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
 /* Byte offset of the element whose flat index (dim 0 fastest) over counts `ne` is `e`. */
 static __device__ __forceinline__ int64_t gdn_cuda_offset_flat(const gdn_cuda_view &v, const int64_t *ne, int64_t e)
 {
