@@ -91,7 +91,7 @@ done
 # two rows of a pair compute the same thing (same checksum), with fewer copies when on
 for shape in "" "--tokens 4 --K 4"; do
   # shellcheck disable=SC2086
-  if "$gdn" bench --stack --backend cpu --layers 2 --batch 1 --reps 2 --json $shape >"$work/stack.json" 2>"$work/err"; then
+  if "$gdn" bench --stack --backend cpu --layers 2 --batch 1 --reps 2 --scheme snapshot --json $shape >"$work/stack.json" 2>"$work/err"; then
     if python3 - "$work/stack.json" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
@@ -117,6 +117,7 @@ PY
   fi
 done
 "$gdn" bench --stack --backend cpu --passes sideways >/dev/null 2>&1 && fail "bad --passes accepted" || ok
+"$gdn" bench --stack --backend cpu --scheme sideways >/dev/null 2>&1 && fail "bad --scheme accepted" || ok
 "$gdn" bench --stack --help >"$work/help" 2>&1 && grep -q -- '--passes' "$work/help" && ok || fail "gdn bench --stack --help"
 
 echo "test_cli: $passed passed, $failed failed"

@@ -32,6 +32,7 @@ static const char usage[] =
     "  --tokens T --K K     one row shape instead of the default pair (T=1 K=1) and (T=4 K=4)\n"
     "  --layers N           GDN layers per step (default 30)\n"
     "  --passes on|off|both graph passes (default both: one row each)\n"
+    "  --scheme snapshot    cache scheme (snapshot, the only one so far)\n"
     "  --weights f32|bf16   dtype of the projection weights (default bf16)\n"
     "  --graphs on|off      record each step once and replay it as one CUDA graph (default on;\n"
     "                       the CPU backend has no recording and runs the graphs node by node)\n"
@@ -364,6 +365,12 @@ static int parse_args(int argc, char **argv, stack_config *cfg)
         } else if (strcmp(opt, "--passes") == 0 &&
                    (strcmp(val, "on") == 0 || strcmp(val, "off") == 0 || strcmp(val, "both") == 0)) {
             cfg->passes_mask = strcmp(val, "on") == 0 ? 2 : strcmp(val, "off") == 0 ? 1 : 3;
+        } else if (strcmp(opt, "--scheme") == 0) {
+            if (strcmp(val, "snapshot") != 0) { /* the one cache scheme the block builder has so far */
+                fprintf(stderr, "gdn bench --stack: --scheme %s: unknown or not built yet; available: snapshot\n",
+                        val);
+                return 0;
+            }
         } else if (strcmp(opt, "--weights") == 0 && (strcmp(val, "f32") == 0 || strcmp(val, "bf16") == 0)) {
             cfg->weight_dtype = strcmp(val, "f32") == 0 ? GDN_DTYPE_F32 : GDN_DTYPE_BF16;
         } else if (strcmp(opt, "--layers") == 0 && gdn_tool_parse_int(val, 1, 1000, &n)) {
