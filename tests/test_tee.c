@@ -1,7 +1,8 @@
 /* test_tee.c: the conv-window half of the passes. CONCAT reading its first source through an
  * index and teeing a box of its output into a second destination, on every backend present
  * against the float64 reference (index only, tee only, both into disjoint slots, both in place
- * over the sequences' own slots, mixed), with bad indices and bad aliasing refused before
+ * over the sequences' own slots, mixed; a rollback layout whose windows are read at an offset
+ * inside the slot the whole output is teed into), with bad indices and bad aliasing refused before
  * anything is written; its build-time checks; then copy and gather elision on a conv-window
  * graph in llama.cpp's pattern (get_rows -> concat -> cpy of the tail into the pool, ssm_conv):
  * results byte-identical with the passes off, copy only and both, no copy and no gather left,
@@ -164,6 +165,98 @@ static void check_op_case(const test_backend *tb, const op_case *oc, test_rng *r
 done:
     test_buffer_free(&bf.pool), test_buffer_free(&bf.fresh), test_buffer_free(&bf.index);
     test_buffer_free(&bf.dst), test_buffer_free(&bf.tee);
+}
+
+/* Rollback layout (a cache that keeps Kc-1+T columns per slot): the whole output is teed into
+ * the slot, and position j reads its window at a column offset o_j inside its own slot, through
+ * an index over column-granular rows (index = slot * COLS + o). A read that leaves its own part,
+ * or meets another position's, is refused with nothing written. */
+enum { COLS = W + T };
+
+typedef struct rollback_case {
+    const char *name;
+    int32_t slot[B], offset[B];
+    gdn_status want;
+} rollback_case;
+
+static const rollback_case rollback_cases[] = {
+    {"window at offsets 0, 1, 2 of own slots", {1, 2, 3}, {0, 1, 2}, GDN_OK},
+    {"one window from an unwritten slot", {1, 5, 3}, {2, 1, 0}, GDN_OK},
+    {"window past its own part", {1, 2, 3}, {0, T + 1, 0}, GDN_ERROR_OVERLAP},
+    {"window in another sequence's slot", {2, 2, 3}, {0, 0, 0}, GDN_ERROR_OVERLAP},
+};
+
+static gdn_op_call rollback_call(void *pool, void *fresh, void *index, void *dst, void *tee, gdn_dtype dtype)
+{
+    gdn_op_call call;
+    memset(&call, 0, sizeof call);
+    call.kind = GDN_OP_CONCAT;
+    call.n_src = 3;
+    call.n_dst = 2;
+    const int64_t ne_a[3] = {W, C, S * COLS - (W - 1)}, ne_i[1] = {B}, ne_t[3] = {W + T, C, B};
+    call.src[0] = gdn_tensor_contiguous(pool, GDN_DTYPE_F32, 3, ne_a);
+    call.src[0].nb[0] = C * F, call.src[0].nb[1] = F, call.src[0].nb[2] = C * F; /* rows one column apart */
+    call.src[1] = fresh_view(fresh);
+    call.src[2] = gdn_tensor_contiguous(index, GDN_DTYPE_I32, 1, ne_i);
+    call.dst[0] = dst_view(dst, dtype);
+    call.dst[1] = gdn_tensor_contiguous(tee, dtype, 3, ne_t);
+    if (dtype == GDN_DTYPE_F32) /* into slots 1..B of the pool, column-major as the pool */
+        call.dst[1].nb[0] = C * F, call.dst[1].nb[1] = F, call.dst[1].nb[2] = COLS * C * F;
+    return call;
+}
+
+static void check_rollback_case(const test_backend *tb, const rollback_case *rc, test_rng *rng)
+{
+    float pool0[S * COLS * C], fresh0[B * T * FROW], pool_got[S * COLS * C], dst_got[(W + T) * C * B];
+    double dst_ref[(W + T) * C * B], tee_ref[(W + T) * C * B];
+    int32_t index[B];
+    for (int j = 0; j < B; j++)
+        index[j] = rc->slot[j] * COLS + rc->offset[j];
+    for (int i = 0; i < S * COLS * C; i++)
+        pool0[i] = (float)test_rng_normal(rng);
+    for (int i = 0; i < B * T * FROW; i++)
+        fresh0[i] = (float)test_rng_normal(rng);
+    test_buffer pool, fresh, ib, dst;
+    memset(&pool, 0, sizeof pool), memset(&fresh, 0, sizeof fresh), memset(&ib, 0, sizeof ib), memset(&dst, 0, sizeof dst);
+    int ok = test_buffer_alloc(&pool, tb->backend, sizeof pool0) && test_buffer_alloc(&fresh, tb->backend, sizeof fresh0) &&
+             test_buffer_alloc(&ib, tb->backend, sizeof index) && test_buffer_alloc(&dst, tb->backend, sizeof dst_got) &&
+             test_buffer_upload(&pool, pool0, sizeof pool0) && test_buffer_upload(&fresh, fresh0, sizeof fresh0) &&
+             test_buffer_upload(&ib, index, sizeof index);
+    if (ok) {
+        char *p = test_buffer_data(&pool);
+        const gdn_op_call call = rollback_call(p, test_buffer_data(&fresh), test_buffer_data(&ib), test_buffer_data(&dst),
+                                               p + COLS * C * F, GDN_DTYPE_F32);
+        gdn_status st = gdn_op_run(tb->backend, &call);
+        if (st == GDN_OK)
+            st = gdn_backend_synchronize(tb->backend);
+        CHECK(st == rc->want, "%s: rollback, %s: status %s (%s), expected %s", tb->label, rc->name,
+              gdn_status_string(st), gdn_error_detail(), gdn_status_string(rc->want));
+        ok = test_buffer_download(&pool, pool_got) && test_buffer_download(&dst, dst_got);
+        CHECK(ok, "%s: rollback, %s: read-back or a guard region was overwritten", tb->label, rc->name);
+    }
+    if (ok) {
+        float pool_want[S * COLS * C];
+        memcpy(pool_want, pool0, sizeof pool_want);
+        int same_dst = 1;
+        if (rc->want == GDN_OK) {
+            const gdn_op_call ref = rollback_call(pool0, fresh0, index, dst_ref, tee_ref, GDN_DTYPE_F64);
+            CHECK(gdn_op_reference(&ref) == GDN_OK, "%s: rollback reference: %s", tb->label, gdn_error_detail());
+            for (int i = 0; i < (W + T) * C * B; i++)
+                same_dst &= dst_got[i] == (float)dst_ref[i];
+            for (int b = 0; b < B; b++) /* the tee: slot 1 + b, columns 0..W+T-1 */
+                for (int c = 0; c < C; c++)
+                    for (int col = 0; col < W + T; col++)
+                        pool_want[((1 + b) * COLS + col) * C + c] = (float)tee_ref[(b * C + c) * (W + T) + col];
+        } else {
+            for (int i = 0; i < (W + T) * C * B; i++)
+                same_dst &= ((unsigned char *)dst_got)[i * F] == 0xFF;
+        }
+        CHECK(same_dst, "%s: rollback, %s: dst differs from the reference (or was written when refused)", tb->label,
+              rc->name);
+        CHECK(memcmp(pool_got, pool_want, sizeof pool_got) == 0, "%s: rollback, %s: pool bytes differ from the "
+              "expected", tb->label, rc->name);
+    }
+    test_buffer_free(&pool), test_buffer_free(&fresh), test_buffer_free(&ib), test_buffer_free(&dst);
 }
 
 /* Build-time refusals of gdn_op_check, on host addresses never dereferenced. */
@@ -355,6 +448,8 @@ int main(void)
     for (int b = 0; b < n; b++) {
         for (size_t i = 0; i < sizeof op_cases / sizeof op_cases[0]; i++)
             check_op_case(&backends[b], &op_cases[i], &rng);
+        for (size_t i = 0; i < sizeof rollback_cases / sizeof rollback_cases[0]; i++)
+            check_rollback_case(&backends[b], &rollback_cases[i], &rng);
         check_passes(&backends[b], V_PLAIN, "node 0 (get_rows) removed: node 1 (concat) reads source 0", 0, 0, &rng);
         check_passes(&backends[b], V_PLAIN, "node 2 (cpy) removed: node 1 (concat) also writes the part", 0, 0, &rng);
         check_passes(&backends[b], V_UNDECLARED, "is not declared GDN_GRAPH_OWN_SLOT_INDEX", 0, 1, &rng);

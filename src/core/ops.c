@@ -328,6 +328,19 @@ static gdn_tensor part_of(const gdn_tensor *v, int outer, int64_t j)
     return part;
 }
 
+int gdn_op_part_within(const gdn_tensor *read, const gdn_tensor *own)
+{
+    if (read->dtype != own->dtype || read->nb[0] != own->nb[0] || own->nb[0] == 0)
+        return 0;
+    for (int i = 1; i < GDN_MAX_DIMS; i++)
+        if (read->ne[i] != own->ne[i] || (read->ne[i] > 1 && read->nb[i] != own->nb[i]))
+            return 0;
+    const char *r = read->data, *o = own->data;
+    if (r < o || (size_t)(r - o) % own->nb[0] != 0)
+        return 0;
+    return (int64_t)((size_t)(r - o) / own->nb[0]) + read->ne[0] <= own->ne[0];
+}
+
 gdn_status gdn_op_check_index(const gdn_op_call *call)
 {
     int s = 0;
@@ -354,16 +367,11 @@ gdn_status gdn_op_check_index(const gdn_op_call *call)
             gdn_tensor read = part_of(pool, outer, slot), own = part_of(dst, outer, j);
             if (!gdn_tensor_ranges_overlap(&read, dst))
                 continue;
-            if (read.data == own.data) { /* exactly its own part: same counts and strides? */
-                int same = 1;
-                for (int i = 0; i < GDN_MAX_DIMS; i++)
-                    same &= read.ne[i] == own.ne[i] && (read.nb[i] == own.nb[i] || read.ne[i] == 1);
-                if (same)
-                    continue;
-            }
-            return gdn_fail(GDN_ERROR_OVERLAP, "%s: index[%lld]=%d: the pool slot read meets destination %d but is "
-                            "not exactly its own part of it (a position may read only a slot no position writes, "
-                            "or its own)", op, (long long)j, (int)slot, d);
+            if (gdn_op_part_within(&read, &own))
+                continue;
+            return gdn_fail(GDN_ERROR_OVERLAP, "%s: index[%lld]=%d: the pool slot read meets destination %d but does "
+                            "not lie in its own part of it (a position may read only bytes no position writes, or "
+                            "a run of its own part along dim 0)", op, (long long)j, (int)slot, d);
         }
     }
     return GDN_OK;

@@ -55,7 +55,8 @@ typedef struct gdn_concat_params {
  * position j of that dimension. With a tee (copy elision): dst[1] receives the box of dst[0]
  * starting at tee_offset (nonzero only along `dim`). The tee may overlap the pool when it is
  * concatenated along dim 0: each sequence must then read either pool bytes no sequence writes or
- * exactly its own part of the tee (checked at run time); the kernels move one row of dim 0 at a
+ * a run of its own part of the tee along dim 0 (checked at run time: gdn_op_check_index); the
+ * kernels move one row of dim 0 at a
  * time, in order, so an element is read before the tee writes over it. */
 
 /* MUL_MAT: src[0] w [N, K] (ne = {K, N}, F32 or BF16), src[1] x [..., M, K] (ne = {K, M, d2, d3},
@@ -124,11 +125,18 @@ static inline int gdn_op_index_dim(const gdn_op_call *call)
     return call->dst[0].n_dims > 0 ? call->dst[0].n_dims - 1 : 0;
 }
 
+/* 1 if view `read` is a run of view `own` along dim 0: same dtype and strides, the same counts
+ * in dims 1.., starting at or after own's first element of dim 0 and ending within it. A kernel
+ * that moves dim-0 rows in order and writes element i of `own` after reading element i + d of
+ * `read`-relative data (d >= 0) never overwrites an element before it reads it. */
+int gdn_op_part_within(const gdn_tensor *read, const gdn_tensor *own);
+
 /* The run-time half of an indexed call's check, where the index is readable on the host (the CPU
  * backend and the reference; the CUDA kernels apply the same rule on the device): every index
  * names a slot of the pool, and where a destination may overlap the pool (indexed_alias), each
- * position j reads either pool bytes that meet no part of that destination, or exactly part j of
- * it (same address, counts and strides). On failure nothing has been written. */
+ * position j reads either pool bytes that meet no part of that destination, or a run of part j
+ * of it (gdn_op_part_within: its own part, or the window at an offset in it that a cache with
+ * rollback reads). On failure nothing has been written. */
 gdn_status gdn_op_check_index(const gdn_op_call *call);
 
 /* Traits of an op kind; NULL for an unknown kind. Static storage. */

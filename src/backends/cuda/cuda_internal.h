@@ -78,8 +78,10 @@ struct gdn_cuda_op_args {
     gdn_cuda_view tee;    /* data NULL: no tee */
     int64_t tee_offset[GDN_MAX_DIMS];
     int tee_alias;        /* 0: the tee cannot meet the pool; 1: a slot read that meets the tee must
-                             be the position's own part (same geometry); 2: no slot read may meet it */
+                             be a run of the position's own part along dim 0 (gdn_op_part_within);
+                             2: no slot read may meet it */
     int64_t part_bytes;   /* span of one slot of the pool */
+    int64_t own_bytes;    /* span of one position's part of the tee */
     int64_t tee_bytes;    /* span of the tee */
 };
 

@@ -59,14 +59,14 @@ gdn_status gdn_cuda_run_op(gdn_backend *backend, const gdn_op_call *call)
             memcpy(args.tee_offset, call->tee_offset, sizeof args.tee_offset);
         }
         if (args.indexed && call->n_dst == 2 && gdn_tensor_ranges_overlap(&call->src[0], &call->dst[1])) {
-            /* The host half of gdn_op_check_index's rule: can a slot be exactly a part of the tee? */
+            /* The host half of gdn_op_check_index's rule: can a slot read be a run of a part of the
+             * tee (gdn_op_part_within, addresses aside)? The kernel checks where each one lies. */
             gdn_tensor part = call->src[0], own = call->dst[1];
             part.ne[args.outer] = own.ne[args.outer] = 1;
-            int same = 1;
-            for (int i = 0; i < GDN_MAX_DIMS; i++)
-                same &= part.ne[i] == own.ne[i] && (part.nb[i] == own.nb[i] || part.ne[i] == 1);
-            args.tee_alias = same ? 1 : 2;
+            own.data = part.data;
+            args.tee_alias = gdn_op_part_within(&part, &own) ? 1 : 2;
             args.part_bytes = (int64_t)gdn_tensor_span(&part);
+            args.own_bytes = (int64_t)gdn_tensor_span(&own);
             args.tee_bytes = (int64_t)gdn_tensor_span(&call->dst[1]);
         }
     }

@@ -148,7 +148,9 @@ __global__ void concat_rows_kernel(gdn_cuda_op_args a)
             } else if (a.tee_alias != 0) {
                 const uintptr_t lo = (uintptr_t)(src0.data + (int64_t)slot * src0.nb[a.outer]);
                 const uintptr_t own = (uintptr_t)(tee.data + j * tee.nb[a.outer]);
-                if (lo < tee_hi && tee_lo < lo + (uintptr_t)a.part_bytes && !(a.tee_alias == 1 && lo == own))
+                const bool within = a.tee_alias == 1 && lo >= own && lo + (uintptr_t)a.part_bytes <= own + a.own_bytes &&
+                                    (lo - own) % (uintptr_t)tee.nb[0] == 0;
+                if (lo < tee_hi && tee_lo < lo + (uintptr_t)a.part_bytes && !within)
                     kind = 1;
             }
             if (kind >= 0)
@@ -319,8 +321,9 @@ gdn_status gdn_cuda_concat(const gdn_cuda_context *context, gdn_cuda_op_args arg
     if (check[2] == 0)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "concat: index[%lld]=%lld is outside 0..%lld (slots of a)",
                         (long long)check[0], (long long)check[1], (long long)(args.src[0].ne[args.outer] - 1));
-    return gdn_fail(GDN_ERROR_OVERLAP, "concat: index[%lld]=%lld: the pool slot read meets destination 1 but is not "
-                    "exactly its own part of it (a position may read only a slot no position writes, or its own)",
+    return gdn_fail(GDN_ERROR_OVERLAP, "concat: index[%lld]=%lld: the pool slot read meets destination 1 but does "
+                    "not lie in its own part of it (a position may read only bytes no position writes, or a run of "
+                    "its own part along dim 0)",
                     (long long)check[0], (long long)check[1]);
 }
 
