@@ -67,7 +67,25 @@ for key, value in [("K", "zero"), ("K", "0"), ("broadcast", "diagonal"), ("l2nor
 open(f"{work}/garbage.safetensors", "wb").write(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
 open(f"{work}/truncated.safetensors", "wb").write(raw[: len(raw) // 2])
 PY
-[ $? -eq 0 ] || { fail "could not derive the bad input files"; echo "test_cli: $passed passed, $failed failed"; exit 1; }
+[ $? -eq 0 ] || { fail "could not derive the bad input files"; # gdn check spec: speculative decoding with rollback against sequential decoding, bit for bit,
+# on the CPU (every acceptance pattern) and on CUDA where present.
+for accept in random all none 2; do
+  if "$gdn" check spec --backend cpu --steps 150 --accept "$accept" --json >"$work/spec.json" 2>"$work/err" &&
+    grep -q '"identical":true' "$work/spec.json" && grep -q '"max_abs_diff":0,' "$work/spec.json"; then ok
+  else fail "gdn check spec --accept $accept: $(cat "$work/spec.json" "$work/err")"; fi
+done
+if "$gdn" check spec --backend cuda --steps 500 --json >"$work/spec.json" 2>"$work/err"; then
+  grep -q '"identical":true' "$work/spec.json" && ok || fail "gdn check spec on cuda: $(cat "$work/spec.json")"
+elif grep -q "cannot open the cuda backend" "$work/err"; then
+  ok; echo "check spec on cuda: skipped"
+else
+  fail "gdn check spec --backend cuda: $(cat "$work/spec.json" "$work/err")"
+fi
+"$gdn" check spec --backend cpu --tokens 3 --accept 4 >/dev/null 2>&1 && fail "--accept above --tokens accepted" || ok
+"$gdn" check spec --backend cpu --scheme sideways >/dev/null 2>&1 && fail "bad check --scheme accepted" || ok
+"$gdn" check spec --help 2>&1 | grep -q -- '--accept' && ok || fail "gdn check spec --help"
+
+echo "test_cli: $passed passed, $failed failed"; exit 1; }
 for bad in "$work"/missing_q "$work"/q_i32 "$work"/q_swapped "$work"/g_2dims "$work"/meta_* \
            "$work"/garbage "$work"/truncated "$work"/does_not_exist; do
   bad=${bad%.safetensors}
@@ -119,6 +137,24 @@ done
 "$gdn" bench --stack --backend cpu --passes sideways >/dev/null 2>&1 && fail "bad --passes accepted" || ok
 "$gdn" bench --stack --backend cpu --scheme sideways >/dev/null 2>&1 && fail "bad --scheme accepted" || ok
 "$gdn" bench --stack --help >"$work/help" 2>&1 && grep -q -- '--passes' "$work/help" && ok || fail "gdn bench --stack --help"
+
+# gdn check spec: speculative decoding with rollback against sequential decoding, bit for bit,
+# on the CPU (every acceptance pattern) and on CUDA where present.
+for accept in random all none 2; do
+  if "$gdn" check spec --backend cpu --steps 150 --accept "$accept" --json >"$work/spec.json" 2>"$work/err" &&
+    grep -q '"identical":true' "$work/spec.json" && grep -q '"max_abs_diff":0,' "$work/spec.json"; then ok
+  else fail "gdn check spec --accept $accept: $(cat "$work/spec.json" "$work/err")"; fi
+done
+if "$gdn" check spec --backend cuda --steps 500 --json >"$work/spec.json" 2>"$work/err"; then
+  grep -q '"identical":true' "$work/spec.json" && ok || fail "gdn check spec on cuda: $(cat "$work/spec.json")"
+elif grep -q "cannot open the cuda backend" "$work/err"; then
+  ok; echo "check spec on cuda: skipped"
+else
+  fail "gdn check spec --backend cuda: $(cat "$work/spec.json" "$work/err")"
+fi
+"$gdn" check spec --backend cpu --tokens 3 --accept 4 >/dev/null 2>&1 && fail "--accept above --tokens accepted" || ok
+"$gdn" check spec --backend cpu --scheme sideways >/dev/null 2>&1 && fail "bad check --scheme accepted" || ok
+"$gdn" check spec --help 2>&1 | grep -q -- '--accept' && ok || fail "gdn check spec --help"
 
 echo "test_cli: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -15,6 +15,8 @@ static const char usage[] =
     "                           (see gdn bench --help)\n"
     "  gdn op gated_delta_net --in IN.safetensors --out OUT.safetensors [--backend cpu|cuda]\n"
     "                           run the op on tensors from a file (see gdn op --help)\n"
+    "  gdn check spec [options] check that speculative decoding with rollback is bit-identical\n"
+    "                           to decoding the accepted tokens one at a time (see --help)\n"
     "  gdn --help               this text\n";
 
 int gdn_tool_parse_backend(const char *text, gdn_backend_kind *kind)
@@ -104,6 +106,8 @@ int main(int argc, char **argv)
         return gdn_cmd_bench(argc - 1, argv + 1);
     if (strcmp(argv[1], "op") == 0)
         return gdn_cmd_op(argc - 1, argv + 1);
+    if (strcmp(argv[1], "check") == 0)
+        return gdn_cmd_check(argc - 1, argv + 1);
     fprintf(stderr, "gdn: unknown command '%s'\n\n%s", argv[1], usage);
     return 2;
 }

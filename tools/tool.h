@@ -8,6 +8,7 @@
 int gdn_cmd_op(int argc, char **argv);
 int gdn_cmd_bench(int argc, char **argv);
 int gdn_cmd_bench_stack(int argc, char **argv); /* gdn bench --stack (cmd_bench_stack.c) */
+int gdn_cmd_check(int argc, char **argv);       /* gdn check spec (cmd_check_spec.c) */
 
 /* "cpu" or "cuda" to a kind; returns 0 and prints an error for anything else. */
 int gdn_tool_parse_backend(const char *text, gdn_backend_kind *kind);

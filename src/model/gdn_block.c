@@ -81,6 +81,8 @@ gdn_status gdn_block_config_check(const gdn_block_config *c)
                         (double)c->rms_eps);
     if (c->broadcast != GDN_BROADCAST_TILED && c->broadcast != GDN_BROADCAST_INTERLEAVED)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gdn block: unknown broadcast rule %d", (int)c->broadcast);
+    if (c->rollback != 0 && c->rollback != 1)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gdn block: rollback=%d, expected 0 or 1", (int)c->rollback);
     if (c->weight_dtype != GDN_DTYPE_F32 && c->weight_dtype != GDN_DTYPE_BF16)
         return gdn_fail(GDN_ERROR_TYPE, "gdn block: weights are %s, expected F32 or BF16",
                         gdn_dtype_name(c->weight_dtype));
@@ -91,7 +93,7 @@ static int same_config(const gdn_block_config *a, const gdn_block_config *b)
 {
     return a->hidden == b->hidden && a->n_k_heads == b->n_k_heads && a->n_v_heads == b->n_v_heads &&
            a->head_dim == b->head_dim && a->conv_kernel == b->conv_kernel && a->n_snapshots == b->n_snapshots &&
-           a->weight_dtype == b->weight_dtype;
+           a->weight_dtype == b->weight_dtype && a->rollback == b->rollback;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -244,7 +246,7 @@ gdn_status gdn_block_cache_init(gdn_block_cache *cache, gdn_backend *backend, co
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gdn block cache: n_slots=%lld, expected >= 1", (long long)n_slots);
     const gdn_block_config c = *config;
     const int64_t ne_states[5] = {c.head_dim, c.head_dim, c.n_v_heads, c.n_snapshots, n_slots};
-    const int64_t ne_conv[3] = {gdn_block_conv_dim(&c), c.conv_kernel - 1, n_slots};
+    const int64_t ne_conv[3] = {gdn_block_conv_dim(&c), c.conv_kernel - 1 + (c.rollback ? c.n_snapshots : 0), n_slots};
     cache->config = c;
     cache->backend = backend;
     cache->n_slots = n_slots;
@@ -355,9 +357,9 @@ static void binary(builder *b, gdn_op_kind kind, gdn_tensor_id a, gdn_tensor_id 
     op(b, kind, NULL, 2, src, dst);
 }
 
-gdn_status gdn_block_build(gdn_graph *graph, const gdn_block_config *config, const gdn_block_weights *weights,
-                           const gdn_block_cache *cache, gdn_tensor_id x, int64_t n_seqs, int64_t n_tokens,
-                           gdn_tensor_id slot_index, int64_t first_slot, gdn_tensor_id *out)
+static gdn_status build(gdn_graph *graph, const gdn_block_config *config, const gdn_block_weights *weights,
+                        const gdn_block_cache *cache, gdn_tensor_id x, int64_t n_seqs, int64_t n_tokens,
+                        gdn_tensor_id state_index, gdn_tensor_id conv_index, int64_t first_slot, gdn_tensor_id *out)
 {
     gdn_clear_error();
     if (graph == NULL || weights == NULL || cache == NULL || out == NULL)
@@ -380,9 +382,14 @@ gdn_status gdn_block_build(gdn_graph *graph, const gdn_block_config *config, con
     const int64_t B = n_seqs, T = n_tokens, Hk = c.n_k_heads, Hv = c.n_v_heads, D = c.head_dim;
     const int64_t Kc = c.conv_kernel, C = gdn_block_conv_dim(&c), QKVZ = gdn_block_qkvz_dim(&c);
     const int64_t N = T < c.n_snapshots ? T : c.n_snapshots; /* snapshots the op writes */
+    const int rollback = c.rollback;
+    if (rollback && T > c.n_snapshots)
+        return gdn_fail(GDN_ERROR_SHAPE, "gdn block build: T=%lld tokens, but a rollback cache keeps %d per step",
+                        (long long)T, (int)c.n_snapshots);
     const size_t f = sizeof(float);
     const size_t group_bytes = (size_t)(Hv * D * D) * f, slot_bytes = (size_t)c.n_snapshots * group_bytes;
-    const size_t window_bytes = (size_t)((Kc - 1) * C) * f;
+    const int64_t cols = cache->conv.ne[1]; /* window columns per slot: Kc-1, or Kc-1+K to roll back */
+    const size_t window_bytes = (size_t)((Kc - 1) * C) * f, col_bytes = (size_t)C * f, conv_slot = (size_t)cols * col_bytes;
     builder b = {graph, GDN_OK};
     gdn_op_params p;
 
@@ -404,13 +411,14 @@ gdn_status gdn_block_build(gdn_graph *graph, const gdn_block_config *config, con
     binary(&b, GDN_OP_MUL_MAT, w_qkvz, x, qkvz);
     binary(&b, GDN_OP_MUL_MAT, w_ba, x, ba);
 
-    /* 2: the conv windows of the sequences' slots, one gathered row of (Kc-1)*C each. */
+    /* 2: the conv windows of the sequences, one gathered row of (Kc-1)*C each: a slot's window,
+     * or (rollback) the Kc-1 columns from any column on (rows one column apart, overlapping). */
     const size_t qkvz_row = (size_t)QKVZ * f;
-    const int64_t ne_rows[2] = {(Kc - 1) * C, cache->n_slots};
-    const size_t nb_rows[2] = {f, window_bytes};
+    const int64_t ne_rows[2] = {(Kc - 1) * C, rollback ? cache->n_slots * cols - (Kc - 2) : cache->n_slots};
+    const size_t nb_rows[2] = {f, rollback ? col_bytes : conv_slot};
     const gdn_tensor_id rows = view(&b, conv_pool, 0, 2, ne_rows, nb_rows);
     const gdn_tensor_id window = inter(&b, "conv_window", 2, (Kc - 1) * C, B, 1, 1, 1);
-    const gdn_tensor_id src[2] = {rows, slot_index};
+    const gdn_tensor_id src[2] = {rows, conv_index};
     op(&b, GDN_OP_GET_ROWS, NULL, 2, src, window);
 
     /* 3: conv input [B][C][Kc-1+T], time innermost as ssm_conv reads it (ggml's ssm_conv
@@ -425,11 +433,13 @@ gdn_status gdn_block_build(gdn_graph *graph, const gdn_block_config *config, con
     const gdn_tensor_id cat[2] = {past, fresh};
     op(&b, GDN_OP_CONCAT, &p, 2, cat, conv_in);
 
-    /* 4: the window update: the last Kc-1 columns of conv_in into slots [first, first+B). */
+    /* 4: the window update: the last Kc-1 columns of conv_in into slots [first, first+B); with
+     * rollback all Kc-1+T columns (the window after any accepted prefix is a run of them). */
     const size_t in_row = (size_t)(Kc - 1 + T) * f;
-    const size_t nb_tail[3] = {f, in_row, (size_t)C * in_row}, nb_slot[3] = {(size_t)C * f, f, window_bytes};
-    const gdn_tensor_id tail = view(&b, conv_in, (size_t)T * f, 3, ne_w, nb_tail);
-    const gdn_tensor_id dst = view(&b, conv_pool, (size_t)first_slot * window_bytes, 3, ne_w, nb_slot);
+    const size_t nb_tail[3] = {f, in_row, (size_t)C * in_row}, nb_slot[3] = {col_bytes, f, conv_slot};
+    const int64_t ne_all[3] = {Kc - 1 + T, C, B};
+    const gdn_tensor_id tail = rollback ? conv_in : view(&b, conv_in, (size_t)T * f, 3, ne_w, nb_tail);
+    const gdn_tensor_id dst = view(&b, conv_pool, (size_t)first_slot * conv_slot, 3, rollback ? ne_all : ne_w, nb_slot);
     unary(&b, GDN_OP_CPY, NULL, tail, dst);
 
     /* 5, 6: the causal conv and its activation. */
@@ -472,12 +482,13 @@ gdn_status gdn_block_build(gdn_graph *graph, const gdn_block_config *config, con
     unary(&b, GDN_OP_L2_NORM, &p, q_in, q);
     unary(&b, GDN_OP_L2_NORM, &p, k_in, k);
 
-    /* 15: the gather: group 0 of each sequence's slot (rows of the pool at the slot stride). */
-    const int64_t ne_srows[2] = {Hv * D * D, cache->n_slots};
-    const size_t nb_srows[2] = {f, slot_bytes};
+    /* 15: the gather: group 0 of each sequence's slot (rows of the pool at the slot stride), or
+     * (rollback) any group (rows at the group stride). */
+    const int64_t ne_srows[2] = {Hv * D * D, rollback ? cache->n_slots * c.n_snapshots : cache->n_slots};
+    const size_t nb_srows[2] = {f, rollback ? group_bytes : slot_bytes};
     const gdn_tensor_id srows = view(&b, ssm_pool, 0, 2, ne_srows, nb_srows);
     const gdn_tensor_id s_gathered = inter(&b, "state_gathered", 2, Hv * D * D, B, 1, 1, 1);
-    const gdn_tensor_id s_src[2] = {srows, slot_index};
+    const gdn_tensor_id s_src[2] = {srows, state_index};
     op(&b, GDN_OP_GET_ROWS, NULL, 2, s_src, s_gathered);
     const int64_t ne_state[4] = {D, D, Hv, B};
     const size_t nb_state[4] = {f, (size_t)D * f, (size_t)(D * D) * f, group_bytes};
@@ -521,4 +532,25 @@ gdn_status gdn_block_build(gdn_graph *graph, const gdn_block_config *config, con
         b.status = gdn_graph_mark_output(graph, result);
     *out = result;
     return b.status;
+}
+
+gdn_status gdn_block_build(gdn_graph *graph, const gdn_block_config *config, const gdn_block_weights *weights,
+                           const gdn_block_cache *cache, gdn_tensor_id x, int64_t n_seqs, int64_t n_tokens,
+                           gdn_tensor_id slot_index, int64_t first_slot, gdn_tensor_id *out)
+{
+    if (config != NULL && config->rollback)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gdn block build: a rollback cache needs gdn_block_build_rollback "
+                        "(state and window positions per sequence)");
+    return build(graph, config, weights, cache, x, n_seqs, n_tokens, slot_index, slot_index, first_slot, out);
+}
+
+gdn_status gdn_block_build_rollback(gdn_graph *graph, const gdn_block_config *config, const gdn_block_weights *weights,
+                                    const gdn_block_cache *cache, gdn_tensor_id x, int64_t n_seqs, int64_t n_tokens,
+                                    gdn_tensor_id state_row, gdn_tensor_id conv_row, int64_t first_slot,
+                                    gdn_tensor_id *out)
+{
+    if (config != NULL && !config->rollback)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gdn block build: gdn_block_build_rollback needs a config with "
+                        "rollback = 1");
+    return build(graph, config, weights, cache, x, n_seqs, n_tokens, state_row, conv_row, first_slot, out);
 }

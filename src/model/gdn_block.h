@@ -28,6 +28,10 @@ typedef struct gdn_block_config {
     int32_t n_snapshots;     /* K: state groups per cache slot (draft length + 1) */
     gdn_broadcast broadcast; /* tiled for ggml/GGUF weights */
     gdn_dtype weight_dtype;  /* F32 or BF16: the three projections; conv, norm, gates stay F32 */
+    int32_t rollback;        /* 0: llama.cpp's cache (Kconv-1 window columns per slot, the state
+                                read from group 0); 1: a cache that can roll back to any token
+                                of a step: Kconv-1+K window columns per slot, and the state and
+                                window read at per-sequence positions (gdn_block_build_rollback) */
 } gdn_block_config;
 
 /* hidden 2048, Hk 16, Hv 32, D 128, Kconv 4, eps 1e-6, K 4, tiled, BF16: Qwen3.6-35B-A3B. */
@@ -77,6 +81,9 @@ void gdn_block_weights_free(gdn_block_weights *weights); /* zeroes the struct; N
  * columns of the conv input [B][conv_dim][Kconv-1+T] (time innermost, as ssm_conv reads it)
  * land transposed in the pool view {Kconv-1 at stride conv_dim*4, conv_dim at stride 4, B at
  * the slot stride}. Views borrow the two allocations, owned until gdn_block_cache_free. */
+/* With config.rollback the conv pool holds Kconv-1+K columns per slot (ne {conv_dim,
+ * Kconv-1+K, S}): a step writes its whole conv input there (window then the T new columns), and
+ * after a accepted tokens the window is columns a .. a+Kconv-2: rollback moves an offset. */
 typedef struct gdn_block_cache {
     gdn_block_config config;
     gdn_backend *backend;
@@ -114,6 +121,21 @@ gdn_status gdn_block_cache_copy(gdn_block_cache *dst, const gdn_block_cache *src
 gdn_status gdn_block_build(gdn_graph *graph, const gdn_block_config *config, const gdn_block_weights *weights,
                            const gdn_block_cache *cache, gdn_tensor_id x, int64_t n_seqs, int64_t n_tokens,
                            gdn_tensor_id slot_index, int64_t first_slot, gdn_tensor_id *out);
+
+/* The same step over a rollback cache (config.rollback = 1, T <= K), for speculative decoding:
+ *   state_row   [B] I32: sequence b reads its state from group row state_row[b] of the state
+ *               pool seen as S*K rows of one state (row = slot * K + group);
+ *   conv_row    [B] I32: and its window from column conv_row[b] on of the conv pool seen as
+ *               columns (column = slot * (Kconv-1+K) + offset);
+ * sequence b writes slot first_slot + b: snapshot s (the state after token T-1-s) into group s,
+ * and its whole conv input into columns 0 .. Kconv-2+T. So after a step whose first a tokens are
+ * accepted, the next one reads group T-a and column offset a: no data moves. The nodes are
+ * llama.cpp's (gathers, GDN, copies); with both passes and the indices declared
+ * GDN_GRAPH_OWN_SLOT_INDEX, none of the gathers and copies stays. */
+gdn_status gdn_block_build_rollback(gdn_graph *graph, const gdn_block_config *config, const gdn_block_weights *weights,
+                                    const gdn_block_cache *cache, gdn_tensor_id x, int64_t n_seqs, int64_t n_tokens,
+                                    gdn_tensor_id state_row, gdn_tensor_id conv_row, int64_t first_slot,
+                                    gdn_tensor_id *out);
 
 #ifdef __cplusplus
 }

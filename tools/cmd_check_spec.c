@@ -1,0 +1,340 @@
+/* cmd_check_spec.c: `gdn check spec`: the exactness contract of DESIGN.md section 2 for
+ * speculative decoding, tested end to end. A stack of GDN layers (an input rms_norm and the GDN
+ * block, synthetic seeded weights) runs two ways on one backend from the same seeded caches:
+ *   spec:       every step verifies T tokens per sequence in one call over a rollback cache
+ *               (K = T state groups and Kconv-1+T window columns per slot), then accepts the
+ *               first a of them (the acceptance pattern): the next step reads group T-a and
+ *               window offset a, and no data moves;
+ *   sequential: the accepted tokens decoded one at a time (T = 1 steps, one sequence per call).
+ * Every accepted token's output and, after every step, every layer's committed state and window
+ * must be bit-identical between the two. The first token of a step is the one the previous step
+ * sampled, so a >= 1 ("none" accepts no draft token: a = 1). */
+#include "tool.h"
+#include "model/gdn_block.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char usage[] =
+    "usage: gdn check spec [options]\n"
+    "\n"
+    "Checks that speculative decoding with rollback (verify T tokens, accept a prefix, roll the\n"
+    "cache back by choosing a state group and a window offset) gives bit for bit the outputs and\n"
+    "cache contents of decoding the accepted tokens one at a time, on one backend, over many\n"
+    "steps. Exits 1 on any difference. A small model by default (hidden 128, Hk 2, Hv 4, D 32,\n"
+    "Kconv 4, BF16 projection weights; both graph passes on).\n"
+    "\n"
+    "options:\n"
+    "  --backend cpu|cuda   backend (default: cuda when a GPU is present, else cpu)\n"
+    "  --scheme snapshot    cache scheme (snapshot: K state groups per slot, the only one so far)\n"
+    "  --steps N            verify steps (default 200)\n"
+    "  --accept MODE        all | none | random | N: tokens kept per step, of T (default random)\n"
+    "  --tokens T           tokens verified per step (default 4)\n"
+    "  --batch B            sequences (default 3)\n"
+    "  --layers N           GDN layers (default 4)\n"
+    "  --passes on|off      graph passes on both runs (default on)\n"
+    "  --seed N             weights, caches, tokens and acceptance (default 1)\n"
+    "  --json               one JSON object: backend, scheme, steps, tokens_committed, identical,\n"
+    "                       max_abs_diff, first_difference\n";
+
+typedef struct spec_options {
+    const char *backend_name;
+    long steps, tokens, batch, layers, seed, fixed;
+    int accept; /* 0 all, 1 none, 2 random, 3 fixed */
+    int passes, json;
+} spec_options;
+
+/* One run (spec or sequential): a cache and the graphs of its layers. */
+typedef struct spec_run {
+    int64_t B, T;
+    gdn_block_cache *caches; /* [layers] */
+    gdn_graph **graphs;      /* [layers * n_graphs] */
+    gdn_tensor_id *outs;
+    void *x, *rows;          /* backend: x [B,T,hidden] F32; rows [2][B] I32 (state rows, conv rows) */
+} spec_run;
+
+static uint64_t mix(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* Layer graphs for B sequences of T tokens writing slots first..first+B-1; graph set g. */
+static int build_graphs(gdn_backend *backend, const gdn_block_config *c, const gdn_block_weights *w, spec_run *r,
+                        int layers, int64_t B, int64_t T, int64_t first, int g, int passes)
+{
+    const int64_t ne_x[3] = {c->hidden, T, B}, ne_i[1] = {B};
+    gdn_tensor xv = gdn_tensor_contiguous(r->x, GDN_DTYPE_F32, 3, ne_x);
+    const gdn_tensor sv = gdn_tensor_contiguous(r->rows, GDN_DTYPE_I32, 1, ne_i);
+    gdn_tensor cv = sv;
+    cv.data = (char *)r->rows + (size_t)B * sizeof(int32_t);
+    for (int l = 0; l < layers; l++) {
+        gdn_graph **graph = &r->graphs[g * layers + l];
+        gdn_tensor_id x = -1, normed = -1, srow = -1, crow = -1, *out = &r->outs[g * layers + l];
+        gdn_op_params p;
+        memset(&p, 0, sizeof p);
+        p.norm.eps = c->rms_eps;
+        gdn_status st = gdn_graph_init(graph);
+        /* Sequence b reads rows of its own slot only: the own-slot promise the passes need. */
+        const uint32_t own = GDN_GRAPH_INPUT | GDN_GRAPH_OWN_SLOT_INDEX;
+        if (st == GDN_OK)
+            st = gdn_graph_leaf(*graph, "x", &xv, GDN_GRAPH_INPUT, &x);
+        if (st == GDN_OK)
+            st = gdn_graph_leaf(*graph, "state_row", &sv, own, &srow);
+        if (st == GDN_OK)
+            st = gdn_graph_leaf(*graph, "conv_row", &cv, own, &crow);
+        if (st == GDN_OK)
+            st = gdn_graph_intermediate(*graph, "x_normed", GDN_DTYPE_F32, 3, ne_x, &normed);
+        if (st == GDN_OK)
+            st = gdn_graph_op(*graph, GDN_OP_RMS_NORM, &p, 1, &x, 1, &normed);
+        if (st == GDN_OK)
+            st = gdn_block_build_rollback(*graph, c, &w[l], &r->caches[l], normed, B, T, srow, crow, first, out);
+        if (st == GDN_OK && passes)
+            st = gdn_graph_pass_copy_elision(*graph, NULL, NULL);
+        if (st == GDN_OK && passes)
+            st = gdn_graph_pass_gather_elision(*graph, NULL, NULL);
+        if (st == GDN_OK)
+            st = gdn_graph_compute(*graph, backend); /* plan now; the caches are reset afterwards */
+        if (st == GDN_OK)
+            st = gdn_graph_tensor_view(*graph, *out, &xv);
+        if (st != GDN_OK) {
+            fprintf(stderr, "gdn check spec: layer %d graph (B %lld, T %lld): %s\n", l, (long long)B, (long long)T,
+                    gdn_error_detail());
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Run graph set g: upload x and the rows, compute every layer, download the last output. */
+static int run_graphs(gdn_backend *backend, spec_run *r, int layers, int g, const float *x, size_t x_bytes,
+                      const int32_t *rows, size_t rows_bytes, float *out)
+{
+    gdn_tensor ov;
+    gdn_status st = gdn_backend_upload(backend, r->x, x, x_bytes);
+    if (st == GDN_OK)
+        st = gdn_backend_upload(backend, r->rows, rows, rows_bytes);
+    for (int l = 0; st == GDN_OK && l < layers; l++)
+        st = gdn_graph_compute(r->graphs[g * layers + l], backend);
+    if (st == GDN_OK)
+        st = gdn_graph_tensor_view(r->graphs[g * layers + layers - 1], r->outs[g * layers + layers - 1], &ov);
+    if (st == GDN_OK)
+        st = gdn_backend_download(backend, out, ov.data, x_bytes);
+    if (st == GDN_OK)
+        st = gdn_backend_synchronize(backend);
+    if (st != GDN_OK)
+        fprintf(stderr, "gdn check spec: step: %s\n", gdn_error_detail());
+    return st == GDN_OK;
+}
+
+static int parse(int argc, char **argv, spec_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->steps = 200, o->tokens = 4, o->batch = 3, o->layers = 4, o->seed = 1, o->accept = 2, o->passes = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *opt = argv[i];
+        if (strcmp(opt, "--help") == 0 || strcmp(opt, "-h") == 0) {
+            fputs(usage, stdout);
+            exit(0);
+        }
+        if (strcmp(opt, "--json") == 0) {
+            o->json = 1;
+            continue;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "gdn check spec: unknown option or missing value: '%s'\n%s", opt, usage);
+            return 0;
+        }
+        const char *val = argv[++i];
+        gdn_backend_kind kind;
+        if (strcmp(opt, "--backend") == 0 && gdn_tool_parse_backend(val, &kind)) {
+            o->backend_name = val;
+        } else if (strcmp(opt, "--scheme") == 0 && strcmp(val, "snapshot") == 0) {
+        } else if (strcmp(opt, "--steps") == 0 && gdn_tool_parse_int(val, 1, 100000000, &o->steps)) {
+        } else if (strcmp(opt, "--tokens") == 0 && gdn_tool_parse_int(val, 1, 16, &o->tokens)) {
+        } else if (strcmp(opt, "--batch") == 0 && gdn_tool_parse_int(val, 1, 64, &o->batch)) {
+        } else if (strcmp(opt, "--layers") == 0 && gdn_tool_parse_int(val, 1, 64, &o->layers)) {
+        } else if (strcmp(opt, "--seed") == 0 && gdn_tool_parse_int(val, 0, 2147483647, &o->seed)) {
+        } else if (strcmp(opt, "--passes") == 0 && (strcmp(val, "on") == 0 || strcmp(val, "off") == 0)) {
+            o->passes = strcmp(val, "on") == 0;
+        } else if (strcmp(opt, "--accept") == 0) {
+            if (strcmp(val, "all") == 0)
+                o->accept = 0;
+            else if (strcmp(val, "none") == 0)
+                o->accept = 1;
+            else if (strcmp(val, "random") == 0)
+                o->accept = 2;
+            else if (gdn_tool_parse_int(val, 1, 16, &o->fixed))
+                o->accept = 3;
+            else {
+                fprintf(stderr, "gdn check spec: --accept %s: expected all, none, random or a count >= 1\n", val);
+                return 0;
+            }
+        } else {
+            fprintf(stderr, "gdn check spec: bad option or value: %s %s\n%s", opt, val, usage);
+            return 0;
+        }
+    }
+    if (o->accept == 3 && o->fixed > o->tokens) {
+        fprintf(stderr, "gdn check spec: --accept %ld keeps more tokens than the %ld verified per step\n", o->fixed,
+                o->tokens);
+        return 0;
+    }
+    return 1;
+}
+
+/* Bytes of layer l's state group `group` of slot s, and of its window columns from `col`. */
+static int fetch(gdn_backend *backend, const gdn_block_cache *cache, int64_t slot, int64_t group, int64_t col,
+                 unsigned char *state, size_t state_bytes, unsigned char *window, size_t window_bytes)
+{
+    const gdn_tensor *st = &cache->states, *cv = &cache->conv;
+    const char *s = (const char *)st->data + (size_t)slot * st->nb[4] + (size_t)group * st->nb[3];
+    const char *w = (const char *)cv->data + (size_t)slot * cv->nb[2] + (size_t)col * cv->nb[1];
+    return gdn_backend_download(backend, state, s, state_bytes) == GDN_OK &&
+           gdn_backend_download(backend, window, w, window_bytes) == GDN_OK;
+}
+
+int gdn_cmd_check(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "spec") != 0) {
+        fprintf(stderr, "usage: gdn check spec [options] (see gdn check spec --help)\n");
+        return 2;
+    }
+    spec_options o;
+    if (!parse(argc - 1, argv + 1, &o))
+        return 2;
+    gdn_backend *backend = gdn_tool_open_backend(o.backend_name);
+    if (backend == NULL)
+        return 2;
+    gdn_block_config c = gdn_block_config_default();
+    c.hidden = 128, c.n_k_heads = 2, c.n_v_heads = 4, c.head_dim = 32;
+    c.n_snapshots = (int32_t)o.tokens, c.rollback = 1;
+    const int layers = (int)o.layers;
+    const int64_t B = o.batch, T = o.tokens, H = c.hidden, Kc = c.conv_kernel, C = gdn_block_conv_dim(&c);
+    const int64_t cols = Kc - 1 + T;
+    const size_t state_bytes = (size_t)(c.n_v_heads * c.head_dim * c.head_dim) * 4, window_bytes = (size_t)((Kc - 1) * C) * 4;
+
+    gdn_block_weights *w = calloc((size_t)layers, sizeof *w);
+    spec_run run[2]; /* 0 spec, 1 sequential */
+    memset(run, 0, sizeof run);
+    float *x = malloc((size_t)(B * T * H) * 4), *out = malloc((size_t)(B * T * H) * 4), *x1 = malloc((size_t)H * 4);
+    float *out1 = malloc((size_t)H * 4);
+    unsigned char *sa = malloc(state_bytes), *sb = malloc(state_bytes), *wa = malloc(window_bytes), *wb = malloc(window_bytes);
+    int64_t *group = calloc((size_t)B, sizeof *group), *offset = calloc((size_t)B, sizeof *offset);
+    int32_t *rows = malloc((size_t)(2 * B) * sizeof *rows);
+    int ok = w && x && out && x1 && out1 && sa && sb && wa && wb && group && offset && rows;
+    for (int l = 0; ok && l < layers; l++)
+        ok = gdn_block_weights_init(&w[l], backend, &c, (uint64_t)o.seed * 1000 + (uint64_t)l) == GDN_OK;
+    for (int k = 0; ok && k < 2; k++) {
+        spec_run *r = &run[k];
+        const int n_graphs = k == 0 ? 1 : (int)B; /* sequential: one graph set per sequence (its slot) */
+        r->B = k == 0 ? B : 1, r->T = k == 0 ? T : 1;
+        r->caches = calloc((size_t)layers, sizeof *r->caches);
+        r->graphs = calloc((size_t)(layers * n_graphs), sizeof *r->graphs);
+        r->outs = calloc((size_t)(layers * n_graphs), sizeof *r->outs);
+        ok = r->caches && r->graphs && r->outs &&
+             gdn_backend_alloc(backend, (size_t)(r->B * r->T * H) * 4, &r->x) == GDN_OK &&
+             gdn_backend_alloc(backend, (size_t)(2 * r->B) * 4, &r->rows) == GDN_OK;
+        for (int l = 0; ok && l < layers; l++)
+            ok = gdn_block_cache_init(&r->caches[l], backend, &c, B) == GDN_OK;
+        for (int g = 0; ok && g < n_graphs; g++) { /* planned by one compute: with valid own rows */
+            for (int64_t b = 0; b < r->B; b++) {
+                rows[b] = (int32_t)((k == 0 ? b : g) * T);
+                rows[r->B + b] = (int32_t)((k == 0 ? b : g) * cols);
+            }
+            ok = gdn_backend_upload(backend, r->rows, rows, (size_t)(2 * r->B) * 4) == GDN_OK &&
+                 build_graphs(backend, &c, w, r, layers, r->B, r->T, k == 0 ? 0 : g, g, o.passes);
+        }
+        /* Both runs start from the same seeded caches (the build's planning compute wrote them). */
+        for (int l = 0; ok && l < layers; l++)
+            ok = gdn_block_cache_randomize(&r->caches[l], (uint64_t)o.seed * 7919 + (uint64_t)l) == GDN_OK;
+    }
+    if (!ok)
+        fprintf(stderr, "gdn check spec: setup: %s\n", gdn_error_detail());
+
+    uint64_t rng = (uint64_t)o.seed * 0x51ED27ull + 17;
+    long step = 0, committed = 0;
+    double max_diff = 0.0;
+    char first[200] = "";
+    int64_t *seq_offset = calloc((size_t)B, sizeof *seq_offset); /* sequential run: window offset (0, then 1) */
+    ok = ok && seq_offset != NULL;
+    for (; ok && step < o.steps; step++) {
+        for (int64_t i = 0; i < B * T * H; i++) /* the step's tokens (what the embedding would give) */
+            x[i] = (float)((double)(mix(&rng) >> 11) * 0x1.0p-53 * 2.0 - 1.0);
+        for (int64_t b = 0; b < B; b++) {
+            rows[b] = (int32_t)(b * T + group[b]);
+            rows[B + b] = (int32_t)(b * cols + offset[b]);
+        }
+        ok = run_graphs(backend, &run[0], layers, 0, x, (size_t)(B * T * H) * 4, rows, (size_t)(2 * B) * 4, out);
+        for (int64_t b = 0; ok && b < B; b++) {
+            const int64_t a = o.accept == 0 ? T : o.accept == 1 ? 1 : o.accept == 3 ? o.fixed
+                                                                    : 1 + (int64_t)(mix(&rng) % (uint64_t)T);
+            group[b] = T - a, offset[b] = a; /* accept: the state after token a-1 is snapshot T-a */
+            for (int64_t t = 0; ok && t < a; t++) { /* the sequential run decodes the kept tokens */
+                const int32_t one[2] = {(int32_t)(b * T), (int32_t)(b * cols + seq_offset[b])};
+                memcpy(x1, x + (b * T + t) * H, (size_t)H * 4);
+                ok = run_graphs(backend, &run[1], layers, (int)b, x1, (size_t)H * 4, one, sizeof one, out1);
+                seq_offset[b] = 1;
+                for (int64_t i = 0; ok && i < H; i++) {
+                    const float u = out[(b * T + t) * H + i], v = out1[i];
+                    const double d = fabs((double)u - (double)v);
+                    if (memcmp(&u, &v, sizeof u) != 0 && first[0] == '\0')
+                        snprintf(first, sizeof first, "step %ld, sequence %lld, token %lld: output %lld: %.9g vs %.9g",
+                                 step, (long long)b, (long long)t, (long long)i, (double)u, (double)v);
+                    max_diff = d > max_diff || d != d ? d : max_diff;
+                }
+                committed++;
+            }
+            /* Committed state and window of every layer: spec group T-a and columns a.., against
+             * the sequential run's group 0 and columns 1.. */
+            for (int l = 0; ok && l < layers; l++) {
+                ok = fetch(backend, &run[0].caches[l], b, T - a, a, sa, state_bytes, wa, window_bytes) &&
+                     fetch(backend, &run[1].caches[l], b, 0, 1, sb, state_bytes, wb, window_bytes);
+                if (ok && (memcmp(sa, sb, state_bytes) != 0 || memcmp(wa, wb, window_bytes) != 0) && first[0] == '\0') {
+                    snprintf(first, sizeof first, "step %ld, sequence %lld, layer %d: committed %s differs", step,
+                             (long long)b, l, memcmp(sa, sb, state_bytes) != 0 ? "state" : "conv window");
+                    max_diff = max_diff > 0 ? max_diff : 1e-45; /* bytes differ: never report 0 */
+                }
+            }
+        }
+        if (!o.json && (step + 1) % 500 == 0)
+            fprintf(stderr, "gdn check spec: %ld of %ld steps, %ld tokens committed%s\n", step + 1, o.steps, committed,
+                    first[0] ? ", DIFFERENT" : "");
+    }
+    const int identical = ok && first[0] == '\0';
+    const char *name = gdn_backend_name(backend);
+    if (o.json)
+        printf("{\"backend\":\"%s\",\"scheme\":\"snapshot\",\"steps\":%ld,\"T\":%lld,\"B\":%lld,\"layers\":%d,"
+               "\"accept\":\"%s\",\"tokens_committed\":%ld,\"identical\":%s,\"max_abs_diff\":%.9g,"
+               "\"first_difference\":\"%s\"}\n", name, step, (long long)T, (long long)B, layers,
+               o.accept == 0 ? "all" : o.accept == 1 ? "none" : o.accept == 2 ? "random" : "fixed", committed,
+               identical ? "true" : "false", max_diff, first);
+    else
+        printf("gdn check spec: backend %s, scheme snapshot, %ld steps of T=%lld for %lld sequences, %d layers, %ld "
+               "tokens committed: %s (max |difference| %g)%s%s\n", name, step, (long long)T, (long long)B, layers,
+               committed, identical ? "bit-identical to sequential decoding" : "DIFFERENT", max_diff,
+               first[0] ? "; first: " : "", first);
+
+    for (int k = 0; k < 2; k++) {
+        const int n_graphs = k == 0 ? 1 : (int)B;
+        for (int g = 0; run[k].graphs && g < layers * n_graphs; g++)
+            gdn_graph_free(run[k].graphs[g]);
+        for (int l = 0; run[k].caches && l < layers; l++)
+            gdn_block_cache_free(&run[k].caches[l]);
+        if (run[k].x)
+            gdn_backend_dealloc(backend, run[k].x);
+        if (run[k].rows)
+            gdn_backend_dealloc(backend, run[k].rows);
+        free(run[k].caches), free(run[k].graphs), free(run[k].outs);
+    }
+    for (int l = 0; w && l < layers; l++)
+        gdn_block_weights_free(&w[l]);
+    free(w), free(x), free(out), free(x1), free(out1), free(sa), free(sb), free(wa), free(wb);
+    free(group), free(offset), free(rows), free(seq_offset);
+    gdn_backend_free(backend);
+    return identical ? 0 : 1;
+}
