@@ -308,6 +308,70 @@ gdn_status gdn_safetensors_writer_set_metadata(gdn_safetensors_writer *writer, c
  * failure never leaves a partial file at `path`. */
 gdn_status gdn_safetensors_writer_save(const gdn_safetensors_writer *writer, const char *path);
 
+/* ---------------------------------------------------------------------------------------------
+ * The recurrent-state cache for speculative decoding (DESIGN.md section 5)
+ *
+ * For every GDN layer: an SSM state pool and a conv-window pool with one slot per sequence.
+ * Scheme snapshot (the one built so far): a slot keeps K = max_tokens state groups and
+ * Kconv-1+K window columns. A step verifies T tokens of each of its sequences; the GDN op
+ * writes the state after token T-1-s into group s and the whole conv input into the columns;
+ * accept(seq, a) makes the next step read group T-a and the window at column a. Rollback moves
+ * no data. The first token of a step is the one the previous step sampled: a >= 1.
+ * The caller builds its graphs over the pools (gdn_cache_layer_pools) and reads, for the step
+ * in progress, the per-sequence rows to read them at (gdn_cache_step_rows): device I32
+ * tensors at fixed addresses, so graphs can be built once and reused across steps.
+ * Not thread-safe: one cache, one thread at a time.
+ * ------------------------------------------------------------------------------------------- */
+typedef struct gdn_cache gdn_cache;
+
+typedef enum gdn_cache_scheme {
+    GDN_CACHE_SNAPSHOT = 0, /* K state groups per sequence, ggml-compatible order */
+    GDN_CACHE_REPLAY = 1,   /* one committed state plus a ring of token inputs: not built yet */
+} gdn_cache_scheme;
+
+typedef struct gdn_cache_config {
+    int32_t n_layers;      /* GDN layers, >= 1 */
+    int32_t n_seqs;        /* sequence slots, >= 1 */
+    int32_t max_tokens;    /* tokens per sequence per step (K of the snapshot scheme), >= 1 */
+    int32_t n_k_heads, n_v_heads, head_dim; /* Hk, Hv (a multiple of Hk), D */
+    int32_t conv_channels; /* C: 2*Hk*D + Hv*D in the Qwen models */
+    int32_t conv_kernel;   /* Kconv, >= 2 */
+    gdn_cache_scheme scheme;
+} gdn_cache_config;
+
+/* Backend bytes the cache needs for `config` (pools and step rows), for caller-supplied memory. */
+gdn_status gdn_cache_memory_size(const gdn_cache_config *config, size_t *bytes);
+
+/* Create a cache on `backend`. memory: NULL to allocate, or backend memory of memory_bytes
+ * (at least gdn_cache_memory_size; 256-byte aligned), borrowed until gdn_cache_free. Every
+ * slot starts free; pools start zero. On failure *out is NULL and nothing is allocated. */
+gdn_status gdn_cache_init(gdn_backend *backend, const gdn_cache_config *config, void *memory, size_t memory_bytes,
+                          gdn_cache **out);
+void gdn_cache_free(gdn_cache *cache); /* NULL-safe; frees what init allocated */
+
+/* A new sequence in a free slot, its state and window zero; *seq is its id (= its slot). */
+gdn_status gdn_cache_seq_add(gdn_cache *cache, int32_t *seq);
+/* Forget a sequence (its slot becomes free). */
+gdn_status gdn_cache_seq_remove(gdn_cache *cache, int32_t seq);
+/* Zero a sequence's state and window and drop a step not yet accepted. */
+gdn_status gdn_cache_seq_reset(gdn_cache *cache, int32_t seq);
+
+/* Begin a step of n sequences with n_tokens[i] tokens each. This version requires one T for all
+ * (1..max_tokens) and sequences in consecutive slots in order (seqs[i] = seqs[0] + i: the
+ * snapshots and windows are written through one strided view); each must have accepted its
+ * previous step. Uploads the step rows. On any error the cache is unchanged. */
+gdn_status gdn_cache_step_begin(gdn_cache *cache, int32_t n, const int32_t *seqs, const int32_t *n_tokens);
+/* Keep the first n_accepted (1..T) tokens of seq's step in progress. On error unchanged. */
+gdn_status gdn_cache_accept(gdn_cache *cache, int32_t seq, int32_t n_accepted);
+
+/* Layer l's pools: states ne {D, D, Hv, K, n_seqs} and conv ne {C, Kconv-1+K, n_seqs}, F32. */
+gdn_status gdn_cache_layer_pools(const gdn_cache *cache, int32_t layer, gdn_tensor *states, gdn_tensor *conv);
+/* The step in progress: state_rows [n] (row = slot*K + group of the states seen as rows of one
+ * state), conv_rows [n] (column = slot*(Kconv-1+K) + offset of the conv pool seen as columns),
+ * I32 device tensors; *first_slot = the slot of the step's first sequence; *n_tokens = T. */
+gdn_status gdn_cache_step_rows(const gdn_cache *cache, gdn_tensor *state_rows, gdn_tensor *conv_rows,
+                               int32_t *first_slot, int32_t *n_tokens);
+
 #ifdef __cplusplus
 }
 #endif

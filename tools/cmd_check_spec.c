@@ -46,13 +46,16 @@ typedef struct spec_options {
     int passes, json;
 } spec_options;
 
-/* One run (spec or sequential): a cache and the graphs of its layers. */
+/* One run (spec or sequential): a cache (gdn_cache, with per-layer block views of its pools)
+ * and the graphs of its layers. */
 typedef struct spec_run {
     int64_t B, T;
-    gdn_block_cache *caches; /* [layers] */
+    gdn_cache *cache;
+    int32_t *seqs;           /* [B] the cache's sequence ids */
+    gdn_block_cache *caches; /* [layers] views of the cache's pools */
     gdn_graph **graphs;      /* [layers * n_graphs] */
     gdn_tensor_id *outs;
-    void *x, *rows;          /* backend: x [B,T,hidden] F32; rows [2][B] I32 (state rows, conv rows) */
+    void *x;                 /* backend: x [B,T,hidden] F32 */
 } spec_run;
 
 static uint64_t mix(uint64_t *s)
@@ -67,11 +70,13 @@ static uint64_t mix(uint64_t *s)
 static int build_graphs(gdn_backend *backend, const gdn_block_config *c, const gdn_block_weights *w, spec_run *r,
                         int layers, int64_t B, int64_t T, int64_t first, int g, int passes)
 {
-    const int64_t ne_x[3] = {c->hidden, T, B}, ne_i[1] = {B};
-    gdn_tensor xv = gdn_tensor_contiguous(r->x, GDN_DTYPE_F32, 3, ne_x);
-    const gdn_tensor sv = gdn_tensor_contiguous(r->rows, GDN_DTYPE_I32, 1, ne_i);
-    gdn_tensor cv = sv;
-    cv.data = (char *)r->rows + (size_t)B * sizeof(int32_t);
+    const int64_t ne_x[3] = {c->hidden, T, B};
+    gdn_tensor xv = gdn_tensor_contiguous(r->x, GDN_DTYPE_F32, 3, ne_x), sv, cv;
+    int32_t first_slot = 0, tokens = 0;
+    if (gdn_cache_step_rows(r->cache, &sv, &cv, &first_slot, &tokens) != GDN_OK || first_slot != first || tokens != T) {
+        fprintf(stderr, "gdn check spec: step rows: %s\n", gdn_error_detail());
+        return 0;
+    }
     for (int l = 0; l < layers; l++) {
         gdn_graph **graph = &r->graphs[g * layers + l];
         gdn_tensor_id x = -1, normed = -1, srow = -1, crow = -1, *out = &r->outs[g * layers + l];
@@ -110,14 +115,12 @@ static int build_graphs(gdn_backend *backend, const gdn_block_config *c, const g
     return 1;
 }
 
-/* Run graph set g: upload x and the rows, compute every layer, download the last output. */
-static int run_graphs(gdn_backend *backend, spec_run *r, int layers, int g, const float *x, size_t x_bytes,
-                      const int32_t *rows, size_t rows_bytes, float *out)
+/* Run graph set g (the cache's step begun): upload x, compute every layer, download the last
+ * output. */
+static int run_graphs(gdn_backend *backend, spec_run *r, int layers, int g, const float *x, size_t x_bytes, float *out)
 {
     gdn_tensor ov;
     gdn_status st = gdn_backend_upload(backend, r->x, x, x_bytes);
-    if (st == GDN_OK)
-        st = gdn_backend_upload(backend, r->rows, rows, rows_bytes);
     for (int l = 0; st == GDN_OK && l < layers; l++)
         st = gdn_graph_compute(r->graphs[g * layers + l], backend);
     if (st == GDN_OK)
@@ -215,7 +218,6 @@ int gdn_cmd_check(int argc, char **argv)
     c.n_snapshots = (int32_t)o.tokens, c.rollback = 1;
     const int layers = (int)o.layers;
     const int64_t B = o.batch, T = o.tokens, H = c.hidden, Kc = c.conv_kernel, C = gdn_block_conv_dim(&c);
-    const int64_t cols = Kc - 1 + T;
     const size_t state_bytes = (size_t)(c.n_v_heads * c.head_dim * c.head_dim) * 4, window_bytes = (size_t)((Kc - 1) * C) * 4;
 
     gdn_block_weights *w = calloc((size_t)layers, sizeof *w);
@@ -224,34 +226,42 @@ int gdn_cmd_check(int argc, char **argv)
     float *x = malloc((size_t)(B * T * H) * 4), *out = malloc((size_t)(B * T * H) * 4), *x1 = malloc((size_t)H * 4);
     float *out1 = malloc((size_t)H * 4);
     unsigned char *sa = malloc(state_bytes), *sb = malloc(state_bytes), *wa = malloc(window_bytes), *wb = malloc(window_bytes);
-    int64_t *group = calloc((size_t)B, sizeof *group), *offset = calloc((size_t)B, sizeof *offset);
-    int32_t *rows = malloc((size_t)(2 * B) * sizeof *rows);
-    int ok = w && x && out && x1 && out1 && sa && sb && wa && wb && group && offset && rows;
+    int32_t *kept = calloc((size_t)B, sizeof *kept), *ones = malloc((size_t)B * sizeof *ones);
+    int ok = w && x && out && x1 && out1 && sa && sb && wa && wb && kept && ones;
+    for (int64_t b = 0; ok && b < B; b++)
+        ones[b] = 1;
     for (int l = 0; ok && l < layers; l++)
         ok = gdn_block_weights_init(&w[l], backend, &c, (uint64_t)o.seed * 1000 + (uint64_t)l) == GDN_OK;
+    const gdn_cache_config cc = {layers, (int32_t)B, (int32_t)T, (int32_t)c.n_k_heads, (int32_t)c.n_v_heads,
+                                 (int32_t)c.head_dim, (int32_t)C, (int32_t)Kc, GDN_CACHE_SNAPSHOT};
+    int32_t *tokens = malloc((size_t)B * sizeof *tokens);
+    ok = ok && tokens != NULL;
+    for (int64_t b = 0; ok && b < B; b++)
+        tokens[b] = (int32_t)T;
     for (int k = 0; ok && k < 2; k++) {
         spec_run *r = &run[k];
         const int n_graphs = k == 0 ? 1 : (int)B; /* sequential: one graph set per sequence (its slot) */
         r->B = k == 0 ? B : 1, r->T = k == 0 ? T : 1;
+        r->seqs = calloc((size_t)B, sizeof *r->seqs);
         r->caches = calloc((size_t)layers, sizeof *r->caches);
         r->graphs = calloc((size_t)(layers * n_graphs), sizeof *r->graphs);
         r->outs = calloc((size_t)(layers * n_graphs), sizeof *r->outs);
-        ok = r->caches && r->graphs && r->outs &&
-             gdn_backend_alloc(backend, (size_t)(r->B * r->T * H) * 4, &r->x) == GDN_OK &&
-             gdn_backend_alloc(backend, (size_t)(2 * r->B) * 4, &r->rows) == GDN_OK;
-        for (int l = 0; ok && l < layers; l++)
-            ok = gdn_block_cache_init(&r->caches[l], backend, &c, B) == GDN_OK;
-        for (int g = 0; ok && g < n_graphs; g++) { /* planned by one compute: with valid own rows */
-            for (int64_t b = 0; b < r->B; b++) {
-                rows[b] = (int32_t)((k == 0 ? b : g) * T);
-                rows[r->B + b] = (int32_t)((k == 0 ? b : g) * cols);
-            }
-            ok = gdn_backend_upload(backend, r->rows, rows, (size_t)(2 * r->B) * 4) == GDN_OK &&
-                 build_graphs(backend, &c, w, r, layers, r->B, r->T, k == 0 ? 0 : g, g, o.passes);
+        ok = r->seqs && r->caches && r->graphs && r->outs && gdn_cache_init(backend, &cc, NULL, 0, &r->cache) == GDN_OK &&
+             gdn_backend_alloc(backend, (size_t)(r->B * r->T * H) * 4, &r->x) == GDN_OK;
+        for (int64_t b = 0; ok && b < B; b++)
+            ok = gdn_cache_seq_add(r->cache, &r->seqs[b]) == GDN_OK;
+        for (int l = 0; ok && l < layers; l++) {
+            gdn_tensor states, conv;
+            ok = gdn_cache_layer_pools(r->cache, l, &states, &conv) == GDN_OK &&
+                 gdn_block_cache_borrow(&r->caches[l], backend, &c, &states, &conv) == GDN_OK;
         }
-        /* Both runs start from the same seeded caches (the build's planning compute wrote them). */
-        for (int l = 0; ok && l < layers; l++)
-            ok = gdn_block_cache_randomize(&r->caches[l], (uint64_t)o.seed * 7919 + (uint64_t)l) == GDN_OK;
+        /* Graphs are planned by one compute of a begun step; the sequences are reset after. */
+        for (int g = 0; ok && g < n_graphs; g++)
+            ok = gdn_cache_step_begin(r->cache, (int32_t)r->B, k == 0 ? r->seqs : &r->seqs[g], k == 0 ? tokens : ones) ==
+                     GDN_OK &&
+                 build_graphs(backend, &c, w, r, layers, r->B, r->T, k == 0 ? 0 : g, g, o.passes);
+        for (int64_t b = 0; ok && b < B; b++)
+            ok = gdn_cache_seq_reset(r->cache, r->seqs[b]) == GDN_OK;
     }
     if (!ok)
         fprintf(stderr, "gdn check spec: setup: %s\n", gdn_error_detail());
@@ -260,25 +270,21 @@ int gdn_cmd_check(int argc, char **argv)
     long step = 0, committed = 0;
     double max_diff = 0.0;
     char first[200] = "";
-    int64_t *seq_offset = calloc((size_t)B, sizeof *seq_offset); /* sequential run: window offset (0, then 1) */
-    ok = ok && seq_offset != NULL;
     for (; ok && step < o.steps; step++) {
         for (int64_t i = 0; i < B * T * H; i++) /* the step's tokens (what the embedding would give) */
             x[i] = (float)((double)(mix(&rng) >> 11) * 0x1.0p-53 * 2.0 - 1.0);
-        for (int64_t b = 0; b < B; b++) {
-            rows[b] = (int32_t)(b * T + group[b]);
-            rows[B + b] = (int32_t)(b * cols + offset[b]);
-        }
-        ok = run_graphs(backend, &run[0], layers, 0, x, (size_t)(B * T * H) * 4, rows, (size_t)(2 * B) * 4, out);
+        ok = gdn_cache_step_begin(run[0].cache, (int32_t)B, run[0].seqs, tokens) == GDN_OK &&
+             run_graphs(backend, &run[0], layers, 0, x, (size_t)(B * T * H) * 4, out);
         for (int64_t b = 0; ok && b < B; b++) {
             const int64_t a = o.accept == 0 ? T : o.accept == 1 ? 1 : o.accept == 3 ? o.fixed
                                                                     : 1 + (int64_t)(mix(&rng) % (uint64_t)T);
-            group[b] = T - a, offset[b] = a; /* accept: the state after token a-1 is snapshot T-a */
+            ok = gdn_cache_accept(run[0].cache, run[0].seqs[b], (int32_t)a) == GDN_OK;
+            kept[b] = (int32_t)a;
             for (int64_t t = 0; ok && t < a; t++) { /* the sequential run decodes the kept tokens */
-                const int32_t one[2] = {(int32_t)(b * T), (int32_t)(b * cols + seq_offset[b])};
                 memcpy(x1, x + (b * T + t) * H, (size_t)H * 4);
-                ok = run_graphs(backend, &run[1], layers, (int)b, x1, (size_t)H * 4, one, sizeof one, out1);
-                seq_offset[b] = 1;
+                ok = gdn_cache_step_begin(run[1].cache, 1, &run[1].seqs[b], ones) == GDN_OK &&
+                     run_graphs(backend, &run[1], layers, (int)b, x1, (size_t)H * 4, out1) &&
+                     gdn_cache_accept(run[1].cache, run[1].seqs[b], 1) == GDN_OK;
                 for (int64_t i = 0; ok && i < H; i++) {
                     const float u = out[(b * T + t) * H + i], v = out1[i];
                     const double d = fabs((double)u - (double)v);
@@ -292,8 +298,8 @@ int gdn_cmd_check(int argc, char **argv)
             /* Committed state and window of every layer: spec group T-a and columns a.., against
              * the sequential run's group 0 and columns 1.. */
             for (int l = 0; ok && l < layers; l++) {
-                ok = fetch(backend, &run[0].caches[l], b, T - a, a, sa, state_bytes, wa, window_bytes) &&
-                     fetch(backend, &run[1].caches[l], b, 0, 1, sb, state_bytes, wb, window_bytes);
+                ok = fetch(backend, &run[0].caches[l], run[0].seqs[b], T - a, a, sa, state_bytes, wa, window_bytes) &&
+                     fetch(backend, &run[1].caches[l], run[1].seqs[b], 0, 1, sb, state_bytes, wb, window_bytes);
                 if (ok && (memcmp(sa, sb, state_bytes) != 0 || memcmp(wa, wb, window_bytes) != 0) && first[0] == '\0') {
                     snprintf(first, sizeof first, "step %ld, sequence %lld, layer %d: committed %s differs", step,
                              (long long)b, l, memcmp(sa, sb, state_bytes) != 0 ? "state" : "conv window");
@@ -301,6 +307,8 @@ int gdn_cmd_check(int argc, char **argv)
                 }
             }
         }
+        if (!ok)
+            fprintf(stderr, "gdn check spec: step %ld: %s\n", step, gdn_error_detail());
         if (!o.json && (step + 1) % 500 == 0)
             fprintf(stderr, "gdn check spec: %ld of %ld steps, %ld tokens committed%s\n", step + 1, o.steps, committed,
                     first[0] ? ", DIFFERENT" : "");
@@ -323,18 +331,15 @@ int gdn_cmd_check(int argc, char **argv)
         const int n_graphs = k == 0 ? 1 : (int)B;
         for (int g = 0; run[k].graphs && g < layers * n_graphs; g++)
             gdn_graph_free(run[k].graphs[g]);
-        for (int l = 0; run[k].caches && l < layers; l++)
-            gdn_block_cache_free(&run[k].caches[l]);
+        gdn_cache_free(run[k].cache);
         if (run[k].x)
             gdn_backend_dealloc(backend, run[k].x);
-        if (run[k].rows)
-            gdn_backend_dealloc(backend, run[k].rows);
-        free(run[k].caches), free(run[k].graphs), free(run[k].outs);
+        free(run[k].seqs), free(run[k].caches), free(run[k].graphs), free(run[k].outs);
     }
     for (int l = 0; w && l < layers; l++)
         gdn_block_weights_free(&w[l]);
     free(w), free(x), free(out), free(x1), free(out1), free(sa), free(sb), free(wa), free(wb);
-    free(group), free(offset), free(rows), free(seq_offset);
+    free(kept), free(ones), free(tokens);
     gdn_backend_free(backend);
     return identical ? 0 : 1;
 }

@@ -265,6 +265,33 @@ gdn_status gdn_block_cache_init(gdn_block_cache *cache, gdn_backend *backend, co
     return GDN_OK;
 }
 
+gdn_status gdn_block_cache_borrow(gdn_block_cache *cache, gdn_backend *backend, const gdn_block_config *config,
+                                  const gdn_tensor *states, const gdn_tensor *conv)
+{
+    gdn_clear_error();
+    if (cache == NULL || backend == NULL || states == NULL || conv == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gdn block cache: NULL argument");
+    memset(cache, 0, sizeof *cache);
+    gdn_status st = gdn_block_config_check(config);
+    if (st != GDN_OK)
+        return st;
+    const gdn_block_config c = *config;
+    const int64_t S = states->ne[4], cols = c.conv_kernel - 1 + (c.rollback ? c.n_snapshots : 0);
+    const int64_t ne_s[5] = {c.head_dim, c.head_dim, c.n_v_heads, c.n_snapshots, S};
+    const int64_t ne_c[3] = {gdn_block_conv_dim(&c), cols, S};
+    for (int i = 0; i < GDN_MAX_DIMS; i++)
+        if ((i < 5 && states->ne[i] != ne_s[i]) || (i < 3 && conv->ne[i] != ne_c[i]) || states->dtype != GDN_DTYPE_F32 ||
+            conv->dtype != GDN_DTYPE_F32 || !gdn_tensor_is_contiguous(states) || !gdn_tensor_is_contiguous(conv))
+            return gdn_fail(GDN_ERROR_SHAPE, "gdn block cache: borrowed pools do not match the config (states "
+                            "{D, D, Hv, K, S}, conv {C, Kconv-1%s, S}, packed F32)", c.rollback ? "+K" : "");
+    cache->config = c;
+    cache->backend = backend;
+    cache->n_slots = S;
+    cache->states = *states;
+    cache->conv = *conv;
+    return GDN_OK;
+}
+
 static gdn_status upload_normal(gdn_backend *backend, void *dst, int64_t n, double sd, uint64_t *s)
 {
     float *host = malloc((size_t)n * sizeof *host);
@@ -367,7 +394,7 @@ static gdn_status build(gdn_graph *graph, const gdn_block_config *config, const 
     gdn_status st = gdn_block_config_check(config);
     if (st != GDN_OK)
         return st;
-    if (weights->memory == NULL || cache->state_memory == NULL || !same_config(config, &weights->config) ||
+    if (weights->memory == NULL || cache->states.data == NULL || !same_config(config, &weights->config) ||
         !same_config(config, &cache->config))
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gdn block build: weights or cache uninitialised, or made for "
                         "other sizes than the config");

@@ -97,6 +97,12 @@ gdn_status gdn_block_cache_init(gdn_block_cache *cache, gdn_backend *backend, co
                                 int64_t n_slots);
 void gdn_block_cache_free(gdn_block_cache *cache); /* zeroes the struct; NULL-safe */
 
+/* A cache struct over pools someone else owns (a gdn_cache layer's, gdn_cache_layer_pools):
+ * views only, nothing allocated; gdn_block_cache_free on it frees nothing. The pools must have
+ * the shapes above for `config` (rollback: Kconv-1+K columns). */
+gdn_status gdn_block_cache_borrow(gdn_block_cache *cache, gdn_backend *backend, const gdn_block_config *config,
+                                  const gdn_tensor *states, const gdn_tensor *conv);
+
 /* Fill both pools from `seed` as if some tokens had been seen: states ~ N(0, 0.1), conv window
  * ~ N(0, 1). For tests and benches. Synchronous. */
 gdn_status gdn_block_cache_randomize(gdn_block_cache *cache, uint64_t seed);

@@ -1,0 +1,306 @@
+/* cache.c: the recurrent-state cache for speculative decoding (include/gdn.h, DESIGN.md
+ * section 5), snapshot scheme. Device memory: one block holding, per layer, the state pool
+ * [S][K][Hv][D][D] and the conv pool [S][Kconv-1+K][C] (F32), then the step rows [2][S] (I32).
+ * Host bookkeeping per sequence: in use, the group and window column its committed state is
+ * at, and the T of a step not yet accepted. Every call checks everything before it changes
+ * anything, so a refused call leaves the cache as it was. */
+#include "gdn.h"
+#include "../core/internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct cache_seq {
+    int in_use;
+    int32_t group;   /* state group of the committed state */
+    int32_t column;  /* first window column of the committed window */
+    int32_t pending; /* T of the step in progress, 0 if none */
+} cache_seq;
+
+struct gdn_cache {
+    gdn_backend *backend;
+    gdn_cache_config config;
+    void *memory;      /* the block */
+    int owns_memory;
+    size_t layer_bytes, state_pool_bytes, rows_offset;
+    cache_seq *seqs;   /* [n_seqs] */
+    int32_t step_n, step_first, step_tokens; /* the step in progress (step_n 0: none) */
+};
+
+static int64_t columns(const gdn_cache_config *c)
+{
+    return (int64_t)c->conv_kernel - 1 + c->max_tokens;
+}
+
+static gdn_status check_config(const gdn_cache_config *c)
+{
+    if (c == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "cache: NULL config");
+    if (c->scheme == GDN_CACHE_REPLAY)
+        return gdn_fail(GDN_ERROR_UNSUPPORTED, "cache: the replay scheme is not built yet (snapshot is)");
+    if (c->scheme != GDN_CACHE_SNAPSHOT)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "cache: unknown scheme %d", (int)c->scheme);
+    if (c->n_layers < 1 || c->n_seqs < 1 || c->max_tokens < 1 || c->n_k_heads < 1 || c->n_v_heads < 1 ||
+        c->n_v_heads % c->n_k_heads != 0 || c->conv_channels < 1 || c->conv_kernel < 2)
+        return gdn_fail(GDN_ERROR_SHAPE, "cache: layers %d, seqs %d, max_tokens %d, Hk %d, Hv %d, C %d, Kconv %d: "
+                        "expected counts >= 1, Hv a multiple of Hk, Kconv >= 2", (int)c->n_layers, (int)c->n_seqs,
+                        (int)c->max_tokens, (int)c->n_k_heads, (int)c->n_v_heads, (int)c->conv_channels,
+                        (int)c->conv_kernel);
+    const int32_t D = c->head_dim;
+    if (D != 16 && D != 32 && D != 64 && D != 128 && D != 256)
+        return gdn_fail(GDN_ERROR_SHAPE, "cache: head_dim %d, expected 16, 32, 64, 128 or 256", (int)D);
+    return GDN_OK;
+}
+
+static void sizes(const gdn_cache_config *c, size_t *state_pool, size_t *layer, size_t *rows_offset, size_t *total)
+{
+    const size_t state = (size_t)c->n_v_heads * (size_t)c->head_dim * (size_t)c->head_dim * sizeof(float);
+    *state_pool = state * (size_t)c->max_tokens * (size_t)c->n_seqs;
+    const size_t conv = (size_t)columns(c) * (size_t)c->conv_channels * sizeof(float) * (size_t)c->n_seqs;
+    *layer = (*state_pool + conv + 255) / 256 * 256;
+    *rows_offset = *layer * (size_t)c->n_layers;
+    *total = *rows_offset + 2 * (size_t)c->n_seqs * sizeof(int32_t);
+}
+
+gdn_status gdn_cache_memory_size(const gdn_cache_config *config, size_t *bytes)
+{
+    gdn_clear_error();
+    gdn_status st = check_config(config);
+    if (st != GDN_OK)
+        return st;
+    if (bytes == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "cache: NULL bytes");
+    size_t a, b, c;
+    sizes(config, &a, &b, &c, bytes);
+    return GDN_OK;
+}
+
+/* Zero `bytes` of backend memory at p (through a host buffer: the backend API has no memset). */
+static gdn_status zero(gdn_backend *backend, void *p, size_t bytes)
+{
+    void *z = calloc(1, bytes);
+    if (z == NULL)
+        return gdn_fail(GDN_ERROR_OUT_OF_MEMORY, "cache: cannot allocate %zu host bytes", bytes);
+    gdn_status st = gdn_backend_upload(backend, p, z, bytes);
+    free(z);
+    return st;
+}
+
+gdn_status gdn_cache_init(gdn_backend *backend, const gdn_cache_config *config, void *memory, size_t memory_bytes,
+                          gdn_cache **out)
+{
+    gdn_clear_error();
+    if (out != NULL)
+        *out = NULL;
+    if (backend == NULL || out == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "cache: NULL backend or out");
+    gdn_status st = check_config(config);
+    if (st != GDN_OK)
+        return st;
+    size_t state_pool, layer, rows_offset, total;
+    sizes(config, &state_pool, &layer, &rows_offset, &total);
+    if (memory != NULL && memory_bytes < total)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "cache: the memory supplied holds %zu bytes, the cache needs %zu "
+                        "(gdn_cache_memory_size)", memory_bytes, total);
+    if (memory != NULL && (uintptr_t)memory % 256 != 0)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "cache: the memory supplied is not 256-byte aligned");
+    gdn_cache *c = calloc(1, sizeof *c);
+    cache_seq *seqs = calloc((size_t)config->n_seqs, sizeof *seqs);
+    if (c == NULL || seqs == NULL) {
+        free(c), free(seqs);
+        return gdn_fail(GDN_ERROR_OUT_OF_MEMORY, "cache: cannot allocate the bookkeeping of %d sequences",
+                        (int)config->n_seqs);
+    }
+    c->backend = backend, c->config = *config, c->seqs = seqs;
+    c->layer_bytes = layer, c->state_pool_bytes = state_pool, c->rows_offset = rows_offset;
+    c->memory = memory, c->owns_memory = memory == NULL;
+    if (memory == NULL)
+        st = gdn_backend_alloc(backend, total, &c->memory);
+    if (st == GDN_OK)
+        st = zero(backend, c->memory, total);
+    if (st == GDN_OK)
+        st = gdn_backend_synchronize(backend);
+    if (st != GDN_OK) {
+        gdn_cache_free(c);
+        return st;
+    }
+    *out = c;
+    return GDN_OK;
+}
+
+void gdn_cache_free(gdn_cache *cache)
+{
+    if (cache == NULL)
+        return;
+    if (cache->owns_memory && cache->memory != NULL)
+        gdn_backend_dealloc(cache->backend, cache->memory);
+    free(cache->seqs);
+    free(cache);
+}
+
+static gdn_status known(const gdn_cache *cache, int32_t seq, const char *what)
+{
+    if (cache == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "cache %s: NULL cache", what);
+    if (seq < 0 || seq >= cache->config.n_seqs || !cache->seqs[seq].in_use)
+        return gdn_fail(GDN_ERROR_NOT_FOUND, "cache %s: sequence %d is not in the cache (removed or never added)",
+                        what, (int)seq);
+    return GDN_OK;
+}
+
+/* Zero slot s's committed state (group 0) and window (columns 0..Kconv-2) in every layer. */
+static gdn_status zero_slot(gdn_cache *cache, int32_t s)
+{
+    const gdn_cache_config *c = &cache->config;
+    const size_t state = cache->state_pool_bytes / (size_t)c->n_seqs / (size_t)c->max_tokens;
+    const size_t col = (size_t)c->conv_channels * sizeof(float);
+    gdn_status st = GDN_OK;
+    for (int32_t l = 0; st == GDN_OK && l < c->n_layers; l++) {
+        char *base = (char *)cache->memory + (size_t)l * cache->layer_bytes;
+        st = zero(cache->backend, base + (size_t)s * (size_t)c->max_tokens * state, state);
+        if (st == GDN_OK)
+            st = zero(cache->backend, base + cache->state_pool_bytes + (size_t)s * (size_t)columns(c) * col,
+                      (size_t)(c->conv_kernel - 1) * col);
+    }
+    return st == GDN_OK ? gdn_backend_synchronize(cache->backend) : st;
+}
+
+gdn_status gdn_cache_seq_add(gdn_cache *cache, int32_t *seq)
+{
+    gdn_clear_error();
+    if (cache == NULL || seq == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "cache add: NULL cache or seq");
+    int32_t s = 0;
+    while (s < cache->config.n_seqs && cache->seqs[s].in_use)
+        s++;
+    if (s == cache->config.n_seqs)
+        return gdn_fail(GDN_ERROR_OUT_OF_MEMORY, "cache add: all %d sequence slots are in use",
+                        (int)cache->config.n_seqs);
+    gdn_status st = zero_slot(cache, s);
+    if (st != GDN_OK)
+        return st;
+    cache->seqs[s] = (cache_seq){1, 0, 0, 0};
+    *seq = s;
+    return GDN_OK;
+}
+
+gdn_status gdn_cache_seq_remove(gdn_cache *cache, int32_t seq)
+{
+    gdn_clear_error();
+    gdn_status st = known(cache, seq, "remove");
+    if (st != GDN_OK)
+        return st;
+    cache->seqs[seq].in_use = 0;
+    if (cache->seqs[seq].pending)
+        cache->step_n = 0; /* the step in progress loses a sequence: it is over */
+    return GDN_OK;
+}
+
+gdn_status gdn_cache_seq_reset(gdn_cache *cache, int32_t seq)
+{
+    gdn_clear_error();
+    gdn_status st = known(cache, seq, "reset");
+    if (st == GDN_OK)
+        st = zero_slot(cache, seq);
+    if (st == GDN_OK)
+        cache->seqs[seq] = (cache_seq){1, 0, 0, 0};
+    return st;
+}
+
+gdn_status gdn_cache_step_begin(gdn_cache *cache, int32_t n, const int32_t *seqs, const int32_t *n_tokens)
+{
+    gdn_clear_error();
+    if (cache == NULL || seqs == NULL || n_tokens == NULL || n < 1)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "cache step: NULL argument or n=%d sequences", (int)n);
+    const gdn_cache_config *c = &cache->config;
+    for (int32_t i = 0; i < n; i++) {
+        gdn_status st = known(cache, seqs[i], "step");
+        if (st != GDN_OK)
+            return st;
+        if (cache->seqs[seqs[i]].pending)
+            return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "cache step: sequence %d has not accepted its previous step",
+                            (int)seqs[i]);
+        if (n_tokens[i] < 1 || n_tokens[i] > c->max_tokens)
+            return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "cache step: sequence %d: %d tokens, expected 1..%d",
+                            (int)seqs[i], (int)n_tokens[i], (int)c->max_tokens);
+        if (n_tokens[i] != n_tokens[0])
+            return gdn_fail(GDN_ERROR_UNSUPPORTED, "cache step: sequences with different token counts (%d and %d) in "
+                            "one step are not supported yet", (int)n_tokens[0], (int)n_tokens[i]);
+        if (seqs[i] != seqs[0] + i)
+            return gdn_fail(GDN_ERROR_UNSUPPORTED, "cache step: sequence %d at position %d: a step's sequences must "
+                            "be consecutive slots in order (%d, %d, ...) for now", (int)seqs[i], (int)i, (int)seqs[0],
+                            (int)seqs[0] + 1);
+    }
+    int32_t *rows = malloc(2 * (size_t)n * sizeof *rows);
+    if (rows == NULL)
+        return gdn_fail(GDN_ERROR_OUT_OF_MEMORY, "cache step: cannot allocate %d rows", (int)n);
+    for (int32_t i = 0; i < n; i++) {
+        const cache_seq *q = &cache->seqs[seqs[i]];
+        rows[i] = seqs[i] * c->max_tokens + q->group;
+        rows[n + i] = (int32_t)(seqs[i] * columns(c) + q->column);
+    }
+    /* The rows live at fixed addresses: state rows at rows_offset, conv rows S entries later. */
+    char *base = (char *)cache->memory + cache->rows_offset;
+    gdn_status st = gdn_backend_upload(cache->backend, base, rows, (size_t)n * sizeof *rows);
+    if (st == GDN_OK)
+        st = gdn_backend_upload(cache->backend, base + (size_t)c->n_seqs * sizeof *rows, rows + n,
+                                (size_t)n * sizeof *rows);
+    free(rows);
+    if (st != GDN_OK)
+        return st;
+    for (int32_t i = 0; i < n; i++)
+        cache->seqs[seqs[i]].pending = n_tokens[i];
+    cache->step_n = n, cache->step_first = seqs[0], cache->step_tokens = n_tokens[0];
+    return GDN_OK;
+}
+
+gdn_status gdn_cache_accept(gdn_cache *cache, int32_t seq, int32_t n_accepted)
+{
+    gdn_clear_error();
+    gdn_status st = known(cache, seq, "accept");
+    if (st != GDN_OK)
+        return st;
+    cache_seq *q = &cache->seqs[seq];
+    if (q->pending == 0)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "cache accept: sequence %d has no step in progress", (int)seq);
+    if (n_accepted < 1 || n_accepted > q->pending)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "cache accept: sequence %d: %d tokens accepted of %d verified "
+                        "(expected 1..%d: the step's first token is always kept)", (int)seq, (int)n_accepted,
+                        (int)q->pending, (int)q->pending);
+    q->group = q->pending - n_accepted; /* the state after token a-1 is snapshot T-a */
+    q->column = n_accepted;             /* the window after a tokens starts at column a */
+    q->pending = 0;
+    return GDN_OK;
+}
+
+gdn_status gdn_cache_layer_pools(const gdn_cache *cache, int32_t layer, gdn_tensor *states, gdn_tensor *conv)
+{
+    gdn_clear_error();
+    if (cache == NULL || states == NULL || conv == NULL || layer < 0 || layer >= cache->config.n_layers)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "cache pools: NULL argument or layer %d of %d", (int)layer,
+                        cache ? (int)cache->config.n_layers : 0);
+    const gdn_cache_config *c = &cache->config;
+    char *base = (char *)cache->memory + (size_t)layer * cache->layer_bytes;
+    const int64_t ne_s[5] = {c->head_dim, c->head_dim, c->n_v_heads, c->max_tokens, c->n_seqs};
+    const int64_t ne_c[3] = {c->conv_channels, columns(c), c->n_seqs};
+    *states = gdn_tensor_contiguous(base, GDN_DTYPE_F32, 5, ne_s);
+    *conv = gdn_tensor_contiguous(base + cache->state_pool_bytes, GDN_DTYPE_F32, 3, ne_c);
+    return GDN_OK;
+}
+
+gdn_status gdn_cache_step_rows(const gdn_cache *cache, gdn_tensor *state_rows, gdn_tensor *conv_rows,
+                               int32_t *first_slot, int32_t *n_tokens)
+{
+    gdn_clear_error();
+    if (cache == NULL || state_rows == NULL || conv_rows == NULL || first_slot == NULL || n_tokens == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "cache rows: NULL argument");
+    if (cache->step_n == 0)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "cache rows: no step in progress (gdn_cache_step_begin)");
+    const int64_t ne[1] = {cache->step_n};
+    char *base = (char *)cache->memory + cache->rows_offset;
+    *state_rows = gdn_tensor_contiguous(base, GDN_DTYPE_I32, 1, ne);
+    *conv_rows = gdn_tensor_contiguous(base + (size_t)cache->config.n_seqs * sizeof(int32_t), GDN_DTYPE_I32, 1, ne);
+    *first_slot = cache->step_first;
+    *n_tokens = cache->step_tokens;
+    return GDN_OK;
+}
