@@ -1,6 +1,7 @@
 /* cmd_check_spec.c: `gdn check spec`: the exactness contract of DESIGN.md section 2 for
  * speculative decoding, tested end to end. A stack of GDN layers (an input rms_norm and the GDN
- * block, synthetic seeded weights) runs two ways on one backend from the same seeded caches:
+ * block, synthetic seeded weights) runs two ways on one backend, each over a gdn_cache whose
+ * sequences start from zero state:
  *   spec:       every step verifies T tokens per sequence in one call over a rollback cache
  *               (K = T state groups and Kconv-1+T window columns per slot), then accepts the
  *               first a of them (the acceptance pattern): the next step reads group T-a and
