@@ -115,7 +115,7 @@ import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 assert rows and all(r["scheme"] == "snapshot" and r["layers"] == 2 and r["B"] == 1 for r in rows), rows
 keys = ("backend", "scheme", "passes", "T", "K", "B", "layers", "us_per_step", "state_bytes_per_step",
-        "copies", "launches", "checksum")
+        "copies", "launches", "checksum", "cache_bytes_per_sequence")
 assert all(all(k in r for k in keys) for r in rows), "missing keys"
 pairs = {}
 for r in rows:

@@ -389,6 +389,16 @@ static int parse_args(int argc, char **argv, stack_config *cfg)
     return 1;
 }
 
+/* Cache memory one sequence holds over all layers: its slot of every state and conv pool. */
+static uint64_t cache_bytes_per_sequence(const stack *s)
+{
+    uint64_t bytes = 0;
+    for (int l = 0; l < s->layers; l++)
+        bytes += (gdn_tensor_span(&s->caches[l].states) + gdn_tensor_span(&s->caches[l].conv)) /
+                 (uint64_t)s->caches[l].n_slots;
+    return bytes;
+}
+
 static void print_row(const stack_config *cfg, const stack *s, int cuda, int passes, int64_t K, const stack_row *r,
                       double speedup)
 {
@@ -398,14 +408,14 @@ static void print_row(const stack_config *cfg, const stack *s, int cuda, int pas
                "\"B\":%lld,\"layers\":%d,\"weights\":\"%s\",\"weight_sets\":%d,\"reps\":%d,\"graph\":%s,"
                "\"us_per_step\":%.3f,\"nodes\":%d,\"copies\":%d,\"gathers\":%d,\"op_calls\":%llu,\"launches\":%llu,"
                "\"copies_per_step\":%llu,\"gathers_per_step\":%llu,\"state_bytes_per_step\":%llu,"
-               "\"bytes_per_step\":%llu,\"checksum\":\"%016llx\"}\n",
+               "\"bytes_per_step\":%llu,\"cache_bytes_per_sequence\":%llu,\"checksum\":\"%016llx\"}\n",
                cuda ? "cuda" : "cpu", gdn_backend_name(s->backend), passes ? "on" : "off", (long long)s->T,
                (long long)K, (long long)s->B, s->layers, wname, s->n_weight_sets, r->reps,
                r->recorded ? "true" : "false", r->us_per_step, (int)r->stats.n_nodes, (int)r->stats.n_copies,
                (int)r->stats.n_gathers, (unsigned long long)r->step.op_calls, (unsigned long long)r->step.launches,
                (unsigned long long)r->step.copies, (unsigned long long)r->step.gathers,
                (unsigned long long)r->step.cache_bytes, (unsigned long long)r->step.bytes,
-               (unsigned long long)r->checksum);
+               (unsigned long long)cache_bytes_per_sequence(s), (unsigned long long)r->checksum);
     } else {
         char sp[16] = "";
         if (speedup > 0)
