@@ -263,6 +263,68 @@ gdn_status gdn_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_net_p
                                const gdn_gated_delta_net_args *args);
 
 /* ------------------------------------------------------------------------------------------
+ * The replay form of the Gated DeltaNet op (the replay scheme of speculative decoding)
+ *
+ * Each sequence keeps one committed state (a pool slot) and a ring of the raw per-token inputs
+ * of its latest tokens. One call first folds the tokens accepted since the last commit into the
+ * state, then computes the outputs of T new tokens without storing any state after them, and
+ * appends the new tokens' inputs to the ring (so the next call can fold those that are
+ * accepted). Per sequence b, with slot = state_index[b] and {start, count, commit} = fold[b]:
+ *     S <- state[slot]
+ *     for i in 0 .. count-1:   S <- update(S, ring token at position (start + i) mod L)
+ *     if commit != 0:          state[slot] <- S
+ *     for t in 0 .. T-1:       S <- update(S, new token t);  o[b, t] <- scale * S q_t
+ *     for t in 0 .. T-1:       ring position (start + count + t) mod L <- k_t, v_t, g_t, beta_t
+ * update() is the per-token update of gdn_gated_delta_net (l2norm, gates and broadcast rule as
+ * for any token; a ring token has no q and gives no output). The ring holds k as given, before
+ * any in-op l2norm, so a folded token is normalised exactly as it was when it was new.
+ *
+ * Shapes (outermost first; any byte strides; F32 unless said):
+ *     q, k     [B, T, Hk, Dk]      the T new tokens, as for gdn_gated_delta_net
+ *     v        [B, T, Hv, Dv]
+ *     g, beta  [B, T, Hv]
+ *     state    [S, Hv, Dv, Dk]     the pool of committed states, read and written
+ *     state_index  [B] I32         sequence b owns pool slot state_index[b] and ring slot
+ *                                  state_index[b]; every value in 0..S-1, no two equal
+ *     ring_k   [S, L, Hk, Dk]      per-slot rings of raw token inputs, read and written
+ *     ring_v   [S, L, Hv, Dv]
+ *     ring_g, ring_beta  [S, L, Hv]
+ *     fold     [B, 3] I32          per sequence {start, count, commit}: 0 <= start < L,
+ *                                  count >= 0, count + T <= L (otherwise the append would
+ *                                  overwrite tokens being folded)
+ *     o        [B, T, Hv, Dv]      output, any strides
+ * Requirements as for gdn_gated_delta_net (Dk = Dv in {16, ..., 256}, Hv a multiple of Hk,
+ * T, B >= 1) and L >= T. params->n_snapshots is ignored (nothing but o, the committed states
+ * and the rings is written).
+ * Aliasing: o, the pool and the four rings are written; none of them may overlap another one or
+ * an input (q, k, v, g, beta, state_index, fold), and each must be injective
+ * (GDN_ERROR_OVERLAP). The index and fold values may be in memory the host cannot read, so the
+ * backend checks them before writing anything: a value outside its range gives
+ * GDN_ERROR_INVALID_ARGUMENT naming the position and the values, and nothing is written (on
+ * CUDA this waits for the stream; while the stream is recorded a bad value still writes nothing
+ * but is not reported), as for gdn_gated_delta_net's state_index.
+ * Exactness: on one backend, o and every committed state are bit-identical to running
+ * gdn_gated_delta_net one token per call (T = 1, in place: state == states[0]) over the same
+ * token sequence: the folded tokens go through the same per-token code as every token. A
+ * sequence's results do not depend on B or on the other sequences.
+ * Counters: counted as a gated_delta_net call (B states read, the index, the new tokens and o)
+ * plus the fold array and the ring entries appended; the ring tokens folded and the states
+ * committed depend on fold values the host may not be able to read, and are not counted. */
+typedef struct gdn_gated_delta_net_replay_args {
+    gdn_tensor q, k, v, g, beta;                  /* the new tokens: inputs, borrowed */
+    gdn_tensor state;                             /* committed-state pool: read and written, borrowed */
+    gdn_tensor state_index;                       /* input, borrowed */
+    gdn_tensor ring_k, ring_v, ring_g, ring_beta; /* token rings: read and written, borrowed */
+    gdn_tensor fold;                              /* input, borrowed */
+    gdn_tensor o;                                 /* output, borrowed */
+} gdn_gated_delta_net_replay_args;
+
+/* Run the replay form on `backend`. Validates every shape, dtype, stride and overlap first, then
+ * the index and fold values; on failure nothing has been written. */
+gdn_status gdn_gated_delta_net_replay(gdn_backend *backend, const gdn_gated_delta_net_params *params,
+                                      const gdn_gated_delta_net_replay_args *args);
+
+/* ------------------------------------------------------------------------------------------
  * safetensors files
  *
  * Reader: the whole file is validated on open (header length, JSON syntax, dtypes, shapes

@@ -181,3 +181,57 @@ int test_next_index(const gdn_tensor *t, int64_t *idx)
     }
     return 0;
 }
+
+/* ---- tensors of a case laid out in memory ---- */
+const char *const test_layout_names[] = {"contiguous", "padded", "padded-odd", "permuted", "spaced-inner"};
+
+size_t test_make_strides(test_layout lay, int n, const int64_t *ne, size_t elem, size_t *nb)
+{
+    int order[GDN_MAX_DIMS];
+    for (int i = 0; i < n; i++)
+        order[i] = i;
+    if (lay == LAYOUT_PERMUTED && n >= 3) {
+        order[1] = 2;
+        order[2] = 1;
+    }
+    size_t pad = lay == LAYOUT_PADDED ? 4 : lay == LAYOUT_PADDED_ODD ? 3 : 0;
+    size_t stride = elem * (lay == LAYOUT_SPACED_INNER ? 2 : 1);
+    for (int i = 0; i < n; i++) {
+        int d = order[i];
+        nb[d] = stride;
+        stride = stride * (size_t)ne[d] + (i + 1 < n ? pad * elem : 0);
+    }
+    return stride;
+}
+
+int test_tensor_init(test_tensor *tb, test_layout lay, gdn_dtype dtype, int n, const int64_t *ne)
+{
+    memset(tb, 0, sizeof *tb);
+    tb->host = gdn_tensor_contiguous(NULL, dtype, n, ne);
+    tb->bytes = test_make_strides(lay, n, ne, gdn_dtype_size(dtype), tb->host.nb);
+    tb->host_bytes = malloc(tb->bytes);
+    if (tb->host_bytes == NULL)
+        return 0;
+    memset(tb->host_bytes, 0xFF, tb->bytes); /* gaps hold NaN: reading them poisons results */
+    tb->host.data = tb->host_bytes;
+    return 1;
+}
+
+void test_tensor_free(test_tensor *tb)
+{
+    free(tb->host_bytes);
+    test_buffer_free(&tb->device);
+}
+
+gdn_tensor test_device_view(const test_tensor *tb)
+{
+    gdn_tensor t = tb->host;
+    t.data = test_buffer_data(&tb->device);
+    return t;
+}
+
+int test_tensor_upload(test_tensor *tb, gdn_backend *backend)
+{
+    return test_buffer_alloc(&tb->device, backend, tb->bytes) &&
+           test_buffer_upload(&tb->device, tb->host_bytes, tb->bytes);
+}

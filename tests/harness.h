@@ -59,4 +59,35 @@ size_t test_offset_of(const gdn_tensor *t, const int64_t *idx);
 /* Advance a multi-index over t's counts, innermost first; returns 0 after the last element. */
 int test_next_index(const gdn_tensor *t, int64_t *idx);
 
+/* ---- tensors of a case laid out in memory in one of several ways ---- */
+typedef enum test_layout {
+    LAYOUT_CONTIGUOUS,
+    LAYOUT_PADDED,       /* gaps of 4 elements after every row and plane: 16-byte aligned rows */
+    LAYOUT_PADDED_ODD,   /* gaps of 3 elements: rows lose 16-byte alignment */
+    LAYOUT_PERMUTED,     /* dims 1 and 2 swapped in memory (e.g. q stored [B,Hk,T,Dk]) */
+    LAYOUT_SPACED_INNER, /* innermost stride 2 elements */
+} test_layout;
+
+extern const char *const test_layout_names[]; /* "contiguous", "padded", ... */
+
+/* Strides for counts ne[0..n) (innermost first) under a layout into nb; returns the bytes to
+ * allocate. */
+size_t test_make_strides(test_layout lay, int n, const int64_t *ne, size_t elem, size_t *nb);
+
+/* One tensor of a case: a host copy (gaps filled with 0xFF, a NaN pattern) and, once uploaded,
+ * a guarded backend buffer with the same strides. */
+typedef struct test_tensor {
+    gdn_tensor host; /* view into host_bytes */
+    unsigned char *host_bytes;
+    size_t bytes;
+    test_buffer device;
+} test_tensor;
+
+int test_tensor_init(test_tensor *tb, test_layout lay, gdn_dtype dtype, int n, const int64_t *ne);
+void test_tensor_free(test_tensor *tb);
+/* Allocate the backend buffer and copy the host bytes into it. */
+int test_tensor_upload(test_tensor *tb, gdn_backend *backend);
+/* The backend's view: the host view's strides, data in the guarded backend buffer. */
+gdn_tensor test_device_view(const test_tensor *tb);
+
 #endif

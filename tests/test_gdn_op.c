@@ -9,23 +9,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* How every tensor of a case is laid out in memory. */
-typedef enum layout {
-    LAYOUT_CONTIGUOUS,
-    LAYOUT_PADDED,       /* gaps of 4 floats after every row and plane: 16-byte aligned rows */
-    LAYOUT_PADDED_ODD,   /* gaps of 3 floats: rows lose 16-byte alignment */
-    LAYOUT_PERMUTED,     /* dims 1 and 2 swapped in memory (e.g. q stored [B,Hk,T,Dk]) */
-    LAYOUT_SPACED_INNER, /* innermost stride 2 floats */
-} layout;
-
-static const char *layout_names[] = {"contiguous", "padded", "padded-odd", "permuted", "spaced-inner"};
 
 typedef struct op_case {
     int B, T, Hk, Hv, D, K;
     gdn_broadcast broadcast;
     int l2norm;
     float scale; /* 0: default 1/sqrt(D) */
-    layout lay;
+    test_layout lay;
     double qk_magnitude; /* 0: unit scale; else q and k scaled to this size (the l2norm eps regime) */
 } op_case;
 
@@ -51,70 +41,7 @@ static const op_case cases[] = {
     {1, 2, 2, 4, 128, 2, GDN_BROADCAST_INTERLEAVED, 1, 0.f, LAYOUT_PADDED, 1e-4},
 };
 
-/* ---------------------------------------------------------------------------------------------
- * Host-side views with a chosen layout, and the buffers behind them
- * ------------------------------------------------------------------------------------------- */
-
-/* Strides for counts ne[0..n) (innermost first) under a layout; returns the bytes to allocate. */
-static size_t make_strides(layout lay, int n, const int64_t *ne, size_t elem, size_t *nb)
-{
-    int order[GDN_MAX_DIMS];
-    for (int i = 0; i < n; i++)
-        order[i] = i;
-    if (lay == LAYOUT_PERMUTED && n >= 3) {
-        order[1] = 2;
-        order[2] = 1;
-    }
-    size_t pad = lay == LAYOUT_PADDED ? 4 : lay == LAYOUT_PADDED_ODD ? 3 : 0;
-    size_t stride = elem * (lay == LAYOUT_SPACED_INNER ? 2 : 1);
-    for (int i = 0; i < n; i++) {
-        int d = order[i];
-        nb[d] = stride;
-        stride = stride * (size_t)ne[d] + (i + 1 < n ? pad * elem : 0);
-    }
-    return stride;
-}
-
-/* One tensor of a case: a host copy and, when `backend` is set, a guarded backend buffer. */
-typedef struct tensor_buffer {
-    gdn_tensor host; /* view into host_bytes */
-    unsigned char *host_bytes;
-    size_t bytes;
-    test_buffer device;
-} tensor_buffer;
-
-static int tensor_buffer_init(tensor_buffer *tb, layout lay, gdn_dtype dtype, int n, const int64_t *ne)
-{
-    memset(tb, 0, sizeof *tb);
-    tb->host = gdn_tensor_contiguous(NULL, dtype, n, ne);
-    tb->bytes = make_strides(lay, n, ne, gdn_dtype_size(dtype), tb->host.nb);
-    tb->host_bytes = malloc(tb->bytes);
-    if (tb->host_bytes == NULL)
-        return 0;
-    memset(tb->host_bytes, 0xFF, tb->bytes); /* gaps hold NaN: reading them poisons results */
-    tb->host.data = tb->host_bytes;
-    return 1;
-}
-
-static void tensor_buffer_free(tensor_buffer *tb)
-{
-    free(tb->host_bytes);
-    test_buffer_free(&tb->device);
-}
-
-/* The backend's view of a tensor: same strides, data in the guarded backend buffer. */
-static gdn_tensor device_view(const tensor_buffer *tb)
-{
-    gdn_tensor t = tb->host;
-    t.data = test_buffer_data(&tb->device);
-    return t;
-}
-
-static int upload(tensor_buffer *tb, gdn_backend *backend)
-{
-    return test_buffer_alloc(&tb->device, backend, tb->bytes) &&
-           test_buffer_upload(&tb->device, tb->host_bytes, tb->bytes);
-}
+/* Layouts and the tensor buffers behind them: tests/harness.h. */
 
 /* ---------------------------------------------------------------------------------------------
  * Inputs of a case, with realistic ranges
@@ -122,10 +49,10 @@ static int upload(tensor_buffer *tb, gdn_backend *backend)
 enum { Q, K_, V, G, BETA, STATE, O, STATES, N_TENSORS };
 
 typedef struct op_tensors {
-    tensor_buffer t[N_TENSORS];
+    test_tensor t[N_TENSORS];
 } op_tensors;
 
-static void fill(tensor_buffer *tb, test_rng *rng, int what, int D, int l2norm, double qk_magnitude)
+static void fill(test_tensor *tb, test_rng *rng, int what, int D, int l2norm, double qk_magnitude)
 {
     int64_t idx[GDN_MAX_DIMS] = {0};
     do {
@@ -149,14 +76,14 @@ static int op_tensors_init(op_tensors *ts, const op_case *c, test_rng *rng)
     const int64_t ne_qk[] = {D, c->Hk, c->T, c->B}, ne_v[] = {D, c->Hv, c->T, c->B};
     const int64_t ne_gate[] = {c->Hv, c->T, c->B}, ne_state[] = {D, D, c->Hv, c->B};
     const int64_t ne_states[] = {D, D, c->Hv, c->B, N};
-    int ok = tensor_buffer_init(&ts->t[Q], c->lay, GDN_DTYPE_F32, 4, ne_qk) &&
-             tensor_buffer_init(&ts->t[K_], c->lay, GDN_DTYPE_F32, 4, ne_qk) &&
-             tensor_buffer_init(&ts->t[V], c->lay, GDN_DTYPE_F32, 4, ne_v) &&
-             tensor_buffer_init(&ts->t[G], c->lay, GDN_DTYPE_F32, 3, ne_gate) &&
-             tensor_buffer_init(&ts->t[BETA], c->lay, GDN_DTYPE_F32, 3, ne_gate) &&
-             tensor_buffer_init(&ts->t[STATE], c->lay, GDN_DTYPE_F32, 4, ne_state) &&
-             tensor_buffer_init(&ts->t[O], c->lay, GDN_DTYPE_F32, 4, ne_v) &&
-             tensor_buffer_init(&ts->t[STATES], c->lay, GDN_DTYPE_F32, 5, ne_states);
+    int ok = test_tensor_init(&ts->t[Q], c->lay, GDN_DTYPE_F32, 4, ne_qk) &&
+             test_tensor_init(&ts->t[K_], c->lay, GDN_DTYPE_F32, 4, ne_qk) &&
+             test_tensor_init(&ts->t[V], c->lay, GDN_DTYPE_F32, 4, ne_v) &&
+             test_tensor_init(&ts->t[G], c->lay, GDN_DTYPE_F32, 3, ne_gate) &&
+             test_tensor_init(&ts->t[BETA], c->lay, GDN_DTYPE_F32, 3, ne_gate) &&
+             test_tensor_init(&ts->t[STATE], c->lay, GDN_DTYPE_F32, 4, ne_state) &&
+             test_tensor_init(&ts->t[O], c->lay, GDN_DTYPE_F32, 4, ne_v) &&
+             test_tensor_init(&ts->t[STATES], c->lay, GDN_DTYPE_F32, 5, ne_states);
     if (!ok)
         return 0;
     for (int i = Q; i <= STATE; i++)
@@ -167,21 +94,21 @@ static int op_tensors_init(op_tensors *ts, const op_case *c, test_rng *rng)
 static void op_tensors_free(op_tensors *ts)
 {
     for (int i = 0; i < N_TENSORS; i++)
-        tensor_buffer_free(&ts->t[i]);
+        test_tensor_free(&ts->t[i]);
 }
 
 static gdn_gated_delta_net_args device_args(const op_tensors *ts)
 {
     gdn_gated_delta_net_args a;
     memset(&a, 0, sizeof a); /* no state_index */
-    a.q = device_view(&ts->t[Q]);
-    a.k = device_view(&ts->t[K_]);
-    a.v = device_view(&ts->t[V]);
-    a.g = device_view(&ts->t[G]);
-    a.beta = device_view(&ts->t[BETA]);
-    a.state = device_view(&ts->t[STATE]);
-    a.o = device_view(&ts->t[O]);
-    a.states = device_view(&ts->t[STATES]);
+    a.q = test_device_view(&ts->t[Q]);
+    a.k = test_device_view(&ts->t[K_]);
+    a.v = test_device_view(&ts->t[V]);
+    a.g = test_device_view(&ts->t[G]);
+    a.beta = test_device_view(&ts->t[BETA]);
+    a.state = test_device_view(&ts->t[STATE]);
+    a.o = test_device_view(&ts->t[O]);
+    a.states = test_device_view(&ts->t[STATES]);
     return a;
 }
 
@@ -207,7 +134,7 @@ static gdn_gated_delta_net_params case_params(const op_case *c)
 #define TOL_REL_L2 1e-5
 #define TOL_MAX 1e-4
 
-static void compare_output(const char *what, const char *label, int case_index, const tensor_buffer *tb,
+static void compare_output(const char *what, const char *label, int case_index, const test_tensor *tb,
                            const double *ref, const gdn_tensor *ref_view)
 {
     unsigned char *got = malloc(tb->bytes);
@@ -271,7 +198,7 @@ static void run_case(const test_backend *tb, int case_index, const op_case *c)
 
     int ok = 1;
     for (int i = 0; i < N_TENSORS; i++)
-        ok = ok && upload(&ts.t[i], tb->backend);
+        ok = ok && test_tensor_upload(&ts.t[i], tb->backend);
     CHECK(ok, "%s case %d: upload failed: %s", tb->label, case_index, gdn_error_detail());
     if (ok && st == GDN_OK) {
         gdn_gated_delta_net_args a = device_args(&ts);
@@ -284,7 +211,7 @@ static void run_case(const test_backend *tb, int case_index, const op_case *c)
     }
     printf("  %-10s case %2d: B=%d T=%d Hk=%d Hv=%d D=%3d K=%d %s%s %s\n", tb->label, case_index, c->B,
            c->T, c->Hk, c->Hv, c->D, c->K, c->broadcast == GDN_BROADCAST_TILED ? "tiled" : "interleaved",
-           c->l2norm ? " l2norm" : "", layout_names[c->lay]);
+           c->l2norm ? " l2norm" : "", test_layout_names[c->lay]);
     free(o_ref.data);
     free(s_ref.data);
     op_tensors_free(&ts);
@@ -332,7 +259,7 @@ static void check_token_split(const test_backend *tb, const op_case *c)
     op_tensors all;
     int ok = op_tensors_init(&all, &one, &rng);
     for (int i = 0; ok && i < N_TENSORS; i++)
-        ok = upload(&all.t[i], tb->backend);
+        ok = test_tensor_upload(&all.t[i], tb->backend);
     gdn_gated_delta_net_params p = case_params(&one);
     gdn_gated_delta_net_args a = device_args(&all);
     ok = ok && gdn_gated_delta_net(tb->backend, &p, &a) == GDN_OK;
@@ -350,10 +277,10 @@ static void check_token_split(const test_backend *tb, const op_case *c)
         s.states = a.state;
         s.states.n_dims = 5;
         s.states.ne[4] = 1;
-        tensor_buffer o1;
+        test_tensor o1;
         const int64_t ne_o[] = {c->D, c->Hv, 1, c->B};
-        ok = tensor_buffer_init(&o1, c->lay, GDN_DTYPE_F32, 4, ne_o) && upload(&o1, tb->backend);
-        s.o = device_view(&o1);
+        ok = test_tensor_init(&o1, c->lay, GDN_DTYPE_F32, 4, ne_o) && test_tensor_upload(&o1, tb->backend);
+        s.o = test_device_view(&o1);
         gdn_status st = ok ? gdn_gated_delta_net(tb->backend, &p, &s) : GDN_ERROR_OUT_OF_MEMORY;
         CHECK(st == GDN_OK, "%s token split t=%lld: %s", tb->label, (long long)t, gdn_error_detail());
         ok = ok && st == GDN_OK && gdn_backend_synchronize(tb->backend) == GDN_OK;
@@ -367,11 +294,11 @@ static void check_token_split(const test_backend *tb, const op_case *c)
         free(o_one);
         free(s_all);
         free(s_one);
-        tensor_buffer_free(&o1);
+        test_tensor_free(&o1);
     }
     CHECK(ok, "%s token split: setup failed: %s", tb->label, gdn_error_detail());
     CHECK(identical, "%s: T=%d in one call differs from one token per call (B=%d Hv=%d D=%d %s)", tb->label,
-          c->T, c->B, c->Hv, c->D, layout_names[c->lay]);
+          c->T, c->B, c->Hv, c->D, test_layout_names[c->lay]);
     op_tensors_free(&all);
 }
 
@@ -383,7 +310,7 @@ static void check_batch_invariance(const test_backend *tb, const op_case *c)
     op_tensors all;
     int ok = op_tensors_init(&all, c, &rng);
     for (int i = 0; ok && i < N_TENSORS; i++)
-        ok = upload(&all.t[i], tb->backend);
+        ok = test_tensor_upload(&all.t[i], tb->backend);
     gdn_gated_delta_net_params p = case_params(c);
     gdn_gated_delta_net_args a = device_args(&all);
     ok = ok && gdn_gated_delta_net(tb->backend, &p, &a) == GDN_OK && gdn_backend_synchronize(tb->backend) == GDN_OK;
@@ -434,7 +361,7 @@ static void check_recording(const test_backend *tb, const op_case *c)
     gdn_recording_free(recording);
     recording = NULL;
     for (int i = 0; ok && i < N_TENSORS; i++)
-        ok = upload(&ts.t[i], tb->backend);
+        ok = test_tensor_upload(&ts.t[i], tb->backend);
     gdn_gated_delta_net_params p = case_params(c);
     gdn_gated_delta_net_args a = device_args(&ts);
     unsigned char *direct_o = NULL, *direct_s = NULL, *replay_o = NULL, *replay_s = NULL;
@@ -500,7 +427,7 @@ static void check_rejections(const test_backend *tb)
     op_tensors ts;
     int ok = op_tensors_init(&ts, &c, &rng);
     for (int i = 0; ok && i < N_TENSORS; i++)
-        ok = upload(&ts.t[i], tb->backend);
+        ok = test_tensor_upload(&ts.t[i], tb->backend);
     CHECK(ok, "%s rejections: setup failed", tb->label);
     if (!ok) {
         op_tensors_free(&ts);
@@ -559,13 +486,13 @@ static const op_case indexed_cases[] = {
 };
 
 /* Run one indexed call (index values `slots`) and download o and states; 0 on failure. */
-static gdn_status run_indexed(const test_backend *tb, const op_case *c, const op_tensors *ts, const tensor_buffer *pool,
-                              const tensor_buffer *index, unsigned char **o, unsigned char **states)
+static gdn_status run_indexed(const test_backend *tb, const op_case *c, const op_tensors *ts, const test_tensor *pool,
+                              const test_tensor *index, unsigned char **o, unsigned char **states)
 {
     gdn_gated_delta_net_params p = case_params(c);
     gdn_gated_delta_net_args a = device_args(ts);
-    a.state = device_view(pool);
-    a.state_index = device_view(index);
+    a.state = test_device_view(pool);
+    a.state_index = test_device_view(index);
     gdn_status st = gdn_gated_delta_net(tb->backend, &p, &a);
     if (st != GDN_OK || o == NULL)
         return st;
@@ -582,11 +509,11 @@ static void check_indexed(const test_backend *tb, int case_index, const op_case 
     test_rng rng;
     test_rng_seed(&rng, 500 + (uint64_t)case_index);
     op_tensors ts;
-    tensor_buffer pool, index;
+    test_tensor pool, index;
     const int64_t D = c->D, N = c->T < c->K ? c->T : c->K;
     const int64_t ne_pool[] = {D, D, c->Hv, S}, ne_index[] = {c->B};
-    int ok = op_tensors_init(&ts, c, &rng) && tensor_buffer_init(&pool, c->lay, GDN_DTYPE_F32, 4, ne_pool) &&
-             tensor_buffer_init(&index, LAYOUT_CONTIGUOUS, GDN_DTYPE_I32, 1, ne_index);
+    int ok = op_tensors_init(&ts, c, &rng) && test_tensor_init(&pool, c->lay, GDN_DTYPE_F32, 4, ne_pool) &&
+             test_tensor_init(&index, LAYOUT_CONTIGUOUS, GDN_DTYPE_I32, 1, ne_index);
     if (ok) {
         fill(&pool, &rng, STATE, c->D, 0, 0);
         memcpy(index.host_bytes, slots, sizeof slots);
@@ -604,8 +531,8 @@ static void check_indexed(const test_backend *tb, int case_index, const op_case 
     ok = ok && gdn_gated_delta_net_reference(&p, &ra) == GDN_OK;
     CHECK(ok, "%s indexed case %d: setup or reference failed: %s", tb->label, case_index, gdn_error_detail());
     for (int i = 0; ok && i < N_TENSORS; i++)
-        ok = upload(&ts.t[i], tb->backend);
-    ok = ok && upload(&pool, tb->backend) && upload(&index, tb->backend);
+        ok = test_tensor_upload(&ts.t[i], tb->backend);
+    ok = ok && test_tensor_upload(&pool, tb->backend) && test_tensor_upload(&index, tb->backend);
 
     /* Bad indices first, while the outputs still hold their 0xFF fill: rejected, nothing written. */
     const int32_t bad[2][3] = {{1, 5, 0}, {-1, 0, 0}};
@@ -667,15 +594,15 @@ static void check_indexed(const test_backend *tb, int case_index, const op_case 
     /* A pool that is the snapshots themselves, read through an index, is out of range here
      * (B = 3 slots, index 4); the in-place rule is tested by check_in_place. */
     printf("  %-10s indexed case %d: S=%d B=%d T=%d Hv=%d D=%3d %s\n", tb->label, case_index, S, c->B, c->T, c->Hv,
-           c->D, layout_names[c->lay]);
+           c->D, test_layout_names[c->lay]);
     free(o_indexed);
     free(s_indexed);
     free(o_gathered);
     free(s_gathered);
     free(o_ref.data);
     free(s_ref.data);
-    tensor_buffer_free(&pool);
-    tensor_buffer_free(&index);
+    test_tensor_free(&pool);
+    test_tensor_free(&index);
     op_tensors_free(&ts);
 }
 
@@ -710,10 +637,10 @@ static void check_in_place(const test_backend *tb, int case_index, const op_case
     test_rng rng;
     test_rng_seed(&rng, 700 + (uint64_t)case_index);
     op_tensors ts;
-    tensor_buffer cache, index;
+    test_tensor cache, index;
     const int64_t ne_cache[] = {D, D, c->Hv, N, B + 1}, ne_index[] = {B};
-    int ok = op_tensors_init(&ts, c, &rng) && tensor_buffer_init(&cache, LAYOUT_CONTIGUOUS, GDN_DTYPE_F32, 5, ne_cache) &&
-             tensor_buffer_init(&index, LAYOUT_CONTIGUOUS, GDN_DTYPE_I32, 1, ne_index);
+    int ok = op_tensors_init(&ts, c, &rng) && test_tensor_init(&cache, LAYOUT_CONTIGUOUS, GDN_DTYPE_F32, 5, ne_cache) &&
+             test_tensor_init(&index, LAYOUT_CONTIGUOUS, GDN_DTYPE_I32, 1, ne_index);
     if (!ok) {
         CHECK(0, "%s in-place case %d: out of memory", tb->label, case_index);
         op_tensors_free(&ts);
@@ -750,8 +677,8 @@ static void check_in_place(const test_backend *tb, int case_index, const op_case
                sizeof(float));
     } while (test_next_index(&ts.t[STATE].host, idx));
     for (int i = 0; ok && i < N_TENSORS; i++)
-        ok = upload(&ts.t[i], tb->backend);
-    ok = ok && upload(&cache, tb->backend) && upload(&index, tb->backend);
+        ok = test_tensor_upload(&ts.t[i], tb->backend);
+    ok = ok && test_tensor_upload(&cache, tb->backend) && test_tensor_upload(&index, tb->backend);
     CHECK(ok, "%s in-place case %d: upload: %s", tb->label, case_index, gdn_error_detail());
 
     gdn_gated_delta_net_args a = device_args(&ts);
@@ -759,7 +686,7 @@ static void check_in_place(const test_backend *tb, int case_index, const op_case
     a.state.data = (char *)test_buffer_data(&cache.device) + group;
     a.states = snaps;
     a.states.data = test_buffer_data(&cache.device);
-    a.state_index = device_view(&index);
+    a.state_index = test_device_view(&index);
     unsigned char *after = malloc(cache.bytes), *o_after = malloc(ts.t[O].bytes);
     ok = ok && after && o_after;
 
@@ -805,8 +732,8 @@ static void check_in_place(const test_backend *tb, int case_index, const op_case
     free(after), free(o_after), free(o_g), free(s_g), free(o_i), free(s_i);
     free(o_ref.data);
     free(s_ref.data);
-    tensor_buffer_free(&cache);
-    tensor_buffer_free(&index);
+    test_tensor_free(&cache);
+    test_tensor_free(&index);
     op_tensors_free(&ts);
 }
 
@@ -849,7 +776,7 @@ int main(void)
                 op_tensors ts;
                 int ok = op_tensors_init(&ts, &c, &rng);
                 for (int j = 0; ok && j < N_TENSORS; j++)
-                    ok = upload(&ts.t[j], pair[i]);
+                    ok = test_tensor_upload(&ts.t[j], pair[i]);
                 gdn_gated_delta_net_params p = case_params(&c);
                 gdn_gated_delta_net_args a = device_args(&ts);
                 ok = ok && gdn_gated_delta_net(pair[i], &p, &a) == GDN_OK;

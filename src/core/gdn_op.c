@@ -4,6 +4,7 @@
 #include "../backends/backend.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 gdn_gated_delta_net_params gdn_gated_delta_net_params_default(void)
@@ -16,31 +17,74 @@ gdn_gated_delta_net_params gdn_gated_delta_net_params_default(void)
     return p;
 }
 
-/* Check that `t` is a view of dtype `dtype` with exactly the counts `ne` (innermost first). */
-static gdn_status check_tensor(const char *name, const gdn_tensor *t, gdn_dtype dtype, int n_dims,
+/* Check that `t` is a view of dtype `dtype` with exactly the counts `ne` (innermost first).
+ * `op` names the op in the message ("gated_delta_net", "gated_delta_net_replay"). */
+static gdn_status check_tensor(const char *op, const char *name, const gdn_tensor *t, gdn_dtype dtype, int n_dims,
                                const int64_t *ne)
 {
     if (t->data == NULL)
-        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net: %s has no data pointer", name);
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: %s has no data pointer", op, name);
     if (t->dtype != dtype)
-        return gdn_fail(GDN_ERROR_TYPE, "gated_delta_net: %s is %s, expected %s", name,
-                        gdn_dtype_name(t->dtype), gdn_dtype_name(dtype));
+        return gdn_fail(GDN_ERROR_TYPE, "%s: %s is %s, expected %s", op, name, gdn_dtype_name(t->dtype),
+                        gdn_dtype_name(dtype));
     if (t->n_dims < 1 || t->n_dims > GDN_MAX_DIMS)
-        return gdn_fail(GDN_ERROR_SHAPE, "gated_delta_net: %s has n_dims=%d", name, (int)t->n_dims);
+        return gdn_fail(GDN_ERROR_SHAPE, "%s: %s has n_dims=%d", op, name, (int)t->n_dims);
     for (int i = 0; i < GDN_MAX_DIMS; i++) {
         int64_t want = i < n_dims ? ne[i] : 1;
         if (t->ne[i] != want)
-            return gdn_fail(GDN_ERROR_SHAPE,
-                            "gated_delta_net: %s has ne[%d]=%lld (innermost-first), expected %lld",
-                            name, i, (long long)t->ne[i], (long long)want);
+            return gdn_fail(GDN_ERROR_SHAPE, "%s: %s has ne[%d]=%lld (innermost-first), expected %lld", op, name, i,
+                            (long long)t->ne[i], (long long)want);
         if (t->nb[i] % gdn_dtype_size(dtype) != 0)
-            return gdn_fail(GDN_ERROR_SHAPE,
-                            "gated_delta_net: %s has byte stride nb[%d]=%zu, not a multiple of %zu",
-                            name, i, t->nb[i], gdn_dtype_size(dtype));
+            return gdn_fail(GDN_ERROR_SHAPE, "%s: %s has byte stride nb[%d]=%zu, not a multiple of %zu", op, name,
+                            i, t->nb[i], gdn_dtype_size(dtype));
     }
     if ((uintptr_t)t->data % gdn_dtype_size(dtype) != 0)
-        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net: %s data is not %zu-byte aligned",
-                        name, gdn_dtype_size(dtype));
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: %s data is not %zu-byte aligned", op, name,
+                        gdn_dtype_size(dtype));
+    return GDN_OK;
+}
+
+/* The parameters both forms share (broadcast, l2norm, scale). */
+static gdn_status check_params(const char *op, const gdn_gated_delta_net_params *params)
+{
+    if (params->broadcast != GDN_BROADCAST_TILED && params->broadcast != GDN_BROADCAST_INTERLEAVED)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: unknown broadcast rule %d", op, (int)params->broadcast);
+    if (params->l2norm != 0 && params->l2norm != 1)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: l2norm=%d, expected 0 or 1", op, (int)params->l2norm);
+    if (!isfinite(params->scale) || params->scale < 0.0f)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: scale=%g, expected a finite value >= 0 (0 = 1/sqrt(Dk))",
+                        op, (double)params->scale);
+    return GDN_OK;
+}
+
+/* Sizes from q [B,T,Hk,D] and v [B,T,Hv,D] (everything else is checked against them) into
+ * shape->B, T, Hk, Hv, D and the resolved scale; the other fields zeroed (state_alias -1). */
+static gdn_status check_sizes(const char *op, const gdn_gated_delta_net_params *params, const gdn_tensor *q,
+                              const gdn_tensor *v, gdn_gdn_shape *shape)
+{
+    if (q->n_dims != 4 || v->n_dims != 4)
+        return gdn_fail(GDN_ERROR_SHAPE, "%s: q and v must have 4 dims [B,T,H,D], got %d and %d", op,
+                        (int)q->n_dims, (int)v->n_dims);
+    int64_t D = q->ne[0], Hk = q->ne[1], T = q->ne[2], B = q->ne[3];
+    int64_t Hv = v->ne[1];
+    if (D != 16 && D != 32 && D != 64 && D != 128 && D != 256)
+        return gdn_fail(GDN_ERROR_SHAPE, "%s: Dk=%lld, expected 16, 32, 64, 128 or 256", op, (long long)D);
+    if (v->ne[0] != D)
+        return gdn_fail(GDN_ERROR_SHAPE, "%s: Dv=%lld differs from Dk=%lld (Dk = Dv required)", op,
+                        (long long)v->ne[0], (long long)D);
+    if (Hk < 1 || Hv < 1 || Hv % Hk != 0)
+        return gdn_fail(GDN_ERROR_SHAPE, "%s: v has Hv=%lld heads, not a multiple of Hk=%lld", op, (long long)Hv,
+                        (long long)Hk);
+    if (T < 1 || B < 1)
+        return gdn_fail(GDN_ERROR_SHAPE, "%s: T=%lld and B=%lld must be >= 1", op, (long long)T, (long long)B);
+    memset(shape, 0, sizeof *shape);
+    shape->B = B;
+    shape->T = T;
+    shape->Hk = Hk;
+    shape->Hv = Hv;
+    shape->D = D;
+    shape->state_alias = -1;
+    shape->scale = params->scale != 0.0f ? params->scale : (float)(1.0 / sqrt((double)D));
     return GDN_OK;
 }
 
@@ -63,36 +107,11 @@ gdn_status gdn_gated_delta_net_check(const gdn_gated_delta_net_params *params,
     if (params->n_snapshots < 1)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net: n_snapshots=%d, expected >= 1",
                         (int)params->n_snapshots);
-    if (params->broadcast != GDN_BROADCAST_TILED && params->broadcast != GDN_BROADCAST_INTERLEAVED)
-        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net: unknown broadcast rule %d",
-                        (int)params->broadcast);
-    if (params->l2norm != 0 && params->l2norm != 1)
-        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net: l2norm=%d, expected 0 or 1",
-                        (int)params->l2norm);
-    if (!isfinite(params->scale) || params->scale < 0.0f)
-        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT,
-                        "gated_delta_net: scale=%g, expected a finite value >= 0 (0 = 1/sqrt(Dk))",
-                        (double)params->scale);
-
-    /* Sizes come from q and v; everything else is checked against them. */
-    const gdn_tensor *q = &args->q, *v = &args->v;
-    if (q->n_dims != 4 || v->n_dims != 4)
-        return gdn_fail(GDN_ERROR_SHAPE, "gated_delta_net: q and v must have 4 dims [B,T,H,D], got %d and %d",
-                        (int)q->n_dims, (int)v->n_dims);
-    int64_t D = q->ne[0], Hk = q->ne[1], T = q->ne[2], B = q->ne[3];
-    int64_t Hv = v->ne[1];
-    if (D != 16 && D != 32 && D != 64 && D != 128 && D != 256)
-        return gdn_fail(GDN_ERROR_SHAPE, "gated_delta_net: Dk=%lld, expected 16, 32, 64, 128 or 256",
-                        (long long)D);
-    if (v->ne[0] != D)
-        return gdn_fail(GDN_ERROR_SHAPE, "gated_delta_net: Dv=%lld differs from Dk=%lld (Dk = Dv required)",
-                        (long long)v->ne[0], (long long)D);
-    if (Hk < 1 || Hv < 1 || Hv % Hk != 0)
-        return gdn_fail(GDN_ERROR_SHAPE, "gated_delta_net: v has Hv=%lld heads, not a multiple of Hk=%lld",
-                        (long long)Hv, (long long)Hk);
-    if (T < 1 || B < 1)
-        return gdn_fail(GDN_ERROR_SHAPE, "gated_delta_net: T=%lld and B=%lld must be >= 1",
-                        (long long)T, (long long)B);
+    const char *op = "gated_delta_net";
+    gdn_status st = check_params(op, params);
+    if (st != GDN_OK || (st = check_sizes(op, params, &args->q, &args->v, shape)) != GDN_OK)
+        return st;
+    const int64_t D = shape->D, Hk = shape->Hk, T = shape->T, B = shape->B, Hv = shape->Hv;
     int64_t n_write = T < params->n_snapshots ? T : params->n_snapshots;
 
     const int64_t ne_qk[4] = {D, Hk, T, B};
@@ -108,16 +127,16 @@ gdn_status gdn_gated_delta_net_check(const gdn_gated_delta_net_params *params,
     const int64_t ne_state[4] = {D, D, Hv, S};
     const int64_t ne_index[1] = {B};
     const int64_t ne_states[5] = {D, D, Hv, B, n_write};
-    gdn_status st;
-    if ((st = check_tensor("q", &args->q, GDN_DTYPE_F32, 4, ne_qk)) != GDN_OK ||
-        (st = check_tensor("k", &args->k, GDN_DTYPE_F32, 4, ne_qk)) != GDN_OK ||
-        (st = check_tensor("v", &args->v, GDN_DTYPE_F32, 4, ne_v)) != GDN_OK ||
-        (st = check_tensor("g", &args->g, GDN_DTYPE_F32, 3, ne_gate)) != GDN_OK ||
-        (st = check_tensor("beta", &args->beta, GDN_DTYPE_F32, 3, ne_gate)) != GDN_OK ||
-        (st = check_tensor("state", &args->state, GDN_DTYPE_F32, 4, ne_state)) != GDN_OK ||
-        (st = check_tensor("o", &args->o, output_dtype, 4, ne_v)) != GDN_OK ||
-        (st = check_tensor("states", &args->states, output_dtype, 5, ne_states)) != GDN_OK ||
-        (indexed && (st = check_tensor("state_index", &args->state_index, GDN_DTYPE_I32, 1, ne_index)) != GDN_OK))
+    if ((st = check_tensor(op, "q", &args->q, GDN_DTYPE_F32, 4, ne_qk)) != GDN_OK ||
+        (st = check_tensor(op, "k", &args->k, GDN_DTYPE_F32, 4, ne_qk)) != GDN_OK ||
+        (st = check_tensor(op, "v", &args->v, GDN_DTYPE_F32, 4, ne_v)) != GDN_OK ||
+        (st = check_tensor(op, "g", &args->g, GDN_DTYPE_F32, 3, ne_gate)) != GDN_OK ||
+        (st = check_tensor(op, "beta", &args->beta, GDN_DTYPE_F32, 3, ne_gate)) != GDN_OK ||
+        (st = check_tensor(op, "state", &args->state, GDN_DTYPE_F32, 4, ne_state)) != GDN_OK ||
+        (st = check_tensor(op, "o", &args->o, output_dtype, 4, ne_v)) != GDN_OK ||
+        (st = check_tensor(op, "states", &args->states, output_dtype, 5, ne_states)) != GDN_OK ||
+        (indexed &&
+         (st = check_tensor(op, "state_index", &args->state_index, GDN_DTYPE_I32, 1, ne_index)) != GDN_OK))
         return st;
 
     /* Outputs must not overlap themselves (threads would race), inputs or each other, except
@@ -157,17 +176,133 @@ gdn_status gdn_gated_delta_net_check(const gdn_gated_delta_net_params *params,
     if (gdn_tensor_ranges_overlap(&args->o, &args->states))
         return gdn_fail(GDN_ERROR_OVERLAP, "gated_delta_net: outputs o and states overlap");
 
-    shape->B = B;
-    shape->T = T;
-    shape->Hk = Hk;
-    shape->Hv = Hv;
-    shape->D = D;
     shape->n_write = n_write;
     shape->state_alias = alias;
     shape->S = S;
     shape->indexed = indexed;
     shape->pool_overlaps_states = indexed && gdn_tensor_ranges_overlap(&args->state, &args->states);
-    shape->scale = params->scale != 0.0f ? params->scale : (float)(1.0 / sqrt((double)D));
+    return GDN_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The replay form
+ * ------------------------------------------------------------------------------------------- */
+gdn_status gdn_gated_delta_net_replay_check(const gdn_gated_delta_net_params *params,
+                                            const gdn_gated_delta_net_replay_args *args, gdn_dtype output_dtype,
+                                            gdn_gdn_shape *shape, gdn_gated_delta_net_args *plain)
+{
+    const char *op = "gated_delta_net_replay";
+    if (params == NULL || args == NULL || shape == NULL || plain == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: NULL params or args", op);
+    gdn_status st = check_params(op, params);
+    if (st != GDN_OK || (st = check_sizes(op, params, &args->q, &args->v, shape)) != GDN_OK)
+        return st;
+    const int64_t D = shape->D, Hk = shape->Hk, T = shape->T, B = shape->B, Hv = shape->Hv;
+    const int64_t S = args->state.ne[3], L = args->ring_k.ne[2];
+    if (S < 1)
+        return gdn_fail(GDN_ERROR_SHAPE, "%s: state pool has ne[3]=%lld slots, expected >= 1", op, (long long)S);
+    if (L < T)
+        return gdn_fail(GDN_ERROR_SHAPE, "%s: ring_k has L=%lld positions (ne[2]), fewer than the T=%lld new "
+                        "tokens it must take", op, (long long)L, (long long)T);
+    const int64_t ne_qk[4] = {D, Hk, T, B}, ne_v[4] = {D, Hv, T, B}, ne_gate[3] = {Hv, T, B};
+    const int64_t ne_state[4] = {D, D, Hv, S}, ne_index[1] = {B}, ne_fold[2] = {3, B};
+    const int64_t ne_ring_k[4] = {D, Hk, L, S}, ne_ring_v[4] = {D, Hv, L, S}, ne_ring_gate[3] = {Hv, L, S};
+    if ((st = check_tensor(op, "q", &args->q, GDN_DTYPE_F32, 4, ne_qk)) != GDN_OK ||
+        (st = check_tensor(op, "k", &args->k, GDN_DTYPE_F32, 4, ne_qk)) != GDN_OK ||
+        (st = check_tensor(op, "v", &args->v, GDN_DTYPE_F32, 4, ne_v)) != GDN_OK ||
+        (st = check_tensor(op, "g", &args->g, GDN_DTYPE_F32, 3, ne_gate)) != GDN_OK ||
+        (st = check_tensor(op, "beta", &args->beta, GDN_DTYPE_F32, 3, ne_gate)) != GDN_OK ||
+        (st = check_tensor(op, "state", &args->state, output_dtype, 4, ne_state)) != GDN_OK ||
+        (st = check_tensor(op, "state_index", &args->state_index, GDN_DTYPE_I32, 1, ne_index)) != GDN_OK ||
+        (st = check_tensor(op, "ring_k", &args->ring_k, GDN_DTYPE_F32, 4, ne_ring_k)) != GDN_OK ||
+        (st = check_tensor(op, "ring_v", &args->ring_v, GDN_DTYPE_F32, 4, ne_ring_v)) != GDN_OK ||
+        (st = check_tensor(op, "ring_g", &args->ring_g, GDN_DTYPE_F32, 3, ne_ring_gate)) != GDN_OK ||
+        (st = check_tensor(op, "ring_beta", &args->ring_beta, GDN_DTYPE_F32, 3, ne_ring_gate)) != GDN_OK ||
+        (st = check_tensor(op, "fold", &args->fold, GDN_DTYPE_I32, 2, ne_fold)) != GDN_OK ||
+        (st = check_tensor(op, "o", &args->o, output_dtype, 4, ne_v)) != GDN_OK)
+        return st;
+
+    /* Six views are written (o, the pool, the rings): each injective (threads would race), none
+     * overlapping another or any input. Each sequence writes only its own slot (distinct slots:
+     * checked with the index values) and ring positions disjoint from those it folds. */
+    const gdn_tensor *written[6] = {&args->o, &args->state, &args->ring_k, &args->ring_v, &args->ring_g,
+                                    &args->ring_beta};
+    const char *written_names[6] = {"o", "state", "ring_k", "ring_v", "ring_g", "ring_beta"};
+    const gdn_tensor *inputs[7] = {&args->q, &args->k, &args->v, &args->g, &args->beta, &args->state_index,
+                                   &args->fold};
+    const char *input_names[7] = {"q", "k", "v", "g", "beta", "state_index", "fold"};
+    for (int w = 0; w < 6; w++) {
+        if (!gdn_tensor_is_injective(written[w]))
+            return gdn_fail(GDN_ERROR_OVERLAP, "%s: %s (written by the op) has elements that share memory "
+                            "(a stride smaller than the extent of the dimensions inside it)", op, written_names[w]);
+        for (int i = 0; i < 7; i++)
+            if (gdn_tensor_ranges_overlap(written[w], inputs[i]))
+                return gdn_fail(GDN_ERROR_OVERLAP, "%s: %s (written by the op) overlaps input %s", op,
+                                written_names[w], input_names[i]);
+        for (int w2 = 0; w2 < w; w2++)
+            if (gdn_tensor_ranges_overlap(written[w], written[w2]))
+                return gdn_fail(GDN_ERROR_OVERLAP, "%s: %s and %s (both written by the op) overlap", op,
+                                written_names[w2], written_names[w]);
+    }
+
+    shape->n_write = 0;
+    shape->S = S;
+    shape->indexed = 1;
+    shape->replay = args;
+    shape->L = L;
+    memset(plain, 0, sizeof *plain); /* states: empty, nothing is written there */
+    plain->q = args->q;
+    plain->k = args->k;
+    plain->v = args->v;
+    plain->g = args->g;
+    plain->beta = args->beta;
+    plain->state = args->state;
+    plain->o = args->o;
+    plain->state_index = args->state_index;
+    return GDN_OK;
+}
+
+gdn_gdn_fold gdn_gated_delta_net_fold_of(const gdn_gated_delta_net_replay_args *args, int64_t b)
+{
+    const char *row = (const char *)args->fold.data + (size_t)b * args->fold.nb[1];
+    gdn_gdn_fold f;
+    memcpy(&f.start, row, sizeof f.start);
+    memcpy(&f.count, row + args->fold.nb[0], sizeof f.count);
+    memcpy(&f.commit, row + 2 * args->fold.nb[0], sizeof f.commit);
+    return f;
+}
+
+/* Replay: every fold entry in range, then no two sequences on one slot (the op writes the slot
+ * and its ring). Index values are already known to lie in 0..S-1. */
+static gdn_status check_fold(const gdn_gdn_shape *shape, const int32_t *slots)
+{
+    const char *op = "gated_delta_net_replay";
+    for (int64_t b = 0; b < shape->B; b++) {
+        const gdn_gdn_fold f = gdn_gated_delta_net_fold_of(shape->replay, b);
+        if (f.start < 0 || f.start >= shape->L || f.count < 0 || f.count > shape->L - shape->T)
+            return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: fold[%lld] = {start %d, count %d}: expected "
+                            "0 <= start < L=%lld, count >= 0 and count + T <= L (T=%lld: the new tokens must not "
+                            "overwrite the tokens being folded)", op, (long long)b, (int)f.start, (int)f.count,
+                            (long long)shape->L, (long long)shape->T);
+    }
+    /* Distinct slots: one bit per slot (S bits, far less than the pool itself). */
+    unsigned char *seen = calloc((size_t)(shape->S + 7) / 8, 1);
+    if (seen == NULL)
+        return gdn_fail(GDN_ERROR_OUT_OF_MEMORY, "%s: no memory for the slot check", op);
+    for (int64_t b = 0; b < shape->B; b++) {
+        const int32_t slot = slots[b];
+        if (seen[slot / 8] & (1u << (slot % 8))) {
+            int64_t first = 0;
+            while (slots[first] != slot)
+                first++;
+            free(seen);
+            return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: state_index[%lld]=%d is also the slot of sequence "
+                            "%lld (each sequence must own its slot: the op writes it)", op, (long long)b, (int)slot,
+                            (long long)first);
+        }
+        seen[slot / 8] |= (unsigned char)(1u << (slot % 8));
+    }
+    free(seen);
     return GDN_OK;
 }
 
@@ -186,13 +321,24 @@ gdn_status gdn_gated_delta_net_check_index(const gdn_gated_delta_net_args *args,
     if (!shape->indexed)
         return GDN_OK;
     const gdn_tensor *pool = &args->state, *states = &args->states;
+    int32_t *slots = malloc((size_t)shape->B * sizeof *slots);
+    if (slots == NULL)
+        return gdn_fail(GDN_ERROR_OUT_OF_MEMORY, "gated_delta_net: no memory for the index check");
     for (int64_t b = 0; b < shape->B; b++) {
         int32_t slot;
         memcpy(&slot, (const char *)args->state_index.data + (size_t)b * args->state_index.nb[0], sizeof slot);
-        if (slot < 0 || slot >= shape->S)
-            return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net: state_index[%lld]=%d is outside 0..%lld "
-                            "(slots of the state pool)", (long long)b, (int)slot, (long long)(shape->S - 1));
+        slots[b] = slot;
+        if (slot < 0 || slot >= shape->S) {
+            free(slots);
+            return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: state_index[%lld]=%d is outside 0..%lld "
+                            "(slots of the state pool)", shape->replay ? "gated_delta_net_replay" : "gated_delta_net",
+                            (long long)b, (int)slot, (long long)(shape->S - 1));
+        }
     }
+    const gdn_status st = shape->replay != NULL ? check_fold(shape, slots) : GDN_OK;
+    free(slots);
+    if (st != GDN_OK)
+        return st;
     /* The in-place rule: the slot read by b is disjoint from every snapshot written, or exactly
      * one of b's own (then each task reads its rows before writing them, as for state ==
      * states[s]). B*B*n_write comparisons, only when the whole ranges meet at all. */
@@ -238,4 +384,30 @@ gdn_status gdn_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_net_p
     if (st == GDN_OK)
         gdn_backend_count_gdn(backend, args, &shape);
     return st;
+}
+
+gdn_status gdn_gated_delta_net_replay(gdn_backend *backend, const gdn_gated_delta_net_params *params,
+                                      const gdn_gated_delta_net_replay_args *args)
+{
+    gdn_clear_error();
+    if (backend == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net_replay: NULL backend");
+    gdn_gdn_shape shape;
+    gdn_gated_delta_net_args plain;
+    gdn_status st = gdn_gated_delta_net_replay_check(params, args, GDN_DTYPE_F32, &shape, &plain);
+    if (st != GDN_OK)
+        return st;
+    /* Replay is a mode of the backend's gated_delta_net entry (shape.replay set): the same
+     * kernels, the same per-token code for folded and new tokens. */
+    st = backend->ops->gated_delta_net(backend, params, &plain, &shape);
+    if (st != GDN_OK)
+        return st;
+    gdn_backend_count_gdn(backend, &plain, &shape);
+    /* Plus what the host knows the call moves beyond that: the fold array read and the new
+     * tokens' entries appended to the rings (cache traffic). */
+    const uint64_t appended = (uint64_t)(shape.B * shape.T) *
+                              (uint64_t)(shape.Hk * shape.D + shape.Hv * shape.D + 2 * shape.Hv) * sizeof(float);
+    backend->counters.bytes += appended + (uint64_t)(3 * shape.B) * sizeof(int32_t);
+    backend->counters.cache_bytes += appended;
+    return GDN_OK;
 }

@@ -19,6 +19,11 @@ typedef struct gdn_gdn_shape {
     int pool_overlaps_states; /* indexed, and the pool's byte range meets the snapshots': the
                                * backend checks the in-place rule (include/gdn.h) per sequence */
     float scale;             /* resolved scale (1/sqrt(D) when params->scale == 0) */
+    /* The replay form (gdn_gated_delta_net_replay): NULL for the recurrent op. Otherwise the
+     * backend entry `gated_delta_net` runs in replay mode: `args` holds the new tokens, the pool
+     * as `state`, the index and o (states empty, n_write 0); the rings and fold come from here. */
+    const gdn_gated_delta_net_replay_args *replay;
+    int64_t L;               /* replay: ring length (positions per slot) */
 } gdn_gdn_shape;
 
 /* Validate shapes, dtypes, parameters and overlaps. `output_dtype` is F32 for backends and F64
@@ -27,8 +32,23 @@ gdn_status gdn_gated_delta_net_check(const gdn_gated_delta_net_params *params,
                                      const gdn_gated_delta_net_args *args, gdn_dtype output_dtype,
                                      gdn_gdn_shape *shape);
 
-/* With an index in host memory: every state_index[b] in 0..S-1 (GDN_ERROR_INVALID_ARGUMENT),
- * then the in-place rule of include/gdn.h (GDN_ERROR_OVERLAP naming b, index[b] and the
+/* Validate the replay form (include/gdn.h): shapes, dtypes, parameters and overlaps. The pool
+ * and o have dtype `output_dtype` (F32 for backends, F64 for the reference); the rings are F32.
+ * On success fills *shape (replay = args) and *plain with the view of the call that the backend
+ * entry takes: the new tokens, the pool as state, the index and o; states empty. */
+gdn_status gdn_gated_delta_net_replay_check(const gdn_gated_delta_net_params *params,
+                                            const gdn_gated_delta_net_replay_args *args, gdn_dtype output_dtype,
+                                            gdn_gdn_shape *shape, gdn_gated_delta_net_args *plain);
+
+/* One sequence's fold entry {start, count, commit}, read from host memory. */
+typedef struct gdn_gdn_fold {
+    int32_t start, count, commit;
+} gdn_gdn_fold;
+gdn_gdn_fold gdn_gated_delta_net_fold_of(const gdn_gated_delta_net_replay_args *args, int64_t b);
+
+/* With an index in host memory: every state_index[b] in 0..S-1 (GDN_ERROR_INVALID_ARGUMENT);
+ * in replay mode then every fold entry in range and no two sequences on one slot
+ * (GDN_ERROR_INVALID_ARGUMENT); then the in-place rule of include/gdn.h (GDN_ERROR_OVERLAP naming b, index[b] and the
  * snapshot states[s][b'] its slot overlaps). *in_place (may be NULL) <- 1 when some sequence
  * reads one of its own snapshots. Called by the reference and host backends before any work. */
 gdn_status gdn_gated_delta_net_check_index(const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape,
@@ -40,10 +60,22 @@ static inline int64_t gdn_qk_head(gdn_broadcast broadcast, int64_t h, int64_t Hk
     return broadcast == GDN_BROADCAST_TILED ? h % Hk : h / (Hv / Hk);
 }
 
+/* 1 if value head h is the first (lowest) value head that reads its q/k head: in replay mode
+ * its task is the one that appends that q/k head's k to the ring. */
+static inline int gdn_qk_head_first(gdn_broadcast broadcast, int64_t h, int64_t Hk, int64_t Hv)
+{
+    return broadcast == GDN_BROADCAST_TILED ? h < Hk : h % (Hv / Hk) == 0;
+}
+
 /* The float64 reference: plain loops, obviously right. Inputs F32, outputs F64 (o and states
  * shaped as for the op). Not a backend: it runs on the host only. */
 gdn_status gdn_gated_delta_net_reference(const gdn_gated_delta_net_params *params,
                                          const gdn_gated_delta_net_args *args);
+
+/* The float64 reference of the replay form: the pool and o are F64 (the committed states are
+ * kept in float64), the rings F32 (raw inputs, copied exactly). Host only. */
+gdn_status gdn_gated_delta_net_replay_reference(const gdn_gated_delta_net_params *params,
+                                                const gdn_gated_delta_net_replay_args *args);
 
 #ifdef __cplusplus
 }

@@ -28,6 +28,42 @@ static void l2_normalise(double *x, int64_t n)
         x[i] /= denominator;
 }
 
+/* One token of the update on one head's state S [Dv][Dk] (k already normalised when asked):
+ *     S <- exp(g) S;  d <- beta (v - S k);  S <- S + d k^T;  o <- scale S q  (when q is not NULL)
+ * v [D], o [D]. The same function serves new tokens and replayed (folded) ones. */
+static void reference_token(double *S, int64_t D, const double *q, const double *k, const double *v, double g,
+                            double beta, double scale, double *o)
+{
+    const double decay = exp(g);
+    for (int64_t j = 0; j < D; j++) {
+        double *row = S + j * D; /* value column j of the math's S: a Dk vector */
+        double sk = 0.0;
+        for (int64_t i = 0; i < D; i++) {
+            row[i] *= decay;
+            sk += row[i] * k[i];
+        }
+        const double d = beta * (v[j] - sk);
+        double sq = 0.0;
+        for (int64_t i = 0; i < D; i++) {
+            row[i] += d * k[i];
+            sq += q != NULL ? row[i] * q[i] : 0.0;
+        }
+        if (o != NULL)
+            o[j] = scale * sq;
+    }
+}
+
+/* Token (i1 = head, i2 = token, i3 = sequence or slot) of a [., ., H, D] F32 view into x[0..D),
+ * L2-normalised when asked. */
+static void load_vector(double *x, const gdn_tensor *t, int64_t D, int64_t head, int64_t token, int64_t outer,
+                        int normalise)
+{
+    for (int64_t i = 0; i < D; i++)
+        x[i] = load_f32(t, i, head, token, outer);
+    if (normalise)
+        l2_normalise(x, D);
+}
+
 gdn_status gdn_gated_delta_net_reference(const gdn_gated_delta_net_params *params,
                                          const gdn_gated_delta_net_args *args)
 {
@@ -41,10 +77,10 @@ gdn_status gdn_gated_delta_net_reference(const gdn_gated_delta_net_params *param
     if ((st = gdn_gated_delta_net_check_index(args, &shape, NULL)) != GDN_OK)
         return st;
     const int64_t D = shape.D;
-    double *S = malloc(sizeof(double) * (size_t)(D * D + 2 * D)); /* S[j][i], then q, k */
+    double *S = malloc(sizeof(double) * (size_t)(D * D + 4 * D)); /* S[j][i], then q, k, v, o */
     if (S == NULL)
         return gdn_fail(GDN_ERROR_OUT_OF_MEMORY, "gated_delta_net reference: no memory");
-    double *q = S + D * D, *k = q + D;
+    double *q = S + D * D, *k = q + D, *v = k + D, *o = v + D;
 
     for (int64_t b = 0; b < shape.B; b++)
         for (int64_t h = 0; h < shape.Hv; h++) {
@@ -55,31 +91,13 @@ gdn_status gdn_gated_delta_net_reference(const gdn_gated_delta_net_params *param
                     S[j * D + i] = load_f32(&args->state, i, j, h, slot);
 
             for (int64_t t = 0; t < shape.T; t++) {
-                for (int64_t i = 0; i < D; i++) {
-                    q[i] = load_f32(&args->q, i, hk, t, b);
-                    k[i] = load_f32(&args->k, i, hk, t, b);
-                }
-                if (params->l2norm) {
-                    l2_normalise(q, D);
-                    l2_normalise(k, D);
-                }
-                const double decay = exp(load_f32(&args->g, h, t, b, 0));
-                const double beta = load_f32(&args->beta, h, t, b, 0);
-                for (int64_t j = 0; j < D; j++) {
-                    double *row = S + j * D; /* value column j of the math's S: a Dk vector */
-                    double sk = 0.0;
-                    for (int64_t i = 0; i < D; i++) {
-                        row[i] *= decay;
-                        sk += row[i] * k[i];
-                    }
-                    const double d = beta * (load_f32(&args->v, j, h, t, b) - sk);
-                    double sq = 0.0;
-                    for (int64_t i = 0; i < D; i++) {
-                        row[i] += d * k[i];
-                        sq += row[i] * q[i];
-                    }
-                    *(double *)at(&args->o, j, h, t, b, 0) = (double)shape.scale * sq;
-                }
+                load_vector(q, &args->q, D, hk, t, b, params->l2norm);
+                load_vector(k, &args->k, D, hk, t, b, params->l2norm);
+                load_vector(v, &args->v, D, h, t, b, 0);
+                reference_token(S, D, q, k, v, load_f32(&args->g, h, t, b, 0), load_f32(&args->beta, h, t, b, 0),
+                                (double)shape.scale, o);
+                for (int64_t j = 0; j < D; j++)
+                    *(double *)at(&args->o, j, h, t, b, 0) = o[j];
                 const int64_t s = shape.T - 1 - t; /* snapshot index, newest first */
                 if (s < shape.n_write)
                     for (int64_t j = 0; j < D; j++)
@@ -87,6 +105,76 @@ gdn_status gdn_gated_delta_net_reference(const gdn_gated_delta_net_params *param
                             *(double *)at(&args->states, i, j, h, b, s) = S[j * D + i];
             }
         }
+    free(S);
+    return GDN_OK;
+}
+
+/* The replay form, in the order of include/gdn.h: per sequence and head, fold the ring tokens,
+ * commit, run the new tokens; then append the new tokens to the rings (after every read, so
+ * the order of sequences does not matter). */
+gdn_status gdn_gated_delta_net_replay_reference(const gdn_gated_delta_net_params *params,
+                                                const gdn_gated_delta_net_replay_args *args)
+{
+    gdn_clear_error();
+    gdn_gdn_shape shape;
+    gdn_gated_delta_net_args plain;
+    gdn_status st = gdn_gated_delta_net_replay_check(params, args, GDN_DTYPE_F64, &shape, &plain);
+    if (st != GDN_OK || (st = gdn_gated_delta_net_check_index(&plain, &shape, NULL)) != GDN_OK)
+        return st;
+    const int64_t D = shape.D, L = shape.L;
+    double *S = malloc(sizeof(double) * (size_t)(D * D + 4 * D)); /* S[j][i], then q, k, v, o */
+    if (S == NULL)
+        return gdn_fail(GDN_ERROR_OUT_OF_MEMORY, "gated_delta_net_replay reference: no memory");
+    double *q = S + D * D, *k = q + D, *v = k + D, *o = v + D;
+
+    for (int64_t b = 0; b < shape.B; b++) {
+        const int64_t slot = *(const int32_t *)at(&args->state_index, b, 0, 0, 0, 0);
+        const gdn_gdn_fold fold = gdn_gated_delta_net_fold_of(args, b);
+        for (int64_t h = 0; h < shape.Hv; h++) {
+            const int64_t hk = gdn_qk_head(params->broadcast, h, shape.Hk, shape.Hv);
+            for (int64_t j = 0; j < D; j++)
+                for (int64_t i = 0; i < D; i++)
+                    S[j * D + i] = *(const double *)at(&args->state, i, j, h, slot, 0);
+            for (int64_t n = 0; n < fold.count; n++) {
+                const int64_t pos = (fold.start + n) % L;
+                load_vector(k, &args->ring_k, D, hk, pos, slot, params->l2norm);
+                load_vector(v, &args->ring_v, D, h, pos, slot, 0);
+                reference_token(S, D, NULL, k, v, load_f32(&args->ring_g, h, pos, slot, 0),
+                                load_f32(&args->ring_beta, h, pos, slot, 0), (double)shape.scale, NULL);
+            }
+            if (fold.commit != 0)
+                for (int64_t j = 0; j < D; j++)
+                    for (int64_t i = 0; i < D; i++)
+                        *(double *)at(&args->state, i, j, h, slot, 0) = S[j * D + i];
+            for (int64_t t = 0; t < shape.T; t++) {
+                load_vector(q, &args->q, D, hk, t, b, params->l2norm);
+                load_vector(k, &args->k, D, hk, t, b, params->l2norm);
+                load_vector(v, &args->v, D, h, t, b, 0);
+                reference_token(S, D, q, k, v, load_f32(&args->g, h, t, b, 0), load_f32(&args->beta, h, t, b, 0),
+                                (double)shape.scale, o);
+                for (int64_t j = 0; j < D; j++)
+                    *(double *)at(&args->o, j, h, t, b, 0) = o[j];
+            }
+        }
+    }
+    /* The rings: the raw inputs of token t at position (start + count + t) mod L. */
+    for (int64_t b = 0; b < shape.B; b++) {
+        const int64_t slot = *(const int32_t *)at(&args->state_index, b, 0, 0, 0, 0);
+        const gdn_gdn_fold fold = gdn_gated_delta_net_fold_of(args, b);
+        for (int64_t t = 0; t < shape.T; t++) {
+            const int64_t pos = (fold.start + fold.count + t) % L;
+            for (int64_t i = 0; i < D; i++) {
+                for (int64_t hk = 0; hk < shape.Hk; hk++)
+                    memcpy(at(&args->ring_k, i, hk, pos, slot, 0), at(&args->k, i, hk, t, b, 0), sizeof(float));
+                for (int64_t h = 0; h < shape.Hv; h++)
+                    memcpy(at(&args->ring_v, i, h, pos, slot, 0), at(&args->v, i, h, t, b, 0), sizeof(float));
+            }
+            for (int64_t h = 0; h < shape.Hv; h++) {
+                memcpy(at(&args->ring_g, h, pos, slot, 0, 0), at(&args->g, h, t, b, 0, 0), sizeof(float));
+                memcpy(at(&args->ring_beta, h, pos, slot, 0, 0), at(&args->beta, h, t, b, 0, 0), sizeof(float));
+            }
+        }
+    }
     free(S);
     return GDN_OK;
 }

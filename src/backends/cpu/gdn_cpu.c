@@ -2,7 +2,8 @@
  * head h, block of rows) spread over the thread pool, runs every token of a task over its rows
  * (kept in an L1-resident buffer between tokens) and writes the snapshots. The per-row
  * arithmetic lives in the per-SIMD-level kernels (gdn_cpu_scalar.c, gdn_cpu_avx2.c,
- * gdn_cpu_avx512.c). */
+ * gdn_cpu_avx512.c). The replay form (shape->replay) is a mode of the same task: the ring
+ * tokens are folded through the same kernel call as new tokens before the token loop. */
 #include "gdn_cpu.h"
 
 #include <math.h>
@@ -113,10 +114,71 @@ static int gdn_cpu_can_stream(const gdn_cpu_job *job, const char *dst, int64_t s
            (uintptr_t)dst % align == 0 && states->nb[1] % align == 0;
 }
 
+/* Replay: apply ring tokens start .. start+count-1 (mod L) of `slot` to the task's rows, each
+ * through the same kernel call as a new token (q is zero: the row . q the kernel computes is
+ * dropped). With `commit` the state after them is written back to the pool slot: the last
+ * fold token writes straight into it where its rows are packed (the lines were just read),
+ * else the rows are copied there. On return token->in holds the rows after the fold. */
+static void gdn_cpu_fold(const gdn_cpu_job *job, gdn_cpu_token *token, gdn_cpu_scratch *scratch, int64_t h,
+                         int64_t hk, int64_t j0, int64_t slot, gdn_gdn_fold fold)
+{
+    const gdn_gated_delta_net_replay_args *replay = job->shape->replay;
+    const gdn_tensor *pool = &replay->state;
+    const int64_t D = job->shape->D, R = job->rows_per_task, L = job->shape->L;
+    const int direct_commit = fold.commit != 0 && pool->nb[0] == sizeof(float);
+    memset(scratch->q, 0, (size_t)D * sizeof(float));
+    for (int64_t n = 0; n < fold.count; n++) {
+        const int64_t pos = (fold.start + n) % L;
+        gdn_cpu_gather(scratch->k, gdn_cpu_at(&replay->ring_k, 0, hk, pos, slot, 0), replay->ring_k.nb[0], D);
+        if (job->l2norm)
+            gdn_cpu_l2_normalise(scratch->k, D);
+        float g;
+        memcpy(&g, gdn_cpu_at(&replay->ring_g, h, pos, slot, 0, 0), sizeof g);
+        memcpy(&token->beta, gdn_cpu_at(&replay->ring_beta, h, pos, slot, 0, 0), sizeof token->beta);
+        token->decay = expf(g);
+        gdn_cpu_gather(scratch->v, gdn_cpu_at(&replay->ring_v, j0, h, pos, slot, 0), replay->ring_v.nb[0], R);
+        if (n + 1 == fold.count && direct_commit) {
+            token->out = (float *)gdn_cpu_at(pool, 0, j0, h, slot, 0);
+            token->out_stride = (int64_t)(pool->nb[1] / sizeof(float));
+        } else {
+            token->out = scratch->rows;
+            token->out_stride = D;
+        }
+        token->stream = 0;
+        job->kernels->token(token);
+        token->in = token->out;
+        token->in_stride = token->out_stride;
+        token->prefetch = 0;
+    }
+    if (fold.commit != 0 && fold.count > 0 && !direct_commit)
+        for (int64_t r = 0; r < R; r++)
+            gdn_cpu_scatter(gdn_cpu_at(pool, 0, j0 + r, h, slot, 0), pool->nb[0], scratch->rows + r * D, D);
+}
+
+/* Replay: the raw inputs of new token t go to ring position `pos` of `slot`. Each value has
+ * one writer: the task's own v rows; g and beta by the task of rows 0; k by the task of rows 0
+ * of the first value head that reads q/k head hk. Called before k is normalised. */
+static void gdn_cpu_append(const gdn_cpu_job *job, const gdn_cpu_scratch *scratch, int64_t b, int64_t h,
+                           int64_t hk, int64_t j0, int64_t slot, int64_t t, int64_t pos)
+{
+    const gdn_gated_delta_net_replay_args *replay = job->shape->replay;
+    const gdn_gdn_shape *shape = job->shape;
+    gdn_cpu_scatter(gdn_cpu_at(&replay->ring_v, j0, h, pos, slot, 0), replay->ring_v.nb[0], scratch->v,
+                    job->rows_per_task);
+    if (j0 != 0)
+        return;
+    memcpy(gdn_cpu_at(&replay->ring_g, h, pos, slot, 0, 0), gdn_cpu_at(&replay->g, h, t, b, 0, 0), sizeof(float));
+    memcpy(gdn_cpu_at(&replay->ring_beta, h, pos, slot, 0, 0), gdn_cpu_at(&replay->beta, h, t, b, 0, 0),
+           sizeof(float));
+    if (gdn_qk_head_first(job->broadcast, h, shape->Hk, shape->Hv))
+        gdn_cpu_scatter(gdn_cpu_at(&replay->ring_k, 0, hk, pos, slot, 0), replay->ring_k.nb[0], scratch->k, shape->D);
+}
+
 /* Run all T tokens over one task's rows: rows j0..j0+R-1 of head h of sequence b.
  * Token 0 reads the initial rows where they are; tokens before the last write the L1 buffer
  * (copied out when their snapshot is due); the last token writes straight into snapshot 0.
- * With T = 1 the state is thus read once and written once, with no copy in between. */
+ * With T = 1 the state is thus read once and written once, with no copy in between. In replay
+ * mode the fold runs first (gdn_cpu_fold) and there are no snapshots. */
 static void gdn_cpu_run_task(const gdn_cpu_job *job, int64_t task, gdn_cpu_scratch *scratch)
 {
     const gdn_gated_delta_net_args *args = job->args;
@@ -155,10 +217,18 @@ static void gdn_cpu_run_task(const gdn_cpu_job *job, int64_t task, gdn_cpu_scrat
     }
     /* Aliasing (`state` is states[s]): token 0 reads every row of the task before any
      * snapshot is written, and the kernel reads each row before writing it. */
+    gdn_gdn_fold fold = {0, 0, 0};
+    if (shape->replay != NULL) {
+        fold = gdn_gated_delta_net_fold_of(shape->replay, b);
+        gdn_cpu_fold(job, &token, scratch, h, hk, j0, slot, fold);
+    }
 
     for (int64_t t = 0; t < shape->T; t++) {
         gdn_cpu_gather(scratch->q, gdn_cpu_at(&args->q, 0, hk, t, b, 0), args->q.nb[0], D);
         gdn_cpu_gather(scratch->k, gdn_cpu_at(&args->k, 0, hk, t, b, 0), args->k.nb[0], D);
+        gdn_cpu_gather(scratch->v, gdn_cpu_at(&args->v, j0, h, t, b, 0), args->v.nb[0], R);
+        if (shape->replay != NULL)
+            gdn_cpu_append(job, scratch, b, h, hk, j0, slot, t, (fold.start + fold.count + t) % shape->L);
         if (job->l2norm) {
             gdn_cpu_l2_normalise(scratch->q, D);
             gdn_cpu_l2_normalise(scratch->k, D);
@@ -167,11 +237,10 @@ static void gdn_cpu_run_task(const gdn_cpu_job *job, int64_t task, gdn_cpu_scrat
         memcpy(&g, gdn_cpu_at(&args->g, h, t, b, 0, 0), sizeof g);
         memcpy(&token.beta, gdn_cpu_at(&args->beta, h, t, b, 0, 0), sizeof token.beta);
         token.decay = expf(g);
-        gdn_cpu_gather(scratch->v, gdn_cpu_at(&args->v, j0, h, t, b, 0), args->v.nb[0], R);
 
         const int64_t s = shape->T - 1 - t; /* snapshot index, newest first */
         char *snapshot = s < shape->n_write ? gdn_cpu_at(states, 0, j0, h, b, s) : NULL;
-        const int direct = s == 0 && states->nb[0] == sizeof(float);
+        const int direct = snapshot != NULL && s == 0 && states->nb[0] == sizeof(float);
         if (direct) {
             token.out = (float *)snapshot;
             token.out_stride = (int64_t)(states->nb[1] / sizeof(float));
@@ -251,7 +320,8 @@ gdn_status gdn_cpu_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_n
     job.prefetch_rows = 4096 / ((int64_t)sizeof(float) * D) > 1 ? 4096 / ((int64_t)sizeof(float) * D) : 1;
 
     const double snapshot_bytes = (double)shape->n_write * (double)heads * (double)(D * D) * sizeof(float);
-    job.stream = !in_place && context->kernels->fence != NULL && snapshot_bytes >= (double)context->stream_threshold;
+    job.stream = !in_place && shape->replay == NULL && context->kernels->fence != NULL &&
+                 snapshot_bytes >= (double)context->stream_threshold;
 
     gdn_cpu_threadpool_run(context->pool, gdn_cpu_worker, &job);
     return GDN_OK;

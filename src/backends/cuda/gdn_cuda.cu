@@ -57,7 +57,23 @@
  * The pool may overlap `states` (include/gdn.h): the check kernel also verifies that each slot
  * read is disjoint from every snapshot or exactly one of its own sequence's, in which case each
  * thread loads its rows before the token loop and writes only those rows, as in the aliasing
- * case above. */
+ * case above.
+ *
+ * Replay (gdn_gated_delta_net_replay): the same kernel with REPLAY = true. After the state loads,
+ * each thread folds the ring tokens fold[b] names into its registers through the same
+ * update_rows as a new token (the output half skipped: no q, no o), stores the rows back to the
+ * pool slot when fold[b] says commit, then runs the new tokens as always, with no snapshots;
+ * before each new token's update it appends the token's raw inputs to the ring (each value by
+ * one thread: v by the lane that writes o for its row, g and beta by lane 0 of the head's first
+ * warp, k by group 0 of the first warp of the first value head of its q/k head). The check
+ * kernel also checks the fold entries and that no two sequences share a slot. The non-replay
+ * instantiations compile to the same PTX as before replay existed. Measured on one H100 (B=64,
+ * T=4, Hv=32, Hk=16, D=128, l2norm, docs/PERF.md): the op is instruction-bound there (the
+ * recurrent op in place takes 220 us where its bytes need ~100 us), so replay costs what it
+ * computes: 272 us with nothing to fold, 381 us folding 3 tokens and committing (each folded
+ * token ~60% of a new one: no q half), against 263 us for the recurrent op writing 4 snapshots.
+ * The replay instantiation holds 120 registers to the recurrent 80 (the ring append in the
+ * token loop); capping it at 80 (6 blocks/SM) spilled and gained 2%, 2 rows per thread lost 30%. */
 #include "cuda_internal.h"
 
 #include <limits.h>
@@ -95,6 +111,13 @@ struct gdn_cuda_gdn_args {
     long long S;                           /* pool slots */
     int pool_check;                        /* 1: the pool's range meets states': check the rule */
     int64_t *index_check;                  /* the context's 4-value device buffer */
+    /* Replay only (fold NULL otherwise): rings [S,L,Hk,D], [S,L,Hv,D], [S,L,Hv] x 2 of slot
+     * index[b], read at the fold's positions and appended to; fold [B,3] I32 {start, count,
+     * commit} with element strides fold_nb[0], fold_nb[1]. */
+    gdn_cuda_view ring_k, ring_v, ring_g, ring_beta;
+    const char *fold;
+    long long fold_nb[2];
+    long long L;
 };
 
 /* Launch shape and per-lane slice for head dimension D (see the table at the top). */
@@ -208,42 +231,50 @@ struct gdn_cuda_place {
     int lane;
 };
 
-template <int D, int R, bool VECTOR>
+/* Token t of sequence `outer` (new tokens: q, k, v, g, beta) or, with RING, position t of ring
+ * slot `outer` (ring_k, ring_v, ring_g, ring_beta; no q: a ring token gives no output). Both
+ * are [outer, t, head, D] views, read the same way. */
+template <int D, int R, bool VECTOR, bool RING>
 __device__ __forceinline__ void load_token(gdn_cuda_token<D, R> &in, const gdn_cuda_gdn_args &a,
-                                           const gdn_cuda_place &at, long long t)
+                                           const gdn_cuda_place &at, long long outer, long long t)
 {
     using C = gdn_cuda_config<D, R>;
-    const char *q = a.q.data + at.b * a.q.nb[3] + t * a.q.nb[2] + at.hk * a.q.nb[1];
-    const char *k = a.k.data + at.b * a.k.nb[3] + t * a.k.nb[2] + at.hk * a.k.nb[1];
+    const gdn_cuda_view &kv = RING ? a.ring_k : a.k, &vv = RING ? a.ring_v : a.v;
+    const gdn_cuda_view &gv = RING ? a.ring_g : a.g, &bv = RING ? a.ring_beta : a.beta;
+    const char *q = a.q.data + outer * a.q.nb[3] + t * a.q.nb[2] + at.hk * a.q.nb[1];
+    const char *k = kv.data + outer * kv.nb[3] + t * kv.nb[2] + at.hk * kv.nb[1];
 #pragma unroll
     for (int c = 0; c < C::CHUNKS; c++) {
         const long long e0 = element_of<D>(at.lane, c, 0);
-        const float4 qc = load4_readonly<VECTOR>(q + e0 * a.q.nb[0], a.q.nb[0]);
-        const float4 kc = load4_readonly<VECTOR>(k + e0 * a.k.nb[0], a.k.nb[0]);
-        in.q[4 * c + 0] = qc.x, in.q[4 * c + 1] = qc.y, in.q[4 * c + 2] = qc.z, in.q[4 * c + 3] = qc.w;
+        if (!RING) {
+            const float4 qc = load4_readonly<VECTOR>(q + e0 * a.q.nb[0], a.q.nb[0]);
+            in.q[4 * c + 0] = qc.x, in.q[4 * c + 1] = qc.y, in.q[4 * c + 2] = qc.z, in.q[4 * c + 3] = qc.w;
+        }
+        const float4 kc = load4_readonly<VECTOR>(k + e0 * kv.nb[0], kv.nb[0]);
         in.k[4 * c + 0] = kc.x, in.k[4 * c + 1] = kc.y, in.k[4 * c + 2] = kc.z, in.k[4 * c + 3] = kc.w;
     }
     /* v[j], g and beta are the same address for every lane of a group: one broadcast load each. */
-    const char *v = a.v.data + at.b * a.v.nb[3] + t * a.v.nb[2] + at.h * a.v.nb[1];
+    const char *v = vv.data + outer * vv.nb[3] + t * vv.nb[2] + at.h * vv.nb[1];
 #pragma unroll
     for (int r = 0; r < C::ROWS; r++)
-        in.v[r] = __ldg(reinterpret_cast<const float *>(v + (long long)(at.row0 + r) * a.v.nb[0]));
-    in.g = __ldg(reinterpret_cast<const float *>(a.g.data + at.b * a.g.nb[2] + t * a.g.nb[1] +
-                                                 at.h * a.g.nb[0]));
-    in.beta = __ldg(reinterpret_cast<const float *>(a.beta.data + at.b * a.beta.nb[2] +
-                                                    t * a.beta.nb[1] + at.h * a.beta.nb[0]));
+        in.v[r] = __ldg(reinterpret_cast<const float *>(v + (long long)(at.row0 + r) * vv.nb[0]));
+    in.g = __ldg(reinterpret_cast<const float *>(gv.data + outer * gv.nb[2] + t * gv.nb[1] + at.h * gv.nb[0]));
+    in.beta = __ldg(reinterpret_cast<const float *>(bv.data + outer * bv.nb[2] + t * bv.nb[1] + at.h * bv.nb[0]));
 }
 
 /* The per-token update of this thread's rows; out[r] = o for row row0 + r (same in all lanes of
  * the group). The arithmetic order here is the exactness contract: change it only knowing that
- * results then change bit-wise (and stay consistent across T, B and both access paths). */
-template <int D, int R>
+ * results then change bit-wise (and stay consistent across T, B and both access paths).
+ * OUTPUT = false (a folded ring token) leaves out the q half (its l2norm, row . q and out); the
+ * state arithmetic is the same code. */
+template <int D, int R, bool OUTPUT = true>
 __device__ __forceinline__ void update_rows(float (&S)[R][gdn_cuda_config<D, R>::ELEMS],
                                             gdn_cuda_token<D, R> &in, int l2norm, float scale, float (&out)[R])
 {
     using C = gdn_cuda_config<D, R>;
     if (l2norm) {
-        l2_normalise<C::LANES, C::ELEMS>(in.q);
+        if constexpr (OUTPUT)
+            l2_normalise<C::LANES, C::ELEMS>(in.q);
         l2_normalise<C::LANES, C::ELEMS>(in.k);
     }
     const float decay = expf(in.g);
@@ -273,16 +304,69 @@ __device__ __forceinline__ void update_rows(float (&S)[R][gdn_cuda_config<D, R>:
 #pragma unroll
         for (int i = 0; i < C::ELEMS; i++) {
             S[r][i] = __fmaf_rn(d, in.k[i], S[r][i]);
-            partial = __fmaf_rn(S[r][i], in.q[i], partial);
+            if constexpr (OUTPUT)
+                partial = __fmaf_rn(S[r][i], in.q[i], partial);
         }
         sq[r] = partial;
     }
+    if constexpr (OUTPUT) {
 #pragma unroll
-    for (int r = 0; r < C::ROWS; r++)
-        out[r] = __fmul_rn(scale, group_sum<C::LANES>(sq[r]));
+        for (int r = 0; r < C::ROWS; r++)
+            out[r] = __fmul_rn(scale, group_sum<C::LANES>(sq[r]));
+    }
 }
 
+/* This thread's rows of a state, to the view `to` at `base` (a pool slot's head, a snapshot). */
 template <int D, int R, bool VECTOR>
+__device__ __forceinline__ void store_rows(char *base, const gdn_cuda_view &to, const gdn_cuda_place &at,
+                                           const float (&S)[R][gdn_cuda_config<D, R>::ELEMS])
+{
+    using C = gdn_cuda_config<D, R>;
+#pragma unroll
+    for (int r = 0; r < C::ROWS; r++)
+#pragma unroll
+        for (int c = 0; c < C::CHUNKS; c++) {
+            const long long e0 = element_of<D>(at.lane, c, 0);
+            store4<VECTOR>(base + (long long)(at.row0 + r) * to.nb[1] + e0 * to.nb[0], to.nb[0],
+                           make_float4(S[r][4 * c + 0], S[r][4 * c + 1], S[r][4 * c + 2], S[r][4 * c + 3]));
+        }
+}
+
+/* Replay: the raw inputs of the new token `in` (loaded, not yet normalised by update_rows) to
+ * ring position `pos` of `slot`. Each value has one writer: v[row0 + r] the lane r that writes o
+ * for the row, g and beta `head_writer` (lane 0 of the head's first warp), k `k_writer` (the
+ * lanes of group 0 of the first warp of the first value head that reads q/k head hk). From
+ * registers: copying from the inputs after the token loop instead measured slower (a dependent
+ * load at the end of every warp's life). */
+template <int D, int R, bool VECTOR>
+__device__ __forceinline__ void append_ring(const gdn_cuda_gdn_args &a, const gdn_cuda_place &at,
+                                            const gdn_cuda_token<D, R> &in, long long slot, long long pos,
+                                            bool head_writer, bool k_writer)
+{
+    using C = gdn_cuda_config<D, R>;
+    char *v = a.ring_v.data + slot * a.ring_v.nb[3] + pos * a.ring_v.nb[2] + at.h * a.ring_v.nb[1];
+#pragma unroll
+    for (int r = 0; r < C::ROWS; r++)
+        if (at.lane == r)
+            *reinterpret_cast<float *>(v + (long long)(at.row0 + r) * a.ring_v.nb[0]) = in.v[r];
+    if (head_writer) {
+        *reinterpret_cast<float *>(a.ring_g.data + slot * a.ring_g.nb[2] + pos * a.ring_g.nb[1] +
+                                   at.h * a.ring_g.nb[0]) = in.g;
+        *reinterpret_cast<float *>(a.ring_beta.data + slot * a.ring_beta.nb[2] + pos * a.ring_beta.nb[1] +
+                                   at.h * a.ring_beta.nb[0]) = in.beta;
+    }
+    if (k_writer) {
+        char *k = a.ring_k.data + slot * a.ring_k.nb[3] + pos * a.ring_k.nb[2] + at.hk * a.ring_k.nb[1];
+#pragma unroll
+        for (int c = 0; c < C::CHUNKS; c++) {
+            const long long e0 = element_of<D>(at.lane, c, 0);
+            store4<VECTOR>(k + e0 * a.ring_k.nb[0], a.ring_k.nb[0],
+                           make_float4(in.k[4 * c + 0], in.k[4 * c + 1], in.k[4 * c + 2], in.k[4 * c + 3]));
+        }
+    }
+}
+
+template <int D, int R, bool VECTOR, bool REPLAY>
 __global__ void __launch_bounds__(kWarpsPerBlock *kWarpSize)
 gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
 {
@@ -320,6 +404,15 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
             return;
         slot = *reinterpret_cast<const int *>(a.index + at.b * a.index_nb);
     }
+    /* Replay: this sequence's fold entry, read beside the index so that its latency overlaps the
+     * state loads. */
+    int fold_start = 0, fold_count = 0, fold_commit = 0;
+    if (REPLAY) {
+        const char *fold = a.fold + at.b * a.fold_nb[1];
+        fold_start = *reinterpret_cast<const int *>(fold);
+        fold_count = *reinterpret_cast<const int *>(fold + a.fold_nb[0]);
+        fold_commit = *reinterpret_cast<const int *>(fold + 2 * a.fold_nb[0]);
+    }
 
     /* This thread's rows of the initial state, all loads in flight at once. */
     float S[C::ROWS][C::ELEMS];
@@ -334,17 +427,54 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
             S[r][4 * c + 0] = x.x, S[r][4 * c + 1] = x.y, S[r][4 * c + 2] = x.z, S[r][4 * c + 3] = x.w;
         }
 
+    /* The first token's inputs, in flight with the state loads. */
     gdn_cuda_token<D, R> current;
-    load_token<D, R, VECTOR>(current, a, at, 0);
+    load_token<D, R, VECTOR, false>(current, a, at, at.b, 0);
     char *o = a.o.data + at.b * a.o.nb[3] + at.h * a.o.nb[1];
     char *states = a.states.data + at.b * a.states.nb[3] + at.h * a.states.nb[2];
+
+    /* Replay: fold ring tokens start .. start+count-1 (mod L) into the registers, each through
+     * update_rows like a new token (no output), then commit. The new tokens go to the ring from
+     * position start + count on. */
+    long long ring_pos = 0;
+    bool head_writer = false, k_writer = false;
+    if (REPLAY) {
+        const int count = fold_count;
+        long long pos = fold_start;
+        if (count > 0) {
+            gdn_cuda_token<D, R> ring;
+            load_token<D, R, VECTOR, true>(ring, a, at, slot, pos);
+#pragma unroll 1
+            for (int n = 0; n < count; n++) {
+                pos = pos + 1 == a.L ? 0 : pos + 1;
+                gdn_cuda_token<D, R> ring_next;
+                const bool more = n + 1 < count;
+                if (more)
+                    load_token<D, R, VECTOR, true>(ring_next, a, at, slot, pos);
+                float unused[C::ROWS];
+                update_rows<D, R, false>(S, ring, a.l2norm, a.scale, unused);
+                if (more)
+                    ring = ring_next;
+            }
+            if (fold_commit != 0)
+                store_rows<D, R, VECTOR>(a.state.data + slot * a.state.nb[3] + at.h * a.state.nb[2], a.state, at, S);
+        }
+        ring_pos = pos;
+        head_writer = warp_in_head == 0 && lane == 0;
+        k_writer = warp_in_head == 0 && lane < C::LANES &&
+                   (a.interleaved ? at.h % (a.Hv / a.Hk) == 0 : at.h < a.Hk);
+    }
 
     for (long long t = 0; t < a.T; t++) {
         /* Prefetch the next token's inputs; they land while this token computes. */
         gdn_cuda_token<D, R> next;
         const bool has_next = t + 1 < a.T;
         if (has_next)
-            load_token<D, R, VECTOR>(next, a, at, t + 1);
+            load_token<D, R, VECTOR, false>(next, a, at, at.b, t + 1);
+        if (REPLAY) { /* the raw inputs, before update_rows normalises k */
+            append_ring<D, R, VECTOR>(a, at, current, slot, ring_pos, head_writer, k_writer);
+            ring_pos = ring_pos + 1 == a.L ? 0 : ring_pos + 1;
+        }
 
         float out[C::ROWS];
         update_rows<D, R>(S, current, a.l2norm, a.scale, out);
@@ -356,18 +486,8 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
                 *reinterpret_cast<float *>(o + t * a.o.nb[2] + (long long)(at.row0 + r) * a.o.nb[0]) = out[r];
 
         const long long s = a.T - 1 - t; /* snapshot index, newest first */
-        if (s < a.n_write) {
-            char *snapshot = states + s * a.states.nb[4];
-#pragma unroll
-            for (int r = 0; r < C::ROWS; r++)
-#pragma unroll
-                for (int c = 0; c < C::CHUNKS; c++) {
-                    const long long e0 = element_of<D>(at.lane, c, 0);
-                    store4<VECTOR>(snapshot + (long long)(at.row0 + r) * a.states.nb[1] + e0 * a.states.nb[0],
-                                   a.states.nb[0],
-                                   make_float4(S[r][4 * c + 0], S[r][4 * c + 1], S[r][4 * c + 2], S[r][4 * c + 3]));
-                }
-        }
+        if (!REPLAY && s < a.n_write)
+            store_rows<D, R, VECTOR>(states + s * a.states.nb[4], a.states, at, S);
         if (has_next)
             current = next;
     }
@@ -376,7 +496,11 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
 /* One block: index_check <- {the first position b whose index is outside 0..S-1 (-1 if none),
  * that index, -1, -1}; when all are inside and the pool may overlap the snapshots, the first b
  * (then s, b') whose slot overlaps snapshot states[s][b'] without being exactly states[s][b]:
- * {b, index[b], s, b'}. Runs before the main kernel on the same stream (as get_rows' check does). */
+ * {b, index[b], s, b'}. Replay, when all indices are inside: the first b whose fold entry is out
+ * of range: {b, start, kFoldBad, count}; else the first b (then b' < b) with index[b'] ==
+ * index[b]: {b, index[b], kSlotShared, b'}. Runs before the main kernel on the same stream (as
+ * get_rows' check does). The host reports in the same order as gdn_gated_delta_net_check_index. */
+constexpr long long kSlotShared = -2, kFoldBad = -3;
 constexpr int kCheckThreads = 256;
 
 /* Byte range [lo, hi) of the D x D x Hv state at `base` with the view's strides nb[0..2]. */
@@ -416,6 +540,30 @@ __global__ void __launch_bounds__(kCheckThreads) gdn_cuda_index_check_kernel(con
             bad = b;
     }
     const long long first_bad = block_min(bad, scratch);
+    /* Replay: the fold entries, then distinct slots (pair code b * B + b', b' < b). */
+    long long first_fold = LLONG_MAX, first_shared = LLONG_MAX;
+    if (first_bad == LLONG_MAX && a.fold != nullptr) {
+        long long fold_bad = LLONG_MAX;
+        for (long long b = threadIdx.x; b < a.B; b += blockDim.x) {
+            const char *fold = a.fold + b * a.fold_nb[1];
+            const int start = *reinterpret_cast<const int *>(fold);
+            const int count = *reinterpret_cast<const int *>(fold + a.fold_nb[0]);
+            if ((start < 0 || start >= a.L || count < 0 || count > a.L - a.T) && b < fold_bad)
+                fold_bad = b;
+        }
+        first_fold = block_min(fold_bad, scratch);
+        if (first_fold == LLONG_MAX) {
+            long long shared = LLONG_MAX;
+            for (long long p = threadIdx.x; p < (long long)a.B * a.B; p += blockDim.x) {
+                const long long b = p / a.B, b2 = p % a.B;
+                if (b2 < b && p < shared &&
+                    *reinterpret_cast<const int *>(a.index + b * a.index_nb) ==
+                        *reinterpret_cast<const int *>(a.index + b2 * a.index_nb))
+                    shared = p;
+            }
+            first_shared = block_min(shared, scratch);
+        }
+    }
     /* The in-place rule, over (b, s, b') in that order: pair code (b * n_write + s) * B + b'. */
     long long first_overlap = LLONG_MAX;
     if (first_bad == LLONG_MAX && a.pool_check) {
@@ -444,6 +592,17 @@ __global__ void __launch_bounds__(kCheckThreads) gdn_cuda_index_check_kernel(con
             a.index_check[1] = *reinterpret_cast<const int *>(a.index + first_bad * a.index_nb);
             a.index_check[2] = -1;
             a.index_check[3] = -1;
+        } else if (first_fold != LLONG_MAX) {
+            const char *fold = a.fold + first_fold * a.fold_nb[1];
+            a.index_check[0] = first_fold;
+            a.index_check[1] = *reinterpret_cast<const int *>(fold);
+            a.index_check[2] = kFoldBad;
+            a.index_check[3] = *reinterpret_cast<const int *>(fold + a.fold_nb[0]);
+        } else if (first_shared != LLONG_MAX) {
+            a.index_check[0] = first_shared / a.B;
+            a.index_check[1] = *reinterpret_cast<const int *>(a.index + (first_shared / a.B) * a.index_nb);
+            a.index_check[2] = kSlotShared;
+            a.index_check[3] = first_shared % a.B;
         } else if (first_overlap != LLONG_MAX) {
             const long long b = first_overlap / (a.n_write * a.B);
             a.index_check[0] = b;
@@ -525,7 +684,7 @@ gdn_status launch_index_check(const gdn_cuda_gdn_args &a, const gdn_cuda_launch 
                           "gated_delta_net index check kernel launch");
 }
 
-template <int D, int R, bool VECTOR>
+template <int D, int R, bool VECTOR, bool REPLAY>
 gdn_status launch(const gdn_cuda_gdn_args &a, const gdn_cuda_launch &how)
 {
     using C = gdn_cuda_config<D, R>;
@@ -540,18 +699,24 @@ gdn_status launch(const gdn_cuda_gdn_args &a, const gdn_cuda_launch &how)
     config.stream = how.stream;
     config.attrs = &attribute;
     config.numAttrs = how.dependent ? 1 : 0;
-    return gdn_cuda_check(cudaLaunchKernelEx(&config, gdn_cuda_gated_delta_net_kernel<D, R, VECTOR>, a),
-                          "gated_delta_net kernel launch");
+    return gdn_cuda_check(cudaLaunchKernelEx(&config, gdn_cuda_gated_delta_net_kernel<D, R, VECTOR, REPLAY>, a),
+                          REPLAY ? "gated_delta_net_replay kernel launch" : "gated_delta_net kernel launch");
+}
+
+template <int D, bool REPLAY>
+gdn_status launch_rows(const gdn_cuda_gdn_args &a, bool vector, const gdn_cuda_launch &how)
+{
+    constexpr int WIDE = wide_rows<D>(), THIN = kThinRows < WIDE ? kThinRows : WIDE;
+    const bool thin = (long long)a.B * a.Hv * gdn_cuda_config<D, WIDE>::WARPS_PER_HEAD < kThinGridWarps;
+    if (thin)
+        return vector ? launch<D, THIN, true, REPLAY>(a, how) : launch<D, THIN, false, REPLAY>(a, how);
+    return vector ? launch<D, WIDE, true, REPLAY>(a, how) : launch<D, WIDE, false, REPLAY>(a, how);
 }
 
 template <int D>
 gdn_status launch_for(const gdn_cuda_gdn_args &a, bool vector, const gdn_cuda_launch &how)
 {
-    constexpr int WIDE = wide_rows<D>(), THIN = kThinRows < WIDE ? kThinRows : WIDE;
-    const bool thin = (long long)a.B * a.Hv * gdn_cuda_config<D, WIDE>::WARPS_PER_HEAD < kThinGridWarps;
-    if (thin)
-        return vector ? launch<D, THIN, true>(a, how) : launch<D, THIN, false>(a, how);
-    return vector ? launch<D, WIDE, true>(a, how) : launch<D, WIDE, false>(a, how);
+    return a.fold != nullptr ? launch_rows<D, true>(a, vector, how) : launch_rows<D, false>(a, vector, how);
 }
 
 } // namespace
@@ -559,7 +724,7 @@ gdn_status launch_for(const gdn_cuda_gdn_args &a, bool vector, const gdn_cuda_la
 gdn_status gdn_cuda_gated_delta_net_probe(void)
 {
     cudaFuncAttributes attributes;
-    return gdn_cuda_check(cudaFuncGetAttributes(&attributes, gdn_cuda_gated_delta_net_kernel<128, 4, true>),
+    return gdn_cuda_check(cudaFuncGetAttributes(&attributes, gdn_cuda_gated_delta_net_kernel<128, 4, true, false>),
                           "cudaFuncGetAttributes (is there a kernel image for this device?)");
 }
 
@@ -602,11 +767,28 @@ gdn_status gdn_cuda_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_
     a.D = (int)shape->D;
     a.pool_check = shape->pool_overlaps_states;
     a.index_check = context->index_check;
+    const gdn_gated_delta_net_replay_args *replay = shape->replay;
+    a.fold = nullptr;
+    a.fold_nb[0] = a.fold_nb[1] = 0;
+    a.L = shape->L;
+    if (replay != nullptr) {
+        a.ring_k = view_of(&replay->ring_k);
+        a.ring_v = view_of(&replay->ring_v);
+        a.ring_g = view_of(&replay->ring_g);
+        a.ring_beta = view_of(&replay->ring_beta);
+        a.fold = (const char *)replay->fold.data;
+        a.fold_nb[0] = (long long)replay->fold.nb[0];
+        a.fold_nb[1] = (long long)replay->fold.nb[1];
+    } else {
+        a.ring_k = a.ring_v = a.ring_g = a.ring_beta = view_of(&args->states); /* unused */
+    }
 
     /* One path for the whole call; both paths share the arithmetic, so the choice never changes
-     * results. v, g, beta and o are read/written one float per row and need no check. */
+     * results. v, g, beta and o are read/written one float per row and need no check. Replay
+     * writes no snapshots and reads and writes k chunks in ring_k. */
     const bool vector = is_vectorisable(&args->q, 4) && is_vectorisable(&args->k, 4) &&
-                        is_vectorisable(&args->state, 4) && is_vectorisable(&args->states, 5);
+                        is_vectorisable(&args->state, 4) &&
+                        (replay != nullptr ? is_vectorisable(&replay->ring_k, 4) : is_vectorisable(&args->states, 5));
     gdn_cuda_launch how;
     how.stream = context->stream;
     how.dependent = context->cc_major >= 9 && context->dependent_launch;
@@ -638,14 +820,23 @@ gdn_status gdn_cuda_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_
         status = gdn_cuda_check(cudaStreamSynchronize(context->stream), "gated_delta_net cudaStreamSynchronize");
     if (status != GDN_OK)
         return status;
+    if (check[0] >= 0 && check[2] == kFoldBad)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net_replay: fold[%lld] = {start %lld, count %lld}: "
+                        "expected 0 <= start < L=%lld, count >= 0 and count + T <= L (T=%lld: the new tokens must "
+                        "not overwrite the tokens being folded)", (long long)check[0], (long long)check[1],
+                        (long long)check[3], (long long)shape->L, (long long)shape->T);
+    if (check[0] >= 0 && check[2] == kSlotShared)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net_replay: state_index[%lld]=%lld is also the slot of "
+                        "sequence %lld (each sequence must own its slot: the op writes it)", (long long)check[0],
+                        (long long)check[1], (long long)check[3]);
     if (check[0] >= 0 && check[2] >= 0)
         return gdn_fail(GDN_ERROR_OVERLAP, "gated_delta_net: state_index[%lld]=%lld: the pool slot read overlaps the "
                         "snapshot states[%lld][%lld] (a sequence may read only a slot disjoint from every snapshot, "
                         "or exactly one of its own)", (long long)check[0], (long long)check[1], (long long)check[2],
                         (long long)check[3]);
     if (check[0] >= 0)
-        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net: state_index[%lld]=%lld is outside 0..%lld "
-                        "(slots of the state pool)", (long long)check[0], (long long)check[1],
-                        (long long)(shape->S - 1));
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: state_index[%lld]=%lld is outside 0..%lld "
+                        "(slots of the state pool)", replay != nullptr ? "gated_delta_net_replay" : "gated_delta_net",
+                        (long long)check[0], (long long)check[1], (long long)(shape->S - 1));
     return GDN_OK;
 }
