@@ -269,6 +269,10 @@ static gdn_status check_node(const gdn_graph *graph, const gdn_graph_node *node,
         if (is_src && root->kind == GDN_GRAPH_TENSOR_INTERMEDIATE && !written_before(graph, index, id))
             return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "graph node %d (%s): source %d reads t%d '%s', an "
                             "intermediate that no earlier node writes", (int)index, traits->name, i, (int)id, t->name);
+        if (is_src && ((traits->inout_src >> i) & 1u) &&
+            (root->kind != GDN_GRAPH_TENSOR_LEAF || !(root->flags & GDN_GRAPH_PERSISTENT)))
+            return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "graph node %d (%s): source %d is written in place, and "
+                            "t%d '%s' is not a PERSISTENT leaf", (int)index, traits->name, i, (int)id, t->name);
         if (!is_src && root->kind == GDN_GRAPH_TENSOR_LEAF && !(root->flags & GDN_GRAPH_PERSISTENT))
             return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "graph node %d (%s): destination %d writes t%d '%s', a "
                             "leaf that is not PERSISTENT (caller inputs are read-only)", (int)index, traits->name,

@@ -152,7 +152,8 @@ static int backend_runs(const gdn_backend *backend, gdn_op_kind kind)
 {
     if (backend->ops->supports_op != NULL)
         return backend->ops->supports_op(backend, kind);
-    return kind == GDN_OP_GATED_DELTA_NET ? backend->ops->gated_delta_net != NULL : backend->ops->run_op != NULL;
+    return kind == GDN_OP_GATED_DELTA_NET || kind == GDN_OP_GATED_DELTA_NET_REPLAY ? backend->ops->gated_delta_net != NULL
+                                                                                  : backend->ops->run_op != NULL;
 }
 
 /* Ask the backend about every node, then lay out and allocate the arena. */

@@ -37,6 +37,8 @@ static const gdn_op_traits gdn_op_traits_table[GDN_OP_COUNT] = {
     [GDN_OP_CPY] = {"cpy", 1, 1, 1u, 1u, 0u},
     [GDN_OP_MUL_MAT] = {"mul_mat", 2, 1, 1u, 0u, 0u},
     [GDN_OP_GATED_DELTA_NET] = {"gated_delta_net", 6, 2, 3u, 0u, 1u << 5},
+    [GDN_OP_GATED_DELTA_NET_REPLAY] = {"gated_delta_net_replay", 12, 1, 1u, 0u, 0u, 0u, 0u,
+                                       (1u << 5) | (1u << 7) | (1u << 8) | (1u << 9) | (1u << 10)},
 };
 
 /* Source names per kind, in call order, for messages. */
@@ -57,6 +59,8 @@ static const char *const gdn_op_src_names[GDN_OP_COUNT][GDN_OP_MAX_SRC] = {
     [GDN_OP_CPY] = {"a"},
     [GDN_OP_MUL_MAT] = {"w", "x"},
     [GDN_OP_GATED_DELTA_NET] = {"q", "k", "v", "g", "beta", "state", "state_index"},
+    [GDN_OP_GATED_DELTA_NET_REPLAY] = {"q", "k", "v", "g", "beta", "state", "state_index", "ring_k", "ring_v",
+                                       "ring_g", "ring_beta", "fold"},
 };
 
 const gdn_op_traits *gdn_op_traits_of(gdn_op_kind kind)
@@ -255,6 +259,15 @@ static gdn_status check_kind(const gdn_op_call *call, const char *op, int64_t *d
     return GDN_OK;
 }
 
+/* The replay op's call as the arguments of its entry point. */
+static gdn_gated_delta_net_replay_args gdn_op_replay_args(const gdn_op_call *call)
+{
+    const gdn_tensor *s = call->src;
+    const gdn_gated_delta_net_replay_args a = {s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10],
+                                               s[11], call->dst[0]};
+    return a;
+}
+
 /* The GDN op's call as the arguments of its own entry points. */
 static void gdn_op_gdn_args(const gdn_op_call *call, gdn_gated_delta_net_args *args)
 {
@@ -392,6 +405,13 @@ gdn_status gdn_op_check(const gdn_op_call *call, int float64_dst)
     if (call->kind == GDN_OP_GATED_DELTA_NET && call->n_src > 6 && call->src[6].data == NULL)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: source state_index has no data pointer", op);
 
+    if (call->kind == GDN_OP_GATED_DELTA_NET_REPLAY) {
+        const gdn_gated_delta_net_replay_args args = gdn_op_replay_args(call);
+        gdn_gdn_shape shape;
+        gdn_gated_delta_net_args plain;
+        const gdn_dtype out = float64_dst && args.o.dtype == GDN_DTYPE_F64 ? GDN_DTYPE_F64 : GDN_DTYPE_F32;
+        return gdn_gated_delta_net_replay_check(&call->params.gated_delta_net, &args, out, &shape, &plain);
+    }
     if (call->kind == GDN_OP_GATED_DELTA_NET) {
         gdn_gated_delta_net_args args;
         gdn_op_gdn_args(call, &args);
@@ -438,6 +458,10 @@ gdn_status gdn_op_run(gdn_backend *backend, const gdn_op_call *call)
     if (st != GDN_OK)
         return st;
     const char *op = gdn_op_traits_of(call->kind)->name;
+    if (call->kind == GDN_OP_GATED_DELTA_NET_REPLAY) { /* its entry validates, runs and counts */
+        const gdn_gated_delta_net_replay_args args = gdn_op_replay_args(call);
+        return gdn_gated_delta_net_replay(backend, &call->params.gated_delta_net, &args);
+    }
     if (call->kind == GDN_OP_GATED_DELTA_NET) {
         gdn_gated_delta_net_args args;
         gdn_op_gdn_args(call, &args);

@@ -28,6 +28,7 @@ typedef enum gdn_op_kind {
     GDN_OP_CPY,            /* dst = a, any strides, F32 <-> BF16 conversion */
     GDN_OP_MUL_MAT,        /* dst[i][j] = sum_k w[j][k] x[i][k]: see below */
     GDN_OP_GATED_DELTA_NET,
+    GDN_OP_GATED_DELTA_NET_REPLAY, /* gdn_gated_delta_net_replay as a graph node: see below */
     GDN_OP_COUNT
 } gdn_op_kind;
 
@@ -73,8 +74,12 @@ typedef union gdn_op_params {
 
 /* An op whose traits declare an indexed source (indexed_src) may take one more source than its
  * traits' n_src: the I32 row index of that source, last. GATED_DELTA_NET: 6 sources (state
- * [B,Hv,Dv,Dk]) or 7, src[6] = state_index [B] and state a pool [S,Hv,Dv,Dk]. */
-#define GDN_OP_MAX_SRC 7
+ * [B,Hv,Dv,Dk]) or 7, src[6] = state_index [B] and state a pool [S,Hv,Dv,Dk].
+ * GATED_DELTA_NET_REPLAY: 12 sources in the order of gdn_gated_delta_net_replay_args (q, k, v,
+ * g, beta, state, state_index, ring_k, ring_v, ring_g, ring_beta, fold) and dst[0] = o. The op
+ * also writes the pool and the rings in place: its traits declare them in-out sources
+ * (inout_src), which the graph treats as written (they must be persistent leaves). */
+#define GDN_OP_MAX_SRC 12
 #define GDN_OP_MAX_DST 2
 
 /* One op call: validated by gdn_op_check, run by a backend or by the float64 reference. */
@@ -100,6 +105,7 @@ typedef struct gdn_op_traits {
                                 * copy of a box of dst[0] (copy elision of a copied part) */
     uint32_t indexed_alias;    /* bit (s * GDN_OP_MAX_DST + d): the indexed src[s] may overlap
                                 * dst[d], under the per-sequence rule gdn_op_check_index applies */
+    uint32_t inout_src;        /* bit s: src[s] is also written, in place (a cache pool) */
 } gdn_op_traits;
 
 /* 1 if `n_src` sources are a valid count for an op with these traits: traits->n_src, or one more

@@ -120,9 +120,13 @@ static int may_forward(const gdn_graph *graph, const gdn_pass_log *log, const ch
      * change them. */
     for (int32_t m = g + 1; m < n; m++) {
         const gdn_graph_node *between = &graph->nodes[m];
-        for (int d = 0; !between->removed && d < between->n_dst; d++) {
-            const int hits_table = gdn_graph_tensors_overlap(graph, between->dst[d], a);
-            if (!hits_table && !gdn_graph_tensors_overlap(graph, between->dst[d], index))
+        const uint32_t inout = gdn_op_traits_of(between->kind)->inout_src;
+        for (int w = 0; !between->removed && w < between->n_dst + between->n_src; w++) {
+            if (w >= between->n_dst && !((inout >> (w - between->n_dst)) & 1u))
+                continue; /* a source it only reads */
+            const gdn_tensor_id written = w < between->n_dst ? between->dst[w] : between->src[w - between->n_dst];
+            const int hits_table = gdn_graph_tensors_overlap(graph, written, a);
+            if (!hits_table && !gdn_graph_tensors_overlap(graph, written, index))
                 continue;
             gdn_pass_say(log, "%s: node %d (%s) between the gather and its reader node %d writes the %s t%d '%s'", prefix,
                 (int)m, gdn_op_traits_of(between->kind)->name, (int)n, hits_table ? "table" : "index",

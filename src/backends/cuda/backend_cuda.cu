@@ -262,7 +262,7 @@ static gdn_status cuda_timer_stop(gdn_backend *backend, double *milliseconds)
 static int cuda_supports_op(const gdn_backend *backend, gdn_op_kind kind)
 {
     (void)backend;
-    return kind == GDN_OP_GATED_DELTA_NET || gdn_cuda_runs_op(kind);
+    return kind == GDN_OP_GATED_DELTA_NET || kind == GDN_OP_GATED_DELTA_NET_REPLAY || gdn_cuda_runs_op(kind);
 }
 
 static gdn_status cuda_record_begin(gdn_backend *backend)
