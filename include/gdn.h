@@ -388,7 +388,7 @@ typedef struct gdn_cache gdn_cache;
 
 typedef enum gdn_cache_scheme {
     GDN_CACHE_SNAPSHOT = 0, /* K state groups per sequence, ggml-compatible order */
-    GDN_CACHE_REPLAY = 1,   /* one committed state plus a ring of token inputs: not built yet */
+    GDN_CACHE_REPLAY = 1,   /* one committed state plus a ring of raw token inputs */
 } gdn_cache_scheme;
 
 typedef struct gdn_cache_config {
@@ -399,6 +399,9 @@ typedef struct gdn_cache_config {
     int32_t conv_channels; /* C: 2*Hk*D + Hv*D in the Qwen models */
     int32_t conv_kernel;   /* Kconv, >= 2 */
     gdn_cache_scheme scheme;
+    int32_t ring;          /* replay: tokens of history a sequence's ring keeps before its state
+                              must be committed (L >= max_tokens; the ring holds L + max_tokens
+                              entries, so a step can append while it folds); 0 for snapshot */
 } gdn_cache_config;
 
 /* Backend bytes the cache needs for `config` (pools and step rows), for caller-supplied memory. */
@@ -418,13 +421,33 @@ gdn_status gdn_cache_seq_remove(gdn_cache *cache, int32_t seq);
 /* Zero a sequence's state and window and drop a step not yet accepted. */
 gdn_status gdn_cache_seq_reset(gdn_cache *cache, int32_t seq);
 
-/* Begin a step of n sequences with n_tokens[i] tokens each. This version requires one T for all
+/* Replay: the state pool keeps one committed state per sequence; a step folds the tokens
+ * accepted since the last commit (from the ring) into it, writes it back when the ring would
+ * otherwise overflow (count + T > L), and appends its T tokens to the ring; accept(a) counts a
+ * of them as history. With L = T the state is written back every step (2 states moved per
+ * step); a longer ring writes it back less often.
+ * Begin a step of n sequences with n_tokens[i] tokens each. This version requires one T for all
  * (1..max_tokens) and sequences in consecutive slots in order (seqs[i] = seqs[0] + i: the
  * snapshots and windows are written through one strided view); each must have accepted its
  * previous step. Uploads the step rows. On any error the cache is unchanged. */
 gdn_status gdn_cache_step_begin(gdn_cache *cache, int32_t n, const int32_t *seqs, const int32_t *n_tokens);
 /* Keep the first n_accepted (1..T) tokens of seq's step in progress. On error unchanged. */
 gdn_status gdn_cache_accept(gdn_cache *cache, int32_t seq, int32_t n_accepted);
+
+/* Where a sequence stands: tokens accepted so far, how many of them are in its committed state
+ * (snapshot: all; replay: those folded and written back), and the T of a step not yet accepted. */
+typedef struct gdn_cache_seq_info {
+    int64_t tokens, committed;
+    int32_t pending;
+} gdn_cache_seq_info;
+gdn_status gdn_cache_seq_info_get(const gdn_cache *cache, int32_t seq, gdn_cache_seq_info *info);
+
+/* Replay scheme: layer l's rings (ne {D, Hk, L+K, n_seqs}, {D, Hv, L+K, n_seqs}, {Hv, L+K,
+ * n_seqs} twice) and the step's fold array ([n][3] I32 {start, count, commit}, the
+ * gdn_gated_delta_net_replay argument). The state pool has one group (K = 1 in its shape). */
+gdn_status gdn_cache_layer_rings(const gdn_cache *cache, int32_t layer, gdn_tensor *ring_k, gdn_tensor *ring_v,
+                                 gdn_tensor *ring_g, gdn_tensor *ring_beta);
+gdn_status gdn_cache_step_fold(const gdn_cache *cache, gdn_tensor *fold);
 
 /* Layer l's pools: states ne {D, D, Hv, K, n_seqs} and conv ne {C, Kconv-1+K, n_seqs}, F32. */
 gdn_status gdn_cache_layer_pools(const gdn_cache *cache, int32_t layer, gdn_tensor *states, gdn_tensor *conv);

@@ -2,7 +2,8 @@
  * present: sizes, caller memory, sequences added with zero state, the rows a step reads after
  * each acceptance (group T-a, window column a), and every bad input refused with the cache
  * unchanged (accepting more than verified or none, unknown and removed sequences, a step before
- * the previous one was accepted, too small a buffer, unsupported step shapes and schemes). The
+ * the previous one was accepted, too small a buffer, unsupported step shapes, a replay ring
+ * shorter than a step); the replay scheme's fold arrays and commits over a few steps. The
  * exactness of the whole scheme is `gdn check spec` (tests/test_cli.sh). */
 #include "harness.h"
 
@@ -13,7 +14,7 @@ enum { LAYERS = 2, SEQS = 4, K = 3, HK = 1, HV = 2, D = 16, C = 3 * 16, KC = 4 }
 
 static gdn_cache_config config(void)
 {
-    const gdn_cache_config c = {LAYERS, SEQS, K, HK, HV, D, C, KC, GDN_CACHE_SNAPSHOT};
+    const gdn_cache_config c = {LAYERS, SEQS, K, HK, HV, D, C, KC, GDN_CACHE_SNAPSHOT, 0};
     return c;
 }
 
@@ -55,7 +56,8 @@ static void check_backend(const test_backend *tb)
     expect(gdn_cache_init(be, &cfg, mem, bytes - 1, &cache), GDN_ERROR_INVALID_ARGUMENT, label, "one byte short");
     CHECK(cache == NULL, "%s: a refused init left a cache", label);
     cfg.scheme = GDN_CACHE_REPLAY;
-    expect(gdn_cache_init(be, &cfg, NULL, 0, &cache), GDN_ERROR_UNSUPPORTED, label, "replay scheme");
+    cfg.ring = K - 1;
+    expect(gdn_cache_init(be, &cfg, NULL, 0, &cache), GDN_ERROR_INVALID_ARGUMENT, label, "replay ring below K");
     cfg = config();
     cfg.n_k_heads = 2, cfg.n_v_heads = 3;
     expect(gdn_cache_init(be, &cfg, NULL, 0, &cache), GDN_ERROR_SHAPE, label, "Hv not a multiple of Hk");
@@ -149,6 +151,45 @@ static void check_backend(const test_backend *tb)
     gdn_backend_dealloc(be, mem);
 }
 
+/* Replay bookkeeping with L = K = 3 (ring of 6 entries): the fold array of each step and what
+ * is committed after each acceptance. */
+static void check_replay(const test_backend *tb)
+{
+    gdn_cache_config cfg = config();
+    cfg.scheme = GDN_CACHE_REPLAY, cfg.ring = K;
+    gdn_cache *cache = NULL;
+    int32_t seq = -1;
+    expect(gdn_cache_init(tb->backend, &cfg, NULL, 0, &cache), GDN_OK, tb->label, "replay init");
+    if (cache == NULL)
+        return;
+    expect(gdn_cache_seq_add(cache, &seq), GDN_OK, tb->label, "replay add");
+    gdn_tensor rk, rv, rg, rb, states, conv;
+    CHECK(gdn_cache_layer_rings(cache, 1, &rk, &rv, &rg, &rb) == GDN_OK && rk.ne[2] == 2 * K && rv.ne[1] == HV &&
+          gdn_cache_layer_pools(cache, 1, &states, &conv) == GDN_OK && states.ne[3] == 1,
+          "%s: replay pools and rings have the wrong shapes", tb->label);
+    /* accept 2, 3, 1, 1 of T = 3: folds {0,0,0}, {0,2,1} (2 + 3 > L = 3: commit), {2,3,1}, {5,1,1}
+     * (with L = T every step that has tokens to fold commits them) */
+    const int32_t accept[4] = {2, 3, 1, 1}, want[4][3] = {{0, 0, 0}, {0, 2, 1}, {2, 3, 1}, {5, 1, 1}};
+    const int64_t committed[4] = {0, 2, 5, 6};
+    const int32_t T3 = 3;
+    for (int s = 0; s < 4; s++) {
+        gdn_tensor fold;
+        int32_t got[3] = {-1, -1, -1};
+        const int ok = gdn_cache_step_begin(cache, 1, &seq, &T3) == GDN_OK && gdn_cache_step_fold(cache, &fold) == GDN_OK &&
+                       gdn_backend_download(tb->backend, got, fold.data, sizeof got) == GDN_OK;
+        CHECK(ok && memcmp(got, want[s], sizeof got) == 0, "%s: replay step %d folds {%d, %d, %d}, expected {%d, %d, %d}",
+              tb->label, s, got[0], got[1], got[2], want[s][0], want[s][1], want[s][2]);
+        expect(gdn_cache_accept(cache, seq, accept[s]), GDN_OK, tb->label, "replay accept");
+        gdn_cache_seq_info info;
+        CHECK(gdn_cache_seq_info_get(cache, seq, &info) == GDN_OK && info.committed == committed[s] && info.pending == 0,
+              "%s: replay step %d: %lld committed, expected %lld", tb->label, s, (long long)info.committed,
+              (long long)committed[s]);
+    }
+    gdn_tensor fold;
+    expect(gdn_cache_step_fold(cache, &fold), GDN_OK, tb->label, "fold of the last step");
+    gdn_cache_free(cache);
+}
+
 int main(void)
 {
     gdn_cache_config cfg = config();
@@ -159,8 +200,10 @@ int main(void)
     test_backend backends[8];
     const int n = test_backends_open(backends, 8);
     CHECK(n >= 1, "no backend could be opened");
-    for (int b = 0; b < n; b++)
+    for (int b = 0; b < n; b++) {
         check_backend(&backends[b]);
+        check_replay(&backends[b]);
+    }
     test_backends_close(backends, n);
     return test_finish("test_cache");
 }

@@ -234,7 +234,7 @@ int gdn_cmd_check(int argc, char **argv)
     for (int l = 0; ok && l < layers; l++)
         ok = gdn_block_weights_init(&w[l], backend, &c, (uint64_t)o.seed * 1000 + (uint64_t)l) == GDN_OK;
     const gdn_cache_config cc = {layers, (int32_t)B, (int32_t)T, (int32_t)c.n_k_heads, (int32_t)c.n_v_heads,
-                                 (int32_t)c.head_dim, (int32_t)C, (int32_t)Kc, GDN_CACHE_SNAPSHOT};
+                                 (int32_t)c.head_dim, (int32_t)C, (int32_t)Kc, GDN_CACHE_SNAPSHOT, 0};
     int32_t *tokens = malloc((size_t)B * sizeof *tokens);
     ok = ok && tokens != NULL;
     for (int64_t b = 0; ok && b < B; b++)
