@@ -74,6 +74,19 @@ for accept in random all none 2; do
     grep -q '"identical":true' "$work/spec.json" && grep -q '"max_abs_diff":0,' "$work/spec.json"; then ok
   else fail "gdn check spec --accept $accept: $(cat "$work/spec.json" "$work/err")"; fi
 done
+for ring in 4 9; do
+  if "$gdn" check spec --backend cpu --scheme replay --ring $ring --steps 150 --json >"$work/spec.json" 2>"$work/err" &&
+    grep -q '"identical":true' "$work/spec.json" && grep -q '"scheme":"replay"' "$work/spec.json"; then ok
+  else fail "gdn check spec --scheme replay --ring $ring: $(cat "$work/spec.json" "$work/err")"; fi
+done
+"$gdn" check spec --backend cpu --scheme replay --ring 3 >/dev/null 2>&1 && fail "--ring below --tokens accepted" || ok
+if "$gdn" check spec --backend cuda --steps 500 --scheme replay --json >"$work/spec.json" 2>"$work/err"; then
+  grep -q '"identical":true' "$work/spec.json" && ok || fail "gdn check spec replay on cuda: $(cat "$work/spec.json")"
+elif grep -q "cannot open the cuda backend" "$work/err"; then
+  ok
+else
+  fail "gdn check spec --backend cuda --scheme replay: $(cat "$work/spec.json" "$work/err")"
+fi
 if "$gdn" check spec --backend cuda --steps 500 --json >"$work/spec.json" 2>"$work/err"; then
   grep -q '"identical":true' "$work/spec.json" && ok || fail "gdn check spec on cuda: $(cat "$work/spec.json")"
 elif grep -q "cannot open the cuda backend" "$work/err"; then
@@ -145,6 +158,19 @@ for accept in random all none 2; do
     grep -q '"identical":true' "$work/spec.json" && grep -q '"max_abs_diff":0,' "$work/spec.json"; then ok
   else fail "gdn check spec --accept $accept: $(cat "$work/spec.json" "$work/err")"; fi
 done
+for ring in 4 9; do
+  if "$gdn" check spec --backend cpu --scheme replay --ring $ring --steps 150 --json >"$work/spec.json" 2>"$work/err" &&
+    grep -q '"identical":true' "$work/spec.json" && grep -q '"scheme":"replay"' "$work/spec.json"; then ok
+  else fail "gdn check spec --scheme replay --ring $ring: $(cat "$work/spec.json" "$work/err")"; fi
+done
+"$gdn" check spec --backend cpu --scheme replay --ring 3 >/dev/null 2>&1 && fail "--ring below --tokens accepted" || ok
+if "$gdn" check spec --backend cuda --steps 500 --scheme replay --json >"$work/spec.json" 2>"$work/err"; then
+  grep -q '"identical":true' "$work/spec.json" && ok || fail "gdn check spec replay on cuda: $(cat "$work/spec.json")"
+elif grep -q "cannot open the cuda backend" "$work/err"; then
+  ok
+else
+  fail "gdn check spec --backend cuda --scheme replay: $(cat "$work/spec.json" "$work/err")"
+fi
 if "$gdn" check spec --backend cuda --steps 500 --json >"$work/spec.json" 2>"$work/err"; then
   grep -q '"identical":true' "$work/spec.json" && ok || fail "gdn check spec on cuda: $(cat "$work/spec.json")"
 elif grep -q "cannot open the cuda backend" "$work/err"; then

@@ -2,13 +2,16 @@
  * speculative decoding, tested end to end. A stack of GDN layers (an input rms_norm and the GDN
  * block, synthetic seeded weights) runs two ways on one backend, each over a gdn_cache whose
  * sequences start from zero state:
- *   spec:       every step verifies T tokens per sequence in one call over a rollback cache
- *               (K = T state groups and Kconv-1+T window columns per slot), then accepts the
- *               first a of them (the acceptance pattern): the next step reads group T-a and
- *               window offset a, and no data moves;
+ *   spec:       every step verifies T tokens per sequence in one call and accepts the first a
+ *               of them (the acceptance pattern), over a snapshot cache (K = T state groups
+ *               per slot: the next step reads group T-a, no data moves) or a replay cache (one
+ *               committed state and a ring of token inputs: the next step folds the kept
+ *               tokens into the state, committing them when the ring would overflow); either
+ *               keeps Kconv-1+T window columns per slot and reads the window at offset a;
  *   sequential: the accepted tokens decoded one at a time (T = 1 steps, one sequence per call).
- * Every accepted token's output and, after every step, every layer's committed state and window
- * must be bit-identical between the two. The first token of a step is the one the previous step
+ * Every accepted token's output, every layer's window after every step, and every layer's
+ * committed state (snapshot: after every step; replay: whenever it holds all the tokens kept so
+ * far) must be bit-identical between the two. The first token of a step is the one the previous step
  * sampled, so a >= 1 ("none" accepts no draft token: a = 1). */
 #include "tool.h"
 #include "model/gdn_block.h"
@@ -22,14 +25,16 @@ static const char usage[] =
     "usage: gdn check spec [options]\n"
     "\n"
     "Checks that speculative decoding with rollback (verify T tokens, accept a prefix, roll the\n"
-    "cache back by choosing a state group and a window offset) gives bit for bit the outputs and\n"
-    "cache contents of decoding the accepted tokens one at a time, on one backend, over many\n"
-    "steps. Exits 1 on any difference. A small model by default (hidden 128, Hk 2, Hv 4, D 32,\n"
-    "Kconv 4, BF16 projection weights; both graph passes on).\n"
+    "cache back: snapshot scheme, or replay scheme folding the kept tokens) gives bit for bit\n"
+    "the outputs and cache contents of decoding the accepted tokens one at a time, on one\n"
+    "backend, over many steps. Exits 1 on any difference. A small model by default (hidden\n"
+    "128, Hk 2, Hv 4, D 32, Kconv 4, BF16 projection weights; both graph passes on).\n"
     "\n"
     "options:\n"
     "  --backend cpu|cuda   backend (default: cuda when a GPU is present, else cpu)\n"
-    "  --scheme snapshot    cache scheme (snapshot: K state groups per slot, the only one so far)\n"
+    "  --scheme snapshot|replay  the spec run's cache scheme (default snapshot: K state groups\n"
+    "                       per slot; replay: one committed state and a ring of token inputs)\n"
+    "  --ring L             replay: tokens of history the ring keeps (default T)\n"
     "  --steps N            verify steps (default 200)\n"
     "  --accept MODE        all | none | random | N: tokens kept per step, of T (default random)\n"
     "  --tokens T           tokens verified per step (default 4)\n"
@@ -37,13 +42,15 @@ static const char usage[] =
     "  --layers N           GDN layers (default 4)\n"
     "  --passes on|off      graph passes on both runs (default on)\n"
     "  --seed N             weights, caches, tokens and acceptance (default 1)\n"
-    "  --json               one JSON object: backend, scheme, steps, tokens_committed, identical,\n"
-    "                       max_abs_diff, first_difference\n";
+    "  --json               one JSON object: backend, scheme, steps, T, B, layers, accept, ring,\n"
+    "                       tokens_committed, states_compared, identical, max_abs_diff,\n"
+    "                       first_difference\n";
 
 typedef struct spec_options {
     const char *backend_name;
-    long steps, tokens, batch, layers, seed, fixed;
+    long steps, tokens, batch, layers, seed, fixed, ring;
     int accept; /* 0 all, 1 none, 2 random, 3 fixed */
+    int replay; /* the replay scheme for the spec run (else snapshot) */
     int passes, json;
 } spec_options;
 
@@ -97,7 +104,13 @@ static int build_graphs(gdn_backend *backend, const gdn_block_config *c, const g
             st = gdn_graph_intermediate(*graph, "x_normed", GDN_DTYPE_F32, 3, ne_x, &normed);
         if (st == GDN_OK)
             st = gdn_graph_op(*graph, GDN_OP_RMS_NORM, &p, 1, &x, 1, &normed);
-        if (st == GDN_OK)
+        gdn_tensor fv;
+        gdn_tensor_id fold = -1;
+        if (st == GDN_OK && r->caches[l].ring_k.data != NULL && (st = gdn_cache_step_fold(r->cache, &fv)) == GDN_OK)
+            st = gdn_graph_leaf(*graph, "fold", &fv, GDN_GRAPH_INPUT, &fold);
+        if (st == GDN_OK && fold >= 0)
+            st = gdn_block_build_replay(*graph, c, &w[l], &r->caches[l], normed, B, T, srow, crow, fold, first, out);
+        else if (st == GDN_OK)
             st = gdn_block_build_rollback(*graph, c, &w[l], &r->caches[l], normed, B, T, srow, crow, first, out);
         if (st == GDN_OK && passes)
             st = gdn_graph_pass_copy_elision(*graph, NULL, NULL);
@@ -157,7 +170,9 @@ static int parse(int argc, char **argv, spec_options *o)
         gdn_backend_kind kind;
         if (strcmp(opt, "--backend") == 0 && gdn_tool_parse_backend(val, &kind)) {
             o->backend_name = val;
-        } else if (strcmp(opt, "--scheme") == 0 && strcmp(val, "snapshot") == 0) {
+        } else if (strcmp(opt, "--scheme") == 0 && (strcmp(val, "snapshot") == 0 || strcmp(val, "replay") == 0)) {
+            o->replay = strcmp(val, "replay") == 0;
+        } else if (strcmp(opt, "--ring") == 0 && gdn_tool_parse_int(val, 1, 64, &o->ring)) {
         } else if (strcmp(opt, "--steps") == 0 && gdn_tool_parse_int(val, 1, 100000000, &o->steps)) {
         } else if (strcmp(opt, "--tokens") == 0 && gdn_tool_parse_int(val, 1, 16, &o->tokens)) {
         } else if (strcmp(opt, "--batch") == 0 && gdn_tool_parse_int(val, 1, 64, &o->batch)) {
@@ -182,6 +197,12 @@ static int parse(int argc, char **argv, spec_options *o)
             fprintf(stderr, "gdn check spec: bad option or value: %s %s\n%s", opt, val, usage);
             return 0;
         }
+    }
+    if (o->ring == 0)
+        o->ring = o->tokens;
+    if (o->ring < o->tokens) {
+        fprintf(stderr, "gdn check spec: --ring %ld is shorter than the %ld tokens of a step\n", o->ring, o->tokens);
+        return 0;
     }
     if (o->accept == 3 && o->fixed > o->tokens) {
         fprintf(stderr, "gdn check spec: --accept %ld keeps more tokens than the %ld verified per step\n", o->fixed,
@@ -233,8 +254,10 @@ int gdn_cmd_check(int argc, char **argv)
         ones[b] = 1;
     for (int l = 0; ok && l < layers; l++)
         ok = gdn_block_weights_init(&w[l], backend, &c, (uint64_t)o.seed * 1000 + (uint64_t)l) == GDN_OK;
-    const gdn_cache_config cc = {layers, (int32_t)B, (int32_t)T, (int32_t)c.n_k_heads, (int32_t)c.n_v_heads,
-                                 (int32_t)c.head_dim, (int32_t)C, (int32_t)Kc, GDN_CACHE_SNAPSHOT, 0};
+    const gdn_cache_config snapshot = {layers, (int32_t)B, (int32_t)T, (int32_t)c.n_k_heads, (int32_t)c.n_v_heads,
+                                       (int32_t)c.head_dim, (int32_t)C, (int32_t)Kc, GDN_CACHE_SNAPSHOT, 0};
+    gdn_cache_config replay = snapshot;
+    replay.scheme = GDN_CACHE_REPLAY, replay.ring = (int32_t)o.ring;
     int32_t *tokens = malloc((size_t)B * sizeof *tokens);
     ok = ok && tokens != NULL;
     for (int64_t b = 0; ok && b < B; b++)
@@ -247,14 +270,19 @@ int gdn_cmd_check(int argc, char **argv)
         r->caches = calloc((size_t)layers, sizeof *r->caches);
         r->graphs = calloc((size_t)(layers * n_graphs), sizeof *r->graphs);
         r->outs = calloc((size_t)(layers * n_graphs), sizeof *r->outs);
-        ok = r->seqs && r->caches && r->graphs && r->outs && gdn_cache_init(backend, &cc, NULL, 0, &r->cache) == GDN_OK &&
+        const gdn_cache_config *cc = k == 0 && o.replay ? &replay : &snapshot;
+        ok = r->seqs && r->caches && r->graphs && r->outs && gdn_cache_init(backend, cc, NULL, 0, &r->cache) == GDN_OK &&
              gdn_backend_alloc(backend, (size_t)(r->B * r->T * H) * 4, &r->x) == GDN_OK;
         for (int64_t b = 0; ok && b < B; b++)
             ok = gdn_cache_seq_add(r->cache, &r->seqs[b]) == GDN_OK;
         for (int l = 0; ok && l < layers; l++) {
-            gdn_tensor states, conv;
-            ok = gdn_cache_layer_pools(r->cache, l, &states, &conv) == GDN_OK &&
-                 gdn_block_cache_borrow(&r->caches[l], backend, &c, &states, &conv) == GDN_OK;
+            gdn_tensor states, conv, rings[4];
+            ok = gdn_cache_layer_pools(r->cache, l, &states, &conv) == GDN_OK;
+            if (ok && cc->scheme == GDN_CACHE_REPLAY)
+                ok = gdn_cache_layer_rings(r->cache, l, &rings[0], &rings[1], &rings[2], &rings[3]) == GDN_OK &&
+                     gdn_block_cache_borrow_replay(&r->caches[l], backend, &c, &states, &conv, rings) == GDN_OK;
+            else if (ok)
+                ok = gdn_block_cache_borrow(&r->caches[l], backend, &c, &states, &conv) == GDN_OK;
         }
         /* Graphs are planned by one compute of a begun step; the sequences are reset after. */
         for (int g = 0; ok && g < n_graphs; g++)
@@ -268,7 +296,7 @@ int gdn_cmd_check(int argc, char **argv)
         fprintf(stderr, "gdn check spec: setup: %s\n", gdn_error_detail());
 
     uint64_t rng = (uint64_t)o.seed * 0x51ED27ull + 17;
-    long step = 0, committed = 0;
+    long step = 0, committed = 0, states_compared = 0;
     double max_diff = 0.0;
     char first[200] = "";
     for (; ok && step < o.steps; step++) {
@@ -281,6 +309,23 @@ int gdn_cmd_check(int argc, char **argv)
                                                                     : 1 + (int64_t)(mix(&rng) % (uint64_t)T);
             ok = gdn_cache_accept(run[0].cache, run[0].seqs[b], (int32_t)a) == GDN_OK;
             kept[b] = (int32_t)a;
+            /* Replay: the committed state holds the tokens folded so far; when those are all the
+             * tokens kept before this step, it must equal the sequential state now. */
+            gdn_cache_seq_info si, qi;
+            if (ok && o.replay && gdn_cache_seq_info_get(run[0].cache, run[0].seqs[b], &si) == GDN_OK &&
+                gdn_cache_seq_info_get(run[1].cache, run[1].seqs[b], &qi) == GDN_OK && si.committed == qi.tokens &&
+                si.committed > 0) {
+                for (int l = 0; ok && l < layers; l++) {
+                    ok = fetch(backend, &run[0].caches[l], run[0].seqs[b], 0, a, sa, state_bytes, wa, window_bytes) &&
+                         fetch(backend, &run[1].caches[l], run[1].seqs[b], 0, 1, sb, state_bytes, wb, window_bytes);
+                    if (ok && memcmp(sa, sb, state_bytes) != 0 && first[0] == '\0') {
+                        snprintf(first, sizeof first, "step %ld, sequence %lld, layer %d: committed state differs "
+                                 "(after %lld tokens)", step, (long long)b, l, (long long)si.committed);
+                        max_diff = max_diff > 0 ? max_diff : 1e-45;
+                    }
+                }
+                states_compared++;
+            }
             for (int64_t t = 0; ok && t < a; t++) { /* the sequential run decodes the kept tokens */
                 memcpy(x1, x + (b * T + t) * H, (size_t)H * 4);
                 ok = gdn_cache_step_begin(run[1].cache, 1, &run[1].seqs[b], ones) == GDN_OK &&
@@ -296,11 +341,17 @@ int gdn_cmd_check(int argc, char **argv)
                 }
                 committed++;
             }
-            /* Committed state and window of every layer: spec group T-a and columns a.., against
-             * the sequential run's group 0 and columns 1.. */
+            /* Committed state (snapshot) and window of every layer: spec group T-a and columns a..,
+             * against the sequential run's group 0 and columns 1.. (replay: the window only; its
+             * state was compared above when it was committed). */
             for (int l = 0; ok && l < layers; l++) {
-                ok = fetch(backend, &run[0].caches[l], run[0].seqs[b], T - a, a, sa, state_bytes, wa, window_bytes) &&
+                ok = fetch(backend, &run[0].caches[l], run[0].seqs[b], o.replay ? 0 : T - a, a, sa, state_bytes, wa,
+                           window_bytes) &&
                      fetch(backend, &run[1].caches[l], run[1].seqs[b], 0, 1, sb, state_bytes, wb, window_bytes);
+                if (o.replay)
+                    memcpy(sa, sb, state_bytes);
+                else
+                    states_compared += l == 0;
                 if (ok && (memcmp(sa, sb, state_bytes) != 0 || memcmp(wa, wb, window_bytes) != 0) && first[0] == '\0') {
                     snprintf(first, sizeof first, "step %ld, sequence %lld, layer %d: committed %s differs", step,
                              (long long)b, l, memcmp(sa, sb, state_bytes) != 0 ? "state" : "conv window");
@@ -315,17 +366,18 @@ int gdn_cmd_check(int argc, char **argv)
                     first[0] ? ", DIFFERENT" : "");
     }
     const int identical = ok && first[0] == '\0';
-    const char *name = gdn_backend_name(backend);
+    const char *name = gdn_backend_name(backend), *scheme = o.replay ? "replay" : "snapshot";
     if (o.json)
-        printf("{\"backend\":\"%s\",\"scheme\":\"snapshot\",\"steps\":%ld,\"T\":%lld,\"B\":%lld,\"layers\":%d,"
-               "\"accept\":\"%s\",\"tokens_committed\":%ld,\"identical\":%s,\"max_abs_diff\":%.9g,"
-               "\"first_difference\":\"%s\"}\n", name, step, (long long)T, (long long)B, layers,
-               o.accept == 0 ? "all" : o.accept == 1 ? "none" : o.accept == 2 ? "random" : "fixed", committed,
-               identical ? "true" : "false", max_diff, first);
+        printf("{\"backend\":\"%s\",\"scheme\":\"%s\",\"steps\":%ld,\"T\":%lld,\"B\":%lld,\"layers\":%d,"
+               "\"accept\":\"%s\",\"ring\":%ld,\"tokens_committed\":%ld,\"states_compared\":%ld,\"identical\":%s,"
+               "\"max_abs_diff\":%.9g,\"first_difference\":\"%s\"}\n", name, scheme, step, (long long)T, (long long)B,
+               layers,
+               o.accept == 0 ? "all" : o.accept == 1 ? "none" : o.accept == 2 ? "random" : "fixed",
+               o.replay ? o.ring : 0L, committed, states_compared, identical ? "true" : "false", max_diff, first);
     else
-        printf("gdn check spec: backend %s, scheme snapshot, %ld steps of T=%lld for %lld sequences, %d layers, %ld "
-               "tokens committed: %s (max |difference| %g)%s%s\n", name, step, (long long)T, (long long)B, layers,
-               committed, identical ? "bit-identical to sequential decoding" : "DIFFERENT", max_diff,
+        printf("gdn check spec: backend %s, scheme %s, %ld steps of T=%lld for %lld sequences, %d layers, %ld "
+               "tokens committed, %ld committed states compared: %s (max |difference| %g)%s%s\n", name, scheme, step,
+               (long long)T, (long long)B, layers, committed, states_compared, identical ? "bit-identical to sequential decoding" : "DIFFERENT", max_diff,
                first[0] ? "; first: " : "", first);
 
     for (int k = 0; k < 2; k++) {

@@ -265,8 +265,29 @@ gdn_status gdn_block_cache_init(gdn_block_cache *cache, gdn_backend *backend, co
     return GDN_OK;
 }
 
+static gdn_status borrow(gdn_block_cache *cache, gdn_backend *backend, const gdn_block_config *config,
+                         const gdn_tensor *states, const gdn_tensor *conv, int64_t groups);
+
 gdn_status gdn_block_cache_borrow(gdn_block_cache *cache, gdn_backend *backend, const gdn_block_config *config,
                                   const gdn_tensor *states, const gdn_tensor *conv)
+{
+    return borrow(cache, backend, config, states, conv, config != NULL ? config->n_snapshots : 0);
+}
+
+gdn_status gdn_block_cache_borrow_replay(gdn_block_cache *cache, gdn_backend *backend, const gdn_block_config *config,
+                                         const gdn_tensor *states, const gdn_tensor *conv, const gdn_tensor *rings)
+{
+    if (rings == NULL)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gdn block cache: NULL rings");
+    gdn_status st = borrow(cache, backend, config, states, conv, 1);
+    if (st == GDN_OK) {
+        cache->ring_k = rings[0], cache->ring_v = rings[1], cache->ring_g = rings[2], cache->ring_beta = rings[3];
+    }
+    return st;
+}
+
+static gdn_status borrow(gdn_block_cache *cache, gdn_backend *backend, const gdn_block_config *config,
+                         const gdn_tensor *states, const gdn_tensor *conv, int64_t groups)
 {
     gdn_clear_error();
     if (cache == NULL || backend == NULL || states == NULL || conv == NULL)
@@ -277,7 +298,7 @@ gdn_status gdn_block_cache_borrow(gdn_block_cache *cache, gdn_backend *backend, 
         return st;
     const gdn_block_config c = *config;
     const int64_t S = states->ne[4], cols = c.conv_kernel - 1 + (c.rollback ? c.n_snapshots : 0);
-    const int64_t ne_s[5] = {c.head_dim, c.head_dim, c.n_v_heads, c.n_snapshots, S};
+    const int64_t ne_s[5] = {c.head_dim, c.head_dim, c.n_v_heads, groups, S};
     const int64_t ne_c[3] = {gdn_block_conv_dim(&c), cols, S};
     for (int i = 0; i < GDN_MAX_DIMS; i++)
         if ((i < 5 && states->ne[i] != ne_s[i]) || (i < 3 && conv->ne[i] != ne_c[i]) || states->dtype != GDN_DTYPE_F32 ||
@@ -384,9 +405,42 @@ static void binary(builder *b, gdn_op_kind kind, gdn_tensor_id a, gdn_tensor_id 
     op(b, kind, NULL, 2, src, dst);
 }
 
+/* 18, 19: the gated rms norm of o with z (a view of qkvz after q, k, v) and the output
+ * projection, the block's output (a graph output). */
+static gdn_status finish(builder *bp, const gdn_block_config *cp, gdn_tensor_id w_norm, gdn_tensor_id w_out,
+                         gdn_tensor_id qkvz, gdn_tensor_id o, int64_t B, int64_t T, gdn_tensor_id *out)
+{
+    builder b = *bp;
+    const gdn_block_config c = *cp;
+    gdn_graph *graph = b.graph;
+    const int64_t Hv = c.n_v_heads, D = c.head_dim, C = gdn_block_conv_dim(&c);
+    const size_t f = sizeof(float), qkvz_row = (size_t)gdn_block_qkvz_dim(&c) * f;
+    const int64_t ne_v[4] = {D, Hv, T, B};
+    gdn_op_params p;
+    const size_t nb_z[4] = {f, (size_t)D * f, qkvz_row, (size_t)T * qkvz_row};
+    const gdn_tensor_id z = view(&b, qkvz, (size_t)C * f, 4, ne_v, nb_z);
+    memset(&p, 0, sizeof p);
+    p.norm.eps = c.rms_eps;
+    const gdn_tensor_id normed = inter(&b, "o_normed", 4, D, Hv, T, B, 1);
+    const gdn_tensor_id n_src[3] = {o, w_norm, z};
+    op(&b, GDN_OP_RMS_NORM_GATED, &p, 3, n_src, normed);
+
+    /* 19: output projection of the heads, flattened to Hv*D. */
+    const int64_t ne_flat[3] = {Hv * D, T, B};
+    const size_t nb_flat[3] = {f, (size_t)(Hv * D) * f, (size_t)(T * Hv * D) * f};
+    const gdn_tensor_id flat = view(&b, normed, 0, 3, ne_flat, nb_flat);
+    const gdn_tensor_id result = inter(&b, "block_out", 3, c.hidden, T, B, 1, 1);
+    binary(&b, GDN_OP_MUL_MAT, w_out, flat, result);
+    if (b.status == GDN_OK)
+        b.status = gdn_graph_mark_output(graph, result);
+    *out = result;
+    return b.status;
+}
+
 static gdn_status build(gdn_graph *graph, const gdn_block_config *config, const gdn_block_weights *weights,
                         const gdn_block_cache *cache, gdn_tensor_id x, int64_t n_seqs, int64_t n_tokens,
-                        gdn_tensor_id state_index, gdn_tensor_id conv_index, int64_t first_slot, gdn_tensor_id *out)
+                        gdn_tensor_id state_index, gdn_tensor_id conv_index, gdn_tensor_id fold, int64_t first_slot,
+                        gdn_tensor_id *out)
 {
     gdn_clear_error();
     if (graph == NULL || weights == NULL || cache == NULL || out == NULL)
@@ -414,7 +468,7 @@ static gdn_status build(gdn_graph *graph, const gdn_block_config *config, const 
         return gdn_fail(GDN_ERROR_SHAPE, "gdn block build: T=%lld tokens, but a rollback cache keeps %d per step",
                         (long long)T, (int)c.n_snapshots);
     const size_t f = sizeof(float);
-    const size_t group_bytes = (size_t)(Hv * D * D) * f, slot_bytes = (size_t)c.n_snapshots * group_bytes;
+    const size_t group_bytes = (size_t)(Hv * D * D) * f, slot_bytes = (size_t)cache->states.ne[3] * group_bytes;
     const int64_t cols = cache->conv.ne[1]; /* window columns per slot: Kc-1, or Kc-1+K to roll back */
     const size_t window_bytes = (size_t)((Kc - 1) * C) * f, col_bytes = (size_t)C * f, conv_slot = (size_t)cols * col_bytes;
     builder b = {graph, GDN_OK};
@@ -509,6 +563,25 @@ static gdn_status build(gdn_graph *graph, const gdn_block_config *config, const 
     unary(&b, GDN_OP_L2_NORM, &p, q_in, q);
     unary(&b, GDN_OP_L2_NORM, &p, k_in, k);
 
+    const gdn_tensor_id o = inter(&b, "o", 4, D, Hv, T, B, 1);
+    if (fold >= 0) { /* replay: 15-17 are one node reading and writing the cache in place */
+        const int64_t ne_pool[4] = {D, D, Hv, cache->n_slots};
+        const size_t nb_pool[4] = {f, (size_t)D * f, (size_t)(D * D) * f, slot_bytes};
+        const gdn_tensor_id pool = view(&b, ssm_pool, 0, 4, ne_pool, nb_pool);
+        const gdn_tensor_id rk = leaf(&b, "ring_k", &cache->ring_k, GDN_GRAPH_PERSISTENT);
+        const gdn_tensor_id rv = leaf(&b, "ring_v", &cache->ring_v, GDN_GRAPH_PERSISTENT);
+        const gdn_tensor_id rg = leaf(&b, "ring_g", &cache->ring_g, GDN_GRAPH_PERSISTENT);
+        const gdn_tensor_id rb = leaf(&b, "ring_beta", &cache->ring_beta, GDN_GRAPH_PERSISTENT);
+        memset(&p, 0, sizeof p);
+        p.gated_delta_net = gdn_gated_delta_net_params_default();
+        p.gated_delta_net.broadcast = c.broadcast;
+        p.gated_delta_net.l2norm = 0;
+        const gdn_tensor_id r_src[12] = {q, k, v_in, gate, beta, pool, state_index, rk, rv, rg, rb, fold};
+        if (b.status == GDN_OK)
+            b.status = gdn_graph_op(graph, GDN_OP_GATED_DELTA_NET_REPLAY, &p, 12, r_src, 1, &o);
+        return finish(&b, &c, w_norm, w_out, qkvz, o, B, T, out);
+    }
+
     /* 15: the gather: group 0 of each sequence's slot (rows of the pool at the slot stride), or
      * (rollback) any group (rows at the group stride). */
     const int64_t ne_srows[2] = {Hv * D * D, rollback ? cache->n_slots * c.n_snapshots : cache->n_slots};
@@ -527,7 +600,6 @@ static gdn_status build(gdn_graph *graph, const gdn_block_config *config, const 
     p.gated_delta_net.n_snapshots = c.n_snapshots;
     p.gated_delta_net.broadcast = c.broadcast;
     p.gated_delta_net.l2norm = 0;
-    const gdn_tensor_id o = inter(&b, "o", 4, D, Hv, T, B, 1);
     const gdn_tensor_id states = inter(&b, "states", 5, D, D, Hv, B, N);
     if (b.status == GDN_OK) {
         const gdn_tensor_id g_src[6] = {q, k, v_in, gate, beta, state}, g_dst[2] = {o, states};
@@ -540,25 +612,7 @@ static gdn_status build(gdn_graph *graph, const gdn_block_config *config, const 
     const gdn_tensor_id snap_dst = view(&b, ssm_pool, (size_t)first_slot * slot_bytes, 5, ne_snap, nb_snap);
     unary(&b, GDN_OP_CPY, NULL, states, snap_dst);
 
-    /* 18: gated rms norm of o with z (a view of qkvz after q, k, v). */
-    const size_t nb_z[4] = {f, (size_t)D * f, qkvz_row, (size_t)T * qkvz_row};
-    const gdn_tensor_id z = view(&b, qkvz, (size_t)C * f, 4, ne_v, nb_z);
-    memset(&p, 0, sizeof p);
-    p.norm.eps = c.rms_eps;
-    const gdn_tensor_id normed = inter(&b, "o_normed", 4, D, Hv, T, B, 1);
-    const gdn_tensor_id n_src[3] = {o, w_norm, z};
-    op(&b, GDN_OP_RMS_NORM_GATED, &p, 3, n_src, normed);
-
-    /* 19: output projection of the heads, flattened to Hv*D. */
-    const int64_t ne_flat[3] = {Hv * D, T, B};
-    const size_t nb_flat[3] = {f, (size_t)(Hv * D) * f, (size_t)(T * Hv * D) * f};
-    const gdn_tensor_id flat = view(&b, normed, 0, 3, ne_flat, nb_flat);
-    const gdn_tensor_id result = inter(&b, "block_out", 3, c.hidden, T, B, 1, 1);
-    binary(&b, GDN_OP_MUL_MAT, w_out, flat, result);
-    if (b.status == GDN_OK)
-        b.status = gdn_graph_mark_output(graph, result);
-    *out = result;
-    return b.status;
+    return finish(&b, &c, w_norm, w_out, qkvz, o, B, T, out);
 }
 
 gdn_status gdn_block_build(gdn_graph *graph, const gdn_block_config *config, const gdn_block_weights *weights,
@@ -568,7 +622,7 @@ gdn_status gdn_block_build(gdn_graph *graph, const gdn_block_config *config, con
     if (config != NULL && config->rollback)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gdn block build: a rollback cache needs gdn_block_build_rollback "
                         "(state and window positions per sequence)");
-    return build(graph, config, weights, cache, x, n_seqs, n_tokens, slot_index, slot_index, first_slot, out);
+    return build(graph, config, weights, cache, x, n_seqs, n_tokens, slot_index, slot_index, -1, first_slot, out);
 }
 
 gdn_status gdn_block_build_rollback(gdn_graph *graph, const gdn_block_config *config, const gdn_block_weights *weights,
@@ -579,5 +633,19 @@ gdn_status gdn_block_build_rollback(gdn_graph *graph, const gdn_block_config *co
     if (config != NULL && !config->rollback)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gdn block build: gdn_block_build_rollback needs a config with "
                         "rollback = 1");
-    return build(graph, config, weights, cache, x, n_seqs, n_tokens, state_row, conv_row, first_slot, out);
+    return build(graph, config, weights, cache, x, n_seqs, n_tokens, state_row, conv_row, -1, first_slot, out);
+}
+
+gdn_status gdn_block_build_replay(gdn_graph *graph, const gdn_block_config *config, const gdn_block_weights *weights,
+                                  const gdn_block_cache *cache, gdn_tensor_id x, int64_t n_seqs, int64_t n_tokens,
+                                  gdn_tensor_id state_index, gdn_tensor_id conv_row, gdn_tensor_id fold,
+                                  int64_t first_slot, gdn_tensor_id *out)
+{
+    if (config != NULL && !config->rollback)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gdn block build: gdn_block_build_replay needs a config with "
+                        "rollback = 1 (the conv window rolls back as in the snapshot scheme)");
+    if (cache == NULL || cache->ring_k.data == NULL || fold < 0)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gdn block build: replay needs a cache with rings "
+                        "(gdn_block_cache_borrow_replay) and a fold tensor");
+    return build(graph, config, weights, cache, x, n_seqs, n_tokens, state_index, conv_row, fold, first_slot, out);
 }

@@ -90,6 +90,7 @@ typedef struct gdn_block_cache {
     int64_t n_slots;
     void *state_memory, *conv_memory;
     gdn_tensor states, conv;
+    gdn_tensor ring_k, ring_v, ring_g, ring_beta; /* a replay cache's rings (data NULL otherwise) */
 } gdn_block_cache;
 
 /* A zero-filled cache of `n_slots` slots (a fresh sequence starts from zero state and window). */
@@ -102,6 +103,10 @@ void gdn_block_cache_free(gdn_block_cache *cache); /* zeroes the struct; NULL-sa
  * the shapes above for `config` (rollback: Kconv-1+K columns). */
 gdn_status gdn_block_cache_borrow(gdn_block_cache *cache, gdn_backend *backend, const gdn_block_config *config,
                                   const gdn_tensor *states, const gdn_tensor *conv);
+/* A replay cache (gdn_cache with GDN_CACHE_REPLAY): the same, with one state group per slot, and
+ * the rings (gdn_cache_layer_rings). */
+gdn_status gdn_block_cache_borrow_replay(gdn_block_cache *cache, gdn_backend *backend, const gdn_block_config *config,
+                                         const gdn_tensor *states, const gdn_tensor *conv, const gdn_tensor *rings);
 
 /* Fill both pools from `seed` as if some tokens had been seen: states ~ N(0, 0.1), conv window
  * ~ N(0, 1). For tests and benches. Synchronous. */
@@ -138,6 +143,15 @@ gdn_status gdn_block_build(gdn_graph *graph, const gdn_block_config *config, con
  * accepted, the next one reads group T-a and column offset a: no data moves. The nodes are
  * llama.cpp's (gathers, GDN, copies); with both passes and the indices declared
  * GDN_GRAPH_OWN_SLOT_INDEX, none of the gathers and copies stays. */
+/* The same step over a replay cache (borrowed with gdn_block_cache_borrow_replay): the GDN op
+ * is the replay form (gdn_gated_delta_net_replay) reading sequence b's committed state from slot
+ * state_index[b] and the ring tokens to fold from `fold` [B][3]; no snapshot is written. The conv
+ * window is handled as in gdn_block_build_rollback (conv_row). */
+gdn_status gdn_block_build_replay(gdn_graph *graph, const gdn_block_config *config, const gdn_block_weights *weights,
+                                  const gdn_block_cache *cache, gdn_tensor_id x, int64_t n_seqs, int64_t n_tokens,
+                                  gdn_tensor_id state_index, gdn_tensor_id conv_row, gdn_tensor_id fold,
+                                  int64_t first_slot, gdn_tensor_id *out);
+
 gdn_status gdn_block_build_rollback(gdn_graph *graph, const gdn_block_config *config, const gdn_block_weights *weights,
                                     const gdn_block_cache *cache, gdn_tensor_id x, int64_t n_seqs, int64_t n_tokens,
                                     gdn_tensor_id state_row, gdn_tensor_id conv_row, int64_t first_slot,
