@@ -147,6 +147,18 @@ PY
     fail "gdn bench --stack $shape: $(cat "$work/err")"
   fi
 done
+# the replay scheme's rows: same checksum with the passes off and on and whatever the ring
+if "$gdn" bench --stack --backend cpu --layers 2 --batch 1 --reps 1 --tokens 4 --scheme replay --json >"$work/r4.json" 2>"$work/err" &&
+  "$gdn" bench --stack --backend cpu --layers 2 --batch 1 --reps 1 --tokens 4 --scheme replay --ring 9 --json >"$work/r9.json" 2>>"$work/err" &&
+  python3 - "$work/r4.json" "$work/r9.json" <<'PY'
+import json, sys
+rows = [json.loads(l) for f in sys.argv[1:] for l in open(f) if l.strip()]
+assert len(rows) == 4 and all(r["scheme"] == "replay" for r in rows), rows
+assert len({r["checksum"] for r in rows}) == 1, [r["checksum"] for r in rows]
+assert {r["ring"] for r in rows} == {4, 9}, rows
+assert all(r["copies"] == 0 and r["gathers"] == 0 for r in rows if r["passes"] == "on"), rows
+PY
+then ok; else fail "gdn bench --stack --scheme replay: $(cat "$work/err")"; fi
 "$gdn" bench --stack --backend cpu --passes sideways >/dev/null 2>&1 && fail "bad --passes accepted" || ok
 "$gdn" bench --stack --backend cpu --scheme sideways >/dev/null 2>&1 && fail "bad --scheme accepted" || ok
 "$gdn" bench --stack --help >"$work/help" 2>&1 && grep -q -- '--passes' "$work/help" && ok || fail "gdn bench --stack --help"

@@ -32,7 +32,10 @@ static const char usage[] =
     "  --tokens T --K K     one row shape instead of the default pair (T=1 K=1) and (T=4 K=4)\n"
     "  --layers N           GDN layers per step (default 30)\n"
     "  --passes on|off|both graph passes (default both: one row each)\n"
-    "  --scheme snapshot    cache scheme (snapshot, the only one so far)\n"
+    "  --scheme snapshot|replay  snapshot: llama.cpp's pattern over K state groups per slot\n"
+    "                       (default); replay: a gdn_cache with one committed state and a ring\n"
+    "                       of token inputs per sequence, every step keeping all its tokens\n"
+    "  --ring L             replay: history tokens of the ring (default T: commit every step)\n"
     "  --weights f32|bf16   dtype of the projection weights (default bf16)\n"
     "  --graphs on|off      record each step once and replay it as one CUDA graph (default on;\n"
     "                       the CPU backend has no recording and runs the graphs node by node)\n"
@@ -58,6 +61,8 @@ typedef struct stack_config {
     int layers, reps, json, graphs;
     int passes_mask; /* bit 0: off, bit 1: on */
     gdn_dtype weight_dtype;
+    int replay;      /* the replay scheme through a gdn_cache (else llama.cpp's snapshot pattern) */
+    int ring;        /* replay: history tokens of the ring (0: T) */
 } stack_config;
 
 typedef struct stack_row {
@@ -123,6 +128,9 @@ typedef struct stack {
     gdn_tensor_id *outs;
     void *x, *index;
     int64_t B, T;
+    int replay, ring;           /* replay scheme: its cache (the layer caches borrow from it) */
+    gdn_cache *cache;
+    int32_t *seqs, *tokens;     /* [B]: the cache's sequences, T each */
 } stack;
 
 static void stack_free_graphs(stack *s)
@@ -160,9 +168,27 @@ static int stack_build(stack *s, int passes)
             p.norm.eps = s->config.rms_eps;
             st = gdn_graph_op(*g, GDN_OP_RMS_NORM, &p, 1, &x, 1, &normed);
         }
-        if (st == GDN_OK)
+        if (st == GDN_OK && s->replay) { /* the cache's rows and fold, at fixed addresses */
+            gdn_tensor sv, cv, fv;
+            int32_t first = 0, tokens = 0;
+            gdn_tensor_id srow = -1, crow = -1, fold = -1;
+            const uint32_t own = GDN_GRAPH_INPUT | GDN_GRAPH_OWN_SLOT_INDEX;
+            st = gdn_cache_step_rows(s->cache, &sv, &cv, &first, &tokens);
+            if (st == GDN_OK)
+                st = gdn_cache_step_fold(s->cache, &fv);
+            if (st == GDN_OK)
+                st = gdn_graph_leaf(*g, "state_index", &sv, own, &srow);
+            if (st == GDN_OK)
+                st = gdn_graph_leaf(*g, "conv_row", &cv, own, &crow);
+            if (st == GDN_OK)
+                st = gdn_graph_leaf(*g, "fold", &fv, GDN_GRAPH_INPUT, &fold);
+            if (st == GDN_OK)
+                st = gdn_block_build_replay(*g, &s->config, &s->weights[l % s->n_weight_sets], &s->caches[l], normed,
+                                            s->B, s->T, srow, crow, fold, first, &s->outs[l]);
+        } else if (st == GDN_OK) {
             st = gdn_block_build(*g, &s->config, &s->weights[l % s->n_weight_sets], &s->caches[l], normed, s->B,
                                  s->T, index, 0, &s->outs[l]);
+        }
         /* Refusals are logged to stderr with GDN_LOG_PASSES=1 (no callback here). */
         if (st == GDN_OK && passes)
             st = gdn_graph_pass_copy_elision(*g, NULL, NULL);
@@ -189,8 +215,24 @@ static int stack_step(stack *s)
     return 1;
 }
 
+/* Replay: keep every token of the step in progress and begin the next (outside any recording:
+ * this uploads the rows and fold entries the recorded graphs read). */
+static int stack_advance(stack *s)
+{
+    for (int64_t b = 0; s->replay && b < s->B; b++)
+        if (gdn_cache_accept(s->cache, s->seqs[b], (int32_t)s->T) != GDN_OK)
+            return 0;
+    return !s->replay || gdn_cache_step_begin(s->cache, (int32_t)s->B, s->seqs, s->tokens) == GDN_OK;
+}
+
 static int stack_reset_caches(stack *s)
 {
+    if (s->replay) { /* zero state, then the first step begun */
+        for (int64_t b = 0; b < s->B; b++)
+            if (gdn_cache_seq_reset(s->cache, s->seqs[b]) != GDN_OK)
+                return 0;
+        return gdn_cache_step_begin(s->cache, (int32_t)s->B, s->seqs, s->tokens) == GDN_OK;
+    }
     for (int l = 0; l < s->layers; l++)
         if (gdn_block_cache_copy(&s->caches[l], &s->initial) != GDN_OK)
             return 0;
@@ -214,6 +256,7 @@ static int stack_row_run(stack *s, const stack_config *cfg, int passes, stack_ro
         ok = stack_step(s) && gdn_backend_synchronize(s->backend) == GDN_OK;
         if (step == 0)
             gdn_backend_get_counters(s->backend, &r->step);
+        ok = ok && stack_advance(s);
     }
     const size_t out_bytes = (size_t)(s->B * s->T * s->config.hidden) * sizeof(float);
     unsigned char *host = ok ? malloc(out_bytes) : NULL;
@@ -250,7 +293,7 @@ static int stack_row_run(stack *s, const stack_config *cfg, int passes, stack_ro
     int reps = cfg->reps;
     for (int rep = -2; ok && (rep < reps || reps == 0); rep++) {
         double ms = 0;
-        ok = gdn_backend_timer_start(s->backend) == GDN_OK;
+        ok = stack_advance(s) && gdn_backend_timer_start(s->backend) == GDN_OK;
         ok = ok && (recording ? gdn_recording_replay(recording) == GDN_OK : stack_step(s));
         ok = ok && gdn_backend_timer_stop(s->backend, &ms) == GDN_OK;
         if (!ok)
@@ -281,15 +324,41 @@ static int stack_row_run(stack *s, const stack_config *cfg, int passes, stack_ro
 }
 
 /* Per-(T, K, B) memory: caches for every layer plus the seeded initial cache, x and the index. */
+/* The replay scheme's cache for B sequences of T tokens, the layer caches borrowing from it. */
+static int stack_open_replay(stack *s, int64_t B, int64_t T)
+{
+    const gdn_block_config *c = &s->config;
+    const gdn_cache_config cc = {s->layers, (int32_t)B, (int32_t)T, (int32_t)c->n_k_heads, (int32_t)c->n_v_heads,
+                                 (int32_t)c->head_dim, (int32_t)gdn_block_conv_dim(c), (int32_t)c->conv_kernel,
+                                 GDN_CACHE_REPLAY, s->ring ? s->ring : (int32_t)T};
+    s->seqs = calloc((size_t)B, sizeof *s->seqs);
+    s->tokens = calloc((size_t)B, sizeof *s->tokens);
+    int ok = s->seqs && s->tokens && gdn_cache_init(s->backend, &cc, NULL, 0, &s->cache) == GDN_OK;
+    for (int64_t b = 0; ok && b < B; b++) {
+        s->tokens[b] = (int32_t)T;
+        ok = gdn_cache_seq_add(s->cache, &s->seqs[b]) == GDN_OK;
+    }
+    for (int l = 0; ok && l < s->layers; l++) {
+        gdn_tensor states, conv, rings[4];
+        ok = gdn_cache_layer_pools(s->cache, l, &states, &conv) == GDN_OK &&
+             gdn_cache_layer_rings(s->cache, l, &rings[0], &rings[1], &rings[2], &rings[3]) == GDN_OK &&
+             gdn_block_cache_borrow_replay(&s->caches[l], s->backend, c, &states, &conv, rings) == GDN_OK;
+    }
+    return ok && gdn_cache_step_begin(s->cache, (int32_t)B, s->seqs, s->tokens) == GDN_OK;
+}
+
 static int stack_open_rows(stack *s, int64_t B, int64_t T)
 {
     s->B = B, s->T = T;
     const size_t x_bytes = (size_t)(B * T * s->config.hidden) * sizeof(float);
-    int ok = gdn_block_cache_init(&s->initial, s->backend, &s->config, B) == GDN_OK &&
-             gdn_block_cache_randomize(&s->initial, 7) == GDN_OK &&
-             gdn_backend_alloc(s->backend, x_bytes, &s->x) == GDN_OK &&
+    int ok = gdn_backend_alloc(s->backend, x_bytes, &s->x) == GDN_OK &&
              gdn_backend_alloc(s->backend, (size_t)B * sizeof(int32_t), &s->index) == GDN_OK;
-    for (int l = 0; ok && l < s->layers; l++)
+    if (s->replay)
+        ok = ok && stack_open_replay(s, B, T);
+    else
+        ok = ok && gdn_block_cache_init(&s->initial, s->backend, &s->config, B) == GDN_OK &&
+             gdn_block_cache_randomize(&s->initial, 7) == GDN_OK;
+    for (int l = 0; ok && !s->replay && l < s->layers; l++)
         ok = gdn_block_cache_init(&s->caches[l], s->backend, &s->config, B) == GDN_OK;
     float *hx = ok ? malloc(x_bytes) : NULL;
     int32_t *hi = ok ? malloc((size_t)B * sizeof *hi) : NULL;
@@ -318,6 +387,10 @@ static void stack_close_rows(stack *s)
     for (int l = 0; l < s->layers; l++)
         gdn_block_cache_free(&s->caches[l]);
     gdn_block_cache_free(&s->initial);
+    gdn_cache_free(s->cache);
+    s->cache = NULL;
+    free(s->seqs), free(s->tokens);
+    s->seqs = s->tokens = NULL;
     gdn_backend_dealloc(s->backend, s->x);
     gdn_backend_dealloc(s->backend, s->index);
     s->x = s->index = NULL;
@@ -365,12 +438,10 @@ static int parse_args(int argc, char **argv, stack_config *cfg)
         } else if (strcmp(opt, "--passes") == 0 &&
                    (strcmp(val, "on") == 0 || strcmp(val, "off") == 0 || strcmp(val, "both") == 0)) {
             cfg->passes_mask = strcmp(val, "on") == 0 ? 2 : strcmp(val, "off") == 0 ? 1 : 3;
-        } else if (strcmp(opt, "--scheme") == 0) {
-            if (strcmp(val, "snapshot") != 0) { /* the one cache scheme the block builder has so far */
-                fprintf(stderr, "gdn bench --stack: --scheme %s: unknown or not built yet; available: snapshot\n",
-                        val);
-                return 0;
-            }
+        } else if (strcmp(opt, "--scheme") == 0 && (strcmp(val, "snapshot") == 0 || strcmp(val, "replay") == 0)) {
+            cfg->replay = strcmp(val, "replay") == 0;
+        } else if (strcmp(opt, "--ring") == 0 && gdn_tool_parse_int(val, 1, 4096, &n)) {
+            cfg->ring = (int)n;
         } else if (strcmp(opt, "--weights") == 0 && (strcmp(val, "f32") == 0 || strcmp(val, "bf16") == 0)) {
             cfg->weight_dtype = strcmp(val, "f32") == 0 ? GDN_DTYPE_F32 : GDN_DTYPE_BF16;
         } else if (strcmp(opt, "--layers") == 0 && gdn_tool_parse_int(val, 1, 1000, &n)) {
@@ -392,6 +463,15 @@ static int parse_args(int argc, char **argv, stack_config *cfg)
 /* Cache memory one sequence holds over all layers: its slot of every state and conv pool. */
 static uint64_t cache_bytes_per_sequence(const stack *s)
 {
+    size_t total = 0;
+    if (s->replay && gdn_cache_memory_size(&(gdn_cache_config){s->layers, (int32_t)s->B, (int32_t)s->T,
+                                                               (int32_t)s->config.n_k_heads, (int32_t)s->config.n_v_heads,
+                                                               (int32_t)s->config.head_dim,
+                                                               (int32_t)gdn_block_conv_dim(&s->config),
+                                                               (int32_t)s->config.conv_kernel, GDN_CACHE_REPLAY,
+                                                               s->ring ? s->ring : (int32_t)s->T},
+                                           &total) == GDN_OK)
+        return total / (uint64_t)s->B; /* (with the step rows: 20 bytes per sequence) */
     uint64_t bytes = 0;
     for (int l = 0; l < s->layers; l++)
         bytes += (gdn_tensor_span(&s->caches[l].states) + gdn_tensor_span(&s->caches[l].conv)) /
@@ -404,12 +484,14 @@ static void print_row(const stack_config *cfg, const stack *s, int cuda, int pas
 {
     const char *wname = cfg->weight_dtype == GDN_DTYPE_F32 ? "f32" : "bf16";
     if (cfg->json) {
-        printf("{\"backend\":\"%s\",\"device\":\"%s\",\"scheme\":\"snapshot\",\"passes\":\"%s\",\"T\":%lld,\"K\":%lld,"
+        printf("{\"backend\":\"%s\",\"device\":\"%s\",\"scheme\":\"%s\",\"ring\":%d,\"passes\":\"%s\",\"T\":%lld,"
+               "\"K\":%lld,"
                "\"B\":%lld,\"layers\":%d,\"weights\":\"%s\",\"weight_sets\":%d,\"reps\":%d,\"graph\":%s,"
                "\"us_per_step\":%.3f,\"nodes\":%d,\"copies\":%d,\"gathers\":%d,\"op_calls\":%llu,\"launches\":%llu,"
                "\"copies_per_step\":%llu,\"gathers_per_step\":%llu,\"state_bytes_per_step\":%llu,"
                "\"bytes_per_step\":%llu,\"cache_bytes_per_sequence\":%llu,\"checksum\":\"%016llx\"}\n",
-               cuda ? "cuda" : "cpu", gdn_backend_name(s->backend), passes ? "on" : "off", (long long)s->T,
+               cuda ? "cuda" : "cpu", gdn_backend_name(s->backend), s->replay ? "replay" : "snapshot",
+               s->replay ? (s->ring ? s->ring : (int)s->T) : 0, passes ? "on" : "off", (long long)s->T,
                (long long)K, (long long)s->B, s->layers, wname, s->n_weight_sets, r->reps,
                r->recorded ? "true" : "false", r->us_per_step, (int)r->stats.n_nodes, (int)r->stats.n_copies,
                (int)r->stats.n_gathers, (unsigned long long)r->step.op_calls, (unsigned long long)r->step.launches,
@@ -421,7 +503,8 @@ static void print_row(const stack_config *cfg, const stack *s, int cuda, int pas
         if (speedup > 0)
             snprintf(sp, sizeof sp, "%.3fx", speedup);
         printf("%-5s %-9s %-6s %3lld %3lld %5lld %6d %12.1f %6d %6d %9llu %12.2f %12.2f  %016llx %7s\n",
-               cuda ? "cuda" : "cpu", "snapshot", passes ? "on" : "off", (long long)s->T, (long long)K,
+               cuda ? "cuda" : "cpu", s->replay ? "replay" : "snapshot", passes ? "on" : "off", (long long)s->T,
+               (long long)K,
                (long long)s->B, s->layers, r->us_per_step, (int)r->stats.n_nodes, (int)r->stats.n_copies,
                (unsigned long long)r->step.launches, (double)r->step.cache_bytes / 1e6, (double)r->step.bytes / 1e6,
                (unsigned long long)r->checksum, sp);
@@ -450,6 +533,7 @@ int gdn_cmd_bench_stack(int argc, char **argv)
     memset(&s, 0, sizeof s);
     s.backend = backend;
     s.layers = cfg.layers;
+    s.replay = cfg.replay, s.ring = cfg.ring;
     s.config = gdn_block_config_default();
     s.config.weight_dtype = cfg.weight_dtype;
     s.config.n_snapshots = (int32_t)(cfg.T ? cfg.K : shapes[0][1]);
@@ -501,9 +585,10 @@ int gdn_cmd_bench_stack(int argc, char **argv)
     for (int sh = 0; !failed && sh < n_shapes; sh++) {
         const int64_t T = cfg.T ? cfg.T : shapes[sh][0], K = cfg.T ? cfg.K : shapes[sh][1];
         /* The weights do not depend on K; the block checks that configs match, so follow it. */
-        s.config.n_snapshots = (int32_t)K;
+        s.config.n_snapshots = (int32_t)(cfg.replay ? T : K); /* replay: K is the step's T (no snapshots) */
+        s.config.rollback = cfg.replay;
         for (int i = 0; i < s.n_weight_sets; i++)
-            s.weights[i].config.n_snapshots = (int32_t)K;
+            s.weights[i].config.n_snapshots = s.config.n_snapshots, s.weights[i].config.rollback = cfg.replay;
         for (int b = 0; b < cfg.n_batches; b++) {
             if (!stack_open_rows(&s, cfg.batches[b], T)) {
                 failed = 1;
