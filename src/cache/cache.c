@@ -106,17 +106,6 @@ gdn_status gdn_cache_memory_size(const gdn_cache_config *config, size_t *bytes)
     return GDN_OK;
 }
 
-/* Zero `bytes` of backend memory at p (through a host buffer: the backend API has no memset). */
-static gdn_status zero(gdn_backend *backend, void *p, size_t bytes)
-{
-    void *z = calloc(1, bytes);
-    if (z == NULL)
-        return gdn_fail(GDN_ERROR_OUT_OF_MEMORY, "cache: cannot allocate %zu host bytes", bytes);
-    gdn_status st = gdn_backend_upload(backend, p, z, bytes);
-    free(z);
-    return st;
-}
-
 gdn_status gdn_cache_init(gdn_backend *backend, const gdn_cache_config *config, void *memory, size_t memory_bytes,
                           gdn_cache **out)
 {
@@ -149,7 +138,7 @@ gdn_status gdn_cache_init(gdn_backend *backend, const gdn_cache_config *config, 
     if (memory == NULL)
         st = gdn_backend_alloc(backend, total, &c->memory);
     if (st == GDN_OK)
-        st = zero(backend, c->memory, total);
+        st = gdn_backend_zero(backend, c->memory, total);
     if (st == GDN_OK)
         st = gdn_backend_synchronize(backend);
     if (st != GDN_OK) {
@@ -189,9 +178,9 @@ static gdn_status zero_slot(gdn_cache *cache, int32_t s)
     gdn_status st = GDN_OK;
     for (int32_t l = 0; st == GDN_OK && l < c->n_layers; l++) {
         char *base = (char *)cache->memory + (size_t)l * cache->layer_bytes;
-        st = zero(cache->backend, base + (size_t)s * (size_t)groups(c) * state, state);
+        st = gdn_backend_zero(cache->backend, base + (size_t)s * (size_t)groups(c) * state, state);
         if (st == GDN_OK)
-            st = zero(cache->backend, base + cache->state_pool_bytes + (size_t)s * (size_t)columns(c) * col,
+            st = gdn_backend_zero(cache->backend, base + cache->state_pool_bytes + (size_t)s * (size_t)columns(c) * col,
                       (size_t)(c->conv_kernel - 1) * col);
     }
     return st == GDN_OK ? gdn_backend_synchronize(cache->backend) : st;

@@ -287,3 +287,14 @@ void gdn_backend_reset_counters(gdn_backend *backend)
     if (backend != NULL)
         memset(&backend->counters, 0, sizeof backend->counters);
 }
+
+gdn_status gdn_backend_zero(gdn_backend *backend, void *dst, size_t bytes)
+{
+    void *zeros = calloc(1, bytes);
+    if (zeros == NULL)
+        return gdn_fail(GDN_ERROR_OUT_OF_MEMORY, "%s: cannot allocate %zu host bytes of zeros",
+                        backend != NULL ? backend->name : "backend", bytes);
+    gdn_status st = gdn_backend_upload(backend, dst, zeros, bytes);
+    free(zeros);
+    return st;
+}

@@ -36,6 +36,10 @@ int gdn_tensor_is_injective(const gdn_tensor *t);
 /* 1 if the byte ranges of the two views intersect. */
 int gdn_tensor_ranges_overlap(const gdn_tensor *a, const gdn_tensor *b);
 
+/* Zero `bytes` of backend memory at dst, through a host buffer (the backend table has no
+ * memset; used once per cache or sequence, not per step). */
+gdn_status gdn_backend_zero(gdn_backend *backend, void *dst, size_t bytes);
+
 #ifdef __cplusplus
 }
 #endif

@@ -222,16 +222,6 @@ void gdn_block_cache_free(gdn_block_cache *cache)
     memset(cache, 0, sizeof *cache);
 }
 
-static gdn_status upload_zeros(gdn_backend *backend, void *dst, size_t bytes)
-{
-    void *zeros = calloc(1, bytes);
-    if (zeros == NULL)
-        return gdn_fail(GDN_ERROR_OUT_OF_MEMORY, "gdn block cache: cannot allocate %zu host bytes", bytes);
-    gdn_status st = gdn_backend_upload(backend, dst, zeros, bytes);
-    free(zeros);
-    return st;
-}
-
 gdn_status gdn_block_cache_init(gdn_block_cache *cache, gdn_backend *backend, const gdn_block_config *config,
                                 int64_t n_slots)
 {
@@ -255,8 +245,8 @@ gdn_status gdn_block_cache_init(gdn_block_cache *cache, gdn_backend *backend, co
     const size_t state_bytes = gdn_tensor_span(&cache->states), conv_bytes = gdn_tensor_span(&cache->conv);
     if ((st = gdn_backend_alloc(backend, state_bytes, &cache->state_memory)) != GDN_OK ||
         (st = gdn_backend_alloc(backend, conv_bytes, &cache->conv_memory)) != GDN_OK ||
-        (st = upload_zeros(backend, cache->state_memory, state_bytes)) != GDN_OK ||
-        (st = upload_zeros(backend, cache->conv_memory, conv_bytes)) != GDN_OK) {
+        (st = gdn_backend_zero(backend, cache->state_memory, state_bytes)) != GDN_OK ||
+        (st = gdn_backend_zero(backend, cache->conv_memory, conv_bytes)) != GDN_OK) {
         gdn_block_cache_free(cache);
         return st;
     }
