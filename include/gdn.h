@@ -439,6 +439,8 @@ gdn_status gdn_cache_accept(gdn_cache *cache, int32_t seq, int32_t n_accepted);
 typedef struct gdn_cache_seq_info {
     int64_t tokens, committed;
     int32_t pending;
+    int32_t commits; /* replay: 1 if the step in progress writes the state back (which the backend
+                        counters cannot see: the fold values decide it on the device) */
 } gdn_cache_seq_info;
 gdn_status gdn_cache_seq_info_get(const gdn_cache *cache, int32_t seq, gdn_cache_seq_info *info);
 

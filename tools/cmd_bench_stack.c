@@ -43,9 +43,10 @@ static const char usage[] =
     "  --json               one JSON object per row instead of the table\n"
     "\n"
     "Columns: us/step (median), nodes and copies per layer (graph stats after the passes),\n"
-    "launches, cache MB and MB per step (backend counters of one un-recorded step: kernel\n"
+    "launches, cache MB and MB per step (backend counters of the second un-recorded step: kernel\n"
     "launches; bytes of state and conv-window traffic, i.e. the GDN op's state read and\n"
-    "snapshots written, the concat's window read and written, plus every cpy and get_rows; all\n"
+    "snapshots written, the concat's window read and written, plus every cpy and get_rows;\n"
+    "replay: the rings' appends and the state write-backs the cache scheduled for that step; all\n"
     "bytes read and written), checksum (FNV-1a of the last layer's output after 2 steps from the\n"
     "same seeded caches: equal for passes off and on; the command fails if they differ or if the\n"
     "output is all zeros or not finite), on/off (speed-up of passes on over off for the same T\n"
@@ -251,11 +252,18 @@ static int stack_row_run(stack *s, const stack_config *cfg, int passes, stack_ro
     /* Counters and checksum: the same caches and input for every row of this (T, B). */
     ok = ok && stack_reset_caches(s);
     for (int step = 0; ok && step < CHECK_STEPS; step++) {
-        if (step == 0)
+        if (step == CHECK_STEPS - 1)
             gdn_backend_reset_counters(s->backend);
         ok = stack_step(s) && gdn_backend_synchronize(s->backend) == GDN_OK;
-        if (step == 0)
+        if (step == CHECK_STEPS - 1) { /* counters of a steady step (replay folds from the second on) */
             gdn_backend_get_counters(s->backend, &r->step);
+            for (int64_t b = 0; s->replay && b < s->B; b++) { /* the write-backs the counters cannot see */
+                gdn_cache_seq_info info;
+                if (gdn_cache_seq_info_get(s->cache, s->seqs[b], &info) == GDN_OK && info.commits)
+                    r->step.cache_bytes += (uint64_t)s->layers * (uint64_t)(s->config.n_v_heads * s->config.head_dim *
+                                                                            s->config.head_dim) * sizeof(float);
+            }
+        }
         ok = ok && stack_advance(s);
     }
     const size_t out_bytes = (size_t)(s->B * s->T * s->config.hidden) * sizeof(float);

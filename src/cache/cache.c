@@ -387,6 +387,7 @@ gdn_status gdn_cache_seq_info_get(const gdn_cache *cache, int32_t seq, gdn_cache
     info->tokens = q->tokens;
     info->committed = q->committed;
     info->pending = q->pending;
+    info->commits = q->pending ? q->commit : 0;
     return GDN_OK;
 }
 
