@@ -290,10 +290,12 @@ static gdn_status borrow(gdn_block_cache *cache, gdn_backend *backend, const gdn
     const int64_t S = states->ne[4], cols = c.conv_kernel - 1 + (c.rollback ? c.n_snapshots : 0);
     const int64_t ne_s[5] = {c.head_dim, c.head_dim, c.n_v_heads, groups, S};
     const int64_t ne_c[3] = {gdn_block_conv_dim(&c), cols, S};
-    for (int i = 0; i < GDN_MAX_DIMS; i++)
-        if ((i < 5 && states->ne[i] != ne_s[i]) || (i < 3 && conv->ne[i] != ne_c[i]) || states->dtype != GDN_DTYPE_F32 ||
-            conv->dtype != GDN_DTYPE_F32 || !gdn_tensor_is_contiguous(states) || !gdn_tensor_is_contiguous(conv))
-            return gdn_fail(GDN_ERROR_SHAPE, "gdn block cache: borrowed pools do not match the config (states "
+    int match = states->dtype == GDN_DTYPE_F32 && conv->dtype == GDN_DTYPE_F32 && gdn_tensor_is_contiguous(states) &&
+                gdn_tensor_is_contiguous(conv);
+    for (int i = 0; i < 5; i++)
+        match &= states->ne[i] == ne_s[i] && (i >= 3 || conv->ne[i] == ne_c[i]);
+    if (!match)
+        return gdn_fail(GDN_ERROR_SHAPE, "gdn block cache: borrowed pools do not match the config (states "
                             "{D, D, Hv, K, S}, conv {C, Kconv-1%s, S}, packed F32)", c.rollback ? "+K" : "");
     cache->config = c;
     cache->backend = backend;
