@@ -2,25 +2,33 @@
  *
  * Mapping. The state of head (b, h) is D rows of D floats ([Dv][Dk], Dk contiguous) and rows are
  * independent (per token: row *= exp(g); sk = row.k; d = beta (v[j] - sk); row += d k;
- * o[j] = scale row.q). A group of LANES = min(32, D/4) consecutive lanes holds one row: lane l
- * holds the float4 chunks c*LANES + l (c < CHUNKS = D / (4 LANES)), so each warp-wide load or
- * store of a chunk touches LANES*16 contiguous bytes (fully coalesced 16-byte accesses). Each
- * thread holds ROWS rows (ROWS*CHUNKS float4 of state in registers, all loads issued at once for
- * memory-level parallelism); a warp holds 32/LANES groups, so ROWS_PER_WARP = (32/LANES)*ROWS
- * consecutive rows of one head. ROWS is 2 when the grid would otherwise be thin (fewer than
- * 4096 warps, e.g. B=1: latency-bound, so more warps in flight win), else the wide value of the
- * table below; a row's arithmetic is the same either way. Warps are numbered head-major ((b*Hv + h) * WARPS_PER_HEAD +
- * warp_in_head), 4 warps a block, so consecutive blocks stream consecutive state memory, and B=1
- * still gives Hv*D/ROWS_PER_WARP warps (1024 for Hv=32, D=128). Dot products: each lane sums
- * its elements in a fixed order with fma, then a butterfly of __shfl_xor_sync over the LANES
- * lanes (offsets LANES/2 .. 1) leaves the same bits in every lane of the group.
+ * o[j] = scale row.q). A group of LANES consecutive lanes holds one row (8 for D = 32 .. 128;
+ * D/4 below, 16 at D = 256): lane l holds the float4 chunks c*LANES + l (c < CHUNKS =
+ * D / (4 LANES)), so each warp-wide load or store of a chunk touches LANES*16 contiguous bytes
+ * of each of the warp's rows. Each thread holds ROWS rows (ROWS*ELEMS floats of state in
+ * registers, all loads issued at once for memory-level parallelism); a warp holds 32/LANES
+ * groups, so ROWS_PER_WARP = (32/LANES)*ROWS consecutive rows of one head. ROWS is 1 when the
+ * grid would otherwise be thin (B=1: latency-bound, so more warps in flight win), else the wide
+ * value of the table below (64 floats per thread); a row's arithmetic is the same either way.
+ * Warps are numbered head-major ((b*Hv + h) * WARPS_PER_HEAD + warp_in_head), 4 warps a block,
+ * so consecutive blocks stream consecutive state memory. Dot products: each lane sums its
+ * elements in a fixed order with fma, then a butterfly of __shfl_xor_sync over the LANES lanes
+ * (offsets LANES/2 .. 1) leaves the same bits in every lane of the group.
  *
- *     D     LANES CHUNKS ROWS (wide) rows/warp warps/head (wide)
- *     16      4     1     2      16         1
- *     32      8     1     4      16         2
- *     64     16     1     4       8         8
- *     128    32     1     4       4        32
- *     256    32     2     2       2       128
+ *     D     LANES ELEMS ROWS (wide) rows/warp warps/head (wide)
+ *     16      4     4     2      16         1
+ *     32      8     4     8      32         1
+ *     64      8     8     8      32         2
+ *     128     8    16     4      16         8
+ *     256    16    16     4       8        32
+ *
+ * Why 8 lanes a row, not 32: at T > 1 (verify, replay folds) the kernel is bound by instructions,
+ * not bytes, and per token a thread pays ELEMS*ROWS*4 floating-point operations for its rows but
+ * log2(LANES) shuffles and adds per row and per dot product, and the norms of q and k per
+ * element of its slice. With 32 lanes of 4 floats the shuffles, norms and index arithmetic
+ * outweighed the arithmetic on the state; with 8 lanes of 16 floats and 4 rows, and pointers
+ * computed once per kernel, the token loop is 642 SASS instructions per warp, 359 of them
+ * floating-point (256 on the state). B=64 T=4 in place went from 177 to 117 us (docs/PERF.md).
  *
  * Why: the op is memory-bound at large B (the state is D*D floats per head; q/k/v are D floats),
  * so the goal is one read and one write of each state row at full bandwidth, with everything
@@ -33,14 +41,14 @@
  * 128 MiB read + 128 MiB written; q+k, v and o are 1 MiB each. Measured on one H100 80GB HBM3
  * (event-timed median of 50, sm_90): 101 us, 97% of the device-to-device copy bandwidth (copy of
  * the 128 MiB state: 97 us); B=64 T=4 K=4: 99%; B=1 T=1: ~10 us per call, launch included
- * (a 2 MiB copy takes ~8 us the same way). ROWS = 2 or 8 at D=128 measured no better.
+ * (a 2 MiB copy takes ~8 us the same way).
  *
  * Exactness. Every arithmetic step is an explicitly rounded intrinsic (__fmul_rn, __fmaf_rn,
- * __fadd_rn, __fsub_rn, __fdiv_rn, __fsqrt_rn), which the compiler may neither contract nor
+ * __fadd_rn, __fsub_rn, __frsqrt_rn), which the compiler may neither contract nor
  * reorder, plus expf (CUDA's libm expf, <= 2 ulp, one fixed instruction sequence; never the
  * __expf intrinsic; the library is built without fast-math). The per-row order is the same code
- * for every token, every launch and every B: the launch shape depends on D only, a row's lane
- * slice and reduction tree depend on D only, and the state is carried from token to token as the
+ * for every token, every launch and every B: a row's lane slice and reduction tree depend on D
+ * only (rows per thread follow B, see wide_rows), and the state is carried from token to token as the
  * same fp32 values it would have in memory. So T tokens in one call equal T calls of one token,
  * bit for bit, and a sequence's results do not depend on B. The vector path (16-byte accesses)
  * and the generic path (4 scalar accesses with any byte strides) only load and store differently;
@@ -66,14 +74,11 @@
  * before each new token's update it appends the token's raw inputs to the ring (each value by
  * one thread: v by the lane that writes o for its row, g and beta by lane 0 of the head's first
  * warp, k by group 0 of the first warp of the first value head of its q/k head). The check
- * kernel also checks the fold entries and that no two sequences share a slot. The non-replay
- * instantiations compile to the same PTX as before replay existed. Measured on one H100 (B=64,
- * T=4, Hv=32, Hk=16, D=128, l2norm, docs/PERF.md): the op is instruction-bound there (the
- * recurrent op in place takes 220 us where its bytes need ~100 us), so replay costs what it
- * computes: 272 us with nothing to fold, 381 us folding 3 tokens and committing (each folded
- * token ~60% of a new one: no q half), against 263 us for the recurrent op writing 4 snapshots.
- * The replay instantiation holds 120 registers to the recurrent 80 (the ring append in the
- * token loop); capping it at 80 (6 blocks/SM) spilled and gained 2%, 2 rows per thread lost 30%. */
+ * kernel also checks the fold entries and that no two sequences share a slot. Measured on one
+ * H100 (B=64, T=4, Hv=32, Hk=16, D=128, l2norm, docs/PERF.md): at T > 1 the op is bound by the
+ * per-token arithmetic as much as by bytes, so replay costs what it computes: 95 us with nothing
+ * to fold, 142 us folding 3 tokens and committing, against 122 us for the recurrent op in place
+ * and 245 us writing 4 snapshots. */
 #include "cuda_internal.h"
 
 #include <limits.h>
@@ -83,6 +88,20 @@ namespace {
 constexpr int kWarpSize = 32;
 constexpr int kWarpsPerBlock = 4;
 constexpr unsigned kFullMask = 0xffffffffu;
+/* Lanes that share a row (at most; fewer when D/4 is smaller). See "Mapping" above for why 8. */
+#ifndef GDN_CUDA_ROW_LANES
+#define GDN_CUDA_ROW_LANES 8
+#endif
+constexpr int kRowLanes = GDN_CUDA_ROW_LANES;
+/* Blocks per SM the register allocation must allow: 3 x 128 threads caps a thread at 168
+ * registers, which the wide shape (64 state floats) fits without spilling in the vector path;
+ * uncapped, the replay instantiation took 213 (2 blocks per SM). */
+constexpr int kMinBlocksPerSM = 3;
+/* State floats per thread in the wide shape. 32 (2 rows at D=128, 4 blocks per SM) measured 27%
+ * slower at B=64 T=4: more warps, but more instructions per state element. */
+constexpr int kWideFloats = 64;
+static_assert(kRowLanes >= 1 && kRowLanes <= kWarpSize && (kRowLanes & (kRowLanes - 1)) == 0,
+              "lanes per row: a power of two within a warp");
 
 /* A strided view as the kernel sees it: the first element and byte strides, innermost first. */
 struct gdn_cuda_view {
@@ -125,7 +144,9 @@ struct gdn_cuda_gdn_args {
 template <int D>
 __host__ __device__ constexpr int lanes_per_row()
 {
-    return D / 4 < kWarpSize ? D / 4 : kWarpSize;
+    /* One float4 per lane for small D; kRowLanes lanes from D = 4 kRowLanes on; more lanes
+     * (at most a warp) once a lane would hold over 16 floats of a row (D = 256: 16 lanes). */
+    return D / 4 < kRowLanes ? D / 4 : D / 16 > kRowLanes ? (D / 16 < kWarpSize ? D / 16 : kWarpSize) : kRowLanes;
 }
 
 template <int D, int R>
@@ -137,17 +158,14 @@ struct gdn_cuda_config {
     static constexpr int ROWS = R;                                      /* rows per thread */
     static constexpr int ROWS_PER_WARP = GROUPS * ROWS;
     static constexpr int WARPS_PER_HEAD = D / ROWS_PER_WARP;
+    /* Whether the token loops load token t+1 while token t computes: only where the state
+     * slice is small (ROWS*ELEMS <= 32 floats); the wide shape would need ~250 registers. */
+    static constexpr bool PREFETCH = ROWS * ELEMS <= 32;
     static_assert(D % ROWS_PER_WARP == 0, "a head must split into whole warps");
     static_assert(ROWS <= LANES, "lane r of a group writes o for row r");
     static_assert(LANES * ELEMS == D, "the lanes of a group cover a row exactly");
 };
 
-/* Element index (within a row) of the e-th float of chunk c held by lane `lane` of a group. */
-template <int D>
-__device__ __forceinline__ int element_of(int lane, int c, int e)
-{
-    return (c * lanes_per_row<D>() + lane) * 4 + e;
-}
 
 /* Four consecutive row elements starting at p (element stride nb0 bytes). VECTOR: one 16-byte
  * access (the host checked nb0 == 4 and 16-byte alignment); otherwise four 4-byte accesses. */
@@ -198,20 +216,26 @@ __device__ __forceinline__ float group_sum(float x)
     return x;
 }
 
-/* x <- x / sqrt(|x|^2 + 1e-6) over the row slice held by the group (the l2norm of fla and
- * Hugging Face, as include/gdn.h specifies). */
-template <int LANES, int ELEMS>
-__device__ __forceinline__ void l2_normalise(float (&x)[ELEMS])
+/* Sum over i of x[i] y[i] of one lane's slice: one chain of fmas in order of i. (Two interleaved
+ * partial sums, for more independent work per warp, measured no faster at B=64 T=4.) */
+template <int ELEMS>
+__device__ __forceinline__ float lane_dot(const float (&x)[ELEMS], const float (&y)[ELEMS])
 {
     float sum = 0.0f;
 #pragma unroll
     for (int i = 0; i < ELEMS; i++)
-        sum = __fmaf_rn(x[i], x[i], sum);
-    sum = group_sum<LANES>(sum);
-    const float denominator = __fsqrt_rn(__fadd_rn(sum, 1e-6f));
-#pragma unroll
-    for (int i = 0; i < ELEMS; i++)
-        x[i] = __fdiv_rn(x[i], denominator);
+        sum = __fmaf_rn(x[i], y[i], sum);
+    return sum;
+}
+
+/* 1 / sqrt(|x|^2 + 1e-6) of the vector whose slice the group holds (the l2norm of fla and Hugging
+ * Face, x * rsqrt(|x|^2 + eps), as include/gdn.h specifies). update_rows applies it to the dot
+ * products and to the update coefficient instead of to each element: two multiplies per row in
+ * place of ELEMS per vector. Every lane of the group gets the same bits. */
+template <int LANES, int ELEMS>
+__device__ __forceinline__ float inverse_norm(const float (&x)[ELEMS])
+{
+    return __frsqrt_rn(__fadd_rn(group_sum<LANES>(lane_dot<ELEMS>(x, x)), 1e-6f));
 }
 
 /* One token's inputs as one thread needs them: its slice of q and k, v for its rows, g, beta. */
@@ -231,143 +255,196 @@ struct gdn_cuda_place {
     int lane;
 };
 
-/* Token t of sequence `outer` (new tokens: q, k, v, g, beta) or, with RING, position t of ring
- * slot `outer` (ring_k, ring_v, ring_g, ring_beta; no q: a ring token gives no output). Both
- * are [outer, t, head, D] views, read the same way. */
-template <int D, int R, bool VECTOR, bool RING>
+/* A hint that the line holding p is wanted in L1 soon: no register, no wait. */
+__device__ __forceinline__ void prefetch_l1(const char *p)
+{
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+}
+
+/* Bytes from a lane's first chunk to its chunk c (chunks are 4*LANES elements apart): a
+ * compile-time constant on the vector path, so loads and stores use immediate offsets. */
+template <int D, bool VECTOR>
+__device__ __forceinline__ long long chunk_offset(int c, long long nb0)
+{
+    constexpr long long step = 4LL * lanes_per_row<D>();
+    return VECTOR ? c * step * (long long)sizeof(float) : c * step * nb0;
+}
+
+/* Where this thread's rows start in the [.., D rows, D] head at `head`: row row0, its lane's
+ * first element. Row r, chunk c is then + r nb[1] + chunk_offset(c). */
+__device__ __forceinline__ char *thread_rows(const char *head, const gdn_cuda_view &view, const gdn_cuda_place &at)
+{
+    return const_cast<char *>(head) + (long long)at.row0 * view.nb[1] + 4LL * at.lane * view.nb[0];
+}
+
+/* One thread's pointers into a token source at token (ring position) 0: its q and k slice, v of
+ * its first row, g and beta of its head. New tokens: q, k, v, g, beta of sequence b; RING: the
+ * rings of a pool slot (no q). Computed once per kernel, so that a token costs one multiply-add
+ * of the view's token stride per pointer instead of the whole index arithmetic. */
+struct gdn_cuda_token_ptrs {
+    char *q, *k, *v, *g, *beta;
+};
+
+template <bool RING>
+__device__ __forceinline__ gdn_cuda_token_ptrs token_ptrs(const gdn_cuda_gdn_args &a, const gdn_cuda_place &at,
+                                                          long long outer)
+{
+    const gdn_cuda_view &kv = RING ? a.ring_k : a.k, &vv = RING ? a.ring_v : a.v;
+    const gdn_cuda_view &gv = RING ? a.ring_g : a.g, &bv = RING ? a.ring_beta : a.beta;
+    const long long e0 = 4LL * at.lane; /* the lane's first element: chunk c holds (c LANES + lane) 4 .. +3 */
+    gdn_cuda_token_ptrs p;
+    p.q = RING ? nullptr : a.q.data + outer * a.q.nb[3] + at.hk * a.q.nb[1] + e0 * a.q.nb[0];
+    p.k = kv.data + outer * kv.nb[3] + at.hk * kv.nb[1] + e0 * kv.nb[0];
+    p.v = vv.data + outer * vv.nb[3] + at.h * vv.nb[1] + (long long)at.row0 * vv.nb[0];
+    p.g = gv.data + outer * gv.nb[2] + at.h * gv.nb[0];
+    p.beta = bv.data + outer * bv.nb[2] + at.h * bv.nb[0];
+    return p;
+}
+
+/* Token t (new tokens: q, k, v, g, beta) or, with RING, ring position t (ring_k, ring_v, ring_g,
+ * ring_beta; no q: a ring token gives no output) from the thread's pointers p. HINT: only
+ * prefetch those lines into L1 (`in` untouched), so that the load of that token one step later
+ * hits L1 instead of waiting on L2 behind the state traffic: the wide shape has no registers to
+ * load a token ahead. */
+template <int D, int R, bool VECTOR, bool RING, bool HINT = false>
 __device__ __forceinline__ void load_token(gdn_cuda_token<D, R> &in, const gdn_cuda_gdn_args &a,
-                                           const gdn_cuda_place &at, long long outer, long long t)
+                                           const gdn_cuda_token_ptrs &p, long long t)
 {
     using C = gdn_cuda_config<D, R>;
     const gdn_cuda_view &kv = RING ? a.ring_k : a.k, &vv = RING ? a.ring_v : a.v;
     const gdn_cuda_view &gv = RING ? a.ring_g : a.g, &bv = RING ? a.ring_beta : a.beta;
-    const char *q = a.q.data + outer * a.q.nb[3] + t * a.q.nb[2] + at.hk * a.q.nb[1];
-    const char *k = kv.data + outer * kv.nb[3] + t * kv.nb[2] + at.hk * kv.nb[1];
+    const char *q = RING ? nullptr : p.q + t * a.q.nb[2];
+    const char *k = p.k + t * kv.nb[2];
+    const char *v = p.v + t * vv.nb[2];
+    const char *g = p.g + t * gv.nb[1], *beta = p.beta + t * bv.nb[1];
+    if constexpr (HINT) {
 #pragma unroll
-    for (int c = 0; c < C::CHUNKS; c++) {
-        const long long e0 = element_of<D>(at.lane, c, 0);
-        if (!RING) {
-            const float4 qc = load4_readonly<VECTOR>(q + e0 * a.q.nb[0], a.q.nb[0]);
-            in.q[4 * c + 0] = qc.x, in.q[4 * c + 1] = qc.y, in.q[4 * c + 2] = qc.z, in.q[4 * c + 3] = qc.w;
+        for (int c = 0; c < C::CHUNKS; c++) {
+            if (!RING)
+                prefetch_l1(q + chunk_offset<D, VECTOR>(c, a.q.nb[0]));
+            prefetch_l1(k + chunk_offset<D, VECTOR>(c, kv.nb[0]));
         }
-        const float4 kc = load4_readonly<VECTOR>(k + e0 * kv.nb[0], kv.nb[0]);
-        in.k[4 * c + 0] = kc.x, in.k[4 * c + 1] = kc.y, in.k[4 * c + 2] = kc.z, in.k[4 * c + 3] = kc.w;
-    }
-    /* v[j], g and beta are the same address for every lane of a group: one broadcast load each. */
-    const char *v = vv.data + outer * vv.nb[3] + t * vv.nb[2] + at.h * vv.nb[1];
+        prefetch_l1(v);
+        prefetch_l1(g);
+        prefetch_l1(beta);
+    } else {
 #pragma unroll
-    for (int r = 0; r < C::ROWS; r++)
-        in.v[r] = __ldg(reinterpret_cast<const float *>(v + (long long)(at.row0 + r) * vv.nb[0]));
-    in.g = __ldg(reinterpret_cast<const float *>(gv.data + outer * gv.nb[2] + t * gv.nb[1] + at.h * gv.nb[0]));
-    in.beta = __ldg(reinterpret_cast<const float *>(bv.data + outer * bv.nb[2] + t * bv.nb[1] + at.h * bv.nb[0]));
+        for (int c = 0; c < C::CHUNKS; c++) {
+            if (!RING) {
+                const float4 qc = load4_readonly<VECTOR>(q + chunk_offset<D, VECTOR>(c, a.q.nb[0]), a.q.nb[0]);
+                in.q[4 * c + 0] = qc.x, in.q[4 * c + 1] = qc.y, in.q[4 * c + 2] = qc.z, in.q[4 * c + 3] = qc.w;
+            }
+            const float4 kc = load4_readonly<VECTOR>(k + chunk_offset<D, VECTOR>(c, kv.nb[0]), kv.nb[0]);
+            in.k[4 * c + 0] = kc.x, in.k[4 * c + 1] = kc.y, in.k[4 * c + 2] = kc.z, in.k[4 * c + 3] = kc.w;
+        }
+        /* v[j], g and beta: the same address for every lane of a group, one broadcast load each. */
+#pragma unroll
+        for (int r = 0; r < C::ROWS; r++)
+            in.v[r] = __ldg(reinterpret_cast<const float *>(v + r * vv.nb[0]));
+        in.g = __ldg(reinterpret_cast<const float *>(g));
+        in.beta = __ldg(reinterpret_cast<const float *>(beta));
+    }
 }
 
 /* The per-token update of this thread's rows; out[r] = o for row row0 + r (same in all lanes of
  * the group). The arithmetic order here is the exactness contract: change it only knowing that
  * results then change bit-wise (and stay consistent across T, B and both access paths).
- * OUTPUT = false (a folded ring token) leaves out the q half (its l2norm, row . q and out); the
+ * With l2norm, k and q stay as loaded and their inverse norms nk, nq scale what they enter:
+ *     sk = (row . k) nk;  d = beta (v - sk);  row += (d nk) k;  o = (row . q) (scale nq)
+ * which is the update with k <- k nk, q <- q nq up to rounding (one multiply per row instead of
+ * one per element). Without l2norm nk = nq = 1 and the multiplies by 1 are exact.
+ * OUTPUT = false (a folded ring token) leaves out the q half (its norm, row . q and out); the
  * state arithmetic is the same code. */
 template <int D, int R, bool OUTPUT = true>
 __device__ __forceinline__ void update_rows(float (&S)[R][gdn_cuda_config<D, R>::ELEMS],
-                                            gdn_cuda_token<D, R> &in, int l2norm, float scale, float (&out)[R])
+                                            const gdn_cuda_token<D, R> &in, int l2norm, float scale, float (&out)[R])
 {
     using C = gdn_cuda_config<D, R>;
+    float nk = 1.0f, q_scale = scale;
     if (l2norm) {
+        nk = inverse_norm<C::LANES, C::ELEMS>(in.k);
         if constexpr (OUTPUT)
-            l2_normalise<C::LANES, C::ELEMS>(in.q);
-        l2_normalise<C::LANES, C::ELEMS>(in.k);
+            q_scale = __fmul_rn(scale, inverse_norm<C::LANES, C::ELEMS>(in.q));
     }
     const float decay = expf(in.g);
 
-    /* sk = (exp(g) row) . k, with the decayed row kept. */
+    /* sk = ((exp(g) row) . k) nk, with the decayed row kept. */
     float sk[C::ROWS];
 #pragma unroll
     for (int r = 0; r < C::ROWS; r++) {
-        float partial = 0.0f;
 #pragma unroll
-        for (int i = 0; i < C::ELEMS; i++) {
+        for (int i = 0; i < C::ELEMS; i++)
             S[r][i] = __fmul_rn(S[r][i], decay);
-            partial = __fmaf_rn(S[r][i], in.k[i], partial);
-        }
-        sk[r] = partial;
+        sk[r] = lane_dot<C::ELEMS>(S[r], in.k);
     }
 #pragma unroll
     for (int r = 0; r < C::ROWS; r++)
-        sk[r] = group_sum<C::LANES>(sk[r]);
+        sk[r] = __fmul_rn(group_sum<C::LANES>(sk[r]), nk);
 
-    /* row += d k with d = beta (v - sk); o = scale (row . q). */
+    /* row += (d nk) k with d = beta (v - sk); o = (row . q) scale nq. */
     float sq[C::ROWS];
 #pragma unroll
     for (int r = 0; r < C::ROWS; r++) {
-        const float d = __fmul_rn(in.beta, __fsub_rn(in.v[r], sk[r]));
-        float partial = 0.0f;
+        const float d = __fmul_rn(__fmul_rn(in.beta, __fsub_rn(in.v[r], sk[r])), nk);
 #pragma unroll
-        for (int i = 0; i < C::ELEMS; i++) {
+        for (int i = 0; i < C::ELEMS; i++)
             S[r][i] = __fmaf_rn(d, in.k[i], S[r][i]);
-            if constexpr (OUTPUT)
-                partial = __fmaf_rn(S[r][i], in.q[i], partial);
-        }
-        sq[r] = partial;
+        if constexpr (OUTPUT)
+            sq[r] = lane_dot<C::ELEMS>(S[r], in.q);
     }
     if constexpr (OUTPUT) {
 #pragma unroll
         for (int r = 0; r < C::ROWS; r++)
-            out[r] = __fmul_rn(scale, group_sum<C::LANES>(sq[r]));
+            out[r] = __fmul_rn(group_sum<C::LANES>(sq[r]), q_scale);
     }
 }
 
-/* This thread's rows of a state, to the view `to` at `base` (a pool slot's head, a snapshot). */
+/* This thread's rows of a state to `rows` (thread_rows of a pool slot's head or a snapshot's). */
 template <int D, int R, bool VECTOR>
-__device__ __forceinline__ void store_rows(char *base, const gdn_cuda_view &to, const gdn_cuda_place &at,
+__device__ __forceinline__ void store_rows(char *rows, const gdn_cuda_view &to,
                                            const float (&S)[R][gdn_cuda_config<D, R>::ELEMS])
 {
     using C = gdn_cuda_config<D, R>;
 #pragma unroll
     for (int r = 0; r < C::ROWS; r++)
 #pragma unroll
-        for (int c = 0; c < C::CHUNKS; c++) {
-            const long long e0 = element_of<D>(at.lane, c, 0);
-            store4<VECTOR>(base + (long long)(at.row0 + r) * to.nb[1] + e0 * to.nb[0], to.nb[0],
+        for (int c = 0; c < C::CHUNKS; c++)
+            store4<VECTOR>(rows + r * to.nb[1] + chunk_offset<D, VECTOR>(c, to.nb[0]), to.nb[0],
                            make_float4(S[r][4 * c + 0], S[r][4 * c + 1], S[r][4 * c + 2], S[r][4 * c + 3]));
-        }
 }
 
-/* Replay: the raw inputs of the new token `in` (loaded, not yet normalised by update_rows) to
- * ring position `pos` of `slot`. Each value has one writer: v[row0 + r] the lane r that writes o
- * for the row, g and beta `head_writer` (lane 0 of the head's first warp), k `k_writer` (the
- * lanes of group 0 of the first warp of the first value head that reads q/k head hk). From
- * registers: copying from the inputs after the token loop instead measured slower (a dependent
- * load at the end of every warp's life). */
+/* Replay: the raw inputs of the new token `in` (as loaded; update_rows does not change them) to
+ * ring position `pos` through the ring pointers p of the sequence's slot. Each value has one
+ * writer: v[row0 + r] the lane r that writes o for the row, g and beta `head_writer` (lane 0 of
+ * the head's first warp), k `k_writer` (the lanes of group 0 of the first warp of the first value
+ * head that reads q/k head hk). From registers: copying from the inputs after the token loop
+ * instead measured slower (a dependent load at the end of every warp's life). */
 template <int D, int R, bool VECTOR>
 __device__ __forceinline__ void append_ring(const gdn_cuda_gdn_args &a, const gdn_cuda_place &at,
-                                            const gdn_cuda_token<D, R> &in, long long slot, long long pos,
-                                            bool head_writer, bool k_writer)
+                                            const gdn_cuda_token_ptrs &p, const gdn_cuda_token<D, R> &in,
+                                            long long pos, bool head_writer, bool k_writer)
 {
     using C = gdn_cuda_config<D, R>;
-    char *v = a.ring_v.data + slot * a.ring_v.nb[3] + pos * a.ring_v.nb[2] + at.h * a.ring_v.nb[1];
+    char *v = p.v + pos * a.ring_v.nb[2];
 #pragma unroll
     for (int r = 0; r < C::ROWS; r++)
         if (at.lane == r)
-            *reinterpret_cast<float *>(v + (long long)(at.row0 + r) * a.ring_v.nb[0]) = in.v[r];
+            *reinterpret_cast<float *>(v + r * a.ring_v.nb[0]) = in.v[r];
     if (head_writer) {
-        *reinterpret_cast<float *>(a.ring_g.data + slot * a.ring_g.nb[2] + pos * a.ring_g.nb[1] +
-                                   at.h * a.ring_g.nb[0]) = in.g;
-        *reinterpret_cast<float *>(a.ring_beta.data + slot * a.ring_beta.nb[2] + pos * a.ring_beta.nb[1] +
-                                   at.h * a.ring_beta.nb[0]) = in.beta;
+        *reinterpret_cast<float *>(p.g + pos * a.ring_g.nb[1]) = in.g;
+        *reinterpret_cast<float *>(p.beta + pos * a.ring_beta.nb[1]) = in.beta;
     }
     if (k_writer) {
-        char *k = a.ring_k.data + slot * a.ring_k.nb[3] + pos * a.ring_k.nb[2] + at.hk * a.ring_k.nb[1];
+        char *k = p.k + pos * a.ring_k.nb[2];
 #pragma unroll
-        for (int c = 0; c < C::CHUNKS; c++) {
-            const long long e0 = element_of<D>(at.lane, c, 0);
-            store4<VECTOR>(k + e0 * a.ring_k.nb[0], a.ring_k.nb[0],
+        for (int c = 0; c < C::CHUNKS; c++)
+            store4<VECTOR>(k + chunk_offset<D, VECTOR>(c, a.ring_k.nb[0]), a.ring_k.nb[0],
                            make_float4(in.k[4 * c + 0], in.k[4 * c + 1], in.k[4 * c + 2], in.k[4 * c + 3]));
-        }
     }
 }
 
 template <int D, int R, bool VECTOR, bool REPLAY>
-__global__ void __launch_bounds__(kWarpsPerBlock *kWarpSize)
+__global__ void __launch_bounds__(kWarpsPerBlock *kWarpSize, kMinBlocksPerSM)
 gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
 {
     using C = gdn_cuda_config<D, R>;
@@ -416,48 +493,59 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
 
     /* This thread's rows of the initial state, all loads in flight at once. */
     float S[C::ROWS][C::ELEMS];
-    const char *state = a.state.data + slot * a.state.nb[3] + at.h * a.state.nb[2];
+    char *state = thread_rows(a.state.data + slot * a.state.nb[3] + at.h * a.state.nb[2], a.state, at);
 #pragma unroll
     for (int r = 0; r < C::ROWS; r++)
 #pragma unroll
         for (int c = 0; c < C::CHUNKS; c++) {
-            const long long e0 = element_of<D>(at.lane, c, 0);
-            const float4 x = load4_state<VECTOR>(
-                state + (long long)(at.row0 + r) * a.state.nb[1] + e0 * a.state.nb[0], a.state.nb[0]);
+            const float4 x = load4_state<VECTOR>(state + r * a.state.nb[1] + chunk_offset<D, VECTOR>(c, a.state.nb[0]),
+                                                 a.state.nb[0]);
             S[r][4 * c + 0] = x.x, S[r][4 * c + 1] = x.y, S[r][4 * c + 2] = x.z, S[r][4 * c + 3] = x.w;
         }
 
-    /* The first token's inputs, in flight with the state loads. */
+    /* The first token's inputs, in flight with the state loads; in the wide replay shape they
+     * would stay live through the fold (registers), so there the token loop loads them. */
+    constexpr bool LOAD_FIRST_EARLY = C::PREFETCH || !REPLAY;
+    const gdn_cuda_token_ptrs tokens = token_ptrs<false>(a, at, at.b);
     gdn_cuda_token<D, R> current;
-    load_token<D, R, VECTOR, false>(current, a, at, at.b, 0);
-    char *o = a.o.data + at.b * a.o.nb[3] + at.h * a.o.nb[1];
-    char *states = a.states.data + at.b * a.states.nb[3] + at.h * a.states.nb[2];
+    if (LOAD_FIRST_EARLY)
+        load_token<D, R, VECTOR, false>(current, a, tokens, 0);
+    else
+        load_token<D, R, VECTOR, false, true>(current, a, tokens, 0);
+    char *o = a.o.data + at.b * a.o.nb[3] + at.h * a.o.nb[1] + (long long)at.row0 * a.o.nb[0];
+    char *states = thread_rows(a.states.data + at.b * a.states.nb[3] + at.h * a.states.nb[2], a.states, at);
 
     /* Replay: fold ring tokens start .. start+count-1 (mod L) into the registers, each through
      * update_rows like a new token (no output), then commit. The new tokens go to the ring from
      * position start + count on. */
+    gdn_cuda_token_ptrs ring_at = tokens; /* replay: the rings of the slot */
     long long ring_pos = 0;
     bool head_writer = false, k_writer = false;
     if (REPLAY) {
+        ring_at = token_ptrs<true>(a, at, slot);
         const int count = fold_count;
         long long pos = fold_start;
         if (count > 0) {
             gdn_cuda_token<D, R> ring;
-            load_token<D, R, VECTOR, true>(ring, a, at, slot, pos);
+            load_token<D, R, VECTOR, true>(ring, a, ring_at, pos);
 #pragma unroll 1
             for (int n = 0; n < count; n++) {
-                pos = pos + 1 == a.L ? 0 : pos + 1;
                 gdn_cuda_token<D, R> ring_next;
                 const bool more = n + 1 < count;
-                if (more)
-                    load_token<D, R, VECTOR, true>(ring_next, a, at, slot, pos);
+                if (!C::PREFETCH && n > 0)
+                    load_token<D, R, VECTOR, true>(ring, a, ring_at, pos);
+                pos = pos + 1 == a.L ? 0 : pos + 1;
+                if (C::PREFETCH && more)
+                    load_token<D, R, VECTOR, true>(ring_next, a, ring_at, pos);
+                if (!C::PREFETCH && more)
+                    load_token<D, R, VECTOR, true, true>(ring_next, a, ring_at, pos);
                 float unused[C::ROWS];
                 update_rows<D, R, false>(S, ring, a.l2norm, a.scale, unused);
-                if (more)
+                if (C::PREFETCH && more)
                     ring = ring_next;
             }
             if (fold_commit != 0)
-                store_rows<D, R, VECTOR>(a.state.data + slot * a.state.nb[3] + at.h * a.state.nb[2], a.state, at, S);
+                store_rows<D, R, VECTOR>(state, a.state, S);
         }
         ring_pos = pos;
         head_writer = warp_in_head == 0 && lane == 0;
@@ -466,13 +554,18 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
     }
 
     for (long long t = 0; t < a.T; t++) {
-        /* Prefetch the next token's inputs; they land while this token computes. */
+        /* Prefetch the next token's inputs; they land while this token computes. The wide shape
+         * has no registers for a second token (see PREFETCH): it loads the token at the top and
+         * only hints the next one into L1. */
         gdn_cuda_token<D, R> next;
         const bool has_next = t + 1 < a.T;
+        if (!C::PREFETCH && (t > 0 || !LOAD_FIRST_EARLY))
+            load_token<D, R, VECTOR, false>(current, a, tokens, t);
         if (has_next)
-            load_token<D, R, VECTOR, false>(next, a, at, at.b, t + 1);
-        if (REPLAY) { /* the raw inputs, before update_rows normalises k */
-            append_ring<D, R, VECTOR>(a, at, current, slot, ring_pos, head_writer, k_writer);
+            C::PREFETCH ? load_token<D, R, VECTOR, false>(next, a, tokens, t + 1)
+                        : load_token<D, R, VECTOR, false, true>(next, a, tokens, t + 1);
+        if (REPLAY) { /* the raw inputs (update_rows reads them as loaded) */
+            append_ring<D, R, VECTOR>(a, at, ring_at, current, ring_pos, head_writer, k_writer);
             ring_pos = ring_pos + 1 == a.L ? 0 : ring_pos + 1;
         }
 
@@ -483,12 +576,12 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
 #pragma unroll
         for (int r = 0; r < C::ROWS; r++)
             if (at.lane == r)
-                *reinterpret_cast<float *>(o + t * a.o.nb[2] + (long long)(at.row0 + r) * a.o.nb[0]) = out[r];
+                *reinterpret_cast<float *>(o + t * a.o.nb[2] + r * a.o.nb[0]) = out[r];
 
         const long long s = a.T - 1 - t; /* snapshot index, newest first */
         if (!REPLAY && s < a.n_write)
-            store_rows<D, R, VECTOR>(states + s * a.states.nb[4], a.states, at, S);
-        if (has_next)
+            store_rows<D, R, VECTOR>(states + s * a.states.nb[4], a.states, S);
+        if (C::PREFETCH && has_next)
             current = next;
     }
 }
@@ -641,22 +734,27 @@ int is_vectorisable(const gdn_tensor *t, int n_dims)
 
 /* Rows per thread. The arithmetic of a row does not depend on it (a row's lane slice and
  * reduction tree depend on D only), so it may follow the batch without changing a bit: few heads
- * (B*Hv small, latency-bound) get fewer rows per thread and more warps in flight; many heads get
- * the bandwidth shape (4 rows, 2 at D = 16 and 256) that keeps more bytes in flight per thread.
- * Measured at B=1, Hv=32, D=128 on an H100 (us per layer, 30-call CUDA graph, state in L2 /
- * from DRAM, decode and T=4 verify): 1 row 3.59/4.08 and 5.77/6.41; 2 rows 2.93/3.81 and
- * 5.33/6.97; 4 rows 3.12/4.13 and 6.65/8.39. Two rows is the default for thin grids. */
+ * (B*Hv small, latency-bound) get one row per thread and more warps in flight; many heads get
+ * the wide shape, 64 state floats per thread (at most LANES rows: lane r writes o for row r),
+ * which keeps many bytes in flight per thread for bandwidth and gives the token loop the most
+ * arithmetic per shuffle. */
 template <int D>
 constexpr int wide_rows()
 {
-    return (D == 16 || D == 256) ? 2 : 4;
+    constexpr int lanes = lanes_per_row<D>(), elems = D / lanes, groups = kWarpSize / lanes;
+    constexpr int by_registers = kWideFloats / elems > 0 ? kWideFloats / elems : 1;
+    constexpr int by_lanes = lanes < by_registers ? lanes : by_registers;
+    return D / groups < by_lanes ? D / groups : by_lanes;
 }
 
 /* Below this many warps in the wide shape the grid is too thin to cover memory latency on a
- * large GPU (an H100 holds 132 x 64 warps); measured: B=1, Hv=32, D=128 is 1024 warps. */
-constexpr long long kThinGridWarps = 4096;
+ * large GPU: 128 heads of D=128 (B<4 at Hv=32) on an H100. */
+#ifndef GDN_CUDA_THIN_GRID_WARPS
+#define GDN_CUDA_THIN_GRID_WARPS 1024
+#endif
+constexpr long long kThinGridWarps = GDN_CUDA_THIN_GRID_WARPS;
 #ifndef GDN_CUDA_THIN_ROWS
-#define GDN_CUDA_THIN_ROWS 2
+#define GDN_CUDA_THIN_ROWS 1
 #endif
 constexpr int kThinRows = GDN_CUDA_THIN_ROWS;
 
