@@ -128,6 +128,34 @@ assert {r["ring"] for r in rows} == {4, 9}, rows
 assert all(r["copies"] == 0 and r["gathers"] == 0 for r in rows if r["passes"] == "on"), rows
 PY
 then ok; else fail "gdn bench --stack --scheme replay: $(cat "$work/err")"; fi
+# the op bench's schemes: a snapshot row (K states) and replay rows (one state and a ring) whose
+# cycles and bytes follow from T, L and the tokens kept: L=4: commit every step (2 steps until
+# the ring position repeats); L=12: fold 4, 8, 12 tokens, commit on the third.
+if "$gdn" bench --backend cpu --layers 2 --batch 1 --reps 1 --tokens 4 --json >"$work/op4.json" 2>"$work/err" &&
+  "$gdn" bench --backend cpu --layers 2 --batch 1 --reps 1 --tokens 4 --scheme replay --ring 12 --json >"$work/op12.json" 2>>"$work/err" &&
+  "$gdn" bench --backend cpu --layers 2 --batch 1 --reps 1 --tokens 4 --scheme replay --accept 1 --json >"$work/op1.json" 2>>"$work/err" &&
+  python3 - "$work/op4.json" "$work/op12.json" "$work/op1.json" <<'PY'
+import json, sys
+rows = [json.loads(l) for f in sys.argv[1:] for l in open(f) if l.strip()]
+assert [r["scheme"] for r in rows] == ["snapshot", "replay", "replay", "replay"], rows
+snap, r4, r12, r1 = rows
+state = 32 * 128 * 128 * 4                           # one sequence's state of one layer
+token = (16 * 128 + 32 * 128 + 2 * 32) * 4           # one ring entry: k, v, g, beta
+io = 4 * (2 * 16 * 128 + 2 * 32 * 128 + 2 * 32) * 4  # q, k, v, o, g, beta of 4 tokens
+assert snap["K"] == 4 and snap["cache_bytes_per_sequence"] == 2 * 4 * state, snap
+assert r4["ring"] == 4 and r4["steps_in_cycle"] == 2 and r4["cache_bytes_per_sequence"] == 2 * (state + 8 * token), r4
+assert r4["min_bytes_per_layer"] == io + 2 * state + 8 * token, r4   # fold 4 + commit, append 4
+# the fold pattern repeats every 3 steps; the ring start (16 positions, +12 per commit) every 12
+assert r12["ring"] == 12 and r12["steps_in_cycle"] == 12, r12
+assert abs(r12["min_bytes_per_layer"] - (io + 4 * state / 3 + (8 + 12 + 16) / 3 * token)) < 1, r12
+# one token kept: fold 1 + commit every step, the pending token walking the 8 ring positions
+assert r1["accept"] == 1 and r1["steps_in_cycle"] == 8, r1
+assert r1["min_bytes_per_layer"] == io + 2 * state + 5 * token, r1
+assert all(r["us_per_layer"] > 0 for r in rows), rows
+PY
+then ok; else fail "gdn bench --scheme: $(cat "$work/op4.json" "$work/op12.json" "$work/op1.json" "$work/err")"; fi
+"$gdn" bench --backend cpu --tokens 4 --ring 3 >/dev/null 2>&1 && fail "ring shorter than T accepted" || ok
+"$gdn" bench --backend cpu --scheme sideways >/dev/null 2>&1 && fail "bad bench --scheme accepted" || ok
 "$gdn" bench --stack --backend cpu --passes sideways >/dev/null 2>&1 && fail "bad --passes accepted" || ok
 "$gdn" bench --stack --backend cpu --scheme sideways >/dev/null 2>&1 && fail "bad --scheme accepted" || ok
 "$gdn" bench --stack --help >"$work/help" 2>&1 && grep -q -- '--passes' "$work/help" && ok || fail "gdn bench --stack --help"

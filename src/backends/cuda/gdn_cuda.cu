@@ -301,6 +301,17 @@ __device__ __forceinline__ gdn_cuda_token_ptrs token_ptrs(const gdn_cuda_gdn_arg
     return p;
 }
 
+/* The new-token pointers moved on by one token (the token loop walks them instead of multiplying
+ * the token index by every stride for every load). */
+__device__ __forceinline__ void advance_tokens(gdn_cuda_token_ptrs &p, const gdn_cuda_gdn_args &a)
+{
+    p.q += a.q.nb[2];
+    p.k += a.k.nb[2];
+    p.v += a.v.nb[2];
+    p.g += a.g.nb[1];
+    p.beta += a.beta.nb[1];
+}
+
 /* Token t (new tokens: q, k, v, g, beta) or, with RING, ring position t (ring_k, ring_v, ring_g,
  * ring_beta; no q: a ring token gives no output) from the thread's pointers p. HINT: only
  * prefetch those lines into L1 (`in` untouched), so that the load of that token one step later
@@ -506,7 +517,7 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
     /* The first token's inputs, in flight with the state loads; in the wide replay shape they
      * would stay live through the fold (registers), so there the token loop loads them. */
     constexpr bool LOAD_FIRST_EARLY = C::PREFETCH || !REPLAY;
-    const gdn_cuda_token_ptrs tokens = token_ptrs<false>(a, at, at.b);
+    gdn_cuda_token_ptrs tokens = token_ptrs<false>(a, at, at.b); /* at token t in the token loop */
     gdn_cuda_token<D, R> current;
     if (LOAD_FIRST_EARLY)
         load_token<D, R, VECTOR, false>(current, a, tokens, 0);
@@ -560,10 +571,10 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
         gdn_cuda_token<D, R> next;
         const bool has_next = t + 1 < a.T;
         if (!C::PREFETCH && (t > 0 || !LOAD_FIRST_EARLY))
-            load_token<D, R, VECTOR, false>(current, a, tokens, t);
+            load_token<D, R, VECTOR, false>(current, a, tokens, 0);
         if (has_next)
-            C::PREFETCH ? load_token<D, R, VECTOR, false>(next, a, tokens, t + 1)
-                        : load_token<D, R, VECTOR, false, true>(next, a, tokens, t + 1);
+            C::PREFETCH ? load_token<D, R, VECTOR, false>(next, a, tokens, 1)
+                        : load_token<D, R, VECTOR, false, true>(next, a, tokens, 1);
         if (REPLAY) { /* the raw inputs (update_rows reads them as loaded) */
             append_ring<D, R, VECTOR>(a, at, ring_at, current, ring_pos, head_writer, k_writer);
             ring_pos = ring_pos + 1 == a.L ? 0 : ring_pos + 1;
@@ -583,6 +594,7 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
             store_rows<D, R, VECTOR>(states + s * a.states.nb[4], a.states, S);
         if (C::PREFETCH && has_next)
             current = next;
+        advance_tokens(tokens, a);
     }
 }
 
