@@ -265,19 +265,23 @@ gdn_status gdn_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_net_p
 /* ------------------------------------------------------------------------------------------
  * The replay form of the Gated DeltaNet op (the replay scheme of speculative decoding)
  *
- * Each sequence keeps one committed state (a pool slot) and a ring of the raw per-token inputs
- * of its latest tokens. One call first folds the tokens accepted since the last commit into the
- * state, then computes the outputs of T new tokens without storing any state after them, and
- * appends the new tokens' inputs to the ring (so the next call can fold those that are
- * accepted). Per sequence b, with slot = state_index[b] and {start, count, commit} = fold[b]:
+ * Each sequence keeps one committed state (a pool slot) and a ring of its latest tokens: for
+ * each token its k as given (before any in-op l2norm), its gate g and its delta
+ *     delta = beta (v - (exp(g) S)^T k^)     (k^ = k / sqrt(|k|^2 + 1e-6) with l2norm, else k)
+ * the Dv-vector by which the token moved the state: S' = exp(g) S + k^ delta^T. One call first
+ * folds the tokens accepted since the last commit into the state, then computes the outputs of
+ * T new tokens without storing any state after them, and appends the new tokens to the ring (so
+ * the next call can fold those that are accepted). Per sequence b, with slot = state_index[b]
+ * and {start, count, commit} = fold[b]:
  *     S <- state[slot]
- *     for i in 0 .. count-1:   S <- update(S, ring token at position (start + i) mod L)
+ *     for i in 0 .. count-1:   p = (start + i) mod L;  S <- exp(ring_g[p]) S + k^(ring_k[p]) ring_v[p]^T
  *     if commit != 0:          state[slot] <- S
- *     for t in 0 .. T-1:       S <- update(S, new token t);  o[b, t] <- scale * S q_t
- *     for t in 0 .. T-1:       ring position (start + count + t) mod L <- k_t, v_t, g_t, beta_t
+ *     for t in 0 .. T-1:       S <- update(S, new token t), its delta d_t;  o[b, t] <- scale * S q_t
+ *     for t in 0 .. T-1:       ring position (start + count + t) mod L <- k_t, d_t, g_t
  * update() is the per-token update of gdn_gated_delta_net (l2norm, gates and broadcast rule as
- * for any token; a ring token has no q and gives no output). The ring holds k as given, before
- * any in-op l2norm, so a folded token is normalised exactly as it was when it was new.
+ * for any token). A folded token applies the delta its own update computed when it was new, from
+ * the same state on the accepted path, so folding needs no dot product and no v or beta, and
+ * gives the very floats that update gave.
  *
  * Shapes (outermost first; any byte strides; F32 unless said):
  *     q, k     [B, T, Hk, Dk]      the T new tokens, as for gdn_gated_delta_net
@@ -286,9 +290,9 @@ gdn_status gdn_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_net_p
  *     state    [S, Hv, Dv, Dk]     the pool of committed states, read and written
  *     state_index  [B] I32         sequence b owns pool slot state_index[b] and ring slot
  *                                  state_index[b]; every value in 0..S-1, no two equal
- *     ring_k   [S, L, Hk, Dk]      per-slot rings of raw token inputs, read and written
- *     ring_v   [S, L, Hv, Dv]
- *     ring_g, ring_beta  [S, L, Hv]
+ *     ring_k   [S, L, Hk, Dk]      per-slot rings, read and written: k as given,
+ *     ring_v   [S, L, Hv, Dv]      the deltas,
+ *     ring_g   [S, L, Hv]          the gates
  *     fold     [B, 3] I32          per sequence {start, count, commit}: 0 <= start < L,
  *                                  count >= 0, count + T <= L (otherwise the append would
  *                                  overwrite tokens being folded)
@@ -296,7 +300,7 @@ gdn_status gdn_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_net_p
  * Requirements as for gdn_gated_delta_net (Dk = Dv in {16, ..., 256}, Hv a multiple of Hk,
  * T, B >= 1) and L >= T. params->n_snapshots is ignored (nothing but o, the committed states
  * and the rings is written).
- * Aliasing: o, the pool and the four rings are written; none of them may overlap another one or
+ * Aliasing: o, the pool and the three rings are written; none of them may overlap another one or
  * an input (q, k, v, g, beta, state_index, fold), and each must be injective
  * (GDN_ERROR_OVERLAP). The index and fold values may be in memory the host cannot read, so the
  * backend checks them before writing anything: a value outside its range gives
@@ -305,18 +309,17 @@ gdn_status gdn_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_net_p
  * but is not reported), as for gdn_gated_delta_net's state_index.
  * Exactness: on one backend, o and every committed state are bit-identical to running
  * gdn_gated_delta_net one token per call (T = 1, in place: state == states[0]) over the same
- * token sequence: the folded tokens go through the same per-token code as every token. A
- * sequence's results do not depend on B or on the other sequences.
+ * token sequence. A sequence's results do not depend on B or on the other sequences.
  * Counters: counted as a gated_delta_net call (B states read, the index, the new tokens and o)
  * plus the fold array and the ring entries appended; the ring tokens folded and the states
  * committed depend on fold values the host may not be able to read, and are not counted. */
 typedef struct gdn_gated_delta_net_replay_args {
-    gdn_tensor q, k, v, g, beta;                  /* the new tokens: inputs, borrowed */
-    gdn_tensor state;                             /* committed-state pool: read and written, borrowed */
-    gdn_tensor state_index;                       /* input, borrowed */
-    gdn_tensor ring_k, ring_v, ring_g, ring_beta; /* token rings: read and written, borrowed */
-    gdn_tensor fold;                              /* input, borrowed */
-    gdn_tensor o;                                 /* output, borrowed */
+    gdn_tensor q, k, v, g, beta;       /* the new tokens: inputs, borrowed */
+    gdn_tensor state;                  /* committed-state pool: read and written, borrowed */
+    gdn_tensor state_index;            /* input, borrowed */
+    gdn_tensor ring_k, ring_v, ring_g; /* token rings (k, delta, g): read and written, borrowed */
+    gdn_tensor fold;                   /* input, borrowed */
+    gdn_tensor o;                      /* output, borrowed */
 } gdn_gated_delta_net_replay_args;
 
 /* Run the replay form on `backend`. Validates every shape, dtype, stride and overlap first, then
@@ -388,7 +391,7 @@ typedef struct gdn_cache gdn_cache;
 
 typedef enum gdn_cache_scheme {
     GDN_CACHE_SNAPSHOT = 0, /* K state groups per sequence, ggml-compatible order */
-    GDN_CACHE_REPLAY = 1,   /* one committed state plus a ring of raw token inputs */
+    GDN_CACHE_REPLAY = 1,   /* one committed state plus a ring of the latest tokens (k, delta, g) */
 } gdn_cache_scheme;
 
 typedef struct gdn_cache_config {
@@ -444,11 +447,11 @@ typedef struct gdn_cache_seq_info {
 } gdn_cache_seq_info;
 gdn_status gdn_cache_seq_info_get(const gdn_cache *cache, int32_t seq, gdn_cache_seq_info *info);
 
-/* Replay scheme: layer l's rings (ne {D, Hk, L+K, n_seqs}, {D, Hv, L+K, n_seqs}, {Hv, L+K,
- * n_seqs} twice) and the step's fold array ([n][3] I32 {start, count, commit}, the
+/* Replay scheme: layer l's rings (k {D, Hk, L+K, n_seqs}, delta {D, Hv, L+K, n_seqs}, g {Hv,
+ * L+K, n_seqs}) and the step's fold array ([n][3] I32 {start, count, commit}, the
  * gdn_gated_delta_net_replay argument). The state pool has one group (K = 1 in its shape). */
 gdn_status gdn_cache_layer_rings(const gdn_cache *cache, int32_t layer, gdn_tensor *ring_k, gdn_tensor *ring_v,
-                                 gdn_tensor *ring_g, gdn_tensor *ring_beta);
+                                 gdn_tensor *ring_g);
 gdn_status gdn_cache_step_fold(const gdn_cache *cache, gdn_tensor *fold);
 
 /* Layer l's pools: states ne {D, D, Hv, K, n_seqs} and conv ne {C, Kconv-1+K, n_seqs}, F32. */

@@ -163,8 +163,8 @@ static void check_replay(const test_backend *tb)
     if (cache == NULL)
         return;
     expect(gdn_cache_seq_add(cache, &seq), GDN_OK, tb->label, "replay add");
-    gdn_tensor rk, rv, rg, rb, states, conv;
-    CHECK(gdn_cache_layer_rings(cache, 1, &rk, &rv, &rg, &rb) == GDN_OK && rk.ne[2] == 2 * K && rv.ne[1] == HV &&
+    gdn_tensor rk, rv, rg, states, conv;
+    CHECK(gdn_cache_layer_rings(cache, 1, &rk, &rv, &rg) == GDN_OK && rk.ne[2] == 2 * K && rv.ne[1] == HV &&
           gdn_cache_layer_pools(cache, 1, &states, &conv) == GDN_OK && states.ne[3] == 1,
           "%s: replay pools and rings have the wrong shapes", tb->label);
     /* accept 2, 3, 1, 1 of T = 3: folds {0,0,0}, {0,2,1} (2 + 3 > L = 3: commit), {2,3,1}, {5,1,1}

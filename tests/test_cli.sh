@@ -140,7 +140,7 @@ rows = [json.loads(l) for f in sys.argv[1:] for l in open(f) if l.strip()]
 assert [r["scheme"] for r in rows] == ["snapshot", "replay", "replay", "replay"], rows
 snap, r4, r12, r1 = rows
 state = 32 * 128 * 128 * 4                           # one sequence's state of one layer
-token = (16 * 128 + 32 * 128 + 2 * 32) * 4           # one ring entry: k, v, g, beta
+token = (16 * 128 + 32 * 128 + 32) * 4              # one ring entry: k, delta, g
 io = 4 * (2 * 16 * 128 + 2 * 32 * 128 + 2 * 32) * 4  # q, k, v, o, g, beta of 4 tokens
 assert snap["K"] == 4 and snap["cache_bytes_per_sequence"] == 2 * 4 * state, snap
 assert r4["ring"] == 4 and r4["steps_in_cycle"] == 2 and r4["cache_bytes_per_sequence"] == 2 * (state + 8 * token), r4

@@ -11,7 +11,7 @@
 #include <string.h>
 
 enum { B = 3, T = 2, HK = 1, HV = 2, D = 16, S = 5, L = 5 };
-enum { Q, K_, V, G, BETA, POOL, INDEX, RING_K, RING_V, RING_G, RING_BETA, FOLD, O, N_T };
+enum { Q, K_, V, G, BETA, POOL, INDEX, RING_K, RING_V, RING_G, FOLD, O, N_T };
 
 static const int32_t slots[B] = {4, 0, 2};
 static const int32_t folds[B * 3] = {1, 2, 1, 3, 0, 0, 0, 3, 1}; /* {start, count, commit}: count + T <= L */
@@ -38,7 +38,7 @@ static void fill(test_tensor *t, test_rng *rng, int which)
         float v = (float)test_rng_normal(rng) * 0.3f;
         if (which == G || which == RING_G)
             v = (float)test_rng_uniform(rng, -2.0, -0.01);
-        if (which == BETA || which == RING_BETA)
+        if (which == BETA)
             v = (float)test_rng_uniform(rng, 0.0, 1.0);
         memcpy(p, &v, 4);
     }
@@ -49,9 +49,9 @@ static int make(tensors *ts, gdn_backend *backend, uint64_t seed)
     const int64_t ne[N_T][5] = {
         [Q] = {D, HK, T, B}, [K_] = {D, HK, T, B}, [V] = {D, HV, T, B}, [G] = {HV, T, B}, [BETA] = {HV, T, B},
         [POOL] = {D, D, HV, S}, [INDEX] = {B}, [RING_K] = {D, HK, L, S}, [RING_V] = {D, HV, L, S},
-        [RING_G] = {HV, L, S}, [RING_BETA] = {HV, L, S}, [FOLD] = {3, B}, [O] = {D, HV, T, B},
+        [RING_G] = {HV, L, S}, [FOLD] = {3, B}, [O] = {D, HV, T, B},
     };
-    const int dims[N_T] = {4, 4, 4, 3, 3, 4, 1, 4, 4, 3, 3, 2, 4};
+    const int dims[N_T] = {4, 4, 4, 3, 3, 4, 1, 4, 4, 3, 2, 4};
     test_rng rng;
     test_rng_seed(&rng, seed);
     int ok = 1;
@@ -88,7 +88,7 @@ static int same(const tensors *a, const tensors *b, int i)
     return ok;
 }
 
-/* The node in a graph over set `ts`: leaves for all 12 sources, o as the node's destination. */
+/* The node in a graph over set `ts`: leaves for all 11 sources, o as the node's destination. */
 static gdn_status build(gdn_graph *g, tensors *ts, uint32_t pool_flags, gdn_tensor_id *ids)
 {
     gdn_status st = GDN_OK;
@@ -97,7 +97,7 @@ static gdn_status build(gdn_graph *g, tensors *ts, uint32_t pool_flags, gdn_tens
         uint32_t flags = GDN_GRAPH_INPUT;
         if (i == POOL)
             flags = pool_flags;
-        else if (i == RING_K || i == RING_V || i == RING_G || i == RING_BETA || i == O)
+        else if (i == RING_K || i == RING_V || i == RING_G || i == O)
             flags = GDN_GRAPH_PERSISTENT;
         st = gdn_graph_leaf(g, i == O ? "o" : "t", &v, flags, &ids[i]);
     }
@@ -105,7 +105,7 @@ static gdn_status build(gdn_graph *g, tensors *ts, uint32_t pool_flags, gdn_tens
         gdn_op_params p;
         memset(&p, 0, sizeof p);
         p.gated_delta_net = params();
-        st = gdn_graph_op(g, GDN_OP_GATED_DELTA_NET_REPLAY, &p, 12, ids, 1, &ids[O]);
+        st = gdn_graph_op(g, GDN_OP_GATED_DELTA_NET_REPLAY, &p, 11, ids, 1, &ids[O]);
     }
     return st;
 }
@@ -123,7 +123,7 @@ static void check_node(const test_backend *tb)
         for (int i = 0; i < N_T; i++)
             v[i] = test_device_view(&direct.t[i]);
         const gdn_gated_delta_net_replay_args a = {v[Q], v[K_], v[V], v[G], v[BETA], v[POOL], v[INDEX], v[RING_K],
-                                                   v[RING_V], v[RING_G], v[RING_BETA], v[FOLD], v[O]};
+                                                   v[RING_V], v[RING_G], v[FOLD], v[O]};
         const gdn_gated_delta_net_params p = params();
         ok = gdn_gated_delta_net_replay(tb->backend, &p, &a) == GDN_OK && gdn_backend_synchronize(tb->backend) == GDN_OK;
         CHECK(ok, "%s: direct replay call: %s", tb->label, gdn_error_detail());
@@ -134,8 +134,8 @@ static void check_node(const test_backend *tb)
         CHECK(ok, "%s: replay node: %s", tb->label, gdn_error_detail());
     }
     if (ok) {
-        const int written[6] = {O, POOL, RING_K, RING_V, RING_G, RING_BETA};
-        for (int i = 0; i < 6; i++)
+        const int written[5] = {O, POOL, RING_K, RING_V, RING_G};
+        for (int i = 0; i < 5; i++)
             CHECK(same(&direct, &graphed, written[i]), "%s: tensor %d differs between the node and the direct call",
                   tb->label, written[i]);
     }
@@ -182,7 +182,7 @@ static int gather_then_replay(const test_backend *tb, int pass, float *out, log_
     memset(&p, 0, sizeof p);
     for (int i = 0; ok && i < N_T; i++) {
         const gdn_tensor v = test_device_view(&ts.t[i]);
-        const int pool = i == POOL || i == RING_K || i == RING_V || i == RING_G || i == RING_BETA || i == O;
+        const int pool = i == POOL || i == RING_K || i == RING_V || i == RING_G || i == O;
         ok = gdn_graph_leaf(g, "t", &v, pool ? GDN_GRAPH_PERSISTENT : GDN_GRAPH_INPUT, &ids[i]) == GDN_OK;
     }
     ok = ok && gdn_graph_view(g, ids[RING_G], 0, 2, ne_rows, nb_rows, &rows) == GDN_OK &&
@@ -192,7 +192,7 @@ static int gather_then_replay(const test_backend *tb, int pass, float *out, log_
     const gdn_tensor_id gs[2] = {rows, ids[INDEX]}, cs[2] = {gathered, extra};
     p.gated_delta_net = params();
     ok = ok && gdn_graph_op(g, GDN_OP_GET_ROWS, NULL, 2, gs, 1, &gathered) == GDN_OK &&
-         gdn_graph_op(g, GDN_OP_GATED_DELTA_NET_REPLAY, &p, 12, ids, 1, &ids[O]) == GDN_OK;
+         gdn_graph_op(g, GDN_OP_GATED_DELTA_NET_REPLAY, &p, 11, ids, 1, &ids[O]) == GDN_OK;
     memset(&p, 0, sizeof p);
     ok = ok && gdn_graph_op(g, GDN_OP_CONCAT, &p, 2, cs, 1, &cat) == GDN_OK && gdn_graph_mark_output(g, cat) == GDN_OK;
     if (ok && pass)

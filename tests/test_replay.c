@@ -37,7 +37,7 @@ static const replay_case cases[] = {
 /* ---------------------------------------------------------------------------------------------
  * The tensors of a call, with realistic ranges
  * ------------------------------------------------------------------------------------------- */
-enum { Q, K_, V, G, BETA, POOL, INDEX, RING_K, RING_V, RING_G, RING_BETA, FOLD, O, N_TENSORS };
+enum { Q, K_, V, G, BETA, POOL, INDEX, RING_K, RING_V, RING_G, FOLD, O, N_TENSORS };
 enum { S_SLOTS = 5 };
 
 typedef struct replay_tensors {
@@ -51,7 +51,7 @@ static void fill(test_tensor *tb, test_rng *rng, int what, int D, int l2norm)
         double x;
         switch (what) {
         case G: case RING_G: x = -exp(test_rng_uniform(rng, log(1e-4), log(20.0))); break; /* [-20, -1e-4] */
-        case BETA: case RING_BETA: x = test_rng_uniform(rng, 0.0, 1.0); break;
+        case BETA: x = test_rng_uniform(rng, 0.0, 1.0); break;
         case K_: case RING_K: x = test_rng_normal(rng) / (l2norm ? 1.0 : sqrt((double)D)); break; /* |k| ~ 1 */
         case POOL: x = 0.1 * test_rng_normal(rng); break;
         default: x = test_rng_normal(rng); break;
@@ -84,12 +84,11 @@ static int replay_tensors_init(replay_tensors *ts, const replay_case *c, int S, 
              test_tensor_init(&ts->t[RING_K], lay, GDN_DTYPE_F32, 4, ne_rk) &&
              test_tensor_init(&ts->t[RING_V], lay, GDN_DTYPE_F32, 4, ne_rv) &&
              test_tensor_init(&ts->t[RING_G], lay, GDN_DTYPE_F32, 3, ne_rg) &&
-             test_tensor_init(&ts->t[RING_BETA], lay, GDN_DTYPE_F32, 3, ne_rg) &&
              test_tensor_init(&ts->t[FOLD], lay, GDN_DTYPE_I32, 2, ne_fold) &&
              test_tensor_init(&ts->t[O], lay, GDN_DTYPE_F32, 4, ne_v);
     if (!ok)
         return 0;
-    for (int i = Q; i <= RING_BETA; i++)
+    for (int i = Q; i <= RING_G; i++) /* ring_v: deltas, any values */
         if (i != INDEX)
             fill(&ts->t[i], rng, i, c->D, c->l2norm);
     return 1;
@@ -108,7 +107,7 @@ static gdn_gated_delta_net_replay_args replay_args(const replay_tensors *ts, int
     for (int i = 0; i < N_TENSORS; i++)
         v[i] = device ? test_device_view(&ts->t[i]) : ts->t[i].host;
     gdn_gated_delta_net_replay_args a = {v[Q], v[K_], v[V], v[G], v[BETA], v[POOL], v[INDEX], v[RING_K],
-                                         v[RING_V], v[RING_G], v[RING_BETA], v[FOLD], v[O]};
+                                         v[RING_V], v[RING_G], v[FOLD], v[O]};
     return a;
 }
 
@@ -190,16 +189,22 @@ static void run_case(const test_backend *tb, int case_index, const replay_case *
         CHECK(gdn_backend_synchronize(tb->backend) == GDN_OK, "%s: synchronize: %s", tb->label, gdn_error_detail());
         compare_output("o", tb->label, case_index, &ts.t[O], &o_ref);
         compare_output("state pool", tb->label, case_index, &ts.t[POOL], &pool_ref);
-        /* The rings: raw inputs copied, so bit for bit the reference's (gaps and the positions
-         * not appended to unchanged). */
-        for (int r = RING_K; r <= RING_BETA; r++) {
-            unsigned char *got = malloc(ts.t[r].bytes);
-            CHECK(got && test_buffer_download(&ts.t[r].device, got) &&
-                      memcmp(got, ts.t[r].host_bytes, ts.t[r].bytes) == 0,
-                  "%s case %d: ring %d differs from the reference's (or a guard changed)", tb->label, case_index,
-                  r - RING_K);
+        /* The rings: k and g are copied, so bit for bit the reference's (gaps and the positions
+         * not appended to unchanged); the deltas are computed, compared as outputs. */
+        const int copied[2] = {RING_K, RING_G};
+        for (int i = 0; i < 2; i++) {
+            const test_tensor *r = &ts.t[copied[i]];
+            unsigned char *got = malloc(r->bytes);
+            CHECK(got && test_buffer_download(&r->device, got) && memcmp(got, r->host_bytes, r->bytes) == 0,
+                  "%s case %d: ring %s differs from the reference's (or a guard changed)", tb->label, case_index,
+                  i == 0 ? "k" : "g");
             free(got);
         }
+        gdn_tensor deltas_ref = to_f64(&ts.t[RING_V].host);
+        CHECK(deltas_ref.data != NULL, "out of memory");
+        if (deltas_ref.data != NULL)
+            compare_output("ring deltas", tb->label, case_index, &ts.t[RING_V], &deltas_ref);
+        free(deltas_ref.data);
     }
     printf("  %-10s case %d: B=%d T=%d Hk=%d Hv=%d D=%3d L=%d %s%s %s\n", tb->label, case_index, c->B, c->T, c->Hk,
            c->Hv, c->D, c->L, c->broadcast == GDN_BROADCAST_TILED ? "tiled" : "interleaved",
@@ -392,7 +397,7 @@ static const struct {
     {MUT_FOLD_WRONG_B, GDN_ERROR_SHAPE, "fold has ne[1]=2"},
     {MUT_O_OVER_RING, GDN_ERROR_OVERLAP, "o and ring_k (both written by the op) overlap"},
     {MUT_POOL_OVER_K, GDN_ERROR_OVERLAP, "state (written by the op) overlaps input"},
-    {MUT_RING_OVER_RING, GDN_ERROR_OVERLAP, "ring_g and ring_beta"},
+    {MUT_RING_OVER_RING, GDN_ERROR_OVERLAP, "ring_v and ring_g"},
     {MUT_RING_SELF_OVERLAP, GDN_ERROR_OVERLAP, "ring_v (written by the op) has elements that share"},
     {MUT_POOL_F64, GDN_ERROR_TYPE, "state is F64"},
 };
@@ -425,13 +430,13 @@ static void check_rejections(const test_backend *tb)
         case MUT_SLOT_OUT_OF_RANGE: index_at = 1, value = 5; break;
         case MUT_SLOT_NEGATIVE: index_at = 0, value = -1; break;
         case MUT_SLOT_SHARED: index_at = 2, value = 4; break;
-        case MUT_RING_SHORTER_THAN_T: a.ring_k.ne[2] = a.ring_v.ne[2] = a.ring_g.ne[1] = a.ring_beta.ne[1] = 2; break;
+        case MUT_RING_SHORTER_THAN_T: a.ring_k.ne[2] = a.ring_v.ne[2] = a.ring_g.ne[1] = 2; break;
         case MUT_NO_INDEX: a.state_index.data = NULL; break;
         case MUT_FOLD_F32: a.fold.dtype = GDN_DTYPE_F32; break;
         case MUT_FOLD_WRONG_B: a.fold.ne[1] = 2; break;
         case MUT_O_OVER_RING: a.o.data = a.ring_k.data; break;
         case MUT_POOL_OVER_K: a.state.data = a.k.data; break;
-        case MUT_RING_OVER_RING: a.ring_beta.data = a.ring_g.data; break;
+        case MUT_RING_OVER_RING: a.ring_g.data = a.ring_v.data; break;
         case MUT_RING_SELF_OVERLAP: a.ring_v.nb[2] = a.ring_v.nb[1]; break; /* positions share memory */
         case MUT_POOL_F64: a.state.dtype = GDN_DTYPE_F64; break;
         }
@@ -451,7 +456,7 @@ static void check_rejections(const test_backend *tb)
              test_buffer_upload(&ts.t[INDEX].device, ts.t[INDEX].host_bytes, ts.t[INDEX].bytes);
     }
     /* Nothing was written: o, the pool and the rings hold their uploaded bytes. */
-    const int written[] = {O, POOL, RING_K, RING_V, RING_G, RING_BETA};
+    const int written[] = {O, POOL, RING_K, RING_V, RING_G};
     for (size_t i = 0; ok && i < sizeof written / sizeof written[0]; i++) {
         const test_tensor *w = &ts.t[written[i]];
         unsigned char *got = malloc(w->bytes);

@@ -22,8 +22,8 @@ static const char usage[] =
     "  --scheme snapshot|replay|both  how the state cache keeps the tokens of a step (default both):\n"
     "                       snapshot: the op writes K trailing states (rolling back selects one);\n"
     "                       replay: gated_delta_net_replay over one committed state and a ring of\n"
-    "                       raw token inputs per sequence, folding the kept tokens of earlier steps\n"
-    "                       into the state (same per-token update) and committing when the ring\n"
+    "                       kept tokens (k, g, delta) per sequence, folding the kept tokens of earlier\n"
+    "                       steps into the state (their updates again) and committing when the ring\n"
     "                       is full; a row averages a whole cycle of the resulting steps\n"
     "  --ring L             replay: history tokens of the ring (default T: commit every step)\n"
     "  --accept A           replay: tokens kept per step, 1..T (default T), which is what the\n"
@@ -70,7 +70,7 @@ enum { Hk = 16, Hv = 32, D = 128 };
 /* One layer's buffers on the backend. */
 typedef struct layer_buffers {
     void *q, *k, *v, *g, *beta, *o, *states;
-    void *ring_k, *ring_v, *ring_g, *ring_beta; /* replay; states is then the pool of B slots */
+    void *ring_k, *ring_v, *ring_g; /* replay (k, delta, g); states is then the pool of B slots */
 } layer_buffers;
 
 /* The replay row's steady state: every step keeps `accept` of its T tokens; the ring of Lp =
@@ -201,7 +201,6 @@ static int queue_replay_step(gdn_backend *backend, const bench_config *cfg, cons
         a.ring_k = gdn_tensor_contiguous(b->ring_k, GDN_DTYPE_F32, 4, ne_rk);
         a.ring_v = gdn_tensor_contiguous(b->ring_v, GDN_DTYPE_F32, 4, ne_rv);
         a.ring_g = gdn_tensor_contiguous(b->ring_g, GDN_DTYPE_F32, 3, ne_rg);
-        a.ring_beta = gdn_tensor_contiguous(b->ring_beta, GDN_DTYPE_F32, 3, ne_rg);
         a.fold = gdn_tensor_contiguous(plan->fold[phase], GDN_DTYPE_I32, 2, ne_fold);
         if (gdn_gated_delta_net_replay(backend, &params, &a) != GDN_OK)
             return 0;
@@ -286,8 +285,8 @@ static int bench_row(gdn_backend *backend, const bench_config *cfg, int64_t B, i
     const size_t f = sizeof(float);
     const size_t qk = (size_t)(B * T * Hk * D) * f, v = (size_t)(B * T * Hv * D) * f;
     const size_t gate = (size_t)(B * T * Hv) * f, state = (size_t)(B * Hv * D * D) * f;
-    /* replay rings: Lp token entries per sequence of k (Hk*D), v (Hv*D), g and beta (Hv each) */
-    const size_t token = (size_t)(Hk * D + Hv * D + 2 * Hv) * f;
+    /* replay rings: Lp token entries per sequence of k (Hk*D), delta (Hv*D) and g (Hv) */
+    const size_t token = (size_t)(Hk * D + Hv * D + Hv) * f;
     const int64_t Lp = plan->replay ? plan->Lp : 0;
     const size_t rings = (size_t)(B * Lp) * token;
     const size_t per_layer = 2 * qk + 2 * v + 2 * gate + (size_t)N * state + rings;
@@ -329,11 +328,9 @@ static int bench_row(gdn_backend *backend, const bench_config *cfg, int64_t B, i
             ok = gdn_backend_alloc(backend, rk, &L[s].ring_k) == GDN_OK &&
                  gdn_backend_alloc(backend, rv, &L[s].ring_v) == GDN_OK &&
                  gdn_backend_alloc(backend, rg, &L[s].ring_g) == GDN_OK &&
-                 gdn_backend_alloc(backend, rg, &L[s].ring_beta) == GDN_OK &&
                  fill(backend, L[s].ring_k, rk, -0.15f, 0.15f, 10 * s + 7) &&
                  fill(backend, L[s].ring_v, rv, -1, 1, 10 * s + 8) &&
-                 fill(backend, L[s].ring_g, rg, -2.0f, -0.01f, 10 * s + 9) &&
-                 fill(backend, L[s].ring_beta, rg, 0, 1, 10 * s + 10);
+                 fill(backend, L[s].ring_g, rg, -2.0f, -0.01f, 10 * s + 9);
         }
     }
     if (!ok)
@@ -385,7 +382,7 @@ static int bench_row(gdn_backend *backend, const bench_config *cfg, int64_t B, i
     gdn_recording_free(recording);
     for (int s = 0; L && s < sets; s++) {
         void *all[] = {L[s].q, L[s].k, L[s].v, L[s].g, L[s].beta, L[s].o, L[s].states,
-                       L[s].ring_k, L[s].ring_v, L[s].ring_g, L[s].ring_beta};
+                       L[s].ring_k, L[s].ring_v, L[s].ring_g};
         for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
             gdn_backend_dealloc(backend, all[i]);
     }

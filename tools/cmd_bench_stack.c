@@ -347,9 +347,9 @@ static int stack_open_replay(stack *s, int64_t B, int64_t T)
         ok = gdn_cache_seq_add(s->cache, &s->seqs[b]) == GDN_OK;
     }
     for (int l = 0; ok && l < s->layers; l++) {
-        gdn_tensor states, conv, rings[4];
+        gdn_tensor states, conv, rings[3];
         ok = gdn_cache_layer_pools(s->cache, l, &states, &conv) == GDN_OK &&
-             gdn_cache_layer_rings(s->cache, l, &rings[0], &rings[1], &rings[2], &rings[3]) == GDN_OK &&
+             gdn_cache_layer_rings(s->cache, l, &rings[0], &rings[1], &rings[2]) == GDN_OK &&
              gdn_block_cache_borrow_replay(&s->caches[l], s->backend, c, &states, &conv, rings) == GDN_OK;
     }
     return ok && gdn_cache_step_begin(s->cache, (int32_t)B, s->seqs, s->tokens) == GDN_OK;

@@ -276,10 +276,10 @@ int gdn_cmd_check(int argc, char **argv)
         for (int64_t b = 0; ok && b < B; b++)
             ok = gdn_cache_seq_add(r->cache, &r->seqs[b]) == GDN_OK;
         for (int l = 0; ok && l < layers; l++) {
-            gdn_tensor states, conv, rings[4];
+            gdn_tensor states, conv, rings[3];
             ok = gdn_cache_layer_pools(r->cache, l, &states, &conv) == GDN_OK;
             if (ok && cc->scheme == GDN_CACHE_REPLAY)
-                ok = gdn_cache_layer_rings(r->cache, l, &rings[0], &rings[1], &rings[2], &rings[3]) == GDN_OK &&
+                ok = gdn_cache_layer_rings(r->cache, l, &rings[0], &rings[1], &rings[2]) == GDN_OK &&
                      gdn_block_cache_borrow_replay(&r->caches[l], backend, &c, &states, &conv, rings) == GDN_OK;
             else if (ok)
                 ok = gdn_block_cache_borrow(&r->caches[l], backend, &c, &states, &conv) == GDN_OK;

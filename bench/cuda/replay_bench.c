@@ -66,7 +66,7 @@ int main(int argc, char **argv)
     void *g = dev((size_t)B * T * HV * 4, 1), *beta = dev((size_t)B * T * HV * 4, 2), *o = dev((size_t)B * T * HV * D * 4, 0);
     void *pool = dev(S, 0), *states = dev(4 * S, 0);
     void *rk = dev((size_t)B * L * HK * D * 4, 0), *rv = dev((size_t)B * L * HV * D * 4, 0);
-    void *rg = dev((size_t)B * L * HV * 4, 1), *rb = dev((size_t)B * L * HV * 4, 2);
+    void *rg = dev((size_t)B * L * HV * 4, 1);
     static int32_t hidx[BMAX], hfold[3][BMAX * 3];
     for (int b = 0; b < B; b++) {
         hidx[b] = b;
@@ -100,7 +100,7 @@ int main(int argc, char **argv)
     double tB = time_variant(0, &p, &a, NULL);
     gdn_gated_delta_net_replay_args r = {a.q, a.k, a.v, a.g, a.beta, a.state, a.state_index,
         view(rk, GDN_DTYPE_F32, 4, D, HK, L, B, 1), view(rv, GDN_DTYPE_F32, 4, D, HV, L, B, 1),
-        view(rg, GDN_DTYPE_F32, 3, HV, L, B, 1, 1), view(rb, GDN_DTYPE_F32, 3, HV, L, B, 1, 1),
+        view(rg, GDN_DTYPE_F32, 3, HV, L, B, 1, 1),
         view(fold[0], GDN_DTYPE_I32, 2, 3, B, 1, 1, 1), a.o};
     double tr[3];
     for (int v2 = 0; v2 < 3; v2++) {

@@ -1,7 +1,8 @@
 /* cache.c: the recurrent-state cache for speculative decoding (include/gdn.h, DESIGN.md
  * section 5). Device memory: one block holding, per layer, the state pool [S][G][Hv][D][D]
  * (G = K groups for the snapshot scheme, 1 for replay), the conv pool [S][Kconv-1+K][C] and,
- * for replay, the rings [S][P][Hk*D], [S][P][Hv*D], [S][P][Hv] x2 (P = L + K entries), all F32;
+ * for replay, the rings of k, delta and g [S][P][Hk*D], [S][P][Hv*D], [S][P][Hv] (P = L + K
+ * entries), all F32;
  * then the step rows [2][S] and the fold array [S][3] (I32).
  * Host bookkeeping per sequence: in use, the group and window column its committed state is
  * at, for replay the ring start and the tokens in the ring since the last commit, and the T of
@@ -28,7 +29,7 @@ struct gdn_cache {
     gdn_cache_config config;
     void *memory;      /* the block */
     int owns_memory;
-    size_t layer_bytes, state_pool_bytes, conv_pool_bytes, ring_bytes[4], rows_offset;
+    size_t layer_bytes, state_pool_bytes, conv_pool_bytes, ring_bytes[3], rows_offset;
     cache_seq *seqs;   /* [n_seqs] */
     int32_t step_n, step_first, step_tokens; /* the step in progress (step_n 0: none) */
 };
@@ -75,17 +76,17 @@ static int64_t groups(const gdn_cache_config *c)
 }
 
 /* Bytes of the pieces of one layer (each 256-byte aligned) and of the whole block. */
-static void sizes(const gdn_cache_config *c, size_t *state_pool, size_t *conv_pool, size_t ring[4], size_t *layer,
+static void sizes(const gdn_cache_config *c, size_t *state_pool, size_t *conv_pool, size_t ring[3], size_t *layer,
                   size_t *rows_offset, size_t *total)
 {
     const size_t S = (size_t)c->n_seqs, P = (size_t)ring_entries(c), f = sizeof(float);
     const size_t state = (size_t)c->n_v_heads * (size_t)c->head_dim * (size_t)c->head_dim * f;
     *state_pool = (state * (size_t)groups(c) * S + 255) / 256 * 256;
     *conv_pool = ((size_t)columns(c) * (size_t)c->conv_channels * f * S + 255) / 256 * 256;
-    const size_t per_entry[4] = {(size_t)c->n_k_heads * (size_t)c->head_dim, (size_t)c->n_v_heads * (size_t)c->head_dim,
-                                 (size_t)c->n_v_heads, (size_t)c->n_v_heads};
+    const size_t per_entry[3] = {(size_t)c->n_k_heads * (size_t)c->head_dim, (size_t)c->n_v_heads * (size_t)c->head_dim,
+                                 (size_t)c->n_v_heads};
     *layer = *state_pool + *conv_pool;
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 3; i++) {
         ring[i] = (per_entry[i] * P * S * f + 255) / 256 * 256;
         *layer += ring[i];
     }
@@ -117,7 +118,7 @@ gdn_status gdn_cache_init(gdn_backend *backend, const gdn_cache_config *config, 
     gdn_status st = check_config(config);
     if (st != GDN_OK)
         return st;
-    size_t state_pool, conv_pool, ring[4], layer, rows_offset, total;
+    size_t state_pool, conv_pool, ring[3], layer, rows_offset, total;
     sizes(config, &state_pool, &conv_pool, ring, &layer, &rows_offset, &total);
     if (memory != NULL && memory_bytes < total)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "cache: the memory supplied holds %zu bytes, the cache needs %zu "
@@ -337,10 +338,10 @@ gdn_status gdn_cache_layer_pools(const gdn_cache *cache, int32_t layer, gdn_tens
 }
 
 gdn_status gdn_cache_layer_rings(const gdn_cache *cache, int32_t layer, gdn_tensor *ring_k, gdn_tensor *ring_v,
-                                 gdn_tensor *ring_g, gdn_tensor *ring_beta)
+                                 gdn_tensor *ring_g)
 {
     gdn_clear_error();
-    if (cache == NULL || ring_k == NULL || ring_v == NULL || ring_g == NULL || ring_beta == NULL || layer < 0 ||
+    if (cache == NULL || ring_k == NULL || ring_v == NULL || ring_g == NULL || layer < 0 ||
         layer >= cache->config.n_layers)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "cache rings: NULL argument or layer %d", (int)layer);
     const gdn_cache_config *c = &cache->config;
@@ -356,8 +357,6 @@ gdn_status gdn_cache_layer_rings(const gdn_cache *cache, int32_t layer, gdn_tens
     *ring_v = gdn_tensor_contiguous(p, GDN_DTYPE_F32, 4, ne_v);
     p += cache->ring_bytes[1];
     *ring_g = gdn_tensor_contiguous(p, GDN_DTYPE_F32, 3, ne_g);
-    p += cache->ring_bytes[2];
-    *ring_beta = gdn_tensor_contiguous(p, GDN_DTYPE_F32, 3, ne_g);
     return GDN_OK;
 }
 

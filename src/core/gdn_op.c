@@ -217,21 +217,19 @@ gdn_status gdn_gated_delta_net_replay_check(const gdn_gated_delta_net_params *pa
         (st = check_tensor(op, "ring_k", &args->ring_k, GDN_DTYPE_F32, 4, ne_ring_k)) != GDN_OK ||
         (st = check_tensor(op, "ring_v", &args->ring_v, GDN_DTYPE_F32, 4, ne_ring_v)) != GDN_OK ||
         (st = check_tensor(op, "ring_g", &args->ring_g, GDN_DTYPE_F32, 3, ne_ring_gate)) != GDN_OK ||
-        (st = check_tensor(op, "ring_beta", &args->ring_beta, GDN_DTYPE_F32, 3, ne_ring_gate)) != GDN_OK ||
         (st = check_tensor(op, "fold", &args->fold, GDN_DTYPE_I32, 2, ne_fold)) != GDN_OK ||
         (st = check_tensor(op, "o", &args->o, output_dtype, 4, ne_v)) != GDN_OK)
         return st;
 
-    /* Six views are written (o, the pool, the rings): each injective (threads would race), none
+    /* Five views are written (o, the pool, the rings): each injective (threads would race), none
      * overlapping another or any input. Each sequence writes only its own slot (distinct slots:
      * checked with the index values) and ring positions disjoint from those it folds. */
-    const gdn_tensor *written[6] = {&args->o, &args->state, &args->ring_k, &args->ring_v, &args->ring_g,
-                                    &args->ring_beta};
-    const char *written_names[6] = {"o", "state", "ring_k", "ring_v", "ring_g", "ring_beta"};
+    const gdn_tensor *written[5] = {&args->o, &args->state, &args->ring_k, &args->ring_v, &args->ring_g};
+    const char *written_names[5] = {"o", "state", "ring_k", "ring_v", "ring_g"};
     const gdn_tensor *inputs[7] = {&args->q, &args->k, &args->v, &args->g, &args->beta, &args->state_index,
                                    &args->fold};
     const char *input_names[7] = {"q", "k", "v", "g", "beta", "state_index", "fold"};
-    for (int w = 0; w < 6; w++) {
+    for (int w = 0; w < 5; w++) {
         if (!gdn_tensor_is_injective(written[w]))
             return gdn_fail(GDN_ERROR_OVERLAP, "%s: %s (written by the op) has elements that share memory "
                             "(a stride smaller than the extent of the dimensions inside it)", op, written_names[w]);
@@ -406,7 +404,7 @@ gdn_status gdn_gated_delta_net_replay(gdn_backend *backend, const gdn_gated_delt
     /* Plus what the host knows the call moves beyond that: the fold array read and the new
      * tokens' entries appended to the rings (cache traffic). */
     const uint64_t appended = (uint64_t)(shape.B * shape.T) *
-                              (uint64_t)(shape.Hk * shape.D + shape.Hv * shape.D + 2 * shape.Hv) * sizeof(float);
+                              (uint64_t)(shape.Hk * shape.D + shape.Hv * shape.D + shape.Hv) * sizeof(float);
     backend->counters.bytes += appended + (uint64_t)(3 * shape.B) * sizeof(int32_t);
     backend->counters.cache_bytes += appended;
     return GDN_OK;

@@ -73,7 +73,8 @@ gdn_status gdn_gated_delta_net_reference(const gdn_gated_delta_net_params *param
                                          const gdn_gated_delta_net_args *args);
 
 /* The float64 reference of the replay form: the pool and o are F64 (the committed states are
- * kept in float64), the rings F32 (raw inputs, copied exactly). Host only. */
+ * kept in float64), the rings F32 (k and g copied exactly, the deltas rounded to float). Host
+ * only. */
 gdn_status gdn_gated_delta_net_replay_reference(const gdn_gated_delta_net_params *params,
                                                 const gdn_gated_delta_net_replay_args *args);
 

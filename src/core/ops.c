@@ -37,8 +37,8 @@ static const gdn_op_traits gdn_op_traits_table[GDN_OP_COUNT] = {
     [GDN_OP_CPY] = {"cpy", 1, 1, 1u, 1u, 0u},
     [GDN_OP_MUL_MAT] = {"mul_mat", 2, 1, 1u, 0u, 0u},
     [GDN_OP_GATED_DELTA_NET] = {"gated_delta_net", 6, 2, 3u, 0u, 1u << 5},
-    [GDN_OP_GATED_DELTA_NET_REPLAY] = {"gated_delta_net_replay", 12, 1, 1u, 0u, 0u, 0u, 0u,
-                                       (1u << 5) | (1u << 7) | (1u << 8) | (1u << 9) | (1u << 10)},
+    [GDN_OP_GATED_DELTA_NET_REPLAY] = {"gated_delta_net_replay", 11, 1, 1u, 0u, 0u, 0u, 0u,
+                                       (1u << 5) | (1u << 7) | (1u << 8) | (1u << 9)},
 };
 
 /* Source names per kind, in call order, for messages. */
@@ -60,7 +60,7 @@ static const char *const gdn_op_src_names[GDN_OP_COUNT][GDN_OP_MAX_SRC] = {
     [GDN_OP_MUL_MAT] = {"w", "x"},
     [GDN_OP_GATED_DELTA_NET] = {"q", "k", "v", "g", "beta", "state", "state_index"},
     [GDN_OP_GATED_DELTA_NET_REPLAY] = {"q", "k", "v", "g", "beta", "state", "state_index", "ring_k", "ring_v",
-                                       "ring_g", "ring_beta", "fold"},
+                                       "ring_g", "fold"},
 };
 
 const gdn_op_traits *gdn_op_traits_of(gdn_op_kind kind)
@@ -264,7 +264,7 @@ static gdn_gated_delta_net_replay_args gdn_op_replay_args(const gdn_op_call *cal
 {
     const gdn_tensor *s = call->src;
     const gdn_gated_delta_net_replay_args a = {s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10],
-                                               s[11], call->dst[0]};
+                                               call->dst[0]};
     return a;
 }
 

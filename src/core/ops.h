@@ -75,11 +75,11 @@ typedef union gdn_op_params {
 /* An op whose traits declare an indexed source (indexed_src) may take one more source than its
  * traits' n_src: the I32 row index of that source, last. GATED_DELTA_NET: 6 sources (state
  * [B,Hv,Dv,Dk]) or 7, src[6] = state_index [B] and state a pool [S,Hv,Dv,Dk].
- * GATED_DELTA_NET_REPLAY: 12 sources in the order of gdn_gated_delta_net_replay_args (q, k, v,
- * g, beta, state, state_index, ring_k, ring_v, ring_g, ring_beta, fold) and dst[0] = o. The op
+ * GATED_DELTA_NET_REPLAY: 11 sources in the order of gdn_gated_delta_net_replay_args (q, k, v,
+ * g, beta, state, state_index, ring_k, ring_v, ring_g, fold) and dst[0] = o. The op
  * also writes the pool and the rings in place: its traits declare them in-out sources
  * (inout_src), which the graph treats as written (they must be persistent leaves). */
-#define GDN_OP_MAX_SRC 12
+#define GDN_OP_MAX_SRC 11
 #define GDN_OP_MAX_DST 2
 
 /* One op call: validated by gdn_op_check, run by a backend or by the float64 reference. */

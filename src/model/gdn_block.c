@@ -271,7 +271,7 @@ gdn_status gdn_block_cache_borrow_replay(gdn_block_cache *cache, gdn_backend *ba
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gdn block cache: NULL rings");
     gdn_status st = borrow(cache, backend, config, states, conv, 1);
     if (st == GDN_OK) {
-        cache->ring_k = rings[0], cache->ring_v = rings[1], cache->ring_g = rings[2], cache->ring_beta = rings[3];
+        cache->ring_k = rings[0], cache->ring_v = rings[1], cache->ring_g = rings[2];
     }
     return st;
 }
@@ -563,14 +563,13 @@ static gdn_status build(gdn_graph *graph, const gdn_block_config *config, const 
         const gdn_tensor_id rk = leaf(&b, "ring_k", &cache->ring_k, GDN_GRAPH_PERSISTENT);
         const gdn_tensor_id rv = leaf(&b, "ring_v", &cache->ring_v, GDN_GRAPH_PERSISTENT);
         const gdn_tensor_id rg = leaf(&b, "ring_g", &cache->ring_g, GDN_GRAPH_PERSISTENT);
-        const gdn_tensor_id rb = leaf(&b, "ring_beta", &cache->ring_beta, GDN_GRAPH_PERSISTENT);
         memset(&p, 0, sizeof p);
         p.gated_delta_net = gdn_gated_delta_net_params_default();
         p.gated_delta_net.broadcast = c.broadcast;
         p.gated_delta_net.l2norm = 0;
-        const gdn_tensor_id r_src[12] = {q, k, v_in, gate, beta, pool, state_index, rk, rv, rg, rb, fold};
+        const gdn_tensor_id r_src[11] = {q, k, v_in, gate, beta, pool, state_index, rk, rv, rg, fold};
         if (b.status == GDN_OK)
-            b.status = gdn_graph_op(graph, GDN_OP_GATED_DELTA_NET_REPLAY, &p, 12, r_src, 1, &o);
+            b.status = gdn_graph_op(graph, GDN_OP_GATED_DELTA_NET_REPLAY, &p, 11, r_src, 1, &o);
         return finish(&b, &c, w_norm, w_out, qkvz, o, B, T, out);
     }
 

@@ -90,7 +90,7 @@ typedef struct gdn_block_cache {
     int64_t n_slots;
     void *state_memory, *conv_memory;
     gdn_tensor states, conv;
-    gdn_tensor ring_k, ring_v, ring_g, ring_beta; /* a replay cache's rings (data NULL otherwise) */
+    gdn_tensor ring_k, ring_v, ring_g; /* a replay cache's rings: k, delta, g (data NULL otherwise) */
 } gdn_block_cache;
 
 /* A zero-filled cache of `n_slots` slots (a fresh sequence starts from zero state and window). */

@@ -32,7 +32,7 @@ static void l2_normalise(double *x, int64_t n)
  *     S <- exp(g) S;  d <- beta (v - S k);  S <- S + d k^T;  o <- scale S q  (when q is not NULL)
  * v [D], o [D]. The same function serves new tokens and replayed (folded) ones. */
 static void reference_token(double *S, int64_t D, const double *q, const double *k, const double *v, double g,
-                            double beta, double scale, double *o)
+                            double beta, double scale, double *o, double *delta)
 {
     const double decay = exp(g);
     for (int64_t j = 0; j < D; j++) {
@@ -43,6 +43,8 @@ static void reference_token(double *S, int64_t D, const double *q, const double 
             sk += row[i] * k[i];
         }
         const double d = beta * (v[j] - sk);
+        if (delta != NULL)
+            delta[j] = d;
         double sq = 0.0;
         for (int64_t i = 0; i < D; i++) {
             row[i] += d * k[i];
@@ -51,6 +53,15 @@ static void reference_token(double *S, int64_t D, const double *q, const double 
         if (o != NULL)
             o[j] = scale * sq;
     }
+}
+
+/* A folded ring token: S <- exp(g) S + k delta^T (row j += delta[j] k). */
+static void reference_fold(double *S, int64_t D, const double *k, const double *delta, double g)
+{
+    const double decay = exp(g);
+    for (int64_t j = 0; j < D; j++)
+        for (int64_t i = 0; i < D; i++)
+            S[j * D + i] = S[j * D + i] * decay + delta[j] * k[i];
 }
 
 /* Token (i1 = head, i2 = token, i3 = sequence or slot) of a [., ., H, D] F32 view into x[0..D),
@@ -95,7 +106,7 @@ gdn_status gdn_gated_delta_net_reference(const gdn_gated_delta_net_params *param
                 load_vector(k, &args->k, D, hk, t, b, params->l2norm);
                 load_vector(v, &args->v, D, h, t, b, 0);
                 reference_token(S, D, q, k, v, load_f32(&args->g, h, t, b, 0), load_f32(&args->beta, h, t, b, 0),
-                                (double)shape.scale, o);
+                                (double)shape.scale, o, NULL);
                 for (int64_t j = 0; j < D; j++)
                     *(double *)at(&args->o, j, h, t, b, 0) = o[j];
                 const int64_t s = shape.T - 1 - t; /* snapshot index, newest first */
@@ -110,8 +121,8 @@ gdn_status gdn_gated_delta_net_reference(const gdn_gated_delta_net_params *param
 }
 
 /* The replay form, in the order of include/gdn.h: per sequence and head, fold the ring tokens,
- * commit, run the new tokens; then append the new tokens to the rings (after every read, so
- * the order of sequences does not matter). */
+ * commit, run the new tokens (their deltas kept); then append the new tokens to the rings (after
+ * every read, so the order of sequences does not matter; a delta goes in as the nearest float). */
 gdn_status gdn_gated_delta_net_replay_reference(const gdn_gated_delta_net_params *params,
                                                 const gdn_gated_delta_net_replay_args *args)
 {
@@ -122,10 +133,12 @@ gdn_status gdn_gated_delta_net_replay_reference(const gdn_gated_delta_net_params
     if (st != GDN_OK || (st = gdn_gated_delta_net_check_index(&plain, &shape, NULL)) != GDN_OK)
         return st;
     const int64_t D = shape.D, L = shape.L;
-    double *S = malloc(sizeof(double) * (size_t)(D * D + 4 * D)); /* S[j][i], then q, k, v, o */
+    /* S[j][i], then q, k, v, o, then the new tokens' deltas [B][T][Hv][D] */
+    const size_t n_deltas = (size_t)(shape.B * shape.T * shape.Hv * D);
+    double *S = malloc(sizeof(double) * ((size_t)(D * D + 4 * D) + n_deltas));
     if (S == NULL)
         return gdn_fail(GDN_ERROR_OUT_OF_MEMORY, "gated_delta_net_replay reference: no memory");
-    double *q = S + D * D, *k = q + D, *v = k + D, *o = v + D;
+    double *q = S + D * D, *k = q + D, *v = k + D, *o = v + D, *deltas = o + D;
 
     for (int64_t b = 0; b < shape.B; b++) {
         const int64_t slot = *(const int32_t *)at(&args->state_index, b, 0, 0, 0, 0);
@@ -138,9 +151,8 @@ gdn_status gdn_gated_delta_net_replay_reference(const gdn_gated_delta_net_params
             for (int64_t n = 0; n < fold.count; n++) {
                 const int64_t pos = (fold.start + n) % L;
                 load_vector(k, &args->ring_k, D, hk, pos, slot, params->l2norm);
-                load_vector(v, &args->ring_v, D, h, pos, slot, 0);
-                reference_token(S, D, NULL, k, v, load_f32(&args->ring_g, h, pos, slot, 0),
-                                load_f32(&args->ring_beta, h, pos, slot, 0), (double)shape.scale, NULL);
+                load_vector(v, &args->ring_v, D, h, pos, slot, 0); /* the token's delta */
+                reference_fold(S, D, k, v, load_f32(&args->ring_g, h, pos, slot, 0));
             }
             if (fold.commit != 0)
                 for (int64_t j = 0; j < D; j++)
@@ -150,14 +162,15 @@ gdn_status gdn_gated_delta_net_replay_reference(const gdn_gated_delta_net_params
                 load_vector(q, &args->q, D, hk, t, b, params->l2norm);
                 load_vector(k, &args->k, D, hk, t, b, params->l2norm);
                 load_vector(v, &args->v, D, h, t, b, 0);
+                double *delta = deltas + ((b * shape.T + t) * shape.Hv + h) * D;
                 reference_token(S, D, q, k, v, load_f32(&args->g, h, t, b, 0), load_f32(&args->beta, h, t, b, 0),
-                                (double)shape.scale, o);
+                                (double)shape.scale, o, delta);
                 for (int64_t j = 0; j < D; j++)
                     *(double *)at(&args->o, j, h, t, b, 0) = o[j];
             }
         }
     }
-    /* The rings: the raw inputs of token t at position (start + count + t) mod L. */
+    /* The rings: token t's k as given, its delta and its gate at position (start + count + t) mod L. */
     for (int64_t b = 0; b < shape.B; b++) {
         const int64_t slot = *(const int32_t *)at(&args->state_index, b, 0, 0, 0, 0);
         const gdn_gdn_fold fold = gdn_gated_delta_net_fold_of(args, b);
@@ -166,13 +179,13 @@ gdn_status gdn_gated_delta_net_replay_reference(const gdn_gated_delta_net_params
             for (int64_t i = 0; i < D; i++) {
                 for (int64_t hk = 0; hk < shape.Hk; hk++)
                     memcpy(at(&args->ring_k, i, hk, pos, slot, 0), at(&args->k, i, hk, t, b, 0), sizeof(float));
-                for (int64_t h = 0; h < shape.Hv; h++)
-                    memcpy(at(&args->ring_v, i, h, pos, slot, 0), at(&args->v, i, h, t, b, 0), sizeof(float));
+                for (int64_t h = 0; h < shape.Hv; h++) {
+                    const float d = (float)deltas[((b * shape.T + t) * shape.Hv + h) * D + i];
+                    memcpy(at(&args->ring_v, i, h, pos, slot, 0), &d, sizeof d);
+                }
             }
-            for (int64_t h = 0; h < shape.Hv; h++) {
+            for (int64_t h = 0; h < shape.Hv; h++)
                 memcpy(at(&args->ring_g, h, pos, slot, 0, 0), at(&args->g, h, t, b, 0, 0), sizeof(float));
-                memcpy(at(&args->ring_beta, h, pos, slot, 0, 0), at(&args->beta, h, t, b, 0, 0), sizeof(float));
-            }
         }
     }
     free(S);

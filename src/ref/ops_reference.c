@@ -257,7 +257,7 @@ gdn_status gdn_op_reference(const gdn_op_call *call)
     case GDN_OP_GATED_DELTA_NET_REPLAY: {
         const gdn_tensor *x = call->src;
         const gdn_gated_delta_net_replay_args args = {x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], x[8], x[9],
-                                                      x[10], x[11], call->dst[0]};
+                                                      x[10], call->dst[0]};
         return gdn_gated_delta_net_replay_reference(&call->params.gated_delta_net, &args);
     }
     case GDN_OP_GATED_DELTA_NET: {

@@ -34,13 +34,14 @@ typedef struct gdn_cpu_job {
     atomic_llong next_task; /* first task not yet claimed by a thread */
 } gdn_cpu_job;
 
-/* Per-thread scratch: the task's rows [R][D] and this token's q, k, v[R], o[R]. */
+/* Per-thread scratch: the task's rows [R][D] and this token's q, k, v[R], o[R], delta[R]. */
 typedef struct gdn_cpu_scratch {
     _Alignas(64) float rows[GDN_CPU_BLOCK_FLOATS];
     _Alignas(64) float q[GDN_CPU_MAX_D];
     _Alignas(64) float k[GDN_CPU_MAX_D];
     _Alignas(64) float v[GDN_CPU_MAX_D];
     _Alignas(64) float o[GDN_CPU_MAX_D];
+    _Alignas(64) float delta[GDN_CPU_MAX_D];
 } gdn_cpu_scratch;
 
 /* Address of element (i0, i1, i2, i3, i4) of a strided view. */
@@ -115,8 +116,8 @@ static int gdn_cpu_can_stream(const gdn_cpu_job *job, const char *dst, int64_t s
 }
 
 /* Replay: apply ring tokens start .. start+count-1 (mod L) of `slot` to the task's rows, each
- * through the same kernel call as a new token (q is zero: the row . q the kernel computes is
- * dropped). With `commit` the state after them is written back to the pool slot: the last
+ * through the level's fold kernel with the token's stored delta (the write of its update, no dot
+ * product). With `commit` the state after them is written back to the pool slot: the last
  * fold token writes straight into it where its rows are packed (the lines were just read),
  * else the rows are copied there. On return token->in holds the rows after the fold. */
 static void gdn_cpu_fold(const gdn_cpu_job *job, gdn_cpu_token *token, gdn_cpu_scratch *scratch, int64_t h,
@@ -126,7 +127,6 @@ static void gdn_cpu_fold(const gdn_cpu_job *job, gdn_cpu_token *token, gdn_cpu_s
     const gdn_tensor *pool = &replay->state;
     const int64_t D = job->shape->D, R = job->rows_per_task, L = job->shape->L;
     const int direct_commit = fold.commit != 0 && pool->nb[0] == sizeof(float);
-    memset(scratch->q, 0, (size_t)D * sizeof(float));
     for (int64_t n = 0; n < fold.count; n++) {
         const int64_t pos = (fold.start + n) % L;
         gdn_cpu_gather(scratch->k, gdn_cpu_at(&replay->ring_k, 0, hk, pos, slot, 0), replay->ring_k.nb[0], D);
@@ -134,7 +134,6 @@ static void gdn_cpu_fold(const gdn_cpu_job *job, gdn_cpu_token *token, gdn_cpu_s
             gdn_cpu_l2_normalise(scratch->k, D);
         float g;
         memcpy(&g, gdn_cpu_at(&replay->ring_g, h, pos, slot, 0, 0), sizeof g);
-        memcpy(&token->beta, gdn_cpu_at(&replay->ring_beta, h, pos, slot, 0, 0), sizeof token->beta);
         token->decay = expf(g);
         gdn_cpu_gather(scratch->v, gdn_cpu_at(&replay->ring_v, j0, h, pos, slot, 0), replay->ring_v.nb[0], R);
         if (n + 1 == fold.count && direct_commit) {
@@ -145,7 +144,7 @@ static void gdn_cpu_fold(const gdn_cpu_job *job, gdn_cpu_token *token, gdn_cpu_s
             token->out_stride = D;
         }
         token->stream = 0;
-        job->kernels->token(token);
+        job->kernels->fold(token);
         token->in = token->out;
         token->in_stride = token->out_stride;
         token->prefetch = 0;
@@ -155,21 +154,17 @@ static void gdn_cpu_fold(const gdn_cpu_job *job, gdn_cpu_token *token, gdn_cpu_s
             gdn_cpu_scatter(gdn_cpu_at(pool, 0, j0 + r, h, slot, 0), pool->nb[0], scratch->rows + r * D, D);
 }
 
-/* Replay: the raw inputs of new token t go to ring position `pos` of `slot`. Each value has
- * one writer: the task's own v rows; g and beta by the task of rows 0; k by the task of rows 0
- * of the first value head that reads q/k head hk. Called before k is normalised. */
+/* Replay: new token t's k (as given) and g go to ring position `pos` of `slot`, by the task of
+ * rows 0 (k by that of the first value head that reads q/k head hk); its deltas are appended by
+ * each task after the update (gdn_cpu_run_task). Called before k is normalised. */
 static void gdn_cpu_append(const gdn_cpu_job *job, const gdn_cpu_scratch *scratch, int64_t b, int64_t h,
                            int64_t hk, int64_t j0, int64_t slot, int64_t t, int64_t pos)
 {
     const gdn_gated_delta_net_replay_args *replay = job->shape->replay;
     const gdn_gdn_shape *shape = job->shape;
-    gdn_cpu_scatter(gdn_cpu_at(&replay->ring_v, j0, h, pos, slot, 0), replay->ring_v.nb[0], scratch->v,
-                    job->rows_per_task);
     if (j0 != 0)
         return;
     memcpy(gdn_cpu_at(&replay->ring_g, h, pos, slot, 0, 0), gdn_cpu_at(&replay->g, h, t, b, 0, 0), sizeof(float));
-    memcpy(gdn_cpu_at(&replay->ring_beta, h, pos, slot, 0, 0), gdn_cpu_at(&replay->beta, h, t, b, 0, 0),
-           sizeof(float));
     if (gdn_qk_head_first(job->broadcast, h, shape->Hk, shape->Hv))
         gdn_cpu_scatter(gdn_cpu_at(&replay->ring_k, 0, hk, pos, slot, 0), replay->ring_k.nb[0], scratch->k, shape->D);
 }
@@ -203,6 +198,7 @@ static void gdn_cpu_run_task(const gdn_cpu_job *job, int64_t task, gdn_cpu_scrat
     token.k = scratch->k;
     token.v = scratch->v;
     token.o = scratch->o;
+    token.delta = shape->replay != NULL ? scratch->delta : NULL;
     token.scale = shape->scale;
     token.prefetch = 0;
     if (state->nb[0] == sizeof(float)) {
@@ -253,6 +249,9 @@ static void gdn_cpu_run_task(const gdn_cpu_job *job, int64_t task, gdn_cpu_scrat
         job->kernels->token(&token);
 
         gdn_cpu_scatter(gdn_cpu_at(&args->o, j0, h, t, b, 0), args->o.nb[0], scratch->o, R);
+        if (shape->replay != NULL)
+            gdn_cpu_scatter(gdn_cpu_at(&shape->replay->ring_v, j0, h, (fold.start + fold.count + t) % shape->L, slot, 0),
+                            shape->replay->ring_v.nb[0], scratch->delta, R);
         if (snapshot != NULL && !direct)
             gdn_cpu_write_snapshot(job, snapshot, scratch->rows, gdn_cpu_can_stream(job, snapshot, s));
         token.in = token.out;

@@ -29,8 +29,9 @@ typedef struct gdn_cpu_token {
     int64_t n_rows;
     int64_t D;           /* a multiple of 16 */
     const float *q, *k;  /* [D], 64-byte aligned (already L2-normalised when asked) */
-    const float *v;      /* [n_rows]: this token's v[j] of each row */
+    const float *v;      /* [n_rows]: this token's v[j] of each row (fold: its delta[j]) */
     float *o;            /* [n_rows]: written with scale * (row . q) */
+    float *delta;        /* [n_rows] or NULL: written with each row's d = beta (v - sk) */
     float decay, beta, scale;
 } gdn_cpu_token;
 
@@ -42,6 +43,10 @@ typedef struct gdn_cpu_kernels {
     const char *name;    /* "scalar", "avx2", "avx512" */
     size_t stream_align; /* bytes an out row must be aligned to for streaming stores */
     void (*token)(const gdn_cpu_token *token);
+    /* A folded replay token: per row, row = row * decay + v[r] k with v[r] the delta the row's
+     * token update computed (the same expression as that update's write, so the same floats);
+     * no q, no o, no streaming. */
+    void (*fold)(const gdn_cpu_token *token);
     /* Copy n floats (a multiple of 16) from src (64-byte aligned) to dst; with `stream`, dst is
      * stream_align-aligned and the stores bypass the cache. */
     void (*store)(float *dst, const float *src, int64_t n, int stream);

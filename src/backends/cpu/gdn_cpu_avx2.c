@@ -56,7 +56,7 @@ GDN_CPU_AVX2_INLINE void gdn_cpu_pass2_avx2(const float *in, float *out, const i
 GDN_CPU_AVX2_INLINE float gdn_cpu_row_avx2(const float *in, float *out, const int stream,
                                            int64_t prefetch, int64_t D, const float *restrict q,
                                            const float *restrict k, __m256 decay, float beta, float v,
-                                           float scale)
+                                           float scale, float *delta)
 {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     for (int64_t i = 0; i < D; i += 32) {
@@ -73,7 +73,10 @@ GDN_CPU_AVX2_INLINE float gdn_cpu_row_avx2(const float *in, float *out, const in
         }
     }
     const float sk = gdn_cpu_hsum_avx2(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    const __m256 d = _mm256_set1_ps(beta * (v - sk));
+    const float dd = beta * (v - sk);
+    if (delta != NULL)
+        *delta = dd;
+    const __m256 d = _mm256_set1_ps(dd);
 
     __m256 b0 = _mm256_setzero_ps(), b1 = b0, b2 = b0, b3 = b0;
     for (int64_t i = 0; i < D; i += 32) {
@@ -95,10 +98,25 @@ GDN_CPU_AVX2 static void gdn_cpu_token_avx2(const gdn_cpu_token *a)
         float *out = a->out + r * a->out_stride;
         if (a->stream)
             a->o[r] = gdn_cpu_row_avx2(in, out, 1, a->prefetch, a->D, a->q, a->k, decay, a->beta, a->v[r],
-                                       a->scale);
+                                       a->scale, a->delta != NULL ? a->delta + r : NULL);
         else
             a->o[r] = gdn_cpu_row_avx2(in, out, 0, a->prefetch, a->D, a->q, a->k, decay, a->beta, a->v[r],
-                                       a->scale);
+                                       a->scale, a->delta != NULL ? a->delta + r : NULL);
+    }
+}
+
+/* A folded token (gdn_cpu_kernels.fold): x = d k + in * decay per chunk, as pass 2 writes it. */
+GDN_CPU_AVX2 static void gdn_cpu_fold_avx2(const gdn_cpu_token *a)
+{
+    const __m256 decay = _mm256_set1_ps(a->decay);
+    const float *k = a->k;
+    for (int64_t r = 0; r < a->n_rows; r++) {
+        const float *in = a->in + r * a->in_stride;
+        float *out = a->out + r * a->out_stride;
+        const __m256 d = _mm256_set1_ps(a->v[r]);
+        for (int64_t i = 0; i < a->D; i += 8)
+            _mm256_storeu_ps(out + i, _mm256_fmadd_ps(d, _mm256_load_ps(k + i),
+                                                      _mm256_mul_ps(_mm256_loadu_ps(in + i), decay)));
     }
 }
 
@@ -143,7 +161,8 @@ static void gdn_cpu_fence_avx2(void)
 }
 
 const gdn_cpu_kernels gdn_cpu_kernels_avx2 = {
-    "avx2", 32, gdn_cpu_token_avx2, gdn_cpu_store_avx2, gdn_cpu_fence_avx2, gdn_cpu_copy_stream_avx2,
+    "avx2", 32, gdn_cpu_token_avx2, gdn_cpu_fold_avx2, gdn_cpu_store_avx2, gdn_cpu_fence_avx2,
+    gdn_cpu_copy_stream_avx2,
 };
 #else
 /* Not x86: nothing to build here (ISO C wants a non-empty file). */

@@ -56,7 +56,7 @@ GDN_CPU_AVX512_INLINE void gdn_cpu_pass2_avx512(const float *in, float *out, con
 GDN_CPU_AVX512_INLINE float gdn_cpu_row_avx512(const float *in, float *out, const int stream,
                                                int64_t prefetch, int64_t D, const float *restrict q,
                                                const float *restrict k, __m512 decay, float beta,
-                                               float v, float scale)
+                                               float v, float scale, float *delta)
 {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     for (int64_t i = 0; i < D; i += 64) {
@@ -69,7 +69,10 @@ GDN_CPU_AVX512_INLINE float gdn_cpu_row_avx512(const float *in, float *out, cons
         }
     }
     const float sk = gdn_cpu_hsum_avx512(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-    const __m512 d = _mm512_set1_ps(beta * (v - sk));
+    const float dd = beta * (v - sk);
+    if (delta != NULL)
+        *delta = dd;
+    const __m512 d = _mm512_set1_ps(dd);
 
     __m512 b0 = _mm512_setzero_ps(), b1 = b0, b2 = b0, b3 = b0;
     for (int64_t i = 0; i < D; i += 64) {
@@ -92,10 +95,25 @@ GDN_CPU_AVX512 static void gdn_cpu_token_avx512(const gdn_cpu_token *a)
         float *out = a->out + r * a->out_stride;
         if (a->stream)
             a->o[r] = gdn_cpu_row_avx512(in, out, 1, a->prefetch, a->D, a->q, a->k, decay, a->beta,
-                                         a->v[r], a->scale);
+                                         a->v[r], a->scale, a->delta != NULL ? a->delta + r : NULL);
         else
             a->o[r] = gdn_cpu_row_avx512(in, out, 0, a->prefetch, a->D, a->q, a->k, decay, a->beta,
-                                         a->v[r], a->scale);
+                                         a->v[r], a->scale, a->delta != NULL ? a->delta + r : NULL);
+    }
+}
+
+/* A folded token (gdn_cpu_kernels.fold): x = d k + in * decay per chunk, as pass 2 writes it. */
+GDN_CPU_AVX512 static void gdn_cpu_fold_avx512(const gdn_cpu_token *a)
+{
+    const __m512 decay = _mm512_set1_ps(a->decay);
+    const float *k = a->k;
+    for (int64_t r = 0; r < a->n_rows; r++) {
+        const float *in = a->in + r * a->in_stride;
+        float *out = a->out + r * a->out_stride;
+        const __m512 d = _mm512_set1_ps(a->v[r]);
+        for (int64_t i = 0; i < a->D; i += 16)
+            _mm512_storeu_ps(out + i, _mm512_fmadd_ps(d, _mm512_load_ps(k + i),
+                                                      _mm512_mul_ps(_mm512_loadu_ps(in + i), decay)));
     }
 }
 
@@ -138,7 +156,7 @@ static void gdn_cpu_fence_avx512(void)
 }
 
 const gdn_cpu_kernels gdn_cpu_kernels_avx512 = {
-    "avx512", 64, gdn_cpu_token_avx512, gdn_cpu_store_avx512, gdn_cpu_fence_avx512,
+    "avx512", 64, gdn_cpu_token_avx512, gdn_cpu_fold_avx512, gdn_cpu_store_avx512, gdn_cpu_fence_avx512,
     gdn_cpu_copy_stream_avx512,
 };
 #else

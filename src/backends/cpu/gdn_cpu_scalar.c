@@ -24,6 +24,8 @@ static void gdn_cpu_token_scalar(const gdn_cpu_token *a)
             for (int lane = 0; lane < 4; lane++)
                 sk[lane] += (in[i + lane] * decay) * k[i + lane];
         const float d = a->beta * (a->v[r] - gdn_cpu_sum4(sk));
+        if (a->delta != NULL)
+            a->delta[r] = d;
         /* Recompute in * decay (the same product as above) so that the row is written once. */
         float sq[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         for (int64_t i = 0; i < D; i += 4)
@@ -36,6 +38,20 @@ static void gdn_cpu_token_scalar(const gdn_cpu_token *a)
     }
 }
 
+static void gdn_cpu_fold_scalar(const gdn_cpu_token *a)
+{
+    const int64_t D = a->D;
+    const float *k = a->k;
+    const float decay = a->decay;
+    for (int64_t r = 0; r < a->n_rows; r++) {
+        const float *in = a->in + r * a->in_stride;
+        float *out = a->out + r * a->out_stride;
+        const float d = a->v[r];
+        for (int64_t i = 0; i < D; i++)
+            out[i] = in[i] * decay + d * k[i]; /* as the update's write above */
+    }
+}
+
 static void gdn_cpu_store_scalar(float *dst, const float *src, int64_t n, int stream)
 {
     (void)stream; /* never streams: fence is NULL */
@@ -43,5 +59,5 @@ static void gdn_cpu_store_scalar(float *dst, const float *src, int64_t n, int st
 }
 
 const gdn_cpu_kernels gdn_cpu_kernels_scalar = {
-    "scalar", 64, gdn_cpu_token_scalar, gdn_cpu_store_scalar, NULL, NULL,
+    "scalar", 64, gdn_cpu_token_scalar, gdn_cpu_fold_scalar, gdn_cpu_store_scalar, NULL, NULL,
 };

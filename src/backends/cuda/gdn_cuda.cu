@@ -68,17 +68,15 @@
  * case above.
  *
  * Replay (gdn_gated_delta_net_replay): the same kernel with REPLAY = true. After the state loads,
- * each thread folds the ring tokens fold[b] names into its registers through the same
- * update_rows as a new token (the output half skipped: no q, no o), stores the rows back to the
- * pool slot when fold[b] says commit, then runs the new tokens as always, with no snapshots;
- * before each new token's update it appends the token's raw inputs to the ring (each value by
- * one thread: v by the lane that writes o for its row, g and beta by lane 0 of the head's first
- * warp, k by group 0 of the first warp of the first value head of its q/k head). The check
- * kernel also checks the fold entries and that no two sequences share a slot. Measured on one
- * H100 (B=64, T=4, Hv=32, Hk=16, D=128, l2norm, docs/PERF.md): at T > 1 the op is bound by the
- * per-token arithmetic as much as by bytes, so replay costs what it computes: 95 us with nothing
- * to fold, 142 us folding 3 tokens and committing, against 122 us for the recurrent op in place
- * and 245 us writing 4 snapshots. */
+ * each thread folds the ring tokens fold[b] names into its registers with fold_rows: each ring
+ * token holds the deltas its own update computed when it was new, so folding is the write of
+ * that update again (row = exp(g) row + d k: two operations per element, no dot product, no
+ * shuffle) and gives the same floats. It stores the rows back to the pool slot when fold[b] says
+ * commit, then runs the new tokens as always, with no snapshots; after each new token's update
+ * it appends k, g and the deltas to the ring (each value by one thread: a row's delta by the
+ * lane that writes o for it, g by lane 0 of the head's first warp, k by group 0 of the first
+ * warp of the first value head of its q/k head). The check kernel also checks the fold entries
+ * and that no two sequences share a slot. Measured times: docs/PERF.md. */
 #include "cuda_internal.h"
 
 #include <limits.h>
@@ -130,10 +128,10 @@ struct gdn_cuda_gdn_args {
     long long S;                           /* pool slots */
     int pool_check;                        /* 1: the pool's range meets states': check the rule */
     int64_t *index_check;                  /* the context's 4-value device buffer */
-    /* Replay only (fold NULL otherwise): rings [S,L,Hk,D], [S,L,Hv,D], [S,L,Hv] x 2 of slot
-     * index[b], read at the fold's positions and appended to; fold [B,3] I32 {start, count,
-     * commit} with element strides fold_nb[0], fold_nb[1]. */
-    gdn_cuda_view ring_k, ring_v, ring_g, ring_beta;
+    /* Replay only (fold NULL otherwise): rings of k, delta and g [S,L,Hk,D], [S,L,Hv,D], [S,L,Hv]
+     * of slot index[b], read at the fold's positions and appended to; fold [B,3] I32 {start,
+     * count, commit} with element strides fold_nb[0], fold_nb[1]. */
+    gdn_cuda_view ring_k, ring_v, ring_g;
     const char *fold;
     long long fold_nb[2];
     long long L;
@@ -290,14 +288,14 @@ __device__ __forceinline__ gdn_cuda_token_ptrs token_ptrs(const gdn_cuda_gdn_arg
                                                           long long outer)
 {
     const gdn_cuda_view &kv = RING ? a.ring_k : a.k, &vv = RING ? a.ring_v : a.v;
-    const gdn_cuda_view &gv = RING ? a.ring_g : a.g, &bv = RING ? a.ring_beta : a.beta;
+    const gdn_cuda_view &gv = RING ? a.ring_g : a.g;
     const long long e0 = 4LL * at.lane; /* the lane's first element: chunk c holds (c LANES + lane) 4 .. +3 */
     gdn_cuda_token_ptrs p;
     p.q = RING ? nullptr : a.q.data + outer * a.q.nb[3] + at.hk * a.q.nb[1] + e0 * a.q.nb[0];
     p.k = kv.data + outer * kv.nb[3] + at.hk * kv.nb[1] + e0 * kv.nb[0];
     p.v = vv.data + outer * vv.nb[3] + at.h * vv.nb[1] + (long long)at.row0 * vv.nb[0];
     p.g = gv.data + outer * gv.nb[2] + at.h * gv.nb[0];
-    p.beta = bv.data + outer * bv.nb[2] + at.h * bv.nb[0];
+    p.beta = RING ? nullptr : a.beta.data + outer * a.beta.nb[2] + at.h * a.beta.nb[0];
     return p;
 }
 
@@ -312,8 +310,8 @@ __device__ __forceinline__ void advance_tokens(gdn_cuda_token_ptrs &p, const gdn
     p.beta += a.beta.nb[1];
 }
 
-/* Token t (new tokens: q, k, v, g, beta) or, with RING, ring position t (ring_k, ring_v, ring_g,
- * ring_beta; no q: a ring token gives no output) from the thread's pointers p. HINT: only
+/* Token t (new tokens: q, k, v, g, beta) or, with RING, ring position t (k, the deltas in v, g;
+ * no q: a ring token gives no output) from the thread's pointers p. HINT: only
  * prefetch those lines into L1 (`in` untouched), so that the load of that token one step later
  * hits L1 instead of waiting on L2 behind the state traffic: the wide shape has no registers to
  * load a token ahead. */
@@ -323,11 +321,11 @@ __device__ __forceinline__ void load_token(gdn_cuda_token<D, R> &in, const gdn_c
 {
     using C = gdn_cuda_config<D, R>;
     const gdn_cuda_view &kv = RING ? a.ring_k : a.k, &vv = RING ? a.ring_v : a.v;
-    const gdn_cuda_view &gv = RING ? a.ring_g : a.g, &bv = RING ? a.ring_beta : a.beta;
+    const gdn_cuda_view &gv = RING ? a.ring_g : a.g;
     const char *q = RING ? nullptr : p.q + t * a.q.nb[2];
     const char *k = p.k + t * kv.nb[2];
     const char *v = p.v + t * vv.nb[2];
-    const char *g = p.g + t * gv.nb[1], *beta = p.beta + t * bv.nb[1];
+    const char *g = p.g + t * gv.nb[1], *beta = RING ? nullptr : p.beta + t * a.beta.nb[1];
     if constexpr (HINT) {
 #pragma unroll
         for (int c = 0; c < C::CHUNKS; c++) {
@@ -337,7 +335,8 @@ __device__ __forceinline__ void load_token(gdn_cuda_token<D, R> &in, const gdn_c
         }
         prefetch_l1(v);
         prefetch_l1(g);
-        prefetch_l1(beta);
+        if (!RING)
+            prefetch_l1(beta);
     } else {
 #pragma unroll
         for (int c = 0; c < C::CHUNKS; c++) {
@@ -353,7 +352,7 @@ __device__ __forceinline__ void load_token(gdn_cuda_token<D, R> &in, const gdn_c
         for (int r = 0; r < C::ROWS; r++)
             in.v[r] = __ldg(reinterpret_cast<const float *>(v + r * vv.nb[0]));
         in.g = __ldg(reinterpret_cast<const float *>(g));
-        in.beta = __ldg(reinterpret_cast<const float *>(beta));
+        in.beta = RING ? 0.0f : __ldg(reinterpret_cast<const float *>(beta));
     }
 }
 
@@ -364,12 +363,13 @@ __device__ __forceinline__ void load_token(gdn_cuda_token<D, R> &in, const gdn_c
  *     sk = (row . k) nk;  d = beta (v - sk);  row += (d nk) k;  o = (row . q) (scale nq)
  * which is the update with k <- k nk, q <- q nq up to rounding (one multiply per row instead of
  * one per element). Without l2norm nk = nq = 1 and the multiplies by 1 are exact.
- * OUTPUT = false (a folded ring token) leaves out the q half (its norm, row . q and out); the
- * state arithmetic is the same code. */
-template <int D, int R, bool OUTPUT = true>
+ * delta[r] = beta (v - sk) (before nk): what the replay ring keeps of the token (fold_rows). */
+template <int D, int R>
 __device__ __forceinline__ void update_rows(float (&S)[R][gdn_cuda_config<D, R>::ELEMS],
-                                            const gdn_cuda_token<D, R> &in, int l2norm, float scale, float (&out)[R])
+                                            const gdn_cuda_token<D, R> &in, int l2norm, float scale, float (&out)[R],
+                                            float (&delta)[R])
 {
+    constexpr bool OUTPUT = true;
     using C = gdn_cuda_config<D, R>;
     float nk = 1.0f, q_scale = scale;
     if (l2norm) {
@@ -396,7 +396,8 @@ __device__ __forceinline__ void update_rows(float (&S)[R][gdn_cuda_config<D, R>:
     float sq[C::ROWS];
 #pragma unroll
     for (int r = 0; r < C::ROWS; r++) {
-        const float d = __fmul_rn(__fmul_rn(in.beta, __fsub_rn(in.v[r], sk[r])), nk);
+        delta[r] = __fmul_rn(in.beta, __fsub_rn(in.v[r], sk[r]));
+        const float d = __fmul_rn(delta[r], nk);
 #pragma unroll
         for (int i = 0; i < C::ELEMS; i++)
             S[r][i] = __fmaf_rn(d, in.k[i], S[r][i]);
@@ -407,6 +408,25 @@ __device__ __forceinline__ void update_rows(float (&S)[R][gdn_cuda_config<D, R>:
 #pragma unroll
         for (int r = 0; r < C::ROWS; r++)
             out[r] = __fmul_rn(group_sum<C::LANES>(sq[r]), q_scale);
+    }
+}
+
+/* A folded replay token: in.v holds the deltas its update_rows computed when it was new, from
+ * the same state, so row = exp(g) row + (delta nk) k here is that update's write, the very same
+ * floats, with no dot product (nk from the same k by the same code). */
+template <int D, int R>
+__device__ __forceinline__ void fold_rows(float (&S)[R][gdn_cuda_config<D, R>::ELEMS],
+                                          const gdn_cuda_token<D, R> &in, int l2norm)
+{
+    using C = gdn_cuda_config<D, R>;
+    const float nk = l2norm ? inverse_norm<C::LANES, C::ELEMS>(in.k) : 1.0f;
+    const float decay = expf(in.g);
+#pragma unroll
+    for (int r = 0; r < C::ROWS; r++) {
+        const float d = __fmul_rn(in.v[r], nk);
+#pragma unroll
+        for (int i = 0; i < C::ELEMS; i++)
+            S[r][i] = __fmaf_rn(d, in.k[i], __fmul_rn(S[r][i], decay));
     }
 }
 
@@ -424,27 +444,26 @@ __device__ __forceinline__ void store_rows(char *rows, const gdn_cuda_view &to,
                            make_float4(S[r][4 * c + 0], S[r][4 * c + 1], S[r][4 * c + 2], S[r][4 * c + 3]));
 }
 
-/* Replay: the raw inputs of the new token `in` (as loaded; update_rows does not change them) to
- * ring position `pos` through the ring pointers p of the sequence's slot. Each value has one
- * writer: v[row0 + r] the lane r that writes o for the row, g and beta `head_writer` (lane 0 of
- * the head's first warp), k `k_writer` (the lanes of group 0 of the first warp of the first value
- * head that reads q/k head hk). From registers: copying from the inputs after the token loop
- * instead measured slower (a dependent load at the end of every warp's life). */
+/* Replay: the new token `in` (as loaded; update_rows does not change it) and its deltas to ring
+ * position `pos` through the ring pointers p of the sequence's slot. Each value has one writer:
+ * delta[row0 + r] the lane r that writes o for the row (every lane of the group holds the same
+ * value), g `head_writer` (lane 0 of the head's first warp), k `k_writer` (the lanes of group 0
+ * of the first warp of the first value head that reads q/k head hk). From registers: copying
+ * from the inputs after the token loop instead measured slower (a dependent load at the end of
+ * every warp's life). */
 template <int D, int R, bool VECTOR>
 __device__ __forceinline__ void append_ring(const gdn_cuda_gdn_args &a, const gdn_cuda_place &at,
                                             const gdn_cuda_token_ptrs &p, const gdn_cuda_token<D, R> &in,
-                                            long long pos, bool head_writer, bool k_writer)
+                                            const float (&delta)[R], long long pos, bool head_writer, bool k_writer)
 {
     using C = gdn_cuda_config<D, R>;
     char *v = p.v + pos * a.ring_v.nb[2];
 #pragma unroll
     for (int r = 0; r < C::ROWS; r++)
         if (at.lane == r)
-            *reinterpret_cast<float *>(v + r * a.ring_v.nb[0]) = in.v[r];
-    if (head_writer) {
+            *reinterpret_cast<float *>(v + r * a.ring_v.nb[0]) = delta[r];
+    if (head_writer)
         *reinterpret_cast<float *>(p.g + pos * a.ring_g.nb[1]) = in.g;
-        *reinterpret_cast<float *>(p.beta + pos * a.ring_beta.nb[1]) = in.beta;
-    }
     if (k_writer) {
         char *k = p.k + pos * a.ring_k.nb[2];
 #pragma unroll
@@ -550,8 +569,7 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
                     load_token<D, R, VECTOR, true>(ring_next, a, ring_at, pos);
                 if (!C::PREFETCH && more)
                     load_token<D, R, VECTOR, true, true>(ring_next, a, ring_at, pos);
-                float unused[C::ROWS];
-                update_rows<D, R, false>(S, ring, a.l2norm, a.scale, unused);
+                fold_rows<D, R>(S, ring, a.l2norm);
                 if (C::PREFETCH && more)
                     ring = ring_next;
             }
@@ -575,13 +593,12 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
         if (has_next)
             C::PREFETCH ? load_token<D, R, VECTOR, false>(next, a, tokens, 1)
                         : load_token<D, R, VECTOR, false, true>(next, a, tokens, 1);
-        if (REPLAY) { /* the raw inputs (update_rows reads them as loaded) */
-            append_ring<D, R, VECTOR>(a, at, ring_at, current, ring_pos, head_writer, k_writer);
+        float out[C::ROWS], delta[C::ROWS];
+        update_rows<D, R>(S, current, a.l2norm, a.scale, out, delta);
+        if (REPLAY) { /* k and g as loaded (update_rows does not change them), and the deltas */
+            append_ring<D, R, VECTOR>(a, at, ring_at, current, delta, ring_pos, head_writer, k_writer);
             ring_pos = ring_pos + 1 == a.L ? 0 : ring_pos + 1;
         }
-
-        float out[C::ROWS];
-        update_rows<D, R>(S, current, a.l2norm, a.scale, out);
 
         /* o[b, t, h, row0 + r] from lane r of the group (all lanes hold the same value). */
 #pragma unroll
@@ -885,12 +902,11 @@ gdn_status gdn_cuda_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_
         a.ring_k = view_of(&replay->ring_k);
         a.ring_v = view_of(&replay->ring_v);
         a.ring_g = view_of(&replay->ring_g);
-        a.ring_beta = view_of(&replay->ring_beta);
         a.fold = (const char *)replay->fold.data;
         a.fold_nb[0] = (long long)replay->fold.nb[0];
         a.fold_nb[1] = (long long)replay->fold.nb[1];
     } else {
-        a.ring_k = a.ring_v = a.ring_g = a.ring_beta = view_of(&args->states); /* unused */
+        a.ring_k = a.ring_v = a.ring_g = view_of(&args->states); /* unused */
     }
 
     /* One path for the whole call; both paths share the arithmetic, so the choice never changes
