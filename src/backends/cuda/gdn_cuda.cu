@@ -93,8 +93,12 @@ constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kRowLanes = GDN_CUDA_ROW_LANES;
 /* Blocks per SM the register allocation must allow: 3 x 128 threads caps a thread at 168
  * registers, which the wide shape (64 state floats) fits without spilling in the vector path;
- * uncapped, the replay instantiation took 213 (2 blocks per SM). */
-constexpr int kMinBlocksPerSM = 3;
+ * uncapped, the replay instantiation took 213 (2 blocks per SM). 4 (128 registers, spills)
+ * measured 7-17% slower at B=64 T=4 on an H100. */
+#ifndef GDN_CUDA_MIN_BLOCKS
+#define GDN_CUDA_MIN_BLOCKS 3
+#endif
+constexpr int kMinBlocksPerSM = GDN_CUDA_MIN_BLOCKS;
 /* State floats per thread in the wide shape. 32 (2 rows at D=128, 4 blocks per SM) measured 27%
  * slower at B=64 T=4: more warps, but more instructions per state element. */
 constexpr int kWideFloats = 64;
