@@ -377,7 +377,7 @@ gdn_status gdn_safetensors_writer_save(const gdn_safetensors_writer *writer, con
  * The recurrent-state cache for speculative decoding (DESIGN.md section 5)
  *
  * For every GDN layer: an SSM state pool and a conv-window pool with one slot per sequence.
- * Scheme snapshot (the one built so far): a slot keeps K = max_tokens state groups and
+ * Scheme snapshot: a slot keeps K = max_tokens state groups and
  * Kconv-1+K window columns. A step verifies T tokens of each of its sequences; the GDN op
  * writes the state after token T-1-s into group s and the whole conv input into the columns;
  * accept(seq, a) makes the next step read group T-a and the window at column a. Rollback moves
@@ -429,12 +429,17 @@ gdn_status gdn_cache_seq_reset(gdn_cache *cache, int32_t seq);
  * otherwise overflow (count + T > L), and appends its T tokens to the ring; accept(a) counts a
  * of them as history. With L = T the state is written back every step (2 states moved per
  * step); a longer ring writes it back less often.
- * Begin a step of n sequences with n_tokens[i] tokens each. This version requires one T for all
- * (1..max_tokens) and sequences in consecutive slots in order (seqs[i] = seqs[0] + i: the
- * snapshots and windows are written through one strided view); each must have accepted its
- * previous step. Uploads the step rows. On any error the cache is unchanged. */
+ * Begin a step of n sequences with n_tokens[i] tokens each (1..max_tokens). The step runs
+ * T = max n_tokens[i] tokens for every sequence (the graphs are built for that T, which
+ * gdn_cache_step_rows reports): a sequence with fewer tokens fills the rest of its T positions
+ * with padding (any finite inputs) after its own tokens; their outputs are not meant to be used
+ * and accept() never keeps them. This version requires sequences in consecutive slots in order
+ * (seqs[i] = seqs[0] + i: the snapshots and windows are written through one strided view); each
+ * must have accepted its previous step. Uploads the step rows. On any error the cache is
+ * unchanged. */
 gdn_status gdn_cache_step_begin(gdn_cache *cache, int32_t n, const int32_t *seqs, const int32_t *n_tokens);
-/* Keep the first n_accepted (1..T) tokens of seq's step in progress. On error unchanged. */
+/* Keep the first n_accepted (1..n_tokens of seq) tokens of seq's step in progress. On error
+ * unchanged. */
 gdn_status gdn_cache_accept(gdn_cache *cache, int32_t seq, int32_t n_accepted);
 
 /* Where a sequence stands: tokens accepted so far, how many of them are in its committed state
@@ -458,7 +463,8 @@ gdn_status gdn_cache_step_fold(const gdn_cache *cache, gdn_tensor *fold);
 gdn_status gdn_cache_layer_pools(const gdn_cache *cache, int32_t layer, gdn_tensor *states, gdn_tensor *conv);
 /* The step in progress: state_rows [n] (row = slot*K + group of the states seen as rows of one
  * state), conv_rows [n] (column = slot*(Kconv-1+K) + offset of the conv pool seen as columns),
- * I32 device tensors; *first_slot = the slot of the step's first sequence; *n_tokens = T. */
+ * I32 device tensors; *first_slot = the slot of the step's first sequence; *n_tokens = the step's T
+ * (the most tokens of any of its sequences). */
 gdn_status gdn_cache_step_rows(const gdn_cache *cache, gdn_tensor *state_rows, gdn_tensor *conv_rows,
                                int32_t *first_slot, int32_t *n_tokens);
 

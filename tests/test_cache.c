@@ -105,7 +105,6 @@ static void check_backend(const test_backend *tb)
     const int32_t gap[2] = {seq[1], seq[3]}, T2[2] = {3, 3};
     int32_t rs[SEQS], rc[SEQS], n = 0, first = -1, tokens = 0;
     expect(gdn_cache_step_begin(cache, 2, gap, T2), GDN_ERROR_UNSUPPORTED, label, "slots not consecutive");
-    expect(gdn_cache_step_begin(cache, 3, step_seqs, T_mixed), GDN_ERROR_UNSUPPORTED, label, "mixed T");
     const int32_t T_big[3] = {K + 1, K + 1, K + 1};
     expect(gdn_cache_step_begin(cache, 3, step_seqs, T_big), GDN_ERROR_INVALID_ARGUMENT, label, "T above K");
     expect(gdn_cache_step_begin(cache, 3, step_seqs, T3), GDN_OK, label, "step");
@@ -123,14 +122,28 @@ static void check_backend(const test_backend *tb)
     expect(gdn_cache_accept(cache, seq[1], 1), GDN_ERROR_INVALID_ARGUMENT, label, "accept twice");
     expect(gdn_cache_accept(cache, seq[2], 1), GDN_OK, label, "accept 1");
     expect(gdn_cache_accept(cache, seq[3], 2), GDN_OK, label, "accept 2");
-    /* The next step reads group T-a and column a of each: (0, 3), (2, 1), (1, 2). */
-    expect(gdn_cache_step_begin(cache, 3, step_seqs, T3), GDN_OK, label, "second step");
+    /* The next step reads group T-a and column a of each: (0, 3), (2, 1), (1, 2). It verifies 3,
+     * 2 and 3 tokens: T = 3 for all, the second sequence padded. */
+    expect(gdn_cache_step_begin(cache, 3, step_seqs, T_mixed), GDN_OK, label, "second step (mixed T)");
     const int32_t group[3] = {0, 2, 1}, column[3] = {3, 1, 2};
-    CHECK(rows_of(be, cache, rs, rc, &n, &first, &tokens) && n == 3, "%s: second step rows", label);
+    CHECK(rows_of(be, cache, rs, rc, &n, &first, &tokens) && n == 3 && tokens == 3, "%s: second step rows", label);
     for (int i = 0; i < n; i++)
         CHECK(rs[i] == step_seqs[i] * K + group[i] && rc[i] == step_seqs[i] * (int32_t)cols + column[i],
               "%s: second step, position %d reads row %d, column %d; expected %d, %d", label, i, rs[i], rc[i],
               step_seqs[i] * K + group[i], step_seqs[i] * (int32_t)cols + column[i]);
+    /* Accepting past a sequence's own tokens (into its padding) is refused; then 1, 2, 3 kept: the
+     * next step reads group 3-a (the step's T, not the sequence's) and column a. */
+    expect(gdn_cache_accept(cache, seq[2], 3), GDN_ERROR_INVALID_ARGUMENT, label, "accept the padding");
+    expect(gdn_cache_accept(cache, seq[1], 1), GDN_OK, label, "accept 1 of 3");
+    expect(gdn_cache_accept(cache, seq[2], 2), GDN_OK, label, "accept 2 of 2 (T 3)");
+    expect(gdn_cache_accept(cache, seq[3], 3), GDN_OK, label, "accept 3 of 3");
+    expect(gdn_cache_step_begin(cache, 3, step_seqs, T3), GDN_OK, label, "third step");
+    const int32_t group3[3] = {2, 1, 0}, column3[3] = {1, 2, 3};
+    CHECK(rows_of(be, cache, rs, rc, &n, &first, &tokens) && n == 3 && tokens == 3, "%s: third step rows", label);
+    for (int i = 0; i < n; i++)
+        CHECK(rs[i] == step_seqs[i] * K + group3[i] && rc[i] == step_seqs[i] * (int32_t)cols + column3[i],
+              "%s: third step, position %d reads row %d, column %d; expected %d, %d", label, i, rs[i], rc[i],
+              step_seqs[i] * K + group3[i], step_seqs[i] * (int32_t)cols + column3[i]);
 
     /* Remove and reset: unknown afterwards, or back at group 0 and column 0. */
     expect(gdn_cache_seq_remove(cache, seq[0]), GDN_OK, label, "remove");

@@ -172,8 +172,14 @@ for ring in 4 9; do
     grep -q '"identical":true' "$work/spec.json" && grep -q '"scheme":"replay"' "$work/spec.json"; then ok
   else fail "gdn check spec --scheme replay --ring $ring: $(cat "$work/spec.json" "$work/err")"; fi
 done
+# sequences with their own token counts in one step (padded to the step's T), both schemes
+for scheme in snapshot replay; do
+  if "$gdn" check spec --backend cpu --scheme $scheme --mixed --steps 150 --json >"$work/spec.json" 2>"$work/err" &&
+    grep -q '"identical":true' "$work/spec.json" && grep -q '"mixed":true' "$work/spec.json"; then ok
+  else fail "gdn check spec --scheme $scheme --mixed: $(cat "$work/spec.json" "$work/err")"; fi
+done
 "$gdn" check spec --backend cpu --scheme replay --ring 3 >/dev/null 2>&1 && fail "--ring below --tokens accepted" || ok
-if "$gdn" check spec --backend cuda --steps 500 --scheme replay --json >"$work/spec.json" 2>"$work/err"; then
+if "$gdn" check spec --backend cuda --steps 500 --scheme replay --mixed --json >"$work/spec.json" 2>"$work/err"; then
   grep -q '"identical":true' "$work/spec.json" && ok || fail "gdn check spec replay on cuda: $(cat "$work/spec.json")"
 elif grep -q "cannot open the cuda backend" "$work/err"; then
   ok

@@ -38,12 +38,14 @@ static const char usage[] =
     "  --steps N            verify steps (default 200)\n"
     "  --accept MODE        all | none | random | N: tokens kept per step, of T (default random)\n"
     "  --tokens T           tokens verified per step (default 4)\n"
+    "  --mixed              each sequence verifies its own 1..T tokens per step (one of them T),\n"
+    "                       padded to T in the step; the acceptance keeps at most its own\n"
     "  --batch B            sequences (default 3)\n"
     "  --layers N           GDN layers (default 4)\n"
     "  --passes on|off      graph passes on both runs (default on)\n"
     "  --seed N             weights, caches, tokens and acceptance (default 1)\n"
     "  --json               one JSON object: backend, scheme, steps, T, B, layers, accept, ring,\n"
-    "                       tokens_committed, states_compared, identical, max_abs_diff,\n"
+    "                       mixed, tokens_committed, states_compared, identical, max_abs_diff,\n"
     "                       first_difference\n";
 
 typedef struct spec_options {
@@ -52,6 +54,7 @@ typedef struct spec_options {
     int accept; /* 0 all, 1 none, 2 random, 3 fixed */
     int replay; /* the replay scheme for the spec run (else snapshot) */
     int passes, json;
+    int mixed; /* per-sequence token counts, padded to T */
 } spec_options;
 
 /* One run (spec or sequential): a cache (gdn_cache, with per-layer block views of its pools)
@@ -160,6 +163,10 @@ static int parse(int argc, char **argv, spec_options *o)
         }
         if (strcmp(opt, "--json") == 0) {
             o->json = 1;
+            continue;
+        }
+        if (strcmp(opt, "--mixed") == 0) {
+            o->mixed = 1;
             continue;
         }
         if (i + 1 >= argc) {
@@ -302,11 +309,16 @@ int gdn_cmd_check(int argc, char **argv)
     for (; ok && step < o.steps; step++) {
         for (int64_t i = 0; i < B * T * H; i++) /* the step's tokens (what the embedding would give) */
             x[i] = (float)((double)(mix(&rng) >> 11) * 0x1.0p-53 * 2.0 - 1.0);
+        if (o.mixed) /* each sequence its own count, one of them T (the step's T, the graphs'); the
+                      * positions past a sequence's count are padding that nothing keeps */
+            for (int64_t b = 0; b < B; b++)
+                tokens[b] = b == step % B ? (int32_t)T : (int32_t)(1 + mix(&rng) % (uint64_t)T);
         ok = gdn_cache_step_begin(run[0].cache, (int32_t)B, run[0].seqs, tokens) == GDN_OK &&
              run_graphs(backend, &run[0], layers, 0, x, (size_t)(B * T * H) * 4, out);
         for (int64_t b = 0; ok && b < B; b++) {
-            const int64_t a = o.accept == 0 ? T : o.accept == 1 ? 1 : o.accept == 3 ? o.fixed
-                                                                    : 1 + (int64_t)(mix(&rng) % (uint64_t)T);
+            const int64_t n_b = tokens[b]; /* this sequence's own tokens in the step */
+            const int64_t a = o.accept == 0 ? n_b : o.accept == 1 ? 1 : o.accept == 3 ? (o.fixed < n_b ? o.fixed : n_b)
+                                                                    : 1 + (int64_t)(mix(&rng) % (uint64_t)n_b);
             ok = gdn_cache_accept(run[0].cache, run[0].seqs[b], (int32_t)a) == GDN_OK;
             kept[b] = (int32_t)a;
             /* Replay: the committed state holds the tokens folded so far; when those are all the
@@ -369,11 +381,11 @@ int gdn_cmd_check(int argc, char **argv)
     const char *name = gdn_backend_name(backend), *scheme = o.replay ? "replay" : "snapshot";
     if (o.json)
         printf("{\"backend\":\"%s\",\"scheme\":\"%s\",\"steps\":%ld,\"T\":%lld,\"B\":%lld,\"layers\":%d,"
-               "\"accept\":\"%s\",\"ring\":%ld,\"tokens_committed\":%ld,\"states_compared\":%ld,\"identical\":%s,"
-               "\"max_abs_diff\":%.9g,\"first_difference\":\"%s\"}\n", name, scheme, step, (long long)T, (long long)B,
-               layers,
+               "\"accept\":\"%s\",\"ring\":%ld,\"mixed\":%s,\"tokens_committed\":%ld,\"states_compared\":%ld,"
+               "\"identical\":%s,\"max_abs_diff\":%.9g,\"first_difference\":\"%s\"}\n", name, scheme, step, (long long)T,
+               (long long)B, layers,
                o.accept == 0 ? "all" : o.accept == 1 ? "none" : o.accept == 2 ? "random" : "fixed",
-               o.replay ? o.ring : 0L, committed, states_compared, identical ? "true" : "false", max_diff, first);
+               o.replay ? o.ring : 0L, o.mixed ? "true" : "false", committed, states_compared, identical ? "true" : "false", max_diff, first);
     else
         printf("gdn check spec: backend %s, scheme %s, %ld steps of T=%lld for %lld sequences, %d layers, %ld "
                "tokens committed, %ld committed states compared: %s (max |difference| %g)%s%s\n", name, scheme, step,

@@ -18,7 +18,8 @@ typedef struct cache_seq {
     int in_use;
     int32_t group;   /* snapshot: state group of the committed state */
     int32_t column;  /* first window column of the committed window */
-    int32_t pending; /* T of the step in progress, 0 if none */
+    int32_t pending; /* tokens of its own in the step in progress (at most the step's T), 0 if none */
+    int32_t step_tokens; /* the step's T (the most tokens of any of its sequences) */
     int32_t start, count, commit; /* replay: ring position of the first token not committed, how
                                      many tokens follow it, and whether this step commits them */
     int64_t tokens, committed;    /* tokens accepted, and those in the committed state */
@@ -248,14 +249,15 @@ gdn_status gdn_cache_step_begin(gdn_cache *cache, int32_t n, const int32_t *seqs
         if (n_tokens[i] < 1 || n_tokens[i] > c->max_tokens)
             return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "cache step: sequence %d: %d tokens, expected 1..%d",
                             (int)seqs[i], (int)n_tokens[i], (int)c->max_tokens);
-        if (n_tokens[i] != n_tokens[0])
-            return gdn_fail(GDN_ERROR_UNSUPPORTED, "cache step: sequences with different token counts (%d and %d) in "
-                            "one step are not supported yet", (int)n_tokens[0], (int)n_tokens[i]);
         if (seqs[i] != seqs[0] + i)
             return gdn_fail(GDN_ERROR_UNSUPPORTED, "cache step: sequence %d at position %d: a step's sequences must "
                             "be consecutive slots in order (%d, %d, ...) for now", (int)seqs[i], (int)i, (int)seqs[0],
                             (int)seqs[0] + 1);
     }
+    /* The step runs T = the most tokens of any sequence for all of them (the others padded). */
+    int32_t T = 0;
+    for (int32_t i = 0; i < n; i++)
+        T = n_tokens[i] > T ? n_tokens[i] : T;
     int32_t *rows = malloc(5 * (size_t)n * sizeof *rows);
     if (rows == NULL)
         return gdn_fail(GDN_ERROR_OUT_OF_MEMORY, "cache step: cannot allocate %d rows", (int)n);
@@ -263,10 +265,11 @@ gdn_status gdn_cache_step_begin(gdn_cache *cache, int32_t n, const int32_t *seqs
         const cache_seq *q = &cache->seqs[seqs[i]];
         rows[i] = (int32_t)(seqs[i] * groups(c) + q->group);
         rows[n + i] = (int32_t)(seqs[i] * columns(c) + q->column);
-        /* Replay: fold the ring's tokens; commit them when the next step could not append. */
+        /* Replay: fold the ring's tokens; commit them when this step's T tokens (its padding
+         * too: the op appends T entries) would not fit after them. */
         rows[2 * n + 3 * i] = q->start;
         rows[2 * n + 3 * i + 1] = q->count;
-        rows[2 * n + 3 * i + 2] = q->count > 0 && q->count + n_tokens[i] > c->ring;
+        rows[2 * n + 3 * i + 2] = q->count > 0 && q->count + T > c->ring;
     }
     /* The rows live at fixed addresses: state rows at rows_offset, conv rows S entries later,
      * the fold array after them. */
@@ -281,12 +284,13 @@ gdn_status gdn_cache_step_begin(gdn_cache *cache, int32_t n, const int32_t *seqs
         for (int32_t i = 0; i < n; i++) {
             cache_seq *q = &cache->seqs[seqs[i]];
             q->pending = n_tokens[i];
+            q->step_tokens = T;
             q->commit = replay(c) ? rows[2 * n + 3 * i + 2] : 0;
         }
     free(rows);
     if (st != GDN_OK)
         return st;
-    cache->step_n = n, cache->step_first = seqs[0], cache->step_tokens = n_tokens[0];
+    cache->step_n = n, cache->step_first = seqs[0], cache->step_tokens = T;
     return GDN_OK;
 }
 
@@ -312,7 +316,7 @@ gdn_status gdn_cache_accept(gdn_cache *cache, int32_t seq, int32_t n_accepted)
         }
         q->count += n_accepted;
     } else {
-        q->group = q->pending - n_accepted; /* the state after token a-1 is snapshot T-a */
+        q->group = q->step_tokens - n_accepted; /* the state after token a-1 is snapshot T-a */
         q->committed += n_accepted;
     }
     q->column = n_accepted; /* the window after a tokens starts at column a */
