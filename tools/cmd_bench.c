@@ -179,23 +179,36 @@ typedef struct row_plan {
     void *index;
 } row_plan;
 
+/* The token views of one layer's buffers (both schemes): q, k, v, g, beta, o of B x T tokens. */
+typedef struct token_views {
+    gdn_tensor q, k, v, g, beta, o;
+} token_views;
+
+static token_views token_views_of(const layer_buffers *b, int64_t B, int64_t T)
+{
+    const int64_t ne_qk[4] = {D, Hk, T, B}, ne_v[4] = {D, Hv, T, B}, ne_gate[3] = {Hv, T, B};
+    token_views t;
+    t.q = gdn_tensor_contiguous(b->q, GDN_DTYPE_F32, 4, ne_qk);
+    t.k = gdn_tensor_contiguous(b->k, GDN_DTYPE_F32, 4, ne_qk);
+    t.v = gdn_tensor_contiguous(b->v, GDN_DTYPE_F32, 4, ne_v);
+    t.g = gdn_tensor_contiguous(b->g, GDN_DTYPE_F32, 3, ne_gate);
+    t.beta = gdn_tensor_contiguous(b->beta, GDN_DTYPE_F32, 3, ne_gate);
+    t.o = gdn_tensor_contiguous(b->o, GDN_DTYPE_F32, 4, ne_v);
+    return t;
+}
+
 /* Queue replay step `phase`: cfg->layers replay calls over the layer buffer sets in turn. */
 static int queue_replay_step(gdn_backend *backend, const bench_config *cfg, const layer_buffers *L, int sets,
                              int64_t B, int64_t T, const row_plan *plan, int phase)
 {
-    const int64_t ne_qk[4] = {D, Hk, T, B}, ne_v[4] = {D, Hv, T, B}, ne_gate[3] = {Hv, T, B};
     const int64_t ne_pool[4] = {D, D, Hv, B}, ne_index[1] = {B}, ne_fold[2] = {3, B};
     const int64_t ne_rk[4] = {D, Hk, plan->Lp, B}, ne_rv[4] = {D, Hv, plan->Lp, B}, ne_rg[3] = {Hv, plan->Lp, B};
     gdn_gated_delta_net_params params = gdn_gated_delta_net_params_default();
     for (int l = 0; l < cfg->layers; l++) {
         const layer_buffers *b = &L[l % sets];
+        const token_views t = token_views_of(b, B, T);
         gdn_gated_delta_net_replay_args a;
-        a.q = gdn_tensor_contiguous(b->q, GDN_DTYPE_F32, 4, ne_qk);
-        a.k = gdn_tensor_contiguous(b->k, GDN_DTYPE_F32, 4, ne_qk);
-        a.v = gdn_tensor_contiguous(b->v, GDN_DTYPE_F32, 4, ne_v);
-        a.g = gdn_tensor_contiguous(b->g, GDN_DTYPE_F32, 3, ne_gate);
-        a.beta = gdn_tensor_contiguous(b->beta, GDN_DTYPE_F32, 3, ne_gate);
-        a.o = gdn_tensor_contiguous(b->o, GDN_DTYPE_F32, 4, ne_v);
+        a.q = t.q, a.k = t.k, a.v = t.v, a.g = t.g, a.beta = t.beta, a.o = t.o;
         a.state = gdn_tensor_contiguous(b->states, GDN_DTYPE_F32, 4, ne_pool);
         a.state_index = gdn_tensor_contiguous(plan->index, GDN_DTYPE_I32, 1, ne_index);
         a.ring_k = gdn_tensor_contiguous(b->ring_k, GDN_DTYPE_F32, 4, ne_rk);
@@ -220,7 +233,6 @@ static int queue_step(gdn_backend *backend, const bench_config *cfg, const layer
         return 1;
     }
     const int64_t N = T < K ? T : K;
-    const int64_t ne_qk[4] = {D, Hk, T, B}, ne_v[4] = {D, Hv, T, B}, ne_gate[3] = {Hv, T, B};
     const int64_t ne_states[5] = {D, D, Hv, B, N};
     gdn_gated_delta_net_params params = gdn_gated_delta_net_params_default();
     params.n_snapshots = (int32_t)K;
@@ -228,12 +240,8 @@ static int queue_step(gdn_backend *backend, const bench_config *cfg, const layer
         const layer_buffers *b = &L[l % sets];
         gdn_gated_delta_net_args a;
         memset(&a, 0, sizeof a); /* no state_index: each layer reads its own state */
-        a.q = gdn_tensor_contiguous(b->q, GDN_DTYPE_F32, 4, ne_qk);
-        a.k = gdn_tensor_contiguous(b->k, GDN_DTYPE_F32, 4, ne_qk);
-        a.v = gdn_tensor_contiguous(b->v, GDN_DTYPE_F32, 4, ne_v);
-        a.g = gdn_tensor_contiguous(b->g, GDN_DTYPE_F32, 3, ne_gate);
-        a.beta = gdn_tensor_contiguous(b->beta, GDN_DTYPE_F32, 3, ne_gate);
-        a.o = gdn_tensor_contiguous(b->o, GDN_DTYPE_F32, 4, ne_v);
+        const token_views t = token_views_of(b, B, T);
+        a.q = t.q, a.k = t.k, a.v = t.v, a.g = t.g, a.beta = t.beta, a.o = t.o;
         a.states = gdn_tensor_contiguous(b->states, GDN_DTYPE_F32, 5, ne_states);
         a.state = a.states; /* in place: the state is read from snapshot slot 0 */
         a.state.n_dims = 4;
