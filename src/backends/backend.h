@@ -44,6 +44,10 @@ struct gdn_backend {
     char name[128];  /* filled by the backend's init */
     void *context;   /* the backend's own state */
     gdn_backend_counters counters; /* counted by the core dispatch (backend.c), zero at init */
+    /* CUDA: an indexed gated_delta_net call of B sequences launches a kernel of its own to check
+     * the index unless B <= this (then every block checks it); set by the backend's init, read
+     * by the kernel launch and by the launch counter. 0 elsewhere. */
+    int64_t gdn_check_in_kernel_max_b;
 };
 
 /* Count one op call that ran (status GDN_OK) into backend->counters: gdn_backend_count_op for

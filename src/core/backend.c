@@ -213,7 +213,8 @@ static uint64_t view_bytes(const gdn_tensor *t)
 }
 
 /* The CUDA backend launches a bounds-check kernel before the gather of get_rows
- * (ops_cuda_data.cu) and before an indexed gated_delta_net kernel (gdn_cuda.cu). */
+ * (ops_cuda_data.cu) and before an indexed gated_delta_net kernel of more than
+ * gdn_check_in_kernel_max_b sequences (gdn_cuda.cu). */
 static uint64_t check_launches(const gdn_backend *backend)
 {
     return backend->kind == GDN_BACKEND_CUDA ? 1u : 0u;
@@ -267,7 +268,7 @@ void gdn_backend_count_gdn(gdn_backend *backend, const gdn_gated_delta_net_args 
         bytes += view_bytes(&args->state_index);
     c->op_calls++;
     c->gdn_calls++;
-    c->launches += 1u + (shape->indexed ? check_launches(backend) : 0u);
+    c->launches += 1u + (shape->indexed && shape->B > backend->gdn_check_in_kernel_max_b ? check_launches(backend) : 0u);
     c->bytes += bytes;
     c->cache_bytes += state_read + states_written;
 }

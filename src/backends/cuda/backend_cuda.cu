@@ -149,6 +149,9 @@ static gdn_status cuda_init(gdn_backend *backend, const gdn_backend_options *opt
         return status;
     }
     backend->context = context;
+    const char *check = getenv("GDN_CUDA_INDEX_CHECK");
+    backend->gdn_check_in_kernel_max_b =
+        check != NULL && strcmp(check, "kernel") == 0 ? 0 : GDN_CUDA_CHECK_IN_KERNEL_MAX_B;
     snprintf(backend->name, sizeof backend->name, "cuda (%.100s, sm_%d%d)", context->device_name,
              context->cc_major, context->cc_minor);
     return GDN_OK;

@@ -26,6 +26,12 @@ typedef struct gdn_cuda_context {
                                 indices (ops_cuda_data.cu uses the first 2, gdn_cuda.cu all 4) */
 } gdn_cuda_context;
 
+/* Up to this B an indexed gated_delta_net call checks its index inside its kernel (every block: B^2/2
+ * slot pairs or B^2 n_write overlap tests at most, a few per thread) instead of launching a
+ * one-block check kernel first. GDN_CUDA_INDEX_CHECK=kernel sets gdn_check_in_kernel_max_b to 0
+ * (the tests run both paths). */
+#define GDN_CUDA_CHECK_IN_KERNEL_MAX_B 16
+
 /* GDN_OK when `error` is cudaSuccess; otherwise records "cuda: <what> failed: <name> (<text>)"
  * with gdn_fail, clears the runtime's last-error slot (so a non-sticky error is not reported
  * again by a later launch check) and returns GDN_ERROR_BACKEND. */

@@ -131,6 +131,7 @@ struct gdn_cuda_gdn_args {
     long long index_nb;
     long long S;                           /* pool slots */
     int pool_check;                        /* 1: the pool's range meets states': check the rule */
+    int check_in_kernel;                   /* 1: every block checks the index itself (small B) */
     int64_t *index_check;                  /* the context's 4-value device buffer */
     /* Replay only (fold NULL otherwise): rings of k, delta and g [S,L,Hk,D], [S,L,Hv,D], [S,L,Hv]
      * of slot index[b], read at the fold's positions and appended to; fold [B,3] I32 {start,
@@ -477,6 +478,143 @@ __device__ __forceinline__ void append_ring(const gdn_cuda_gdn_args &a, const gd
     }
 }
 
+/* One block: index_check <- {the first position b whose index is outside 0..S-1 (-1 if none),
+ * that index, -1, -1}; when all are inside and the pool may overlap the snapshots, the first b
+ * (then s, b') whose slot overlaps snapshot states[s][b'] without being exactly states[s][b]:
+ * {b, index[b], s, b'}. Replay, when all indices are inside: the first b whose fold entry is out
+ * of range: {b, start, kFoldBad, count}; else the first b (then b' < b) with index[b'] ==
+ * index[b]: {b, index[b], kSlotShared, b'}. Runs before the main kernel on the same stream (as
+ * get_rows' check does). The host reports in the same order as gdn_gated_delta_net_check_index. */
+constexpr long long kSlotShared = -2, kFoldBad = -3;
+constexpr int kCheckThreads = 256;
+
+/* Byte range [lo, hi) of the D x D x Hv state at `base` with the view's strides nb[0..2]. */
+__device__ void state_range(const char *base, const long long *nb, long long D, long long Hv,
+                            unsigned long long *lo, unsigned long long *hi)
+{
+    *lo = (unsigned long long)base;
+    *hi = *lo + (unsigned long long)((D - 1) * nb[0] + (D - 1) * nb[1] + (Hv - 1) * nb[2]) + sizeof(float);
+}
+
+/* Block-wide minimum of `value` over THREADS threads (every thread gets it). */
+template <int THREADS>
+__device__ long long block_min(long long value, long long *scratch)
+{
+    scratch[threadIdx.x] = value;
+    __syncthreads();
+    for (int half = THREADS / 2; half > 0; half >>= 1) {
+        if ((int)threadIdx.x < half && scratch[threadIdx.x + half] < scratch[threadIdx.x])
+            scratch[threadIdx.x] = scratch[threadIdx.x + half];
+        __syncthreads();
+    }
+    const long long result = scratch[0];
+    __syncthreads();
+    return result;
+}
+
+/* The verdict on the index and fold values, computed by one whole block of THREADS threads
+ * (scratch: THREADS values of shared memory): true when all are valid. With `report`, thread 0
+ * stores the verdict in index_check (as described above, {-1, 0, -1, -1} when valid). */
+template <int THREADS>
+__device__ bool index_verdict(const gdn_cuda_gdn_args &a, long long *scratch, bool report)
+{
+    long long bad = LLONG_MAX;
+    for (long long b = threadIdx.x; b < a.B; b += blockDim.x) {
+        const int slot = *reinterpret_cast<const int *>(a.index + b * a.index_nb);
+        if ((slot < 0 || slot >= a.S) && b < bad)
+            bad = b;
+    }
+    const long long first_bad = block_min<THREADS>(bad, scratch);
+    /* Replay: the fold entries, then distinct slots (pair code b * B + b', b' < b). */
+    long long first_fold = LLONG_MAX, first_shared = LLONG_MAX;
+    if (first_bad == LLONG_MAX && a.fold != nullptr) {
+        long long fold_bad = LLONG_MAX;
+        for (long long b = threadIdx.x; b < a.B; b += blockDim.x) {
+            const char *fold = a.fold + b * a.fold_nb[1];
+            const int start = *reinterpret_cast<const int *>(fold);
+            const int count = *reinterpret_cast<const int *>(fold + a.fold_nb[0]);
+            if ((start < 0 || start >= a.L || count < 0 || count > a.L - a.T) && b < fold_bad)
+                fold_bad = b;
+        }
+        first_fold = block_min<THREADS>(fold_bad, scratch);
+        if (first_fold == LLONG_MAX) {
+            long long shared = LLONG_MAX;
+            for (long long p = threadIdx.x; p < (long long)a.B * a.B; p += blockDim.x) {
+                const long long b = p / a.B, b2 = p % a.B;
+                if (b2 < b && p < shared &&
+                    *reinterpret_cast<const int *>(a.index + b * a.index_nb) ==
+                        *reinterpret_cast<const int *>(a.index + b2 * a.index_nb))
+                    shared = p;
+            }
+            first_shared = block_min<THREADS>(shared, scratch);
+        }
+    }
+    /* The in-place rule, over (b, s, b') in that order: pair code (b * n_write + s) * B + b'. */
+    long long first_overlap = LLONG_MAX;
+    if (first_bad == LLONG_MAX && a.pool_check) {
+        long long overlap = LLONG_MAX;
+        const long long pairs = (long long)a.B * a.n_write * a.B;
+        for (long long p = threadIdx.x; p < pairs; p += blockDim.x) {
+            const long long b = p / (a.n_write * a.B), s = (p / a.B) % a.n_write, b2 = p % a.B;
+            const int slot = *reinterpret_cast<const int *>(a.index + b * a.index_nb);
+            const char *read = a.state.data + slot * a.state.nb[3];
+            const char *snap = a.states.data + s * a.states.nb[4] + b2 * a.states.nb[3];
+            unsigned long long lo, hi, slo, shi;
+            state_range(read, a.state.nb, a.D, a.Hv, &lo, &hi);
+            state_range(snap, a.states.nb, a.D, a.Hv, &slo, &shi);
+            if (hi <= slo || shi <= lo)
+                continue;
+            const bool exact = b2 == b && snap == read && a.states.nb[0] == a.state.nb[0] &&
+                               a.states.nb[1] == a.state.nb[1] && a.states.nb[2] == a.state.nb[2];
+            if (!exact && p < overlap)
+                overlap = p;
+        }
+        first_overlap = block_min<THREADS>(overlap, scratch);
+    }
+    if (report && threadIdx.x == 0) {
+        if (first_bad != LLONG_MAX) {
+            a.index_check[0] = first_bad;
+            a.index_check[1] = *reinterpret_cast<const int *>(a.index + first_bad * a.index_nb);
+            a.index_check[2] = -1;
+            a.index_check[3] = -1;
+        } else if (first_fold != LLONG_MAX) {
+            const char *fold = a.fold + first_fold * a.fold_nb[1];
+            a.index_check[0] = first_fold;
+            a.index_check[1] = *reinterpret_cast<const int *>(fold);
+            a.index_check[2] = kFoldBad;
+            a.index_check[3] = *reinterpret_cast<const int *>(fold + a.fold_nb[0]);
+        } else if (first_shared != LLONG_MAX) {
+            a.index_check[0] = first_shared / a.B;
+            a.index_check[1] = *reinterpret_cast<const int *>(a.index + (first_shared / a.B) * a.index_nb);
+            a.index_check[2] = kSlotShared;
+            a.index_check[3] = first_shared % a.B;
+        } else if (first_overlap != LLONG_MAX) {
+            const long long b = first_overlap / (a.n_write * a.B);
+            a.index_check[0] = b;
+            a.index_check[1] = *reinterpret_cast<const int *>(a.index + b * a.index_nb);
+            a.index_check[2] = (first_overlap / a.B) % a.n_write;
+            a.index_check[3] = first_overlap % a.B;
+        } else {
+            a.index_check[0] = -1;
+            a.index_check[1] = 0;
+            a.index_check[2] = -1;
+            a.index_check[3] = -1;
+        }
+    }
+    return first_bad == LLONG_MAX && first_fold == LLONG_MAX && first_shared == LLONG_MAX &&
+           first_overlap == LLONG_MAX;
+}
+
+__global__ void __launch_bounds__(kCheckThreads) gdn_cuda_index_check_kernel(const gdn_cuda_gdn_args a)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+    __shared__ long long scratch[kCheckThreads];
+    index_verdict<kCheckThreads>(a, scratch, true);
+}
+
 template <int D, int R, bool VECTOR, bool REPLAY>
 __global__ void __launch_bounds__(kWarpsPerBlock *kWarpSize, kMinBlocksPerSM)
 gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
@@ -486,8 +624,6 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
     /* 32-bit index math: the host checked that the warp count fits in an int. */
     const int warp = (int)(blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarpSize);
     const int head = warp / C::WARPS_PER_HEAD; /* b * Hv + h */
-    if (head >= a.B * a.Hv)
-        return; /* whole warps only (the last block may be partly empty): shuffles stay full-mask */
     const int warp_in_head = warp % C::WARPS_PER_HEAD;
 
     gdn_cuda_place at;
@@ -507,14 +643,26 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
     asm volatile("griddepcontrol.launch_dependents;" :::);
 #endif
 
-    /* The slot this sequence starts from: its own, or index[b] of the pool (one broadcast load
-     * per warp, after the check kernel's verdict: on any bad index the whole grid writes nothing). */
-    long long slot = at.b;
+    /* The index verdict: the check kernel's, or (small B: one launch fewer) each block's own,
+     * computed by all its threads before any returns; block 0 reports it. On any bad value the
+     * whole grid writes nothing. */
     if (a.index != nullptr) {
-        if (a.index_check[0] >= 0)
+        if (a.check_in_kernel) {
+            __shared__ long long scratch[kWarpsPerBlock * kWarpSize];
+            if (!index_verdict<kWarpsPerBlock * kWarpSize>(a, scratch, blockIdx.x == 0))
+                return;
+        } else if (a.index_check[0] >= 0) {
             return;
-        slot = *reinterpret_cast<const int *>(a.index + at.b * a.index_nb);
+        }
     }
+    if (head >= a.B * a.Hv)
+        return; /* whole warps only (the last block may be partly empty): shuffles stay full-mask */
+
+    /* The slot this sequence starts from: its own, or index[b] of the pool (one broadcast load
+     * per warp). */
+    long long slot = at.b;
+    if (a.index != nullptr)
+        slot = *reinterpret_cast<const int *>(a.index + at.b * a.index_nb);
     /* Replay: this sequence's fold entry, read beside the index so that its latency overlaps the
      * state loads. */
     int fold_start = 0, fold_count = 0, fold_commit = 0;
@@ -619,130 +767,6 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
     }
 }
 
-/* One block: index_check <- {the first position b whose index is outside 0..S-1 (-1 if none),
- * that index, -1, -1}; when all are inside and the pool may overlap the snapshots, the first b
- * (then s, b') whose slot overlaps snapshot states[s][b'] without being exactly states[s][b]:
- * {b, index[b], s, b'}. Replay, when all indices are inside: the first b whose fold entry is out
- * of range: {b, start, kFoldBad, count}; else the first b (then b' < b) with index[b'] ==
- * index[b]: {b, index[b], kSlotShared, b'}. Runs before the main kernel on the same stream (as
- * get_rows' check does). The host reports in the same order as gdn_gated_delta_net_check_index. */
-constexpr long long kSlotShared = -2, kFoldBad = -3;
-constexpr int kCheckThreads = 256;
-
-/* Byte range [lo, hi) of the D x D x Hv state at `base` with the view's strides nb[0..2]. */
-__device__ void state_range(const char *base, const long long *nb, long long D, long long Hv,
-                            unsigned long long *lo, unsigned long long *hi)
-{
-    *lo = (unsigned long long)base;
-    *hi = *lo + (unsigned long long)((D - 1) * nb[0] + (D - 1) * nb[1] + (Hv - 1) * nb[2]) + sizeof(float);
-}
-
-/* Block-wide minimum of `value` (every thread gets it). */
-__device__ long long block_min(long long value, long long *scratch)
-{
-    scratch[threadIdx.x] = value;
-    __syncthreads();
-    for (int half = kCheckThreads / 2; half > 0; half >>= 1) {
-        if ((int)threadIdx.x < half && scratch[threadIdx.x + half] < scratch[threadIdx.x])
-            scratch[threadIdx.x] = scratch[threadIdx.x + half];
-        __syncthreads();
-    }
-    const long long result = scratch[0];
-    __syncthreads();
-    return result;
-}
-
-__global__ void __launch_bounds__(kCheckThreads) gdn_cuda_index_check_kernel(const gdn_cuda_gdn_args a)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;" :::);
-#endif
-    __shared__ long long scratch[kCheckThreads];
-    long long bad = LLONG_MAX;
-    for (long long b = threadIdx.x; b < a.B; b += blockDim.x) {
-        const int slot = *reinterpret_cast<const int *>(a.index + b * a.index_nb);
-        if ((slot < 0 || slot >= a.S) && b < bad)
-            bad = b;
-    }
-    const long long first_bad = block_min(bad, scratch);
-    /* Replay: the fold entries, then distinct slots (pair code b * B + b', b' < b). */
-    long long first_fold = LLONG_MAX, first_shared = LLONG_MAX;
-    if (first_bad == LLONG_MAX && a.fold != nullptr) {
-        long long fold_bad = LLONG_MAX;
-        for (long long b = threadIdx.x; b < a.B; b += blockDim.x) {
-            const char *fold = a.fold + b * a.fold_nb[1];
-            const int start = *reinterpret_cast<const int *>(fold);
-            const int count = *reinterpret_cast<const int *>(fold + a.fold_nb[0]);
-            if ((start < 0 || start >= a.L || count < 0 || count > a.L - a.T) && b < fold_bad)
-                fold_bad = b;
-        }
-        first_fold = block_min(fold_bad, scratch);
-        if (first_fold == LLONG_MAX) {
-            long long shared = LLONG_MAX;
-            for (long long p = threadIdx.x; p < (long long)a.B * a.B; p += blockDim.x) {
-                const long long b = p / a.B, b2 = p % a.B;
-                if (b2 < b && p < shared &&
-                    *reinterpret_cast<const int *>(a.index + b * a.index_nb) ==
-                        *reinterpret_cast<const int *>(a.index + b2 * a.index_nb))
-                    shared = p;
-            }
-            first_shared = block_min(shared, scratch);
-        }
-    }
-    /* The in-place rule, over (b, s, b') in that order: pair code (b * n_write + s) * B + b'. */
-    long long first_overlap = LLONG_MAX;
-    if (first_bad == LLONG_MAX && a.pool_check) {
-        long long overlap = LLONG_MAX;
-        const long long pairs = (long long)a.B * a.n_write * a.B;
-        for (long long p = threadIdx.x; p < pairs; p += blockDim.x) {
-            const long long b = p / (a.n_write * a.B), s = (p / a.B) % a.n_write, b2 = p % a.B;
-            const int slot = *reinterpret_cast<const int *>(a.index + b * a.index_nb);
-            const char *read = a.state.data + slot * a.state.nb[3];
-            const char *snap = a.states.data + s * a.states.nb[4] + b2 * a.states.nb[3];
-            unsigned long long lo, hi, slo, shi;
-            state_range(read, a.state.nb, a.D, a.Hv, &lo, &hi);
-            state_range(snap, a.states.nb, a.D, a.Hv, &slo, &shi);
-            if (hi <= slo || shi <= lo)
-                continue;
-            const bool exact = b2 == b && snap == read && a.states.nb[0] == a.state.nb[0] &&
-                               a.states.nb[1] == a.state.nb[1] && a.states.nb[2] == a.state.nb[2];
-            if (!exact && p < overlap)
-                overlap = p;
-        }
-        first_overlap = block_min(overlap, scratch);
-    }
-    if (threadIdx.x == 0) {
-        if (first_bad != LLONG_MAX) {
-            a.index_check[0] = first_bad;
-            a.index_check[1] = *reinterpret_cast<const int *>(a.index + first_bad * a.index_nb);
-            a.index_check[2] = -1;
-            a.index_check[3] = -1;
-        } else if (first_fold != LLONG_MAX) {
-            const char *fold = a.fold + first_fold * a.fold_nb[1];
-            a.index_check[0] = first_fold;
-            a.index_check[1] = *reinterpret_cast<const int *>(fold);
-            a.index_check[2] = kFoldBad;
-            a.index_check[3] = *reinterpret_cast<const int *>(fold + a.fold_nb[0]);
-        } else if (first_shared != LLONG_MAX) {
-            a.index_check[0] = first_shared / a.B;
-            a.index_check[1] = *reinterpret_cast<const int *>(a.index + (first_shared / a.B) * a.index_nb);
-            a.index_check[2] = kSlotShared;
-            a.index_check[3] = first_shared % a.B;
-        } else if (first_overlap != LLONG_MAX) {
-            const long long b = first_overlap / (a.n_write * a.B);
-            a.index_check[0] = b;
-            a.index_check[1] = *reinterpret_cast<const int *>(a.index + b * a.index_nb);
-            a.index_check[2] = (first_overlap / a.B) % a.n_write;
-            a.index_check[3] = first_overlap % a.B;
-        } else {
-            a.index_check[0] = -1;
-            a.index_check[1] = 0;
-            a.index_check[2] = -1;
-            a.index_check[3] = -1;
-        }
-    }
-}
 
 gdn_cuda_view view_of(const gdn_tensor *t)
 {
@@ -897,6 +921,9 @@ gdn_status gdn_cuda_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_
     a.S = shape->S;
     a.D = (int)shape->D;
     a.pool_check = shape->pool_overlaps_states;
+    /* Small B: each block checks the index itself (a few hundred comparisons) instead of a
+     * one-block kernel launched before the op (GDN_CUDA_CHECK_IN_KERNEL_MAX_B). */
+    a.check_in_kernel = shape->indexed && shape->B <= backend->gdn_check_in_kernel_max_b;
     a.index_check = context->index_check;
     const gdn_gated_delta_net_replay_args *replay = shape->replay;
     a.fold = nullptr;
@@ -922,7 +949,7 @@ gdn_status gdn_cuda_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_
     gdn_cuda_launch how;
     how.stream = context->stream;
     how.dependent = context->cc_major >= 9 && context->dependent_launch;
-    if (shape->indexed && (status = launch_index_check(a, how)) != GDN_OK)
+    if (shape->indexed && !a.check_in_kernel && (status = launch_index_check(a, how)) != GDN_OK)
         return status;
     switch (shape->D) {
     case 16: status = launch_for<16>(a, vector, how); break;
