@@ -1,0 +1,550 @@
+/* gdn_cuda_device.cuh: the device side of the Gated DeltaNet op on CUDA that gdn_cuda.cu's
+ * kernel is built from: the argument struct, the launch shape per head dimension, token loads,
+ * the per-token update and fold, state stores, ring appends, and the index verdict (one device
+ * function, run by the check kernel or by every block of the op's kernel). gdn_cuda.cu's header
+ * comment explains the mapping, the exactness rules and the measurements. Included by
+ * gdn_cuda.cu only (everything here has internal linkage). */
+#ifndef GDN_CUDA_DEVICE_CUH
+#define GDN_CUDA_DEVICE_CUH
+
+#include "cuda_internal.h"
+
+#include <limits.h>
+
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr int kWarpsPerBlock = 4;
+constexpr unsigned kFullMask = 0xffffffffu;
+/* Lanes that share a row (at most; fewer when D/4 is smaller). See "Mapping" above for why 8. */
+#ifndef GDN_CUDA_ROW_LANES
+#define GDN_CUDA_ROW_LANES 8
+#endif
+constexpr int kRowLanes = GDN_CUDA_ROW_LANES;
+/* Blocks per SM the register allocation must allow: 3 x 128 threads caps a thread at 168
+ * registers, which the wide shape (64 state floats) fits without spilling in the vector path;
+ * uncapped, the replay instantiation took 213 (2 blocks per SM). 4 (128 registers, spills)
+ * measured 7-17% slower at B=64 T=4 on an H100. */
+#ifndef GDN_CUDA_MIN_BLOCKS
+#define GDN_CUDA_MIN_BLOCKS 3
+#endif
+constexpr int kMinBlocksPerSM = GDN_CUDA_MIN_BLOCKS;
+/* State floats per thread in the wide shape. 32 (2 rows at D=128, 4 blocks per SM) measured 27%
+ * slower at B=64 T=4: more warps, but more instructions per state element. */
+constexpr int kWideFloats = 64;
+static_assert(kRowLanes >= 1 && kRowLanes <= kWarpSize && (kRowLanes & (kRowLanes - 1)) == 0,
+              "lanes per row: a power of two within a warp");
+
+/* A strided view as the kernel sees it: the first element and byte strides, innermost first. */
+struct gdn_cuda_view {
+    char *data;
+    long long nb[5];
+};
+
+/* Every kernel argument in one struct (STYLE rule 5). Views follow the public shapes:
+ * q, k [B,T,Hk,D]; v, o [B,T,Hv,D]; g, beta [B,T,Hv]; state [B,Hv,D,D]; states [N,B,Hv,D,D]. */
+struct gdn_cuda_gdn_args {
+    gdn_cuda_view q, k, v, g, beta, state; /* inputs */
+    gdn_cuda_view o, states;               /* outputs */
+    int B, Hk, Hv;                         /* B*Hv*WARPS_PER_HEAD <= INT_MAX (host-checked) */
+    int D;                                 /* Dk = Dv (the templates carry it; the check kernel reads it) */
+    long long T;
+    long long n_write;                     /* snapshots written: min(T, n_snapshots) */
+    int interleaved;                       /* 1: q/k head h / (Hv/Hk); 0: tiled, h % Hk */
+    int l2norm;
+    float scale;
+    /* Optional pool index (NULL: sequence b reads state slot b): sequence b reads slot index[b]
+     * of the pool. The check kernel stores {first bad position or -1, its value, the snapshot
+     * s and sequence b' its slot overlaps (-1, -1 for an index outside the pool)} in
+     * index_check, and the main kernel writes nothing unless index_check[0] is -1. */
+    const char *index;
+    long long index_nb;
+    long long S;                           /* pool slots */
+    int pool_check;                        /* 1: the pool's range meets states': check the rule */
+    int check_in_kernel;                   /* 1: every block checks the index itself (small B) */
+    int64_t *index_check;                  /* the context's 4-value device buffer */
+    /* Replay only (fold NULL otherwise): rings of k, delta and g [S,L,Hk,D], [S,L,Hv,D], [S,L,Hv]
+     * of slot index[b], read at the fold's positions and appended to; fold [B,3] I32 {start,
+     * count, commit} with element strides fold_nb[0], fold_nb[1]. */
+    gdn_cuda_view ring_k, ring_v, ring_g;
+    const char *fold;
+    long long fold_nb[2];
+    long long L;
+};
+
+/* Launch shape and per-lane slice for head dimension D (see the table at the top). */
+/* Lanes that hold one row: a function of D alone (so is every row's arithmetic). */
+template <int D>
+__host__ __device__ constexpr int lanes_per_row()
+{
+    /* One float4 per lane for small D; kRowLanes lanes from D = 4 kRowLanes on; more lanes
+     * (at most a warp) once a lane would hold over 16 floats of a row (D = 256: 16 lanes). */
+    return D / 4 < kRowLanes ? D / 4 : D / 16 > kRowLanes ? (D / 16 < kWarpSize ? D / 16 : kWarpSize) : kRowLanes;
+}
+
+template <int D, int R>
+struct gdn_cuda_config {
+    static constexpr int LANES = lanes_per_row<D>();                    /* lanes per row */
+    static constexpr int CHUNKS = D / (4 * LANES);                      /* float4 per lane per row */
+    static constexpr int ELEMS = 4 * CHUNKS;                            /* floats per lane per row */
+    static constexpr int GROUPS = kWarpSize / LANES;                    /* rows side by side in a warp */
+    static constexpr int ROWS = R;                                      /* rows per thread */
+    static constexpr int ROWS_PER_WARP = GROUPS * ROWS;
+    static constexpr int WARPS_PER_HEAD = D / ROWS_PER_WARP;
+    /* Whether the token loops load token t+1 while token t computes: only where the state
+     * slice is small (ROWS*ELEMS <= 32 floats); the wide shape would need ~250 registers. */
+    static constexpr bool PREFETCH = ROWS * ELEMS <= 32;
+    static_assert(D % ROWS_PER_WARP == 0, "a head must split into whole warps");
+    static_assert(ROWS <= LANES, "lane r of a group writes o for row r");
+    static_assert(LANES * ELEMS == D, "the lanes of a group cover a row exactly");
+};
+
+
+/* Four consecutive row elements starting at p (element stride nb0 bytes). VECTOR: one 16-byte
+ * access (the host checked nb0 == 4 and 16-byte alignment); otherwise four 4-byte accesses. */
+template <bool VECTOR>
+__device__ __forceinline__ float4 load4_readonly(const char *p, long long nb0)
+{
+    if (VECTOR)
+        return __ldg(reinterpret_cast<const float4 *>(p));
+    return make_float4(__ldg(reinterpret_cast<const float *>(p)),
+                       __ldg(reinterpret_cast<const float *>(p + nb0)),
+                       __ldg(reinterpret_cast<const float *>(p + 2 * nb0)),
+                       __ldg(reinterpret_cast<const float *>(p + 3 * nb0)));
+}
+
+/* As load4_readonly but a plain coherent load: `state` may alias the snapshots being written. */
+template <bool VECTOR>
+__device__ __forceinline__ float4 load4_state(const char *p, long long nb0)
+{
+    if (VECTOR)
+        return *reinterpret_cast<const float4 *>(p);
+    return make_float4(*reinterpret_cast<const float *>(p), *reinterpret_cast<const float *>(p + nb0),
+                       *reinterpret_cast<const float *>(p + 2 * nb0),
+                       *reinterpret_cast<const float *>(p + 3 * nb0));
+}
+
+template <bool VECTOR>
+__device__ __forceinline__ void store4(char *p, long long nb0, float4 x)
+{
+    if (VECTOR) {
+        *reinterpret_cast<float4 *>(p) = x;
+        return;
+    }
+    *reinterpret_cast<float *>(p) = x.x;
+    *reinterpret_cast<float *>(p + nb0) = x.y;
+    *reinterpret_cast<float *>(p + 2 * nb0) = x.z;
+    *reinterpret_cast<float *>(p + 3 * nb0) = x.w;
+}
+
+/* Sum over the LANES lanes of a group: butterfly with xor offsets LANES/2 .. 1. Addition is
+ * commutative, so both partners of each exchange compute the same bits and every lane of the
+ * group ends with the identical total. Called by all 32 lanes (full mask). */
+template <int LANES>
+__device__ __forceinline__ float group_sum(float x)
+{
+#pragma unroll
+    for (int offset = LANES / 2; offset >= 1; offset /= 2)
+        x = __fadd_rn(x, __shfl_xor_sync(kFullMask, x, offset));
+    return x;
+}
+
+/* Sum over i of x[i] y[i] of one lane's slice: one chain of fmas in order of i. (Two interleaved
+ * partial sums, for more independent work per warp, measured no faster at B=64 T=4.) */
+template <int ELEMS>
+__device__ __forceinline__ float lane_dot(const float (&x)[ELEMS], const float (&y)[ELEMS])
+{
+    float sum = 0.0f;
+#pragma unroll
+    for (int i = 0; i < ELEMS; i++)
+        sum = __fmaf_rn(x[i], y[i], sum);
+    return sum;
+}
+
+/* 1 / sqrt(|x|^2 + 1e-6) of the vector whose slice the group holds (the l2norm of fla and Hugging
+ * Face, x * rsqrt(|x|^2 + eps), as include/gdn.h specifies). update_rows applies it to the dot
+ * products and to the update coefficient instead of to each element: two multiplies per row in
+ * place of ELEMS per vector. Every lane of the group gets the same bits. */
+template <int LANES, int ELEMS>
+__device__ __forceinline__ float inverse_norm(const float (&x)[ELEMS])
+{
+    return __frsqrt_rn(__fadd_rn(group_sum<LANES>(lane_dot<ELEMS>(x, x)), 1e-6f));
+}
+
+/* One token's inputs as one thread needs them: its slice of q and k, v for its rows, g, beta. */
+template <int D, int R>
+struct gdn_cuda_token {
+    float q[gdn_cuda_config<D, R>::ELEMS];
+    float k[gdn_cuda_config<D, R>::ELEMS];
+    float v[R];
+    float g, beta;
+};
+
+/* Where one warp works: sequence b, value head h, q/k head hk, rows row0 .. row0+ROWS-1 of this
+ * thread, and the thread's lane within its row group. */
+struct gdn_cuda_place {
+    int b, h, hk;
+    int row0;
+    int lane;
+};
+
+/* A hint that the line holding p is wanted in L1 soon: no register, no wait. */
+__device__ __forceinline__ void prefetch_l1(const char *p)
+{
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+}
+
+/* Bytes from a lane's first chunk to its chunk c (chunks are 4*LANES elements apart): a
+ * compile-time constant on the vector path, so loads and stores use immediate offsets. */
+template <int D, bool VECTOR>
+__device__ __forceinline__ long long chunk_offset(int c, long long nb0)
+{
+    constexpr long long step = 4LL * lanes_per_row<D>();
+    return VECTOR ? c * step * (long long)sizeof(float) : c * step * nb0;
+}
+
+/* Where this thread's rows start in the [.., D rows, D] head at `head`: row row0, its lane's
+ * first element. Row r, chunk c is then + r nb[1] + chunk_offset(c). */
+__device__ __forceinline__ char *thread_rows(const char *head, const gdn_cuda_view &view, const gdn_cuda_place &at)
+{
+    return const_cast<char *>(head) + (long long)at.row0 * view.nb[1] + 4LL * at.lane * view.nb[0];
+}
+
+/* One thread's pointers into a token source at token (ring position) 0: its q and k slice, v of
+ * its first row, g and beta of its head. New tokens: q, k, v, g, beta of sequence b; RING: the
+ * rings of a pool slot (no q). Computed once per kernel, so that a token costs one multiply-add
+ * of the view's token stride per pointer instead of the whole index arithmetic. */
+struct gdn_cuda_token_ptrs {
+    char *q, *k, *v, *g, *beta;
+};
+
+template <bool RING>
+__device__ __forceinline__ gdn_cuda_token_ptrs token_ptrs(const gdn_cuda_gdn_args &a, const gdn_cuda_place &at,
+                                                          long long outer)
+{
+    const gdn_cuda_view &kv = RING ? a.ring_k : a.k, &vv = RING ? a.ring_v : a.v;
+    const gdn_cuda_view &gv = RING ? a.ring_g : a.g;
+    const long long e0 = 4LL * at.lane; /* the lane's first element: chunk c holds (c LANES + lane) 4 .. +3 */
+    gdn_cuda_token_ptrs p;
+    p.q = RING ? nullptr : a.q.data + outer * a.q.nb[3] + at.hk * a.q.nb[1] + e0 * a.q.nb[0];
+    p.k = kv.data + outer * kv.nb[3] + at.hk * kv.nb[1] + e0 * kv.nb[0];
+    p.v = vv.data + outer * vv.nb[3] + at.h * vv.nb[1] + (long long)at.row0 * vv.nb[0];
+    p.g = gv.data + outer * gv.nb[2] + at.h * gv.nb[0];
+    p.beta = RING ? nullptr : a.beta.data + outer * a.beta.nb[2] + at.h * a.beta.nb[0];
+    return p;
+}
+
+/* The new-token pointers moved on by one token (the token loop walks them instead of multiplying
+ * the token index by every stride for every load). */
+__device__ __forceinline__ void advance_tokens(gdn_cuda_token_ptrs &p, const gdn_cuda_gdn_args &a)
+{
+    p.q += a.q.nb[2];
+    p.k += a.k.nb[2];
+    p.v += a.v.nb[2];
+    p.g += a.g.nb[1];
+    p.beta += a.beta.nb[1];
+}
+
+/* Token t (new tokens: q, k, v, g, beta) or, with RING, ring position t (k, the deltas in v, g;
+ * no q: a ring token gives no output) from the thread's pointers p. HINT: only
+ * prefetch those lines into L1 (`in` untouched), so that the load of that token one step later
+ * hits L1 instead of waiting on L2 behind the state traffic: the wide shape has no registers to
+ * load a token ahead. */
+template <int D, int R, bool VECTOR, bool RING, bool HINT = false>
+__device__ __forceinline__ void load_token(gdn_cuda_token<D, R> &in, const gdn_cuda_gdn_args &a,
+                                           const gdn_cuda_token_ptrs &p, long long t)
+{
+    using C = gdn_cuda_config<D, R>;
+    const gdn_cuda_view &kv = RING ? a.ring_k : a.k, &vv = RING ? a.ring_v : a.v;
+    const gdn_cuda_view &gv = RING ? a.ring_g : a.g;
+    const char *q = RING ? nullptr : p.q + t * a.q.nb[2];
+    const char *k = p.k + t * kv.nb[2];
+    const char *v = p.v + t * vv.nb[2];
+    const char *g = p.g + t * gv.nb[1], *beta = RING ? nullptr : p.beta + t * a.beta.nb[1];
+    if constexpr (HINT) {
+#pragma unroll
+        for (int c = 0; c < C::CHUNKS; c++) {
+            if (!RING)
+                prefetch_l1(q + chunk_offset<D, VECTOR>(c, a.q.nb[0]));
+            prefetch_l1(k + chunk_offset<D, VECTOR>(c, kv.nb[0]));
+        }
+        prefetch_l1(v);
+        prefetch_l1(g);
+        if (!RING)
+            prefetch_l1(beta);
+    } else {
+#pragma unroll
+        for (int c = 0; c < C::CHUNKS; c++) {
+            if (!RING) {
+                const float4 qc = load4_readonly<VECTOR>(q + chunk_offset<D, VECTOR>(c, a.q.nb[0]), a.q.nb[0]);
+                in.q[4 * c + 0] = qc.x, in.q[4 * c + 1] = qc.y, in.q[4 * c + 2] = qc.z, in.q[4 * c + 3] = qc.w;
+            }
+            const float4 kc = load4_readonly<VECTOR>(k + chunk_offset<D, VECTOR>(c, kv.nb[0]), kv.nb[0]);
+            in.k[4 * c + 0] = kc.x, in.k[4 * c + 1] = kc.y, in.k[4 * c + 2] = kc.z, in.k[4 * c + 3] = kc.w;
+        }
+        /* v[j], g and beta: the same address for every lane of a group, one broadcast load each. */
+#pragma unroll
+        for (int r = 0; r < C::ROWS; r++)
+            in.v[r] = __ldg(reinterpret_cast<const float *>(v + r * vv.nb[0]));
+        in.g = __ldg(reinterpret_cast<const float *>(g));
+        in.beta = RING ? 0.0f : __ldg(reinterpret_cast<const float *>(beta));
+    }
+}
+
+/* The per-token update of this thread's rows; out[r] = o for row row0 + r (same in all lanes of
+ * the group). The arithmetic order here is the exactness contract: change it only knowing that
+ * results then change bit-wise (and stay consistent across T, B and both access paths).
+ * With l2norm, k and q stay as loaded and their inverse norms nk, nq scale what they enter:
+ *     sk = (row . k) nk;  d = beta (v - sk);  row += (d nk) k;  o = (row . q) (scale nq)
+ * which is the update with k <- k nk, q <- q nq up to rounding (one multiply per row instead of
+ * one per element). Without l2norm nk = nq = 1 and the multiplies by 1 are exact.
+ * delta[r] = beta (v - sk) (before nk): what the replay ring keeps of the token (fold_rows). */
+template <int D, int R>
+__device__ __forceinline__ void update_rows(float (&S)[R][gdn_cuda_config<D, R>::ELEMS],
+                                            const gdn_cuda_token<D, R> &in, int l2norm, float scale, float (&out)[R],
+                                            float (&delta)[R])
+{
+    constexpr bool OUTPUT = true;
+    using C = gdn_cuda_config<D, R>;
+    float nk = 1.0f, q_scale = scale;
+    if (l2norm) {
+        nk = inverse_norm<C::LANES, C::ELEMS>(in.k);
+        if constexpr (OUTPUT)
+            q_scale = __fmul_rn(scale, inverse_norm<C::LANES, C::ELEMS>(in.q));
+    }
+    const float decay = expf(in.g);
+
+    /* sk = ((exp(g) row) . k) nk, with the decayed row kept. */
+    float sk[C::ROWS];
+#pragma unroll
+    for (int r = 0; r < C::ROWS; r++) {
+#pragma unroll
+        for (int i = 0; i < C::ELEMS; i++)
+            S[r][i] = __fmul_rn(S[r][i], decay);
+        sk[r] = lane_dot<C::ELEMS>(S[r], in.k);
+    }
+#pragma unroll
+    for (int r = 0; r < C::ROWS; r++)
+        sk[r] = __fmul_rn(group_sum<C::LANES>(sk[r]), nk);
+
+    /* row += (d nk) k with d = beta (v - sk); o = (row . q) scale nq. */
+    float sq[C::ROWS];
+#pragma unroll
+    for (int r = 0; r < C::ROWS; r++) {
+        delta[r] = __fmul_rn(in.beta, __fsub_rn(in.v[r], sk[r]));
+        const float d = __fmul_rn(delta[r], nk);
+#pragma unroll
+        for (int i = 0; i < C::ELEMS; i++)
+            S[r][i] = __fmaf_rn(d, in.k[i], S[r][i]);
+        if constexpr (OUTPUT)
+            sq[r] = lane_dot<C::ELEMS>(S[r], in.q);
+    }
+    if constexpr (OUTPUT) {
+#pragma unroll
+        for (int r = 0; r < C::ROWS; r++)
+            out[r] = __fmul_rn(group_sum<C::LANES>(sq[r]), q_scale);
+    }
+}
+
+/* A folded replay token: in.v holds the deltas its update_rows computed when it was new, from
+ * the same state, so row = exp(g) row + (delta nk) k here is that update's write, the very same
+ * floats, with no dot product (nk from the same k by the same code). */
+template <int D, int R>
+__device__ __forceinline__ void fold_rows(float (&S)[R][gdn_cuda_config<D, R>::ELEMS],
+                                          const gdn_cuda_token<D, R> &in, int l2norm)
+{
+    using C = gdn_cuda_config<D, R>;
+    const float nk = l2norm ? inverse_norm<C::LANES, C::ELEMS>(in.k) : 1.0f;
+    const float decay = expf(in.g);
+#pragma unroll
+    for (int r = 0; r < C::ROWS; r++) {
+        const float d = __fmul_rn(in.v[r], nk);
+#pragma unroll
+        for (int i = 0; i < C::ELEMS; i++)
+            S[r][i] = __fmaf_rn(d, in.k[i], __fmul_rn(S[r][i], decay));
+    }
+}
+
+/* This thread's rows of a state to `rows` (thread_rows of a pool slot's head or a snapshot's). */
+template <int D, int R, bool VECTOR>
+__device__ __forceinline__ void store_rows(char *rows, const gdn_cuda_view &to,
+                                           const float (&S)[R][gdn_cuda_config<D, R>::ELEMS])
+{
+    using C = gdn_cuda_config<D, R>;
+#pragma unroll
+    for (int r = 0; r < C::ROWS; r++)
+#pragma unroll
+        for (int c = 0; c < C::CHUNKS; c++)
+            store4<VECTOR>(rows + r * to.nb[1] + chunk_offset<D, VECTOR>(c, to.nb[0]), to.nb[0],
+                           make_float4(S[r][4 * c + 0], S[r][4 * c + 1], S[r][4 * c + 2], S[r][4 * c + 3]));
+}
+
+/* Replay: the new token `in` (as loaded; update_rows does not change it) and its deltas to ring
+ * position `pos` through the ring pointers p of the sequence's slot. Each value has one writer:
+ * delta[row0 + r] the lane r that writes o for the row (every lane of the group holds the same
+ * value), g `head_writer` (lane 0 of the head's first warp), k `k_writer` (the lanes of group 0
+ * of the first warp of the first value head that reads q/k head hk). From registers: copying
+ * from the inputs after the token loop instead measured slower (a dependent load at the end of
+ * every warp's life). */
+template <int D, int R, bool VECTOR>
+__device__ __forceinline__ void append_ring(const gdn_cuda_gdn_args &a, const gdn_cuda_place &at,
+                                            const gdn_cuda_token_ptrs &p, const gdn_cuda_token<D, R> &in,
+                                            const float (&delta)[R], long long pos, bool head_writer, bool k_writer)
+{
+    using C = gdn_cuda_config<D, R>;
+    char *v = p.v + pos * a.ring_v.nb[2];
+#pragma unroll
+    for (int r = 0; r < C::ROWS; r++)
+        if (at.lane == r)
+            *reinterpret_cast<float *>(v + r * a.ring_v.nb[0]) = delta[r];
+    if (head_writer)
+        *reinterpret_cast<float *>(p.g + pos * a.ring_g.nb[1]) = in.g;
+    if (k_writer) {
+        char *k = p.k + pos * a.ring_k.nb[2];
+#pragma unroll
+        for (int c = 0; c < C::CHUNKS; c++)
+            store4<VECTOR>(k + chunk_offset<D, VECTOR>(c, a.ring_k.nb[0]), a.ring_k.nb[0],
+                           make_float4(in.k[4 * c + 0], in.k[4 * c + 1], in.k[4 * c + 2], in.k[4 * c + 3]));
+    }
+}
+
+/* One block: index_check <- {the first position b whose index is outside 0..S-1 (-1 if none),
+ * that index, -1, -1}; when all are inside and the pool may overlap the snapshots, the first b
+ * (then s, b') whose slot overlaps snapshot states[s][b'] without being exactly states[s][b]:
+ * {b, index[b], s, b'}. Replay, when all indices are inside: the first b whose fold entry is out
+ * of range: {b, start, kFoldBad, count}; else the first b (then b' < b) with index[b'] ==
+ * index[b]: {b, index[b], kSlotShared, b'}. Runs before the main kernel on the same stream (as
+ * get_rows' check does). The host reports in the same order as gdn_gated_delta_net_check_index. */
+constexpr long long kSlotShared = -2, kFoldBad = -3;
+constexpr int kCheckThreads = 256;
+
+/* Byte range [lo, hi) of the D x D x Hv state at `base` with the view's strides nb[0..2]. */
+__device__ void state_range(const char *base, const long long *nb, long long D, long long Hv,
+                            unsigned long long *lo, unsigned long long *hi)
+{
+    *lo = (unsigned long long)base;
+    *hi = *lo + (unsigned long long)((D - 1) * nb[0] + (D - 1) * nb[1] + (Hv - 1) * nb[2]) + sizeof(float);
+}
+
+/* Block-wide minimum of `value` over THREADS threads (every thread gets it). */
+template <int THREADS>
+__device__ long long block_min(long long value, long long *scratch)
+{
+    scratch[threadIdx.x] = value;
+    __syncthreads();
+    for (int half = THREADS / 2; half > 0; half >>= 1) {
+        if ((int)threadIdx.x < half && scratch[threadIdx.x + half] < scratch[threadIdx.x])
+            scratch[threadIdx.x] = scratch[threadIdx.x + half];
+        __syncthreads();
+    }
+    const long long result = scratch[0];
+    __syncthreads();
+    return result;
+}
+
+/* The verdict on the index and fold values, computed by one whole block of THREADS threads
+ * (scratch: THREADS values of shared memory): true when all are valid. With `report`, thread 0
+ * stores the verdict in index_check (as described above, {-1, 0, -1, -1} when valid). */
+template <int THREADS>
+__device__ bool index_verdict(const gdn_cuda_gdn_args &a, long long *scratch, bool report)
+{
+    long long bad = LLONG_MAX;
+    for (long long b = threadIdx.x; b < a.B; b += blockDim.x) {
+        const int slot = *reinterpret_cast<const int *>(a.index + b * a.index_nb);
+        if ((slot < 0 || slot >= a.S) && b < bad)
+            bad = b;
+    }
+    const long long first_bad = block_min<THREADS>(bad, scratch);
+    /* Replay: the fold entries, then distinct slots (pair code b * B + b', b' < b). */
+    long long first_fold = LLONG_MAX, first_shared = LLONG_MAX;
+    if (first_bad == LLONG_MAX && a.fold != nullptr) {
+        long long fold_bad = LLONG_MAX;
+        for (long long b = threadIdx.x; b < a.B; b += blockDim.x) {
+            const char *fold = a.fold + b * a.fold_nb[1];
+            const int start = *reinterpret_cast<const int *>(fold);
+            const int count = *reinterpret_cast<const int *>(fold + a.fold_nb[0]);
+            if ((start < 0 || start >= a.L || count < 0 || count > a.L - a.T) && b < fold_bad)
+                fold_bad = b;
+        }
+        first_fold = block_min<THREADS>(fold_bad, scratch);
+        if (first_fold == LLONG_MAX) {
+            long long shared = LLONG_MAX;
+            for (long long p = threadIdx.x; p < (long long)a.B * a.B; p += blockDim.x) {
+                const long long b = p / a.B, b2 = p % a.B;
+                if (b2 < b && p < shared &&
+                    *reinterpret_cast<const int *>(a.index + b * a.index_nb) ==
+                        *reinterpret_cast<const int *>(a.index + b2 * a.index_nb))
+                    shared = p;
+            }
+            first_shared = block_min<THREADS>(shared, scratch);
+        }
+    }
+    /* The in-place rule, over (b, s, b') in that order: pair code (b * n_write + s) * B + b'. */
+    long long first_overlap = LLONG_MAX;
+    if (first_bad == LLONG_MAX && a.pool_check) {
+        long long overlap = LLONG_MAX;
+        const long long pairs = (long long)a.B * a.n_write * a.B;
+        for (long long p = threadIdx.x; p < pairs; p += blockDim.x) {
+            const long long b = p / (a.n_write * a.B), s = (p / a.B) % a.n_write, b2 = p % a.B;
+            const int slot = *reinterpret_cast<const int *>(a.index + b * a.index_nb);
+            const char *read = a.state.data + slot * a.state.nb[3];
+            const char *snap = a.states.data + s * a.states.nb[4] + b2 * a.states.nb[3];
+            unsigned long long lo, hi, slo, shi;
+            state_range(read, a.state.nb, a.D, a.Hv, &lo, &hi);
+            state_range(snap, a.states.nb, a.D, a.Hv, &slo, &shi);
+            if (hi <= slo || shi <= lo)
+                continue;
+            const bool exact = b2 == b && snap == read && a.states.nb[0] == a.state.nb[0] &&
+                               a.states.nb[1] == a.state.nb[1] && a.states.nb[2] == a.state.nb[2];
+            if (!exact && p < overlap)
+                overlap = p;
+        }
+        first_overlap = block_min<THREADS>(overlap, scratch);
+    }
+    if (report && threadIdx.x == 0) {
+        if (first_bad != LLONG_MAX) {
+            a.index_check[0] = first_bad;
+            a.index_check[1] = *reinterpret_cast<const int *>(a.index + first_bad * a.index_nb);
+            a.index_check[2] = -1;
+            a.index_check[3] = -1;
+        } else if (first_fold != LLONG_MAX) {
+            const char *fold = a.fold + first_fold * a.fold_nb[1];
+            a.index_check[0] = first_fold;
+            a.index_check[1] = *reinterpret_cast<const int *>(fold);
+            a.index_check[2] = kFoldBad;
+            a.index_check[3] = *reinterpret_cast<const int *>(fold + a.fold_nb[0]);
+        } else if (first_shared != LLONG_MAX) {
+            a.index_check[0] = first_shared / a.B;
+            a.index_check[1] = *reinterpret_cast<const int *>(a.index + (first_shared / a.B) * a.index_nb);
+            a.index_check[2] = kSlotShared;
+            a.index_check[3] = first_shared % a.B;
+        } else if (first_overlap != LLONG_MAX) {
+            const long long b = first_overlap / (a.n_write * a.B);
+            a.index_check[0] = b;
+            a.index_check[1] = *reinterpret_cast<const int *>(a.index + b * a.index_nb);
+            a.index_check[2] = (first_overlap / a.B) % a.n_write;
+            a.index_check[3] = first_overlap % a.B;
+        } else {
+            a.index_check[0] = -1;
+            a.index_check[1] = 0;
+            a.index_check[2] = -1;
+            a.index_check[3] = -1;
+        }
+    }
+    return first_bad == LLONG_MAX && first_fold == LLONG_MAX && first_shared == LLONG_MAX &&
+           first_overlap == LLONG_MAX;
+}
+
+__global__ void __launch_bounds__(kCheckThreads) gdn_cuda_index_check_kernel(const gdn_cuda_gdn_args a)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+    __shared__ long long scratch[kCheckThreads];
+    index_verdict<kCheckThreads>(a, scratch, true);
+}
+
+} // namespace
+
+#endif
