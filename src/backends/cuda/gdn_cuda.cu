@@ -39,9 +39,8 @@
  * Hv/Hk value heads of a q/k head and by the warps of a head, so they mostly hit L1/L2):
  * B*T*(2*Hk*D + Hv*D + 2*Hv)*4 from DRAM. Qwen3.6 decode (B=64, T=1, Hv=32, Hk=16, D=128):
  * 128 MiB read + 128 MiB written; q+k, v and o are 1 MiB each. Measured on one H100 80GB HBM3
- * (event-timed median of 50, sm_90): 101 us, 97% of the device-to-device copy bandwidth (copy of
- * the 128 MiB state: 97 us); B=64 T=4 K=4: 99%; B=1 T=1: ~10 us per call, launch included
- * (a 2 MiB copy takes ~8 us the same way).
+ * (`gdn bench`, 30-call CUDA graph, state from DRAM): 93 us, 98% of the device-to-device copy
+ * bandwidth; B=64 T=4 K=4: 95%; B=1 T=1: 3.3 us per call (docs/PERF.md has every entry).
  *
  * Exactness. Every arithmetic step is an explicitly rounded intrinsic (__fmul_rn, __fmaf_rn,
  * __fadd_rn, __fsub_rn, __frsqrt_rn), which the compiler may neither contract nor
@@ -59,13 +58,14 @@
  * reason state loads are plain (coherent) loads, never ld.global.nc, and no pointer is
  * __restrict__. The other inputs never overlap an output (validated), so they use __ldg.
  *
- * Pool index (optional): sequence b reads its initial state from pool slot index[b]. A one-block
- * check kernel runs first; each warp then loads the check's verdict and index[b] (broadcast
- * loads) before its state loads, and nothing else changes: a row's arithmetic is the same.
- * The pool may overlap `states` (include/gdn.h): the check kernel also verifies that each slot
- * read is disjoint from every snapshot or exactly one of its own sequence's, in which case each
- * thread loads its rows before the token loop and writes only those rows, as in the aliasing
- * case above.
+ * Pool index (optional): sequence b reads its initial state from pool slot index[b]. The index
+ * is checked first, by every block of this kernel itself for small B (up to
+ * GDN_CUDA_CHECK_IN_KERNEL_MAX_B sequences: no extra launch) or else by a one-block check kernel
+ * whose verdict each warp loads; then each warp loads index[b] (a broadcast load) before its
+ * state loads, and nothing else changes: a row's arithmetic is the same. The pool may overlap
+ * `states` (include/gdn.h): the check also verifies that each slot read is disjoint from every
+ * snapshot or exactly one of its own sequence's, in which case each thread loads its rows before
+ * the token loop and writes only those rows, as in the aliasing case above.
  *
  * Replay (gdn_gated_delta_net_replay): the same kernel with REPLAY = true. After the state loads,
  * each thread folds the ring tokens fold[b] names into its registers with fold_rows: each ring
