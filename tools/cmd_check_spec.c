@@ -382,10 +382,11 @@ int gdn_cmd_check(int argc, char **argv)
     if (o.json)
         printf("{\"backend\":\"%s\",\"scheme\":\"%s\",\"steps\":%ld,\"T\":%lld,\"B\":%lld,\"layers\":%d,"
                "\"accept\":\"%s\",\"ring\":%ld,\"mixed\":%s,\"tokens_committed\":%ld,\"states_compared\":%ld,"
-               "\"identical\":%s,\"max_abs_diff\":%.9g,\"first_difference\":\"%s\"}\n", name, scheme, step, (long long)T,
-               (long long)B, layers,
+               "\"identical\":%s,\"max_abs_diff\":%.9g,\"first_difference\":\"%s\"}\n",
+               name, scheme, step, (long long)T, (long long)B, layers,
                o.accept == 0 ? "all" : o.accept == 1 ? "none" : o.accept == 2 ? "random" : "fixed",
-               o.replay ? o.ring : 0L, o.mixed ? "true" : "false", committed, states_compared, identical ? "true" : "false", max_diff, first);
+               o.replay ? o.ring : 0L, o.mixed ? "true" : "false", committed, states_compared,
+               identical ? "true" : "false", max_diff, first);
     else
         printf("gdn check spec: backend %s, scheme %s, %ld steps of T=%lld for %lld sequences, %d layers, %ld "
                "tokens committed, %ld committed states compared: %s (max |difference| %g)%s%s\n", name, scheme, step,

@@ -268,7 +268,8 @@ void gdn_backend_count_gdn(gdn_backend *backend, const gdn_gated_delta_net_args 
         bytes += view_bytes(&args->state_index);
     c->op_calls++;
     c->gdn_calls++;
-    c->launches += 1u + (shape->indexed && shape->B > backend->gdn_check_in_kernel_max_b ? check_launches(backend) : 0u);
+    const int own_check = shape->indexed && shape->B > backend->gdn_check_in_kernel_max_b;
+    c->launches += 1u + (own_check ? check_launches(backend) : 0u);
     c->bytes += bytes;
     c->cache_bytes += state_read + states_written;
 }

@@ -249,9 +249,11 @@ static void gdn_cpu_run_task(const gdn_cpu_job *job, int64_t task, gdn_cpu_scrat
         job->kernels->token(&token);
 
         gdn_cpu_scatter(gdn_cpu_at(&args->o, j0, h, t, b, 0), args->o.nb[0], scratch->o, R);
-        if (shape->replay != NULL)
-            gdn_cpu_scatter(gdn_cpu_at(&shape->replay->ring_v, j0, h, (fold.start + fold.count + t) % shape->L, slot, 0),
-                            shape->replay->ring_v.nb[0], scratch->delta, R);
+        if (shape->replay != NULL) { /* the token's deltas, for the next steps' folds */
+            const int64_t pos = (fold.start + fold.count + t) % shape->L;
+            gdn_cpu_scatter(gdn_cpu_at(&shape->replay->ring_v, j0, h, pos, slot, 0), shape->replay->ring_v.nb[0],
+                            scratch->delta, R);
+        }
         if (snapshot != NULL && !direct)
             gdn_cpu_write_snapshot(job, snapshot, scratch->rows, gdn_cpu_can_stream(job, snapshot, s));
         token.in = token.out;
