@@ -30,6 +30,19 @@ static int rows_of(gdn_backend *backend, const gdn_cache *cache, int32_t *state,
            gdn_backend_download(backend, conv, c.data, (size_t)*n * 4) == GDN_OK;
 }
 
+/* A step of 3 sequences with T = 3 reads, at position i, state row seqs[i]*K + group[i] and conv
+ * column seqs[i]*cols + column[i]. */
+static void check_step_rows(gdn_backend *be, const gdn_cache *cache, const char *label, const char *step,
+                            const int32_t *seqs, const int32_t *group, const int32_t *column, int32_t cols)
+{
+    int32_t rs[SEQS], rc[SEQS], n = 0, first = -1, tokens = 0;
+    CHECK(rows_of(be, cache, rs, rc, &n, &first, &tokens) && n == 3 && tokens == 3, "%s: %s rows", label, step);
+    for (int i = 0; i < n; i++)
+        CHECK(rs[i] == seqs[i] * K + group[i] && rc[i] == seqs[i] * cols + column[i],
+              "%s: %s, position %d reads row %d, column %d; expected %d, %d", label, step, i, rs[i], rc[i],
+              seqs[i] * K + group[i], seqs[i] * cols + column[i]);
+}
+
 static void expect(gdn_status got, gdn_status want, const char *label, const char *what)
 {
     CHECK(got == want, "%s: %s: %s (%s), expected %s", label, what, gdn_status_string(got), gdn_error_detail(),
@@ -126,11 +139,7 @@ static void check_backend(const test_backend *tb)
      * 2 and 3 tokens: T = 3 for all, the second sequence padded. */
     expect(gdn_cache_step_begin(cache, 3, step_seqs, T_mixed), GDN_OK, label, "second step (mixed T)");
     const int32_t group[3] = {0, 2, 1}, column[3] = {3, 1, 2};
-    CHECK(rows_of(be, cache, rs, rc, &n, &first, &tokens) && n == 3 && tokens == 3, "%s: second step rows", label);
-    for (int i = 0; i < n; i++)
-        CHECK(rs[i] == step_seqs[i] * K + group[i] && rc[i] == step_seqs[i] * (int32_t)cols + column[i],
-              "%s: second step, position %d reads row %d, column %d; expected %d, %d", label, i, rs[i], rc[i],
-              step_seqs[i] * K + group[i], step_seqs[i] * (int32_t)cols + column[i]);
+    check_step_rows(be, cache, label, "second step", step_seqs, group, column, (int32_t)cols);
     /* Accepting past a sequence's own tokens (into its padding) is refused; then 1, 2, 3 kept: the
      * next step reads group 3-a (the step's T, not the sequence's) and column a. */
     expect(gdn_cache_accept(cache, seq[2], 3), GDN_ERROR_INVALID_ARGUMENT, label, "accept the padding");
@@ -139,11 +148,7 @@ static void check_backend(const test_backend *tb)
     expect(gdn_cache_accept(cache, seq[3], 3), GDN_OK, label, "accept 3 of 3");
     expect(gdn_cache_step_begin(cache, 3, step_seqs, T3), GDN_OK, label, "third step");
     const int32_t group3[3] = {2, 1, 0}, column3[3] = {1, 2, 3};
-    CHECK(rows_of(be, cache, rs, rc, &n, &first, &tokens) && n == 3 && tokens == 3, "%s: third step rows", label);
-    for (int i = 0; i < n; i++)
-        CHECK(rs[i] == step_seqs[i] * K + group3[i] && rc[i] == step_seqs[i] * (int32_t)cols + column3[i],
-              "%s: third step, position %d reads row %d, column %d; expected %d, %d", label, i, rs[i], rc[i],
-              step_seqs[i] * K + group3[i], step_seqs[i] * (int32_t)cols + column3[i]);
+    check_step_rows(be, cache, label, "third step", step_seqs, group3, column3, (int32_t)cols);
 
     /* Remove and reset: unknown afterwards, or back at group 0 and column 0. */
     expect(gdn_cache_seq_remove(cache, seq[0]), GDN_OK, label, "remove");
