@@ -294,55 +294,49 @@ __device__ __forceinline__ void load_token(gdn_cuda_token<D, R> &in, const gdn_c
 /* The per-token update of this thread's rows; out[r] = o for row row0 + r (same in all lanes of
  * the group). The arithmetic order here is the exactness contract: change it only knowing that
  * results then change bit-wise (and stay consistent across T, B and both access paths).
- * With l2norm, k and q stay as loaded and their inverse norms nk, nq scale what they enter:
- *     sk = (row . k) nk;  d = beta (v - sk);  row += (d nk) k;  o = (row . q) (scale nq)
- * which is the update with k <- k nk, q <- q nq up to rounding (one multiply per row instead of
- * one per element). Without l2norm nk = nq = 1 and the multiplies by 1 are exact.
- * delta[r] = beta (v - sk) (before nk): what the replay ring keeps of the token (fold_rows). */
+ * Both dot products are taken on the row as it was before the token, in one pass, and expanded:
+ *     sk = (row . k) exp(g) nk;  d = beta (v - sk);
+ *     o  = ((row . q) exp(g) + (d nk) (k . q)) scale nq;  row = exp(g) row + (d nk) k
+ * which is the update of include/gdn.h (row decayed, then row += d k^, o = row . q^) up to
+ * rounding, with k^ = k nk, q^ = q nq: one multiply per row instead of one per element. The two
+ * dot products and their shuffle trees are independent, so a token is one reduction deep instead
+ * of two (the output no longer waits for the new row); k . q costs ELEMS fmas per thread, shared
+ * by its rows. Without l2norm nk = nq = 1 and the multiplies by 1 are exact.
+ * delta[r] = beta (v - sk) (before nk): what the replay ring keeps of the token; the row's new
+ * value is fold_rows's expression, so a fold writes the same floats. */
 template <int D, int R>
 __device__ __forceinline__ void update_rows(float (&S)[R][gdn_cuda_config<D, R>::ELEMS],
                                             const gdn_cuda_token<D, R> &in, int l2norm, float scale, float (&out)[R],
                                             float (&delta)[R])
 {
-    constexpr bool OUTPUT = true;
     using C = gdn_cuda_config<D, R>;
     float nk = 1.0f, q_scale = scale;
     if (l2norm) {
         nk = inverse_norm<C::LANES, C::ELEMS>(in.k);
-        if constexpr (OUTPUT)
-            q_scale = __fmul_rn(scale, inverse_norm<C::LANES, C::ELEMS>(in.q));
+        q_scale = __fmul_rn(scale, inverse_norm<C::LANES, C::ELEMS>(in.q));
     }
     const float decay = expf(in.g);
 
-    /* sk = ((exp(g) row) . k) nk, with the decayed row kept. */
-    float sk[C::ROWS];
+    float sk[C::ROWS], sq[C::ROWS];
 #pragma unroll
     for (int r = 0; r < C::ROWS; r++) {
-#pragma unroll
-        for (int i = 0; i < C::ELEMS; i++)
-            S[r][i] = __fmul_rn(S[r][i], decay);
         sk[r] = lane_dot<C::ELEMS>(S[r], in.k);
+        sq[r] = lane_dot<C::ELEMS>(S[r], in.q);
     }
-#pragma unroll
-    for (int r = 0; r < C::ROWS; r++)
-        sk[r] = __fmul_rn(group_sum<C::LANES>(sk[r]), nk);
-
-    /* row += (d nk) k with d = beta (v - sk); o = (row . q) scale nq. */
-    float sq[C::ROWS];
+    const float kq = group_sum<C::LANES>(lane_dot<C::ELEMS>(in.k, in.q));
 #pragma unroll
     for (int r = 0; r < C::ROWS; r++) {
-        delta[r] = __fmul_rn(in.beta, __fsub_rn(in.v[r], sk[r]));
+        sk[r] = group_sum<C::LANES>(sk[r]);
+        sq[r] = group_sum<C::LANES>(sq[r]);
+    }
+#pragma unroll
+    for (int r = 0; r < C::ROWS; r++) {
+        delta[r] = __fmul_rn(in.beta, __fsub_rn(in.v[r], __fmul_rn(__fmul_rn(sk[r], decay), nk)));
         const float d = __fmul_rn(delta[r], nk);
+        out[r] = __fmul_rn(__fmaf_rn(d, kq, __fmul_rn(sq[r], decay)), q_scale);
 #pragma unroll
         for (int i = 0; i < C::ELEMS; i++)
-            S[r][i] = __fmaf_rn(d, in.k[i], S[r][i]);
-        if constexpr (OUTPUT)
-            sq[r] = lane_dot<C::ELEMS>(S[r], in.q);
-    }
-    if constexpr (OUTPUT) {
-#pragma unroll
-        for (int r = 0; r < C::ROWS; r++)
-            out[r] = __fmul_rn(group_sum<C::LANES>(sq[r]), q_scale);
+            S[r][i] = __fmaf_rn(d, in.k[i], __fmul_rn(S[r][i], decay));
     }
 }
 
