@@ -233,6 +233,12 @@ void gdn_backend_reset_counters(gdn_backend *backend);
  * Exactness: on one backend, the per-token update runs in one fixed order, so running T tokens
  * in one call, or one token per call T times, gives bit-identical outputs and states; and a
  * sequence's results do not depend on B.
+ * State storage: `state` and `states` are both F32 (the default) or both BF16. With BF16 the
+ * arithmetic stays F32 and the state is rounded to BF16 (round to nearest, ties to even) after
+ * every token, whether or not that state is stored, because a state that only some tokens round
+ * would make one T-token call differ from T one-token calls; o of a token is computed before its
+ * state is rounded. That halves the state bytes moved; what the rounding costs in accuracy over
+ * long decodes is measured in docs/PERF.md.
  * ------------------------------------------------------------------------------------------ */
 typedef enum gdn_broadcast {
     GDN_BROADCAST_TILED = 0,      /* value head h uses q/k head h % Hk */
@@ -287,7 +293,9 @@ gdn_status gdn_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_net_p
  *     q, k     [B, T, Hk, Dk]      the T new tokens, as for gdn_gated_delta_net
  *     v        [B, T, Hv, Dv]
  *     g, beta  [B, T, Hv]
- *     state    [S, Hv, Dv, Dk]     the pool of committed states, read and written
+ *     state    [S, Hv, Dv, Dk]     the pool of committed states, read and written; F32 or
+ *                                  BF16 (rounded after every token, folded ones included, as
+ *                                  gdn_gated_delta_net's BF16 state storage)
  *     state_index  [B] I32         sequence b owns pool slot state_index[b] and ring slot
  *                                  state_index[b]; every value in 0..S-1, no two equal
  *     ring_k   [S, L, Hk, Dk]      per-slot rings, read and written: k as given,
@@ -405,6 +413,9 @@ typedef struct gdn_cache_config {
     int32_t ring;          /* replay: tokens of history a sequence's ring keeps before its state
                               must be committed (L >= max_tokens; the ring holds L + max_tokens
                               entries, so a step can append while it folds); 0 for snapshot */
+    gdn_dtype state_dtype; /* the state pool: GDN_DTYPE_F32 (0, the default) or GDN_DTYPE_BF16,
+                              half the bytes, the state rounded after every token (see the GDN
+                              op's state storage); windows and rings stay F32 */
 } gdn_cache_config;
 
 /* Backend bytes the cache needs for `config` (pools and step rows), for caller-supplied memory. */
@@ -459,7 +470,8 @@ gdn_status gdn_cache_layer_rings(const gdn_cache *cache, int32_t layer, gdn_tens
                                  gdn_tensor *ring_g);
 gdn_status gdn_cache_step_fold(const gdn_cache *cache, gdn_tensor *fold);
 
-/* Layer l's pools: states ne {D, D, Hv, K, n_seqs} and conv ne {C, Kconv-1+K, n_seqs}, F32. */
+/* Layer l's pools: states ne {D, D, Hv, K, n_seqs} (config.state_dtype) and conv ne {C, Kconv-1+K,
+ * n_seqs} F32. */
 gdn_status gdn_cache_layer_pools(const gdn_cache *cache, int32_t layer, gdn_tensor *states, gdn_tensor *conv);
 /* The step in progress: state_rows [n] (row = slot*K + group of the states seen as rows of one
  * state), conv_rows [n] (column = slot*(Kconv-1+K) + offset of the conv pool seen as columns),

@@ -3,8 +3,9 @@
  * each acceptance (group T-a, window column a), and every bad input refused with the cache
  * unchanged (accepting more than verified or none, unknown and removed sequences, a step before
  * the previous one was accepted, too small a buffer, unsupported step shapes, a replay ring
- * shorter than a step); the replay scheme's fold arrays and commits over a few steps. The
- * exactness of the whole scheme is `gdn check spec` (tests/test_cli.sh). */
+ * shorter than a step, a state pool neither F32 nor BF16); a BF16 pool's size and views; the
+ * replay scheme's fold arrays and commits over a few steps. The exactness of the whole scheme is
+ * `gdn check spec` (tests/test_cli.sh). */
 #include "harness.h"
 
 #include <stdlib.h>
@@ -14,7 +15,7 @@ enum { LAYERS = 2, SEQS = 4, K = 3, HK = 1, HV = 2, D = 16, C = 3 * 16, KC = 4 }
 
 static gdn_cache_config config(void)
 {
-    const gdn_cache_config c = {LAYERS, SEQS, K, HK, HV, D, C, KC, GDN_CACHE_SNAPSHOT, 0};
+    const gdn_cache_config c = {LAYERS, SEQS, K, HK, HV, D, C, KC, GDN_CACHE_SNAPSHOT, 0, GDN_DTYPE_F32};
     return c;
 }
 
@@ -74,6 +75,26 @@ static void check_backend(const test_backend *tb)
     cfg = config();
     cfg.n_k_heads = 2, cfg.n_v_heads = 3;
     expect(gdn_cache_init(be, &cfg, NULL, 0, &cache), GDN_ERROR_SHAPE, label, "Hv not a multiple of Hk");
+    cfg = config();
+    cfg.state_dtype = GDN_DTYPE_F16;
+    expect(gdn_cache_init(be, &cfg, NULL, 0, &cache), GDN_ERROR_TYPE, label, "an F16 state pool");
+    CHECK(cache == NULL, "%s: a refused init left a cache", label);
+    /* A BF16 state pool: half the state bytes, the pools' views say BF16, windows stay F32. */
+    cfg.state_dtype = GDN_DTYPE_BF16;
+    size_t bf16_bytes = 0;
+    CHECK(gdn_cache_memory_size(&cfg, &bf16_bytes) == GDN_OK && bf16_bytes < bytes &&
+              bf16_bytes >= LAYERS * SEQS * (K * state / 2 + cols * C * 4),
+          "%s: BF16 memory size %zu (F32: %zu)", label, bf16_bytes, bytes);
+    if (gdn_cache_init(be, &cfg, NULL, 0, &cache) == GDN_OK) {
+        gdn_tensor states, conv;
+        CHECK(gdn_cache_layer_pools(cache, 1, &states, &conv) == GDN_OK && states.dtype == GDN_DTYPE_BF16 &&
+                  states.nb[1] == D * 2 && conv.dtype == GDN_DTYPE_F32,
+              "%s: BF16 pool views", label);
+        gdn_cache_free(cache);
+        cache = NULL;
+    } else {
+        CHECK(0, "%s: BF16 cache init: %s", label, gdn_error_detail());
+    }
     cfg = config();
     expect(gdn_cache_init(be, &cfg, mem, bytes, &cache), GDN_OK, label, "init in caller memory");
     if (cache == NULL) {

@@ -88,8 +88,10 @@ done
   && fail "unwritable output accepted" || ok
 
 # gdn bench --stack on the CPU: one JSON object per row, passes off and on per (T, B), and the
-# two rows of a pair compute the same thing (same checksum), with fewer copies when on
-for shape in "" "--tokens 4 --K 4"; do
+# two rows of a pair compute the same thing (same checksum), with fewer copies when on; also with
+# BF16 state pools (the gathers and the snapshot tail then move BF16 bits, so the passes change
+# nothing either)
+for shape in "" "--tokens 4 --K 4" "--tokens 4 --K 4 --state bf16"; do
   # shellcheck disable=SC2086
   if "$gdn" bench --stack --backend cpu --layers 2 --batch 1 --reps 2 --scheme snapshot --json $shape >"$work/stack.json" 2>"$work/err"; then
     if python3 - "$work/stack.json" <<'PY'
@@ -97,7 +99,7 @@ import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 assert rows and all(r["scheme"] == "snapshot" and r["layers"] == 2 and r["B"] == 1 for r in rows), rows
 keys = ("backend", "scheme", "passes", "T", "K", "B", "layers", "us_per_step", "state_bytes_per_step",
-        "copies", "launches", "checksum", "cache_bytes_per_sequence")
+        "copies", "launches", "checksum", "cache_bytes_per_sequence", "state")
 assert all(all(k in r for k in keys) for r in rows), "missing keys"
 pairs = {}
 for r in rows:
@@ -178,6 +180,26 @@ for scheme in snapshot replay; do
     grep -q '"identical":true' "$work/spec.json" && grep -q '"mixed":true' "$work/spec.json"; then ok
   else fail "gdn check spec --scheme $scheme --mixed: $(cat "$work/spec.json" "$work/err")"; fi
 done
+# BF16 state storage: rounded after every token, so verify-and-rollback is still bit-exact
+for scheme in snapshot replay; do
+  if "$gdn" check spec --backend cpu --scheme $scheme --state bf16 --steps 150 --json \
+    >"$work/spec.json" 2>"$work/err" &&
+    grep -q '"identical":true' "$work/spec.json" && grep -q '"state_dtype":"bf16"' "$work/spec.json"; then ok
+  else fail "gdn check spec --scheme $scheme --state bf16: $(cat "$work/spec.json" "$work/err")"; fi
+done
+# gdn check bf16: the BF16 state's error against the F32 state's over 2000 decode steps stays
+# bounded; --max-error 0 must fail (the error is measured, not assumed)
+if "$gdn" check bf16 --backend cpu --json >"$work/bf16.json" 2>"$work/err" && python3 - "$work/bf16.json" <<'PY'
+import json, sys
+r = json.loads(open(sys.argv[1]).read())
+assert r["ok"] and r["finite"] and r["steps"] == 2000, r
+assert 0 < r["output_error_max"] <= 0.05, r
+assert 0 < r["state_error"] < 3 * r["bf16_round_error"], r  # no drift: about one rounding's worth
+assert r["output_error_1"] == 0, r  # the first token sees the zero state, exact in BF16
+PY
+then ok; else fail "gdn check bf16: $(cat "$work/bf16.json" "$work/err")"; fi
+"$gdn" check bf16 --backend cpu --steps 50 --max-error 0 >/dev/null 2>&1 && fail "check bf16 --max-error 0 passed" || ok
+"$gdn" check bf16 --backend cpu --shape huge >/dev/null 2>&1 && fail "bad check bf16 --shape accepted" || ok
 "$gdn" check spec --backend cpu --scheme replay --ring 3 >/dev/null 2>&1 && fail "--ring below --tokens accepted" || ok
 if "$gdn" check spec --backend cuda --steps 500 --scheme replay --mixed --json >"$work/spec.json" 2>"$work/err"; then
   grep -q '"identical":true' "$work/spec.json" && ok || fail "gdn check spec replay on cuda: $(cat "$work/spec.json")"

@@ -1,7 +1,8 @@
 /* test_gdn_op.c: the Gated DeltaNet op on every backend present against the float64 reference,
  * from a table of cases (odd sizes, both broadcast rules, K above and below T, non-contiguous
- * layouts, guard regions); then the exactness contract (one call of T tokens equals T calls of
- * one token, bit for bit; batch and thread-count invariance); then rejected input. */
+ * layouts, guard regions), with F32 and with BF16 state storage; then the exactness contract
+ * (one call of T tokens equals T calls of one token, bit for bit, for both storages; batch and
+ * thread-count invariance); then rejected input. */
 #include "harness.h"
 #include "core/gdn_op.h"
 
@@ -41,7 +42,40 @@ static const op_case cases[] = {
     {1, 2, 2, 4, 128, 2, GDN_BROADCAST_INTERLEAVED, 1, 0.f, LAYOUT_PADDED, 1e-4},
 };
 
+/* BF16 state storage (state and states BF16, rounded after every token): the same variety at
+ * half the count. PADDED_ODD leaves BF16 rows only 2-byte aligned; SPACED_INNER takes the
+ * element-wise path. */
+static const op_case bf16_cases[] = {
+    /* B  T Hk Hv   D  K  broadcast                  l2 scale lay */
+    {1, 1, 1, 1, 16, 1, GDN_BROADCAST_TILED, 0, 0.f, LAYOUT_CONTIGUOUS, 0},
+    {3, 7, 2, 6, 32, 4, GDN_BROADCAST_INTERLEAVED, 0, 0.f, LAYOUT_CONTIGUOUS, 0},  /* K < T: unstored tokens */
+    {2, 3, 1, 3, 64, 5, GDN_BROADCAST_INTERLEAVED, 1, 0.f, LAYOUT_CONTIGUOUS, 0},  /* K > T */
+    {2, 2, 1, 2, 256, 2, GDN_BROADCAST_TILED, 1, 0.5f, LAYOUT_CONTIGUOUS, 0},
+    {3, 7, 2, 6, 16, 3, GDN_BROADCAST_INTERLEAVED, 1, 0.f, LAYOUT_PADDED_ODD, 0},
+    {2, 4, 2, 4, 128, 4, GDN_BROADCAST_TILED, 1, 0.f, LAYOUT_PADDED, 0},
+    {2, 6, 2, 4, 128, 3, GDN_BROADCAST_INTERLEAVED, 0, 0.f, LAYOUT_PERMUTED, 0},
+    {2, 4, 2, 2, 64, 2, GDN_BROADCAST_INTERLEAVED, 0, 0.25f, LAYOUT_SPACED_INNER, 0},
+    {5, 1, 16, 32, 128, 1, GDN_BROADCAST_TILED, 1, 0.f, LAYOUT_CONTIGUOUS, 0},     /* Qwen3.6 heads, decode */
+};
+
 /* Layouts and the tensor buffers behind them: tests/harness.h. */
+
+/* F32 -> BF16, nearest with ties to even (finite inputs only: test data). */
+static uint16_t to_bf16(float x)
+{
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    bits += 0x7FFFu + ((bits >> 16) & 1u);
+    return (uint16_t)(bits >> 16);
+}
+
+static double from_bf16(uint16_t half)
+{
+    const uint32_t bits = (uint32_t)half << 16;
+    float x;
+    memcpy(&x, &bits, sizeof x);
+    return (double)x;
+}
 
 /* ---------------------------------------------------------------------------------------------
  * Inputs of a case, with realistic ranges
@@ -66,11 +100,18 @@ static void fill(test_tensor *tb, test_rng *rng, int what, int D, int l2norm, do
         }
         if ((what == Q || what == K_) && qk_magnitude > 0)
             x *= qk_magnitude;
-        *(float *)(tb->host_bytes + test_offset_of(&tb->host, idx)) = (float)x;
+        unsigned char *at = tb->host_bytes + test_offset_of(&tb->host, idx);
+        if (tb->host.dtype == GDN_DTYPE_BF16) {
+            const uint16_t half = to_bf16((float)x);
+            memcpy(at, &half, sizeof half);
+        } else {
+            *(float *)at = (float)x;
+        }
     } while (test_next_index(&tb->host, idx));
 }
 
-static int op_tensors_init(op_tensors *ts, const op_case *c, test_rng *rng)
+/* `storage`: the dtype of state and states (F32 or BF16). */
+static int op_tensors_init(op_tensors *ts, const op_case *c, gdn_dtype storage, test_rng *rng)
 {
     const int64_t D = c->D, N = c->T < c->K ? c->T : c->K;
     const int64_t ne_qk[] = {D, c->Hk, c->T, c->B}, ne_v[] = {D, c->Hv, c->T, c->B};
@@ -81,9 +122,9 @@ static int op_tensors_init(op_tensors *ts, const op_case *c, test_rng *rng)
              test_tensor_init(&ts->t[V], c->lay, GDN_DTYPE_F32, 4, ne_v) &&
              test_tensor_init(&ts->t[G], c->lay, GDN_DTYPE_F32, 3, ne_gate) &&
              test_tensor_init(&ts->t[BETA], c->lay, GDN_DTYPE_F32, 3, ne_gate) &&
-             test_tensor_init(&ts->t[STATE], c->lay, GDN_DTYPE_F32, 4, ne_state) &&
+             test_tensor_init(&ts->t[STATE], c->lay, storage, 4, ne_state) &&
              test_tensor_init(&ts->t[O], c->lay, GDN_DTYPE_F32, 4, ne_v) &&
-             test_tensor_init(&ts->t[STATES], c->lay, GDN_DTYPE_F32, 5, ne_states);
+             test_tensor_init(&ts->t[STATES], c->lay, storage, 5, ne_states);
     if (!ok)
         return 0;
     for (int i = Q; i <= STATE; i++)
@@ -142,12 +183,72 @@ static void compare_output(const char *what, const char *label, int case_index, 
     test_compare_output(what, label, case_index, tb, &r, TOL_REL_L2, TOL_MAX);
 }
 
-static void run_case(const test_backend *tb, int case_index, const op_case *c)
+/* BF16 storage. The float64 reference rounds to BF16 after every token as the backends do, so
+ * both hold BF16 values, and a backend's differ from the reference's only where an F32 value
+ * and its float64 counterpart (~1e-7 relative apart) round to different BF16 neighbours: one
+ * BF16 ulp (2^-8 to 2^-7 relative) in a few elements, which then moves its row's later values a
+ * little (measured on the CPU levels: at least 99.985% of the snapshot elements equal, the
+ * others within 2.5 units of 2^-8 |ref| where |ref| is not tiny, states decayed to ~1e-7 off by
+ * more units but far less than 2^-12 of the largest value). So every snapshot element within
+ * TOL_BF16_ULPS units of 2^-8 |ref| plus TOL_BF16_ABS times the largest |ref| (worst measured:
+ * 0.6 of that), and at least TOL_BF16_EXACT of them equal to the reference's: that is what a
+ * skipped or different rounding fails (without the round pass, most elements differ). o is
+ * computed in F32 from those states (measured: rel L2 error below 6e-5, max error below 6e-4 of
+ * the largest |o|), so 2^-10 and 2^-8, still far below the order-1 errors of an indexing
+ * mistake. */
+#define TOL_BF16_EXACT 0.99
+#define TOL_BF16_ULPS 4.0
+#define TOL_BF16_ABS (1.0 / 4096)
+#define TOL_BF16_O_REL_L2 (1.0 / 1024)
+#define TOL_BF16_O_MAX (1.0 / 256)
+
+static void compare_bf16_states(const char *label, int case_index, const test_tensor *tb, const double *ref,
+                                const gdn_tensor *ref_view)
+{
+    unsigned char *got = malloc(tb->bytes), *mark = calloc(tb->bytes, 1);
+    if (!got || !mark) {
+        CHECK(0, "out of memory");
+        free(got);
+        free(mark);
+        return;
+    }
+    CHECK(test_buffer_download(&tb->device, got), "%s case %d states: guard region overwritten", label,
+          case_index);
+    int64_t idx[GDN_MAX_DIMS] = {0}, n = 0, exact = 0;
+    double max_ref = 0;
+    do {
+        max_ref = fmax(max_ref, fabs(ref[test_offset_of(ref_view, idx) / sizeof(double)]));
+    } while (test_next_index(&tb->host, idx));
+    double worst = 0; /* largest |x - ref| / (TOL_BF16_ULPS 2^-8 |ref| + TOL_BF16_ABS max |ref|) */
+    do {
+        const size_t off = test_offset_of(&tb->host, idx);
+        uint16_t half;
+        memcpy(&half, got + off, sizeof half);
+        memset(mark + off, 1, sizeof half);
+        const double x = from_bf16(half), r = ref[test_offset_of(ref_view, idx) / sizeof(double)];
+        const double e = fabs(x - r) / (TOL_BF16_ULPS * fabs(r) / 256 + TOL_BF16_ABS * max_ref);
+        if (!(e <= worst))
+            worst = e; /* NaN sticks */
+        exact += x == r;
+        n++;
+    } while (test_next_index(&tb->host, idx));
+    size_t stray = 0;
+    for (size_t i = 0; i < tb->bytes; i++)
+        stray += !mark[i] && got[i] != 0xFF;
+    CHECK(worst <= 1.0 && (double)exact >= TOL_BF16_EXACT * (double)n,
+          "%s case %d states (BF16): %.4f%% equal to the reference's BF16 values, worst error %.3g of the "
+          "tolerance", label, case_index, 100.0 * (double)exact / (double)n, worst);
+    CHECK(stray == 0, "%s case %d states: %zu bytes written outside the view", label, case_index, stray);
+    free(got);
+    free(mark);
+}
+
+static void run_case(const test_backend *tb, int case_index, const op_case *c, gdn_dtype storage)
 {
     test_rng rng;
     test_rng_seed(&rng, 1000 + (uint64_t)case_index);
     op_tensors ts;
-    if (!op_tensors_init(&ts, c, &rng)) {
+    if (!op_tensors_init(&ts, c, storage, &rng)) {
         CHECK(0, "case %d: out of memory", case_index);
         op_tensors_free(&ts);
         return;
@@ -175,12 +276,19 @@ static void run_case(const test_backend *tb, int case_index, const op_case *c)
         CHECK(st == GDN_OK, "%s case %d: %s", tb->label, case_index, gdn_error_detail());
         CHECK(gdn_backend_synchronize(tb->backend) == GDN_OK, "%s: synchronize: %s", tb->label,
               gdn_error_detail());
-        compare_output("o", tb->label, case_index, &ts.t[O], o_ref.data, &o_ref);
-        compare_output("states", tb->label, case_index, &ts.t[STATES], s_ref.data, &s_ref);
+        if (storage == GDN_DTYPE_BF16) {
+            gdn_tensor r = o_ref;
+            test_compare_output("o (BF16 state)", tb->label, case_index, &ts.t[O], &r, TOL_BF16_O_REL_L2,
+                                TOL_BF16_O_MAX);
+            compare_bf16_states(tb->label, case_index, &ts.t[STATES], s_ref.data, &s_ref);
+        } else {
+            compare_output("o", tb->label, case_index, &ts.t[O], o_ref.data, &o_ref);
+            compare_output("states", tb->label, case_index, &ts.t[STATES], s_ref.data, &s_ref);
+        }
     }
-    printf("  %-10s case %2d: B=%d T=%d Hk=%d Hv=%d D=%3d K=%d %s%s %s\n", tb->label, case_index, c->B,
+    printf("  %-10s case %2d: B=%d T=%d Hk=%d Hv=%d D=%3d K=%d %s%s %s%s\n", tb->label, case_index, c->B,
            c->T, c->Hk, c->Hv, c->D, c->K, c->broadcast == GDN_BROADCAST_TILED ? "tiled" : "interleaved",
-           c->l2norm ? " l2norm" : "", test_layout_names[c->lay]);
+           c->l2norm ? " l2norm" : "", test_layout_names[c->lay], storage == GDN_DTYPE_BF16 ? " BF16 state" : "");
     free(o_ref.data);
     free(s_ref.data);
     op_tensors_free(&ts);
@@ -205,32 +313,43 @@ static int download_bytes(gdn_backend *backend, const gdn_tensor *t, unsigned ch
     return *out && gdn_backend_download(backend, *out, t->data, n) == GDN_OK;
 }
 
-/* Bitwise equality of two views of the same shape (host copies of their spans). */
+/* Bitwise equality of two views of the same shape and dtype (host copies of their spans). */
 static int same_bits(const gdn_tensor *a, const unsigned char *a_bytes, const gdn_tensor *b,
                      const unsigned char *b_bytes)
 {
+    const size_t size = gdn_dtype_size(a->dtype);
     int64_t idx[GDN_MAX_DIMS] = {0};
     do {
-        if (memcmp(a_bytes + test_offset_of(a, idx), b_bytes + test_offset_of(b, idx), 4) != 0)
+        if (memcmp(a_bytes + test_offset_of(a, idx), b_bytes + test_offset_of(b, idx), size) != 0)
             return 0;
     } while (test_next_index(a, idx));
     return 1;
 }
 
 /* T tokens in one call (K = T) against T calls of one token, each updating the state in place
- * (state == states[0], the cache pattern): outputs and every intermediate state identical. */
-static void check_token_split(const test_backend *tb, const op_case *c)
+ * (state == states[0], the cache pattern): outputs and every intermediate state identical. And
+ * the T-token call with K = 1 writes the same last state: with BF16 storage, a state is rounded
+ * after every token whether it is stored or not. */
+static void check_token_split(const test_backend *tb, const op_case *c, gdn_dtype storage)
 {
     op_case one = *c;
     one.K = c->T;
     test_rng rng;
     test_rng_seed(&rng, 77);
     op_tensors all;
-    int ok = op_tensors_init(&all, &one, &rng);
+    int ok = op_tensors_init(&all, &one, storage, &rng);
     for (int i = 0; ok && i < N_TENSORS; i++)
         ok = test_tensor_upload(&all.t[i], tb->backend);
     gdn_gated_delta_net_params p = case_params(&one);
     gdn_gated_delta_net_args a = device_args(&all);
+    /* K = 1 first (into snapshot 0, which the K = T call then rewrites) */
+    gdn_gated_delta_net_params p_last = p;
+    p_last.n_snapshots = 1;
+    gdn_gated_delta_net_args a_last = a;
+    a_last.states = slice(a.states, 4, 0);
+    unsigned char *s_last = NULL;
+    ok = ok && gdn_gated_delta_net(tb->backend, &p_last, &a_last) == GDN_OK &&
+         gdn_backend_synchronize(tb->backend) == GDN_OK && download_bytes(tb->backend, &a_last.states, &s_last);
     ok = ok && gdn_gated_delta_net(tb->backend, &p, &a) == GDN_OK;
 
     /* token by token, in place: the running state lives in the STATE buffer */
@@ -258,7 +377,8 @@ static void check_token_split(const test_backend *tb, const op_case *c)
         ok = ok && download_bytes(tb->backend, &o_t, &o_all) && download_bytes(tb->backend, &s.o, &o_one) &&
              download_bytes(tb->backend, &snap, &s_all) && download_bytes(tb->backend, &s.state, &s_one);
         if (ok)
-            identical = identical && same_bits(&o_t, o_all, &s.o, o_one) && same_bits(&snap, s_all, &s.state, s_one);
+            identical = identical && same_bits(&o_t, o_all, &s.o, o_one) && same_bits(&snap, s_all, &s.state, s_one) &&
+                        (t + 1 < c->T || same_bits(&s.state, s_one, &a_last.states, s_last));
         free(o_all);
         free(o_one);
         free(s_all);
@@ -266,18 +386,19 @@ static void check_token_split(const test_backend *tb, const op_case *c)
         test_tensor_free(&o1);
     }
     CHECK(ok, "%s token split: setup failed: %s", tb->label, gdn_error_detail());
-    CHECK(identical, "%s: T=%d in one call differs from one token per call (B=%d Hv=%d D=%d %s)", tb->label,
-          c->T, c->B, c->Hv, c->D, test_layout_names[c->lay]);
+    CHECK(identical, "%s: T=%d in one call differs from one token per call (B=%d Hv=%d D=%d %s, %s state)",
+          tb->label, c->T, c->B, c->Hv, c->D, test_layout_names[c->lay], gdn_dtype_name(storage));
+    free(s_last);
     op_tensors_free(&all);
 }
 
 /* A batch of B sequences against each sequence alone: identical bits. */
-static void check_batch_invariance(const test_backend *tb, const op_case *c)
+static void check_batch_invariance(const test_backend *tb, const op_case *c, gdn_dtype storage)
 {
     test_rng rng;
     test_rng_seed(&rng, 99);
     op_tensors all;
-    int ok = op_tensors_init(&all, c, &rng);
+    int ok = op_tensors_init(&all, c, storage, &rng);
     for (int i = 0; ok && i < N_TENSORS; i++)
         ok = test_tensor_upload(&all.t[i], tb->backend);
     gdn_gated_delta_net_params p = case_params(c);
@@ -302,7 +423,8 @@ static void check_batch_invariance(const test_backend *tb, const op_case *c)
         free(s_one);
     }
     CHECK(ok, "%s batch invariance: setup failed: %s", tb->label, gdn_error_detail());
-    CHECK(identical, "%s: results of a sequence depend on the batch (B=%d T=%d)", tb->label, c->B, c->T);
+    CHECK(identical, "%s: results of a sequence depend on the batch (B=%d T=%d, %s state)", tb->label, c->B, c->T,
+          gdn_dtype_name(storage));
     free(o_batch);
     free(s_batch);
     op_tensors_free(&all);
@@ -323,7 +445,7 @@ static void check_recording(const test_backend *tb, const op_case *c)
     test_rng rng;
     test_rng_seed(&rng, 31);
     op_tensors ts;
-    int ok = op_tensors_init(&ts, c, &rng);
+    int ok = op_tensors_init(&ts, c, GDN_DTYPE_F32, &rng);
     gdn_recording *recording = NULL;
     /* buffers are set up before the recording starts: end the capture, prepare, record again */
     ok = gdn_backend_record_end(tb->backend, &recording) == GDN_OK && ok;
@@ -394,7 +516,7 @@ static void check_rejections(const test_backend *tb)
     test_rng rng;
     test_rng_seed(&rng, 5);
     op_tensors ts;
-    int ok = op_tensors_init(&ts, &c, &rng);
+    int ok = op_tensors_init(&ts, &c, GDN_DTYPE_F32, &rng);
     for (int i = 0; ok && i < N_TENSORS; i++)
         ok = test_tensor_upload(&ts.t[i], tb->backend);
     CHECK(ok, "%s rejections: setup failed", tb->label);
@@ -481,7 +603,8 @@ static void check_indexed(const test_backend *tb, int case_index, const op_case 
     test_tensor pool, index;
     const int64_t D = c->D, N = c->T < c->K ? c->T : c->K;
     const int64_t ne_pool[] = {D, D, c->Hv, S}, ne_index[] = {c->B};
-    int ok = op_tensors_init(&ts, c, &rng) && test_tensor_init(&pool, c->lay, GDN_DTYPE_F32, 4, ne_pool) &&
+    int ok = op_tensors_init(&ts, c, GDN_DTYPE_F32, &rng) &&
+             test_tensor_init(&pool, c->lay, GDN_DTYPE_F32, 4, ne_pool) &&
              test_tensor_init(&index, LAYOUT_CONTIGUOUS, GDN_DTYPE_I32, 1, ne_index);
     if (ok) {
         fill(&pool, &rng, STATE, c->D, 0, 0);
@@ -608,7 +731,8 @@ static void check_in_place(const test_backend *tb, int case_index, const op_case
     op_tensors ts;
     test_tensor cache, index;
     const int64_t ne_cache[] = {D, D, c->Hv, N, B + 1}, ne_index[] = {B};
-    int ok = op_tensors_init(&ts, c, &rng) && test_tensor_init(&cache, LAYOUT_CONTIGUOUS, GDN_DTYPE_F32, 5, ne_cache) &&
+    int ok = op_tensors_init(&ts, c, GDN_DTYPE_F32, &rng) &&
+             test_tensor_init(&cache, LAYOUT_CONTIGUOUS, GDN_DTYPE_F32, 5, ne_cache) &&
              test_tensor_init(&index, LAYOUT_CONTIGUOUS, GDN_DTYPE_I32, 1, ne_index);
     if (!ok) {
         CHECK(0, "%s in-place case %d: out of memory", tb->label, case_index);
@@ -713,13 +837,21 @@ int main(void)
     CHECK(n >= 1, "no backend could be opened");
     for (int b = 0; b < n; b++) {
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-            run_case(&backends[b], (int)i, &cases[i]);
-        check_token_split(&backends[b], &cases[2]);
-        check_token_split(&backends[b], &cases[4]);
-        check_token_split(&backends[b], &cases[10]);
-        check_batch_invariance(&backends[b], &cases[1]);
-        check_batch_invariance(&backends[b], &cases[8]);
-        check_batch_invariance(&backends[b], &cases[14]); /* B=5 vs B=1 may take different launch shapes */
+            run_case(&backends[b], (int)i, &cases[i], GDN_DTYPE_F32);
+        for (size_t i = 0; i < sizeof bf16_cases / sizeof bf16_cases[0]; i++)
+            run_case(&backends[b], (int)i, &bf16_cases[i], GDN_DTYPE_BF16);
+        for (int bf16 = 0; bf16 < 2; bf16++) {
+            const gdn_dtype storage = bf16 ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
+            check_token_split(&backends[b], &cases[2], storage);
+            check_token_split(&backends[b], &cases[4], storage);
+            check_token_split(&backends[b], &cases[10], storage);
+            check_token_split(&backends[b], &cases[9], storage); /* padded-odd: BF16 rows only 2-byte aligned */
+        }
+        check_batch_invariance(&backends[b], &cases[1], GDN_DTYPE_F32);
+        check_batch_invariance(&backends[b], &cases[8], GDN_DTYPE_F32);
+        /* B=5 vs B=1 may take different launch shapes */
+        check_batch_invariance(&backends[b], &cases[14], GDN_DTYPE_F32);
+        check_batch_invariance(&backends[b], &cases[14], GDN_DTYPE_BF16);
         check_rejections(&backends[b]);
         for (size_t i = 0; i < sizeof indexed_cases / sizeof indexed_cases[0]; i++)
             check_indexed(&backends[b], (int)i, &indexed_cases[i]);
@@ -743,7 +875,7 @@ int main(void)
                 test_rng rng;
                 test_rng_seed(&rng, 4242);
                 op_tensors ts;
-                int ok = op_tensors_init(&ts, &c, &rng);
+                int ok = op_tensors_init(&ts, &c, GDN_DTYPE_F32, &rng);
                 for (int j = 0; ok && j < N_TENSORS; j++)
                     ok = test_tensor_upload(&ts.t[j], pair[i]);
                 gdn_gated_delta_net_params p = case_params(&c);

@@ -25,7 +25,7 @@ static const char *layout_names[] = {"contiguous", "padded", "permuted", "spaced
  *   add/mul   a [B, R, D]; b by variant: 0 [B,R,D], 1 [B,1,D], 2 [1,R,1], 3 [1,1,D]
  *   unary, norms, cpy  a [B, R, D]; rms_norm_gated also w [D], z [B, R, D]
  *   ssm_conv  x [B, C=D, X-1+T], w [C, X], dst [B, T=R, C]
- *   get_rows  a [R, D] (variant 1: BF16), index [X], dst [X, D]
+ *   get_rows  a [R, D] (variant 1: BF16; 2: BF16 into a BF16 dst), index [X], dst [X, D]
  *   concat    a [B, R, D], b with X along dim `variant`
  *   cpy       variant 0 F32->F32, 1 F32->BF16, 2 BF16->F32
  *   mul_mat   w [N=X, K=D] (variant 1: BF16), x [B, M=R, K], dst [B, M, N]
@@ -95,6 +95,8 @@ static const op_case cases[] = {
     {GDN_OP_MUL_MAT, 128, 1, 1, 70, 0, L_CONTIG, L_CONTIG, 0},   /* decode, x in place */
     {GDN_OP_MUL_MAT, 256, 5, 3, 100, 1, L_CONTIG, L_PADDED, 0},  /* large: threads, x in place */
     {GDN_OP_GATED_DELTA_NET, 16, 3, 2, 0, 0, L_CONTIG, L_PADDED, 0},
+    /* appended: the rejection table below names cases by index */
+    {GDN_OP_GET_ROWS, 37, 11, 1, 7, 2, L_PADDED, L_SPACED, 0},
 };
 #define N_CASES ((int)(sizeof cases / sizeof cases[0]))
 
@@ -246,7 +248,7 @@ static void case_specs(const op_case *c, gdn_op_call *call, spec *src, spec *dst
     case GDN_OP_GET_ROWS:
         src[0] = mk(c->variant ? BF16 : F32, 2, D, R, 1, 1, 1);
         src[1] = mk(GDN_DTYPE_I32, 1, X, 1, 1, 1, 1);
-        dst[0] = mk(F32, 2, D, X, 1, 1, 1);
+        dst[0] = mk(c->variant == 2 ? BF16 : F32, 2, D, X, 1, 1, 1);
         break;
     case GDN_OP_CONCAT:
         call->params.concat.dim = c->variant;

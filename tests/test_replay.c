@@ -3,7 +3,8 @@
  * length T, T+2 and 2T+1 with wrapping folds, committed and uncommitted, non-contiguous layouts,
  * guard regions); then the exactness contract: a simulated speculative-decoding loop whose every
  * accepted output and committed state equals, bit for bit, the recurrent op run one token per
- * call on the same backend; then rejected input (nothing written). */
+ * call on the same backend, with an F32 and with a BF16 pool; then rejected input (nothing
+ * written). */
 #include "harness.h"
 #include "core/gdn_op.h"
 
@@ -56,7 +57,16 @@ static void fill(test_tensor *tb, test_rng *rng, int what, int D, int l2norm)
         case POOL: x = 0.1 * test_rng_normal(rng); break;
         default: x = test_rng_normal(rng); break;
         }
-        *(float *)(tb->host_bytes + test_offset_of(&tb->host, idx)) = (float)x;
+        unsigned char *at = tb->host_bytes + test_offset_of(&tb->host, idx);
+        if (tb->host.dtype == GDN_DTYPE_BF16) { /* a BF16 pool: nearest, ties to even (x is finite) */
+            uint32_t bits;
+            const float f = (float)x;
+            memcpy(&bits, &f, sizeof bits);
+            const uint16_t half = (uint16_t)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+            memcpy(at, &half, sizeof half);
+        } else {
+            *(float *)at = (float)x;
+        }
     } while (test_next_index(&tb->host, idx));
 }
 
@@ -66,8 +76,10 @@ static void set_i32(test_tensor *tb, int64_t i0, int64_t i1, int32_t value)
     memcpy(tb->host_bytes + (size_t)i0 * tb->host.nb[0] + (size_t)i1 * tb->host.nb[1], &value, sizeof value);
 }
 
-/* Shapes of every tensor for B sequences, T tokens, S slots and rings of L; inputs filled. */
-static int replay_tensors_init(replay_tensors *ts, const replay_case *c, int S, test_layout lay, test_rng *rng)
+/* Shapes of every tensor for B sequences, T tokens, S slots and rings of L, the pool of dtype
+ * `storage` (F32 or BF16); inputs filled. */
+static int replay_tensors_init(replay_tensors *ts, const replay_case *c, int S, test_layout lay, gdn_dtype storage,
+                               test_rng *rng)
 {
     const int64_t D = c->D, B = c->B, T = c->T, L = c->L;
     const int64_t ne_qk[] = {D, c->Hk, T, B}, ne_v[] = {D, c->Hv, T, B}, ne_gate[] = {c->Hv, T, B};
@@ -79,7 +91,7 @@ static int replay_tensors_init(replay_tensors *ts, const replay_case *c, int S, 
              test_tensor_init(&ts->t[V], lay, GDN_DTYPE_F32, 4, ne_v) &&
              test_tensor_init(&ts->t[G], lay, GDN_DTYPE_F32, 3, ne_gate) &&
              test_tensor_init(&ts->t[BETA], lay, GDN_DTYPE_F32, 3, ne_gate) &&
-             test_tensor_init(&ts->t[POOL], lay, GDN_DTYPE_F32, 4, ne_pool) &&
+             test_tensor_init(&ts->t[POOL], lay, storage, 4, ne_pool) &&
              test_tensor_init(&ts->t[INDEX], lay, GDN_DTYPE_I32, 1, ne_index) &&
              test_tensor_init(&ts->t[RING_K], lay, GDN_DTYPE_F32, 4, ne_rk) &&
              test_tensor_init(&ts->t[RING_V], lay, GDN_DTYPE_F32, 4, ne_rv) &&
@@ -156,7 +168,7 @@ static void run_case(const test_backend *tb, int case_index, const replay_case *
     test_rng rng;
     test_rng_seed(&rng, 2000 + (uint64_t)case_index);
     replay_tensors ts;
-    int ok = replay_tensors_init(&ts, c, S_SLOTS, c->lay, &rng);
+    int ok = replay_tensors_init(&ts, c, S_SLOTS, c->lay, GDN_DTYPE_F32, &rng);
     /* Slots 4, 0, 2 (1 and 3 untouched). Folds that wrap around the ring: sequence b folds
      * L - T - b tokens (at least 0) from position L - 1 - b; sequence 1 does not commit. */
     const int32_t slots[3] = {4, 0, 2};
@@ -179,7 +191,7 @@ static void run_case(const test_backend *tb, int case_index, const replay_case *
     gdn_gated_delta_net_replay_args ra = replay_args(&ts, 0);
     ra.state = pool_ref;
     ra.o = o_ref;
-    gdn_status st = ok ? gdn_gated_delta_net_replay_reference(&p, &ra) : GDN_ERROR_OUT_OF_MEMORY;
+    gdn_status st = ok ? gdn_gated_delta_net_replay_reference(&p, &ra, GDN_DTYPE_F32) : GDN_ERROR_OUT_OF_MEMORY;
     CHECK(ok && st == GDN_OK, "%s case %d: setup or reference: %s", tb->label, case_index, gdn_error_detail());
 
     if (ok && st == GDN_OK) {
@@ -225,7 +237,8 @@ static void run_case(const test_backend *tb, int case_index, const replay_case *
  * when the next step could not fit (pending + 2T > L). Beside it, each sequence is decoded one
  * token per call by gdn_gated_delta_net (T = 1, B = 1, in place: state == states[0]) on the
  * accepted tokens. Every accepted token's output and every committed state must be equal byte
- * for byte; a slot not committed to must keep its last committed bytes.
+ * for byte; a slot not committed to must keep its last committed bytes. With a BF16 pool (and
+ * BF16 sequential states) this holds only if every token, folded ones included, is rounded.
  * ------------------------------------------------------------------------------------------- */
 typedef struct spec_case {
     int T, Hk, Hv, D, L;
@@ -252,7 +265,7 @@ static gdn_tensor slice(gdn_tensor t, int dim, int64_t i)
     return t;
 }
 
-static void check_speculative(const test_backend *tb, int case_index, const spec_case *sc)
+static void check_speculative(const test_backend *tb, int case_index, const spec_case *sc, gdn_dtype storage)
 {
     const replay_case c = {SPEC_B, sc->T, sc->Hk, sc->Hv, sc->D, sc->L, sc->broadcast, sc->l2norm, LAYOUT_CONTIGUOUS};
     const int32_t slots[SPEC_B] = {2, 0, 3};
@@ -263,14 +276,14 @@ static void check_speculative(const test_backend *tb, int case_index, const spec
     memset(seq_state, 0, sizeof seq_state);
     memset(&seq_o, 0, sizeof seq_o);
     const int64_t D = sc->D, ne_state[] = {D, D, sc->Hv, 1}, ne_o1[] = {D, sc->Hv, 1, 1};
-    int ok = replay_tensors_init(&ts, &c, SPEC_S, LAYOUT_CONTIGUOUS, &rng) &&
+    int ok = replay_tensors_init(&ts, &c, SPEC_S, LAYOUT_CONTIGUOUS, storage, &rng) &&
              test_tensor_init(&seq_o, LAYOUT_CONTIGUOUS, GDN_DTYPE_F32, 4, ne_o1) && test_tensor_upload(&seq_o, tb->backend);
     const size_t slot_bytes = ts.t[POOL].host.nb[3];
     unsigned char *committed[SPEC_B] = {NULL, NULL, NULL};
     for (int b = 0; ok && b < SPEC_B; b++) {
         set_i32(&ts.t[INDEX], b, 0, slots[b]);
         /* sequence b's own state starts as its pool slot */
-        ok = ok && test_tensor_init(&seq_state[b], LAYOUT_CONTIGUOUS, GDN_DTYPE_F32, 4, ne_state);
+        ok = ok && test_tensor_init(&seq_state[b], LAYOUT_CONTIGUOUS, storage, 4, ne_state);
         if (ok)
             memcpy(seq_state[b].host_bytes, ts.t[POOL].host_bytes + slots[b] * slot_bytes, slot_bytes);
         ok = ok && test_tensor_upload(&seq_state[b], tb->backend) && (committed[b] = malloc(slot_bytes)) != NULL;
@@ -350,15 +363,15 @@ static void check_speculative(const test_backend *tb, int case_index, const spec
         }
     }
     CHECK(ok, "%s speculative case %d: setup or transfer failed: %s", tb->label, case_index, gdn_error_detail());
-    CHECK(outputs_same, "%s speculative case %d: an accepted token's output differs from sequential decoding",
-          tb->label, case_index);
-    CHECK(states_same, "%s speculative case %d: a committed state differs from sequential decoding", tb->label,
-          case_index);
+    CHECK(outputs_same, "%s speculative case %d (%s pool): an accepted token's output differs from sequential "
+          "decoding", tb->label, case_index, gdn_dtype_name(storage));
+    CHECK(states_same, "%s speculative case %d (%s pool): a committed state differs from sequential decoding",
+          tb->label, case_index, gdn_dtype_name(storage));
     CHECK(commits > 0 && (!sc->lazy || steps_without_commit > 0), "%s speculative case %d: the loop did not exercise "
           "commits (%d) and lazy steps (%d)", tb->label, case_index, commits, steps_without_commit);
-    printf("  %-10s speculative case %d: T=%d L=%d Hv=%d D=%3d %s: %d steps, %d accepted tokens, %d commits\n",
-           tb->label, case_index, sc->T, sc->L, sc->Hv, sc->D, sc->lazy ? "lazy" : "every step", SPEC_STEPS, tokens,
-           commits);
+    printf("  %-10s speculative case %d: T=%d L=%d Hv=%d D=%3d %s, %s pool: %d steps, %d accepted tokens, "
+           "%d commits\n", tb->label, case_index, sc->T, sc->L, sc->Hv, sc->D, sc->lazy ? "lazy" : "every step",
+           gdn_dtype_name(storage), SPEC_STEPS, tokens, commits);
     free(o);
     free(pool);
     free(one);
@@ -409,7 +422,7 @@ static void check_rejections(const test_backend *tb)
     test_rng rng;
     test_rng_seed(&rng, 5);
     replay_tensors ts;
-    int ok = replay_tensors_init(&ts, &c, S_SLOTS, LAYOUT_CONTIGUOUS, &rng);
+    int ok = replay_tensors_init(&ts, &c, S_SLOTS, LAYOUT_CONTIGUOUS, GDN_DTYPE_F32, &rng);
     for (int b = 0; ok && b < 3; b++) {
         set_i32(&ts.t[INDEX], b, 0, slots[b]);
         for (int i = 0; i < 3; i++)
@@ -481,7 +494,8 @@ int main(void)
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
             run_case(&backends[b], (int)i, &cases[i]);
         for (size_t i = 0; i < sizeof spec_cases / sizeof spec_cases[0]; i++)
-            check_speculative(&backends[b], (int)i, &spec_cases[i]);
+            for (int bf16 = 0; bf16 < 2; bf16++)
+                check_speculative(&backends[b], (int)i, &spec_cases[i], bf16 ? GDN_DTYPE_BF16 : GDN_DTYPE_F32);
         check_rejections(&backends[b]);
     }
     test_backends_close(backends, n);

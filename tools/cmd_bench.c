@@ -11,7 +11,7 @@ static const char usage[] =
     "usage: gdn bench [options]\n"
     "\n"
     "Times the Gated DeltaNet op alone on the GDN layers of Qwen3.6-35B-A3B (Hk 16, Hv 32,\n"
-    "Dk = Dv = 128, fp32 state) and prints, per row, the time of one layer call, the minimum bytes\n"
+    "Dk = Dv = 128) and prints, per row, the time of one layer call, the minimum bytes\n"
     "it must move (state read once, each snapshot written once, inputs and outputs once), the\n"
     "achieved bandwidth and its share of the device copy bandwidth measured in the same run.\n"
     "\n"
@@ -25,6 +25,8 @@ static const char usage[] =
     "                       kept tokens (k, g, delta) per sequence, folding the kept tokens of earlier\n"
     "                       steps into the state (their updates again) and committing when the ring\n"
     "                       is full; a row averages a whole cycle of the resulting steps\n"
+    "  --state f32|bf16     how the state is stored (default f32); bf16 rounds it after every token\n"
+    "                       (include/gdn.h) and halves the state bytes\n"
     "  --ring L             replay: history tokens of the ring (default T: commit every step)\n"
     "  --accept A           replay: tokens kept per step, 1..T (default T), which is what the\n"
     "                       next steps fold\n"
@@ -56,6 +58,7 @@ typedef struct bench_config {
     int distinct; /* at most this many distinct layer buffer sets (0: as many as fit the budget) */
     int schemes;  /* bit 0: snapshot rows, bit 1: replay rows */
     int64_t ring, accept; /* replay: history tokens L (0: T), tokens kept per step (0: T) */
+    gdn_dtype state;      /* state storage: F32 or BF16 */
 } bench_config;
 
 enum { SCHEME_SNAPSHOT = 1, SCHEME_REPLAY = 2, MAX_PHASES = 64 };
@@ -116,8 +119,9 @@ static int replay_cycle(int64_t T, int64_t L, int64_t accept, replay_phase *phas
     return 0;
 }
 
-/* Fill `bytes` of backend memory with a repeating pattern of values in [lo, hi). */
-static int fill(gdn_backend *backend, void *dst, size_t bytes, float lo, float hi, unsigned seed)
+/* Fill `bytes` of backend memory with a repeating pattern of F32 values in [lo, hi), or with
+ * BF16 values (each float cut to its upper half, a pair per pattern float) when bf16. */
+static int fill_as(gdn_backend *backend, void *dst, size_t bytes, float lo, float hi, unsigned seed, int bf16)
 {
     enum { CHUNK = 1 << 20 }; /* floats */
     float *pattern = malloc(CHUNK * sizeof(float));
@@ -128,6 +132,15 @@ static int fill(gdn_backend *backend, void *dst, size_t bytes, float lo, float h
         x = x * 1664525u + 1013904223u;
         pattern[i] = lo + (hi - lo) * (float)(x >> 8) / 16777216.0f;
     }
+    for (int i = 0; bf16 && i < CHUNK; i += 2) {
+        uint32_t a, b;
+        memcpy(&a, &pattern[i], sizeof a);
+        memcpy(&b, &pattern[i + 1], sizeof b);
+        const uint32_t pair = (a >> 16) | (b & 0xffff0000u); /* element 0 in the low half */
+        memcpy(&pattern[i / 2], &pair, sizeof pair); /* i / 2 <= i: only floats already read */
+    }
+    if (bf16) /* the packed half twice, so the pattern fills the chunk */
+        memcpy(&pattern[CHUNK / 2], pattern, CHUNK / 2 * sizeof(float));
     int ok = 1;
     for (size_t off = 0; ok && off < bytes; off += CHUNK * sizeof(float)) {
         size_t n = bytes - off < CHUNK * sizeof(float) ? bytes - off : CHUNK * sizeof(float);
@@ -135,6 +148,11 @@ static int fill(gdn_backend *backend, void *dst, size_t bytes, float lo, float h
     }
     free(pattern);
     return ok;
+}
+
+static int fill(gdn_backend *backend, void *dst, size_t bytes, float lo, float hi, unsigned seed)
+{
+    return fill_as(backend, dst, bytes, lo, hi, seed, 0);
 }
 
 /* Device copy bandwidth in GB/s, counting bytes read plus bytes written; median of runs. */
@@ -209,7 +227,7 @@ static int queue_replay_step(gdn_backend *backend, const bench_config *cfg, cons
         const token_views t = token_views_of(b, B, T);
         gdn_gated_delta_net_replay_args a;
         a.q = t.q, a.k = t.k, a.v = t.v, a.g = t.g, a.beta = t.beta, a.o = t.o;
-        a.state = gdn_tensor_contiguous(b->states, GDN_DTYPE_F32, 4, ne_pool);
+        a.state = gdn_tensor_contiguous(b->states, cfg->state, 4, ne_pool);
         a.state_index = gdn_tensor_contiguous(plan->index, GDN_DTYPE_I32, 1, ne_index);
         a.ring_k = gdn_tensor_contiguous(b->ring_k, GDN_DTYPE_F32, 4, ne_rk);
         a.ring_v = gdn_tensor_contiguous(b->ring_v, GDN_DTYPE_F32, 4, ne_rv);
@@ -242,7 +260,7 @@ static int queue_step(gdn_backend *backend, const bench_config *cfg, const layer
         memset(&a, 0, sizeof a); /* no state_index: each layer reads its own state */
         const token_views t = token_views_of(b, B, T);
         a.q = t.q, a.k = t.k, a.v = t.v, a.g = t.g, a.beta = t.beta, a.o = t.o;
-        a.states = gdn_tensor_contiguous(b->states, GDN_DTYPE_F32, 5, ne_states);
+        a.states = gdn_tensor_contiguous(b->states, cfg->state, 5, ne_states);
         a.state = a.states; /* in place: the state is read from snapshot slot 0 */
         a.state.n_dims = 4;
         a.state.ne[4] = 1;
@@ -292,7 +310,7 @@ static int bench_row(gdn_backend *backend, const bench_config *cfg, int64_t B, i
     const int64_t N = plan->replay ? 1 : T < K ? T : K; /* states held per sequence */
     const size_t f = sizeof(float);
     const size_t qk = (size_t)(B * T * Hk * D) * f, v = (size_t)(B * T * Hv * D) * f;
-    const size_t gate = (size_t)(B * T * Hv) * f, state = (size_t)(B * Hv * D * D) * f;
+    const size_t gate = (size_t)(B * T * Hv) * f, state = (size_t)(B * Hv * D * D) * gdn_dtype_size(cfg->state);
     /* replay rings: Lp token entries per sequence of k (Hk*D), delta (Hv*D) and g (Hv) */
     const size_t token = (size_t)(Hk * D + Hv * D + Hv) * f;
     const int64_t Lp = plan->replay ? plan->Lp : 0;
@@ -329,7 +347,7 @@ static int bench_row(gdn_backend *backend, const bench_config *cfg, int64_t B, i
              fill(backend, L[s].k, qk, -0.15f, 0.15f, 10 * s + 2) && fill(backend, L[s].v, v, -1, 1, 10 * s + 3) &&
              fill(backend, L[s].g, gate, -2.0f, -0.01f, 10 * s + 4) &&
              fill(backend, L[s].beta, gate, 0, 1, 10 * s + 5) &&
-             fill(backend, L[s].states, (size_t)N * state, -0.1f, 0.1f, 10 * s + 6);
+             fill_as(backend, L[s].states, (size_t)N * state, -0.1f, 0.1f, 10 * s + 6, cfg->state == GDN_DTYPE_BF16);
         if (ok && plan->replay) {
             const size_t rk = (size_t)(B * Lp * Hk * D) * f, rv = (size_t)(B * Lp * Hv * D) * f;
             const size_t rg = (size_t)(B * Lp * Hv) * f;
@@ -404,6 +422,7 @@ static int parse_args(int argc, char **argv, bench_config *cfg)
     cfg->layers = 30;
     cfg->graphs = 1;
     cfg->schemes = SCHEME_SNAPSHOT | SCHEME_REPLAY;
+    cfg->state = GDN_DTYPE_F32;
     for (int i = 1; i < argc; i++) {
         const char *opt = argv[i];
         if (strcmp(opt, "--help") == 0 || strcmp(opt, "-h") == 0) {
@@ -437,6 +456,8 @@ static int parse_args(int argc, char **argv, bench_config *cfg)
             cfg->schemes = strcmp(val, "snapshot") == 0 ? SCHEME_SNAPSHOT
                            : strcmp(val, "replay") == 0 ? SCHEME_REPLAY
                                                         : SCHEME_SNAPSHOT | SCHEME_REPLAY;
+        } else if (strcmp(opt, "--state") == 0 && (strcmp(val, "f32") == 0 || strcmp(val, "bf16") == 0)) {
+            cfg->state = strcmp(val, "bf16") == 0 ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
         } else if (strcmp(opt, "--ring") == 0 && gdn_tool_parse_int(val, 1, 4096, &n)) {
             cfg->ring = n;
         } else if (strcmp(opt, "--accept") == 0 && gdn_tool_parse_int(val, 1, 4096, &n)) {
@@ -505,8 +526,8 @@ int gdn_cmd_bench(int argc, char **argv)
         return 1;
     }
     if (!cfg.json) {
-        printf("gdn bench: GDN op alone, Qwen3.6-35B-A3B GDN shapes (Hk=%d Hv=%d D=%d, fp32 state), %d layers/step\n",
-               Hk, Hv, D, cfg.layers);
+        printf("gdn bench: GDN op alone, Qwen3.6-35B-A3B GDN shapes (Hk=%d Hv=%d D=%d, %s state), %d layers/step\n",
+               Hk, Hv, D, cfg.state == GDN_DTYPE_BF16 ? "bf16" : "fp32", cfg.layers);
         printf("backend: %s\n", gdn_backend_name(backend));
         printf("ceiling: device copy %.1f GB/s (bytes read + written, median of 15)\n\n", copy_gbps);
         printf("%-8s %4s %3s %3s %3s %5s %11s %11s %13s %9s %9s %13s %6s %5s\n", "scheme", "T", "K", "L", "A", "B",
@@ -536,12 +557,14 @@ int gdn_cmd_bench(int argc, char **argv)
                 const long long k_shown = plan.replay ? 0 : (long long)K; /* replay writes no snapshots */
                 double ratio = r.gbps / copy_gbps;
                 if (cfg.json)
-                    printf("{\"backend\":\"%s\",\"device\":\"%s\",\"scheme\":\"%s\",\"T\":%lld,\"K\":%lld,"
+                    printf("{\"backend\":\"%s\",\"device\":\"%s\",\"scheme\":\"%s\",\"state_dtype\":\"%s\","
+                           "\"T\":%lld,\"K\":%lld,"
                            "\"ring\":%lld,\"accept\":%lld,\"steps_in_cycle\":%d,\"B\":%lld,\"Hk\":%d,\"Hv\":%d,"
                            "\"D\":%d,\"layers\":%d,\"distinct_layer_buffers\":%d,\"reps\":%d,\"us_per_layer\":%.3f,"
                            "\"us_per_step\":%.3f,\"min_bytes_per_layer\":%.0f,\"gbps\":%.2f,\"copy_gbps\":%.2f,"
                            "\"ceiling_ratio\":%.4f,\"cache_bytes_per_sequence\":%.0f,\"graph\":%s}\n",
-                           cuda ? "cuda" : "cpu", gdn_backend_name(backend), name, (long long)T, k_shown,
+                           cuda ? "cuda" : "cpu", gdn_backend_name(backend), name,
+                           cfg.state == GDN_DTYPE_BF16 ? "bf16" : "f32", (long long)T, k_shown,
                            (long long)plan.L, (long long)plan.accept, plan.replay ? plan.n_phases : 1,
                            (long long)cfg.batches[b], Hk, Hv, D, cfg.layers, r.sets, r.reps, r.us_per_layer,
                            r.us_per_step, r.min_bytes, r.gbps, copy_gbps, ratio, r.cache_bytes_per_sequence,

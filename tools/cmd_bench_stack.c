@@ -37,6 +37,8 @@ static const char usage[] =
     "                       of token inputs per sequence, every step keeping all its tokens\n"
     "  --ring L             replay: history tokens of the ring (default T: commit every step)\n"
     "  --weights f32|bf16   dtype of the projection weights (default bf16)\n"
+    "  --state f32|bf16     dtype of the state pools (default f32; bf16 rounds the state after every\n"
+    "                       token and halves its bytes)\n"
     "  --graphs on|off      record each step once and replay it as one CUDA graph (default on;\n"
     "                       the CPU backend has no recording and runs the graphs node by node)\n"
     "  --reps N             timed steps per row, median reported (default: about 1 s of work, 5..50)\n"
@@ -62,6 +64,7 @@ typedef struct stack_config {
     int layers, reps, json, graphs;
     int passes_mask; /* bit 0: off, bit 1: on */
     gdn_dtype weight_dtype;
+    gdn_dtype state_dtype;
     int replay;      /* the replay scheme through a gdn_cache (else llama.cpp's snapshot pattern) */
     int ring;        /* replay: history tokens of the ring (0: T) */
 } stack_config;
@@ -338,7 +341,7 @@ static int stack_open_replay(stack *s, int64_t B, int64_t T)
     const gdn_block_config *c = &s->config;
     const gdn_cache_config cc = {s->layers, (int32_t)B, (int32_t)T, (int32_t)c->n_k_heads, (int32_t)c->n_v_heads,
                                  (int32_t)c->head_dim, (int32_t)gdn_block_conv_dim(c), (int32_t)c->conv_kernel,
-                                 GDN_CACHE_REPLAY, s->ring ? s->ring : (int32_t)T};
+                                 GDN_CACHE_REPLAY, s->ring ? s->ring : (int32_t)T, c->state_dtype};
     s->seqs = calloc((size_t)B, sizeof *s->seqs);
     s->tokens = calloc((size_t)B, sizeof *s->tokens);
     int ok = s->seqs && s->tokens && gdn_cache_init(s->backend, &cc, NULL, 0, &s->cache) == GDN_OK;
@@ -452,6 +455,8 @@ static int parse_args(int argc, char **argv, stack_config *cfg)
             cfg->ring = (int)n;
         } else if (strcmp(opt, "--weights") == 0 && (strcmp(val, "f32") == 0 || strcmp(val, "bf16") == 0)) {
             cfg->weight_dtype = strcmp(val, "f32") == 0 ? GDN_DTYPE_F32 : GDN_DTYPE_BF16;
+        } else if (strcmp(opt, "--state") == 0 && (strcmp(val, "f32") == 0 || strcmp(val, "bf16") == 0)) {
+            cfg->state_dtype = strcmp(val, "f32") == 0 ? GDN_DTYPE_F32 : GDN_DTYPE_BF16;
         } else if (strcmp(opt, "--layers") == 0 && gdn_tool_parse_int(val, 1, 1000, &n)) {
             cfg->layers = (int)n;
         } else if (strcmp(opt, "--reps") == 0 && gdn_tool_parse_int(val, 1, 100000, &n)) {
@@ -477,7 +482,8 @@ static uint64_t cache_bytes_per_sequence(const stack *s)
                                                                (int32_t)s->config.head_dim,
                                                                (int32_t)gdn_block_conv_dim(&s->config),
                                                                (int32_t)s->config.conv_kernel, GDN_CACHE_REPLAY,
-                                                               s->ring ? s->ring : (int32_t)s->T},
+                                                               s->ring ? s->ring : (int32_t)s->T,
+                                                               s->config.state_dtype},
                                            &total) == GDN_OK)
         return total / (uint64_t)s->B; /* (with the step rows: 20 bytes per sequence) */
     uint64_t bytes = 0;
@@ -494,13 +500,16 @@ static void print_row(const stack_config *cfg, const stack *s, int cuda, int pas
     if (cfg->json) {
         printf("{\"backend\":\"%s\",\"device\":\"%s\",\"scheme\":\"%s\",\"ring\":%d,\"passes\":\"%s\",\"T\":%lld,"
                "\"K\":%lld,"
-               "\"B\":%lld,\"layers\":%d,\"weights\":\"%s\",\"weight_sets\":%d,\"reps\":%d,\"graph\":%s,"
+               "\"B\":%lld,\"layers\":%d,\"weights\":\"%s\",\"state\":\"%s\",\"weight_sets\":%d,\"reps\":%d,"
+               "\"graph\":%s,"
                "\"us_per_step\":%.3f,\"nodes\":%d,\"copies\":%d,\"gathers\":%d,\"op_calls\":%llu,\"launches\":%llu,"
                "\"copies_per_step\":%llu,\"gathers_per_step\":%llu,\"state_bytes_per_step\":%llu,"
                "\"bytes_per_step\":%llu,\"cache_bytes_per_sequence\":%llu,\"checksum\":\"%016llx\"}\n",
                cuda ? "cuda" : "cpu", gdn_backend_name(s->backend), s->replay ? "replay" : "snapshot",
                s->replay ? (s->ring ? s->ring : (int)s->T) : 0, passes ? "on" : "off", (long long)s->T,
-               (long long)K, (long long)s->B, s->layers, wname, s->n_weight_sets, r->reps,
+               (long long)K, (long long)s->B, s->layers, wname,
+               s->config.state_dtype == GDN_DTYPE_BF16 ? "bf16" : "f32",
+               s->n_weight_sets, r->reps,
                r->recorded ? "true" : "false", r->us_per_step, (int)r->stats.n_nodes, (int)r->stats.n_copies,
                (int)r->stats.n_gathers, (unsigned long long)r->step.op_calls, (unsigned long long)r->step.launches,
                (unsigned long long)r->step.copies, (unsigned long long)r->step.gathers,
@@ -544,6 +553,7 @@ int gdn_cmd_bench_stack(int argc, char **argv)
     s.replay = cfg.replay, s.ring = cfg.ring;
     s.config = gdn_block_config_default();
     s.config.weight_dtype = cfg.weight_dtype;
+    s.config.state_dtype = cfg.state_dtype;
     s.config.n_snapshots = (int32_t)(cfg.T ? cfg.K : shapes[0][1]);
     s.caches = calloc((size_t)cfg.layers, sizeof *s.caches);
     s.graphs = calloc((size_t)cfg.layers, sizeof *s.graphs);
@@ -581,8 +591,9 @@ int gdn_cmd_bench_stack(int argc, char **argv)
                "Kconv %lld), %d layers/step\n", (long long)s.config.hidden, (long long)s.config.n_k_heads,
                (long long)s.config.n_v_heads, (long long)s.config.head_dim, (long long)s.config.conv_kernel,
                cfg.layers);
-        printf("backend: %s; weights: %s, %d distinct buffer%s (copies of one seeded set)%s\n",
-               gdn_backend_name(backend), cfg.weight_dtype == GDN_DTYPE_F32 ? "f32" : "bf16", s.n_weight_sets,
+        printf("backend: %s; state: %s; weights: %s, %d distinct buffer%s (copies of one seeded set)%s\n",
+               gdn_backend_name(backend), cfg.state_dtype == GDN_DTYPE_BF16 ? "bf16" : "f32",
+               cfg.weight_dtype == GDN_DTYPE_F32 ? "f32" : "bf16", s.n_weight_sets,
                s.n_weight_sets == 1 ? "" : "s", s.n_weight_sets < cfg.layers ? ", shared round-robin by the layers" : "");
         printf("passes on = copy elision, then gather elision; counts per step from one un-recorded step\n\n");
         printf("%-5s %-9s %-6s %3s %3s %5s %6s %12s %6s %6s %9s %12s %12s  %-16s %7s\n", "back", "scheme", "passes",

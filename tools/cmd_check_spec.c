@@ -35,6 +35,8 @@ static const char usage[] =
     "  --scheme snapshot|replay  the spec run's cache scheme (default snapshot: K state groups\n"
     "                       per slot; replay: one committed state and a ring of token inputs)\n"
     "  --ring L             replay: tokens of history the ring keeps (default T)\n"
+    "  --state f32|bf16     how both runs store the state (default f32; bf16 rounds it after\n"
+    "                       every token, so it too must match bit for bit)\n"
     "  --steps N            verify steps (default 200)\n"
     "  --accept MODE        all | none | random | N: tokens kept per step, of T (default random)\n"
     "  --tokens T           tokens verified per step (default 4)\n"
@@ -44,7 +46,8 @@ static const char usage[] =
     "  --layers N           GDN layers (default 4)\n"
     "  --passes on|off      graph passes on both runs (default on)\n"
     "  --seed N             weights, caches, tokens and acceptance (default 1)\n"
-    "  --json               one JSON object: backend, scheme, steps, T, B, layers, accept, ring,\n"
+    "  --json               one JSON object: backend, scheme, state_dtype, steps, T, B, layers,\n"
+    "                       accept, ring,\n"
     "                       mixed, tokens_committed, states_compared, identical, max_abs_diff,\n"
     "                       first_difference\n";
 
@@ -55,6 +58,7 @@ typedef struct spec_options {
     int replay; /* the replay scheme for the spec run (else snapshot) */
     int passes, json;
     int mixed; /* per-sequence token counts, padded to T */
+    gdn_dtype state; /* state storage of both runs */
 } spec_options;
 
 /* One run (spec or sequential): a cache (gdn_cache, with per-layer block views of its pools)
@@ -68,14 +72,6 @@ typedef struct spec_run {
     gdn_tensor_id *outs;
     void *x;                 /* backend: x [B,T,hidden] F32 */
 } spec_run;
-
-static uint64_t mix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
 
 /* Layer graphs for B sequences of T tokens writing slots first..first+B-1; graph set g. */
 static int build_graphs(gdn_backend *backend, const gdn_block_config *c, const gdn_block_weights *w, spec_run *r,
@@ -180,6 +176,8 @@ static int parse(int argc, char **argv, spec_options *o)
         } else if (strcmp(opt, "--scheme") == 0 && (strcmp(val, "snapshot") == 0 || strcmp(val, "replay") == 0)) {
             o->replay = strcmp(val, "replay") == 0;
         } else if (strcmp(opt, "--ring") == 0 && gdn_tool_parse_int(val, 1, 64, &o->ring)) {
+        } else if (strcmp(opt, "--state") == 0 && (strcmp(val, "f32") == 0 || strcmp(val, "bf16") == 0)) {
+            o->state = strcmp(val, "bf16") == 0 ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
         } else if (strcmp(opt, "--steps") == 0 && gdn_tool_parse_int(val, 1, 100000000, &o->steps)) {
         } else if (strcmp(opt, "--tokens") == 0 && gdn_tool_parse_int(val, 1, 16, &o->tokens)) {
         } else if (strcmp(opt, "--batch") == 0 && gdn_tool_parse_int(val, 1, 64, &o->batch)) {
@@ -232,8 +230,10 @@ static int fetch(gdn_backend *backend, const gdn_block_cache *cache, int64_t slo
 
 int gdn_cmd_check(int argc, char **argv)
 {
+    if (argc >= 2 && strcmp(argv[1], "bf16") == 0)
+        return gdn_cmd_check_bf16(argc - 1, argv + 1);
     if (argc < 2 || strcmp(argv[1], "spec") != 0) {
-        fprintf(stderr, "usage: gdn check spec [options] (see gdn check spec --help)\n");
+        fprintf(stderr, "usage: gdn check spec|bf16 [options] (see gdn check spec --help, gdn check bf16 --help)\n");
         return 2;
     }
     spec_options o;
@@ -244,10 +244,11 @@ int gdn_cmd_check(int argc, char **argv)
         return 2;
     gdn_block_config c = gdn_block_config_default();
     c.hidden = 128, c.n_k_heads = 2, c.n_v_heads = 4, c.head_dim = 32;
-    c.n_snapshots = (int32_t)o.tokens, c.rollback = 1;
+    c.n_snapshots = (int32_t)o.tokens, c.rollback = 1, c.state_dtype = o.state;
     const int layers = (int)o.layers;
     const int64_t B = o.batch, T = o.tokens, H = c.hidden, Kc = c.conv_kernel, C = gdn_block_conv_dim(&c);
-    const size_t state_bytes = (size_t)(c.n_v_heads * c.head_dim * c.head_dim) * 4, window_bytes = (size_t)((Kc - 1) * C) * 4;
+    const size_t state_bytes = (size_t)(c.n_v_heads * c.head_dim * c.head_dim) * gdn_dtype_size(c.state_dtype);
+    const size_t window_bytes = (size_t)((Kc - 1) * C) * 4;
 
     gdn_block_weights *w = calloc((size_t)layers, sizeof *w);
     spec_run run[2]; /* 0 spec, 1 sequential */
@@ -262,7 +263,8 @@ int gdn_cmd_check(int argc, char **argv)
     for (int l = 0; ok && l < layers; l++)
         ok = gdn_block_weights_init(&w[l], backend, &c, (uint64_t)o.seed * 1000 + (uint64_t)l) == GDN_OK;
     const gdn_cache_config snapshot = {layers, (int32_t)B, (int32_t)T, (int32_t)c.n_k_heads, (int32_t)c.n_v_heads,
-                                       (int32_t)c.head_dim, (int32_t)C, (int32_t)Kc, GDN_CACHE_SNAPSHOT, 0};
+                                       (int32_t)c.head_dim, (int32_t)C, (int32_t)Kc, GDN_CACHE_SNAPSHOT, 0,
+                                       c.state_dtype};
     gdn_cache_config replay = snapshot;
     replay.scheme = GDN_CACHE_REPLAY, replay.ring = (int32_t)o.ring;
     int32_t *tokens = malloc((size_t)B * sizeof *tokens);
@@ -308,17 +310,17 @@ int gdn_cmd_check(int argc, char **argv)
     char first[200] = "";
     for (; ok && step < o.steps; step++) {
         for (int64_t i = 0; i < B * T * H; i++) /* the step's tokens (what the embedding would give) */
-            x[i] = (float)((double)(mix(&rng) >> 11) * 0x1.0p-53 * 2.0 - 1.0);
+            x[i] = gdn_tool_uniform(&rng);
         if (o.mixed) /* each sequence its own count, one of them T (the step's T, the graphs'); the
                       * positions past a sequence's count are padding that nothing keeps */
             for (int64_t b = 0; b < B; b++)
-                tokens[b] = b == step % B ? (int32_t)T : (int32_t)(1 + mix(&rng) % (uint64_t)T);
+                tokens[b] = b == step % B ? (int32_t)T : (int32_t)(1 + gdn_tool_mix(&rng) % (uint64_t)T);
         ok = gdn_cache_step_begin(run[0].cache, (int32_t)B, run[0].seqs, tokens) == GDN_OK &&
              run_graphs(backend, &run[0], layers, 0, x, (size_t)(B * T * H) * 4, out);
         for (int64_t b = 0; ok && b < B; b++) {
             const int64_t n_b = tokens[b]; /* this sequence's own tokens in the step */
             const int64_t a = o.accept == 0 ? n_b : o.accept == 1 ? 1 : o.accept == 3 ? (o.fixed < n_b ? o.fixed : n_b)
-                                                                    : 1 + (int64_t)(mix(&rng) % (uint64_t)n_b);
+                                                                    : 1 + (int64_t)(gdn_tool_mix(&rng) % (uint64_t)n_b);
             ok = gdn_cache_accept(run[0].cache, run[0].seqs[b], (int32_t)a) == GDN_OK;
             kept[b] = (int32_t)a;
             /* Replay: the committed state holds the tokens folded so far; when those are all the
@@ -380,16 +382,19 @@ int gdn_cmd_check(int argc, char **argv)
     const int identical = ok && first[0] == '\0';
     const char *name = gdn_backend_name(backend), *scheme = o.replay ? "replay" : "snapshot";
     if (o.json)
-        printf("{\"backend\":\"%s\",\"scheme\":\"%s\",\"steps\":%ld,\"T\":%lld,\"B\":%lld,\"layers\":%d,"
+        printf("{\"backend\":\"%s\",\"scheme\":\"%s\",\"state_dtype\":\"%s\",\"steps\":%ld,\"T\":%lld,\"B\":%lld,"
+               "\"layers\":%d,"
                "\"accept\":\"%s\",\"ring\":%ld,\"mixed\":%s,\"tokens_committed\":%ld,\"states_compared\":%ld,"
                "\"identical\":%s,\"max_abs_diff\":%.9g,\"first_difference\":\"%s\"}\n",
-               name, scheme, step, (long long)T, (long long)B, layers,
+               name, scheme, o.state == GDN_DTYPE_BF16 ? "bf16" : "f32", step, (long long)T, (long long)B, layers,
                o.accept == 0 ? "all" : o.accept == 1 ? "none" : o.accept == 2 ? "random" : "fixed",
                o.replay ? o.ring : 0L, o.mixed ? "true" : "false", committed, states_compared,
                identical ? "true" : "false", max_diff, first);
     else
-        printf("gdn check spec: backend %s, scheme %s, %ld steps of T=%lld for %lld sequences, %d layers, %ld "
-               "tokens committed, %ld committed states compared: %s (max |difference| %g)%s%s\n", name, scheme, step,
+        printf("gdn check spec: backend %s, scheme %s (%s state), %ld steps of T=%lld for %lld sequences, %d layers, "
+               "%ld "
+               "tokens committed, %ld committed states compared: %s (max |difference| %g)%s%s\n", name, scheme,
+               o.state == GDN_DTYPE_BF16 ? "bf16" : "f32", step,
                (long long)T, (long long)B, layers, committed, states_compared, identical ? "bit-identical to sequential decoding" : "DIFFERENT", max_diff,
                first[0] ? "; first: " : "", first);
 

@@ -17,7 +17,22 @@ static const char usage[] =
     "                           run the op on tensors from a file (see gdn op --help)\n"
     "  gdn check spec [options] check that speculative decoding with rollback is bit-identical\n"
     "                           to decoding the accepted tokens one at a time (see --help)\n"
+    "  gdn check bf16 [options] measure what a BF16 state costs in accuracy against an F32 one\n"
+    "                           over a long decode (see --help)\n"
     "  gdn --help               this text\n";
+
+uint64_t gdn_tool_mix(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+float gdn_tool_uniform(uint64_t *s)
+{
+    return (float)((double)(gdn_tool_mix(s) >> 11) * 0x1.0p-53 * 2.0 - 1.0);
+}
 
 int gdn_tool_parse_backend(const char *text, gdn_backend_kind *kind)
 {

@@ -2,7 +2,7 @@
  * section 5). Device memory: one block holding, per layer, the state pool [S][G][Hv][D][D]
  * (G = K groups for the snapshot scheme, 1 for replay), the conv pool [S][Kconv-1+K][C] and,
  * for replay, the rings of k, delta and g [S][P][Hk*D], [S][P][Hv*D], [S][P][Hv] (P = L + K
- * entries), all F32;
+ * entries); the state pool F32 or BF16 (config.state_dtype), the rest F32;
  * then the step rows [2][S] and the fold array [S][3] (I32).
  * Host bookkeeping per sequence: in use, the group and window column its committed state is
  * at, for replay the ring start and the tokens in the ring since the last commit, and the T of
@@ -68,6 +68,8 @@ static gdn_status check_config(const gdn_cache_config *c)
     const int32_t D = c->head_dim;
     if (D != 16 && D != 32 && D != 64 && D != 128 && D != 256)
         return gdn_fail(GDN_ERROR_SHAPE, "cache: head_dim %d, expected 16, 32, 64, 128 or 256", (int)D);
+    if (c->state_dtype != GDN_DTYPE_F32 && c->state_dtype != GDN_DTYPE_BF16)
+        return gdn_fail(GDN_ERROR_TYPE, "cache: state pool %s, expected F32 or BF16", gdn_dtype_name(c->state_dtype));
     return GDN_OK;
 }
 
@@ -81,7 +83,8 @@ static void sizes(const gdn_cache_config *c, size_t *state_pool, size_t *conv_po
                   size_t *rows_offset, size_t *total)
 {
     const size_t S = (size_t)c->n_seqs, P = (size_t)ring_entries(c), f = sizeof(float);
-    const size_t state = (size_t)c->n_v_heads * (size_t)c->head_dim * (size_t)c->head_dim * f;
+    const size_t state =
+        (size_t)c->n_v_heads * (size_t)c->head_dim * (size_t)c->head_dim * gdn_dtype_size(c->state_dtype);
     *state_pool = (state * (size_t)groups(c) * S + 255) / 256 * 256;
     *conv_pool = ((size_t)columns(c) * (size_t)c->conv_channels * f * S + 255) / 256 * 256;
     const size_t per_entry[3] = {(size_t)c->n_k_heads * (size_t)c->head_dim, (size_t)c->n_v_heads * (size_t)c->head_dim,
@@ -175,7 +178,8 @@ static gdn_status known(const gdn_cache *cache, int32_t seq, const char *what)
 static gdn_status zero_slot(gdn_cache *cache, int32_t s)
 {
     const gdn_cache_config *c = &cache->config;
-    const size_t state = (size_t)c->n_v_heads * (size_t)c->head_dim * (size_t)c->head_dim * sizeof(float);
+    const size_t state =
+        (size_t)c->n_v_heads * (size_t)c->head_dim * (size_t)c->head_dim * gdn_dtype_size(c->state_dtype);
     const size_t col = (size_t)c->conv_channels * sizeof(float);
     gdn_status st = GDN_OK;
     for (int32_t l = 0; st == GDN_OK && l < c->n_layers; l++) {
@@ -336,7 +340,7 @@ gdn_status gdn_cache_layer_pools(const gdn_cache *cache, int32_t layer, gdn_tens
     char *base = (char *)cache->memory + (size_t)layer * cache->layer_bytes;
     const int64_t ne_s[5] = {c->head_dim, c->head_dim, c->n_v_heads, groups(c), c->n_seqs};
     const int64_t ne_c[3] = {c->conv_channels, columns(c), c->n_seqs};
-    *states = gdn_tensor_contiguous(base, GDN_DTYPE_F32, 5, ne_s);
+    *states = gdn_tensor_contiguous(base, c->state_dtype, 5, ne_s);
     *conv = gdn_tensor_contiguous(base + cache->state_pool_bytes, GDN_DTYPE_F32, 3, ne_c);
     return GDN_OK;
 }

@@ -88,6 +88,13 @@ static gdn_status check_sizes(const char *op, const gdn_gated_delta_net_params *
     return GDN_OK;
 }
 
+/* The state storage dtype a call asks for: BF16 when `state` is BF16, else F32 (the default;
+ * check_tensor then reports any other dtype as "expected F32"). */
+static gdn_dtype storage_of(const gdn_tensor *state)
+{
+    return state->dtype == GDN_DTYPE_BF16 ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
+}
+
 static int same_view(const gdn_tensor *a, const gdn_tensor *b)
 {
     if (a->data != b->data)
@@ -127,14 +134,18 @@ gdn_status gdn_gated_delta_net_check(const gdn_gated_delta_net_params *params,
     const int64_t ne_state[4] = {D, D, Hv, S};
     const int64_t ne_index[1] = {B};
     const int64_t ne_states[5] = {D, D, Hv, B, n_write};
+    /* The reference reads a state of either storage dtype and writes F64 snapshots (rounded to
+     * BF16 after every token for a BF16 state); a backend writes snapshots of the state's dtype. */
+    const gdn_dtype storage = storage_of(&args->state);
+    const gdn_dtype states_dtype = output_dtype == GDN_DTYPE_F64 ? GDN_DTYPE_F64 : storage;
     if ((st = check_tensor(op, "q", &args->q, GDN_DTYPE_F32, 4, ne_qk)) != GDN_OK ||
         (st = check_tensor(op, "k", &args->k, GDN_DTYPE_F32, 4, ne_qk)) != GDN_OK ||
         (st = check_tensor(op, "v", &args->v, GDN_DTYPE_F32, 4, ne_v)) != GDN_OK ||
         (st = check_tensor(op, "g", &args->g, GDN_DTYPE_F32, 3, ne_gate)) != GDN_OK ||
         (st = check_tensor(op, "beta", &args->beta, GDN_DTYPE_F32, 3, ne_gate)) != GDN_OK ||
-        (st = check_tensor(op, "state", &args->state, GDN_DTYPE_F32, 4, ne_state)) != GDN_OK ||
+        (st = check_tensor(op, "state", &args->state, storage, 4, ne_state)) != GDN_OK ||
         (st = check_tensor(op, "o", &args->o, output_dtype, 4, ne_v)) != GDN_OK ||
-        (st = check_tensor(op, "states", &args->states, output_dtype, 5, ne_states)) != GDN_OK ||
+        (st = check_tensor(op, "states", &args->states, states_dtype, 5, ne_states)) != GDN_OK ||
         (indexed &&
          (st = check_tensor(op, "state_index", &args->state_index, GDN_DTYPE_I32, 1, ne_index)) != GDN_OK))
         return st;
@@ -150,7 +161,7 @@ gdn_status gdn_gated_delta_net_check(const gdn_gated_delta_net_params *params,
      * an index, the pool may overlap states (which slot each sequence reads is known only from
      * the index: the backend checks the in-place rule where the index is readable), never o. */
     int64_t alias = -1;
-    for (int64_t s = 0; s < n_write && output_dtype == GDN_DTYPE_F32 && !indexed; s++) {
+    for (int64_t s = 0; s < n_write && output_dtype != GDN_DTYPE_F64 && !indexed; s++) {
         gdn_tensor snap = args->states;
         snap.data = (char *)snap.data + (size_t)s * snap.nb[4];
         if (same_view(&snap, &args->state)) {
@@ -177,6 +188,7 @@ gdn_status gdn_gated_delta_net_check(const gdn_gated_delta_net_params *params,
         return gdn_fail(GDN_ERROR_OVERLAP, "gated_delta_net: outputs o and states overlap");
 
     shape->n_write = n_write;
+    shape->storage = storage;
     shape->state_alias = alias;
     shape->S = S;
     shape->indexed = indexed;
@@ -207,12 +219,15 @@ gdn_status gdn_gated_delta_net_replay_check(const gdn_gated_delta_net_params *pa
     const int64_t ne_qk[4] = {D, Hk, T, B}, ne_v[4] = {D, Hv, T, B}, ne_gate[3] = {Hv, T, B};
     const int64_t ne_state[4] = {D, D, Hv, S}, ne_index[1] = {B}, ne_fold[2] = {3, B};
     const int64_t ne_ring_k[4] = {D, Hk, L, S}, ne_ring_v[4] = {D, Hv, L, S}, ne_ring_gate[3] = {Hv, L, S};
+    /* A backend's pool is F32 or BF16 (its storage); the reference's is F64 (its storage is an
+     * argument of gdn_gated_delta_net_replay_reference). */
+    const gdn_dtype pool_dtype = output_dtype == GDN_DTYPE_F64 ? GDN_DTYPE_F64 : storage_of(&args->state);
     if ((st = check_tensor(op, "q", &args->q, GDN_DTYPE_F32, 4, ne_qk)) != GDN_OK ||
         (st = check_tensor(op, "k", &args->k, GDN_DTYPE_F32, 4, ne_qk)) != GDN_OK ||
         (st = check_tensor(op, "v", &args->v, GDN_DTYPE_F32, 4, ne_v)) != GDN_OK ||
         (st = check_tensor(op, "g", &args->g, GDN_DTYPE_F32, 3, ne_gate)) != GDN_OK ||
         (st = check_tensor(op, "beta", &args->beta, GDN_DTYPE_F32, 3, ne_gate)) != GDN_OK ||
-        (st = check_tensor(op, "state", &args->state, output_dtype, 4, ne_state)) != GDN_OK ||
+        (st = check_tensor(op, "state", &args->state, pool_dtype, 4, ne_state)) != GDN_OK ||
         (st = check_tensor(op, "state_index", &args->state_index, GDN_DTYPE_I32, 1, ne_index)) != GDN_OK ||
         (st = check_tensor(op, "ring_k", &args->ring_k, GDN_DTYPE_F32, 4, ne_ring_k)) != GDN_OK ||
         (st = check_tensor(op, "ring_v", &args->ring_v, GDN_DTYPE_F32, 4, ne_ring_v)) != GDN_OK ||
@@ -244,6 +259,7 @@ gdn_status gdn_gated_delta_net_replay_check(const gdn_gated_delta_net_params *pa
     }
 
     shape->n_write = 0;
+    shape->storage = pool_dtype == GDN_DTYPE_BF16 ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
     shape->S = S;
     shape->indexed = 1;
     shape->replay = args;
@@ -304,11 +320,13 @@ static gdn_status check_fold(const gdn_gdn_shape *shape, const int32_t *slots)
     return GDN_OK;
 }
 
-/* Byte range [lo, hi) of the D x D x Hv state at `base` with strides nb[0..2] (nb >= 0). */
-static void state_range(const char *base, const size_t *nb, int64_t D, int64_t Hv, uintptr_t *lo, uintptr_t *hi)
+/* Byte range [lo, hi) of the D x D x Hv state of `t`'s dtype at `base` with t's strides nb[0..2]
+ * (nb >= 0). */
+static void state_range(const char *base, const gdn_tensor *t, int64_t D, int64_t Hv, uintptr_t *lo, uintptr_t *hi)
 {
     *lo = (uintptr_t)base;
-    *hi = *lo + (uintptr_t)(D - 1) * nb[0] + (uintptr_t)(D - 1) * nb[1] + (uintptr_t)(Hv - 1) * nb[2] + sizeof(float);
+    *hi = *lo + (uintptr_t)(D - 1) * t->nb[0] + (uintptr_t)(D - 1) * t->nb[1] + (uintptr_t)(Hv - 1) * t->nb[2] +
+          gdn_dtype_size(t->dtype);
 }
 
 gdn_status gdn_gated_delta_net_check_index(const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape,
@@ -345,12 +363,12 @@ gdn_status gdn_gated_delta_net_check_index(const gdn_gated_delta_net_args *args,
         memcpy(&slot, (const char *)args->state_index.data + (size_t)b * args->state_index.nb[0], sizeof slot);
         const char *read = (const char *)pool->data + (size_t)slot * pool->nb[3];
         uintptr_t lo, hi;
-        state_range(read, pool->nb, shape->D, shape->Hv, &lo, &hi);
+        state_range(read, pool, shape->D, shape->Hv, &lo, &hi);
         for (int64_t s = 0; s < shape->n_write; s++)
             for (int64_t b2 = 0; b2 < shape->B; b2++) {
                 const char *snap = (const char *)states->data + (size_t)s * states->nb[4] + (size_t)b2 * states->nb[3];
                 uintptr_t slo, shi;
-                state_range(snap, states->nb, shape->D, shape->Hv, &slo, &shi);
+                state_range(snap, states, shape->D, shape->Hv, &slo, &shi);
                 if (hi <= slo || shi <= lo)
                     continue;
                 if (b2 == b && snap == read && states->nb[0] == pool->nb[0] && states->nb[1] == pool->nb[1] &&

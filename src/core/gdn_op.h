@@ -13,6 +13,7 @@ extern "C" {
 typedef struct gdn_gdn_shape {
     int64_t B, T, Hk, Hv, D; /* D = Dk = Dv */
     int64_t n_write;         /* snapshots written: min(T, n_snapshots) */
+    gdn_dtype storage;       /* the state's storage: F32, or BF16 (rounded after every token) */
     int64_t state_alias;     /* s such that `state` is the view states[s], or -1 */
     int64_t S;               /* slots of `state`: the pool size with an index, else B */
     int indexed;             /* 1: sequence b reads state slot state_index[b] (values unchecked) */
@@ -67,16 +68,18 @@ static inline int gdn_qk_head_first(gdn_broadcast broadcast, int64_t h, int64_t 
     return broadcast == GDN_BROADCAST_TILED ? h < Hk : h % (Hv / Hk) == 0;
 }
 
-/* The float64 reference: plain loops, obviously right. Inputs F32, outputs F64 (o and states
- * shaped as for the op). Not a backend: it runs on the host only. */
+/* The float64 reference: plain loops, obviously right. Inputs F32 (state F32 or BF16), outputs
+ * F64 (o and states shaped as for the op); with a BF16 state the state is rounded to BF16 after
+ * every token, as the backends do. Not a backend: it runs on the host only. */
 gdn_status gdn_gated_delta_net_reference(const gdn_gated_delta_net_params *params,
                                          const gdn_gated_delta_net_args *args);
 
 /* The float64 reference of the replay form: the pool and o are F64 (the committed states are
- * kept in float64), the rings F32 (k and g copied exactly, the deltas rounded to float). Host
- * only. */
+ * kept in float64; `storage` BF16 rounds the state to BF16 after every token, folded ones too,
+ * as a backend with a BF16 pool does), the rings F32 (k and g copied exactly, the deltas rounded
+ * to float). Host only. */
 gdn_status gdn_gated_delta_net_replay_reference(const gdn_gated_delta_net_params *params,
-                                                const gdn_gated_delta_net_replay_args *args);
+                                                const gdn_gated_delta_net_replay_args *args, gdn_dtype storage);
 
 #ifdef __cplusplus
 }

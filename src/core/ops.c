@@ -154,6 +154,8 @@ static gdn_status check_kind(const gdn_op_call *call, const char *op, int64_t *d
             return st;
     }
     *dst_dtypes = call->kind == GDN_OP_CPY ? weights : f32;
+    if (call->kind == GDN_OP_GET_ROWS) /* F32 rows, or a's rows as they are (a BF16 state pool) */
+        *dst_dtypes = f32 | DTYPE_BIT(s[0].dtype);
     memcpy(dst_ne, s[0].ne, sizeof s[0].ne); /* elementwise default: dst shaped as src 0 */
     int64_t want[GDN_MAX_DIMS];
     gdn_status st = GDN_OK;

@@ -23,7 +23,7 @@ typedef enum gdn_op_kind {
     GDN_OP_RMS_NORM,       /* dst = a / sqrt(mean(a^2) + eps) over dim 0 */
     GDN_OP_RMS_NORM_GATED, /* dst = (a / sqrt(mean(a^2) + eps)) * w * silu(z), over dim 0 */
     GDN_OP_SSM_CONV,       /* causal depthwise conv: shapes in the SSM_CONV comment below */
-    GDN_OP_GET_ROWS,       /* dst[r] = a[index[r]] (rows along dim 1, index I32) */
+    GDN_OP_GET_ROWS,       /* dst[r] = a[index[r]] (rows along dim 1, index I32; dst F32 or a's dtype) */
     GDN_OP_CONCAT,         /* dst = a ++ b along `dim` */
     GDN_OP_CPY,            /* dst = a, any strides, F32 <-> BF16 conversion */
     GDN_OP_MUL_MAT,        /* dst[i][j] = sum_k w[j][k] x[i][k]: see below */

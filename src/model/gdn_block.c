@@ -86,6 +86,9 @@ gdn_status gdn_block_config_check(const gdn_block_config *c)
     if (c->weight_dtype != GDN_DTYPE_F32 && c->weight_dtype != GDN_DTYPE_BF16)
         return gdn_fail(GDN_ERROR_TYPE, "gdn block: weights are %s, expected F32 or BF16",
                         gdn_dtype_name(c->weight_dtype));
+    if (c->state_dtype != GDN_DTYPE_F32 && c->state_dtype != GDN_DTYPE_BF16)
+        return gdn_fail(GDN_ERROR_TYPE, "gdn block: state pool %s, expected F32 or BF16",
+                        gdn_dtype_name(c->state_dtype));
     return GDN_OK;
 }
 
@@ -93,7 +96,7 @@ static int same_config(const gdn_block_config *a, const gdn_block_config *b)
 {
     return a->hidden == b->hidden && a->n_k_heads == b->n_k_heads && a->n_v_heads == b->n_v_heads &&
            a->head_dim == b->head_dim && a->conv_kernel == b->conv_kernel && a->n_snapshots == b->n_snapshots &&
-           a->weight_dtype == b->weight_dtype && a->rollback == b->rollback;
+           a->weight_dtype == b->weight_dtype && a->rollback == b->rollback; /* the state dtype is the cache's */
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -240,7 +243,7 @@ gdn_status gdn_block_cache_init(gdn_block_cache *cache, gdn_backend *backend, co
     cache->config = c;
     cache->backend = backend;
     cache->n_slots = n_slots;
-    cache->states = gdn_tensor_contiguous(NULL, GDN_DTYPE_F32, 5, ne_states);
+    cache->states = gdn_tensor_contiguous(NULL, c.state_dtype, 5, ne_states);
     cache->conv = gdn_tensor_contiguous(NULL, GDN_DTYPE_F32, 3, ne_conv);
     const size_t state_bytes = gdn_tensor_span(&cache->states), conv_bytes = gdn_tensor_span(&cache->conv);
     if ((st = gdn_backend_alloc(backend, state_bytes, &cache->state_memory)) != GDN_OK ||
@@ -290,13 +293,14 @@ static gdn_status borrow(gdn_block_cache *cache, gdn_backend *backend, const gdn
     const int64_t S = states->ne[4], cols = c.conv_kernel - 1 + (c.rollback ? c.n_snapshots : 0);
     const int64_t ne_s[5] = {c.head_dim, c.head_dim, c.n_v_heads, groups, S};
     const int64_t ne_c[3] = {gdn_block_conv_dim(&c), cols, S};
-    int match = states->dtype == GDN_DTYPE_F32 && conv->dtype == GDN_DTYPE_F32 && gdn_tensor_is_contiguous(states) &&
+    int match = states->dtype == c.state_dtype && conv->dtype == GDN_DTYPE_F32 && gdn_tensor_is_contiguous(states) &&
                 gdn_tensor_is_contiguous(conv);
     for (int i = 0; i < 5; i++)
         match &= states->ne[i] == ne_s[i] && (i >= 3 || conv->ne[i] == ne_c[i]);
     if (!match)
         return gdn_fail(GDN_ERROR_SHAPE, "gdn block cache: borrowed pools do not match the config (states "
-                            "{D, D, Hv, K, S}, conv {C, Kconv-1%s, S}, packed F32)", c.rollback ? "+K" : "");
+                            "{D, D, Hv, K, S} %s, conv {C, Kconv-1%s, S} F32, both packed)",
+                        gdn_dtype_name(c.state_dtype), c.rollback ? "+K" : "");
     cache->config = c;
     cache->backend = backend;
     cache->n_slots = S;
@@ -305,14 +309,25 @@ static gdn_status borrow(gdn_block_cache *cache, gdn_backend *backend, const gdn
     return GDN_OK;
 }
 
-static gdn_status upload_normal(gdn_backend *backend, void *dst, int64_t n, double sd, uint64_t *s)
+/* n values ~ N(0, sd^2) to dst as F32, or as BF16 (each float rounded to nearest even). */
+static gdn_status upload_normal(gdn_backend *backend, void *dst, int64_t n, double sd, uint64_t *s, gdn_dtype dtype)
 {
     float *host = malloc((size_t)n * sizeof *host);
     if (host == NULL)
         return gdn_fail(GDN_ERROR_OUT_OF_MEMORY, "gdn block cache: cannot allocate %lld host floats", (long long)n);
     for (int64_t i = 0; i < n; i++)
         host[i] = (float)(sd * rng_normal(s));
-    gdn_status st = gdn_backend_upload(backend, dst, host, (size_t)n * sizeof *host);
+    size_t bytes = (size_t)n * sizeof *host;
+    if (dtype == GDN_DTYPE_BF16) { /* packed in place: element i's half lands at or before float i */
+        uint16_t *half = (uint16_t *)host;
+        for (int64_t i = 0; i < n; i++) {
+            uint32_t u;
+            memcpy(&u, &host[i], sizeof u);
+            half[i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16); /* finite values only here */
+        }
+        bytes = (size_t)n * sizeof *half;
+    }
+    gdn_status st = gdn_backend_upload(backend, dst, host, bytes);
     free(host);
     return st;
 }
@@ -323,9 +338,10 @@ gdn_status gdn_block_cache_randomize(gdn_block_cache *cache, uint64_t seed)
     if (cache == NULL || cache->state_memory == NULL)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gdn block cache: randomize of an uninitialised cache");
     uint64_t s = seed;
-    gdn_status st = upload_normal(cache->backend, cache->state_memory, gdn_tensor_count(&cache->states), 0.1, &s);
+    gdn_status st = upload_normal(cache->backend, cache->state_memory, gdn_tensor_count(&cache->states), 0.1, &s,
+                                  cache->states.dtype);
     if (st == GDN_OK)
-        st = upload_normal(cache->backend, cache->conv_memory, gdn_tensor_count(&cache->conv), 1.0, &s);
+        st = upload_normal(cache->backend, cache->conv_memory, gdn_tensor_count(&cache->conv), 1.0, &s, GDN_DTYPE_F32);
     return st;
 }
 
@@ -360,15 +376,22 @@ static gdn_tensor_id leaf(builder *b, const char *name, const gdn_tensor *view, 
     return id;
 }
 
-/* A contiguous F32 intermediate of counts ne[0..n). */
-static gdn_tensor_id inter(builder *b, const char *name, int n, int64_t n0, int64_t n1, int64_t n2, int64_t n3,
-                           int64_t n4)
+/* A contiguous intermediate of `dtype` and counts ne[0..n). */
+static gdn_tensor_id inter_of(builder *b, gdn_dtype dtype, const char *name, int n, int64_t n0, int64_t n1, int64_t n2,
+                              int64_t n3, int64_t n4)
 {
     const int64_t ne[5] = {n0, n1, n2, n3, n4};
     gdn_tensor_id id = -1;
     if (b->status == GDN_OK)
-        b->status = gdn_graph_intermediate(b->graph, name, GDN_DTYPE_F32, n, ne, &id);
+        b->status = gdn_graph_intermediate(b->graph, name, dtype, n, ne, &id);
     return id;
+}
+
+/* A contiguous F32 intermediate. */
+static gdn_tensor_id inter(builder *b, const char *name, int n, int64_t n0, int64_t n1, int64_t n2, int64_t n3,
+                           int64_t n4)
+{
+    return inter_of(b, GDN_DTYPE_F32, name, n, n0, n1, n2, n3, n4);
 }
 
 static gdn_tensor_id view(builder *b, gdn_tensor_id base, size_t offset, int n, const int64_t *ne, const size_t *nb)
@@ -459,8 +482,8 @@ static gdn_status build(gdn_graph *graph, const gdn_block_config *config, const 
     if (rollback && T > c.n_snapshots)
         return gdn_fail(GDN_ERROR_SHAPE, "gdn block build: T=%lld tokens, but a rollback cache keeps %d per step",
                         (long long)T, (int)c.n_snapshots);
-    const size_t f = sizeof(float);
-    const size_t group_bytes = (size_t)(Hv * D * D) * f, slot_bytes = (size_t)cache->states.ne[3] * group_bytes;
+    const size_t f = sizeof(float), fs = gdn_dtype_size(c.state_dtype); /* fs: a state element */
+    const size_t group_bytes = (size_t)(Hv * D * D) * fs, slot_bytes = (size_t)cache->states.ne[3] * group_bytes;
     const int64_t cols = cache->conv.ne[1]; /* window columns per slot: Kc-1, or Kc-1+K to roll back */
     const size_t window_bytes = (size_t)((Kc - 1) * C) * f, col_bytes = (size_t)C * f, conv_slot = (size_t)cols * col_bytes;
     builder b = {graph, GDN_OK};
@@ -558,7 +581,7 @@ static gdn_status build(gdn_graph *graph, const gdn_block_config *config, const 
     const gdn_tensor_id o = inter(&b, "o", 4, D, Hv, T, B, 1);
     if (fold >= 0) { /* replay: 15-17 are one node reading and writing the cache in place */
         const int64_t ne_pool[4] = {D, D, Hv, cache->n_slots};
-        const size_t nb_pool[4] = {f, (size_t)D * f, (size_t)(D * D) * f, slot_bytes};
+        const size_t nb_pool[4] = {fs, (size_t)D * fs, (size_t)(D * D) * fs, slot_bytes};
         const gdn_tensor_id pool = view(&b, ssm_pool, 0, 4, ne_pool, nb_pool);
         const gdn_tensor_id rk = leaf(&b, "ring_k", &cache->ring_k, GDN_GRAPH_PERSISTENT);
         const gdn_tensor_id rv = leaf(&b, "ring_v", &cache->ring_v, GDN_GRAPH_PERSISTENT);
@@ -576,13 +599,15 @@ static gdn_status build(gdn_graph *graph, const gdn_block_config *config, const 
     /* 15: the gather: group 0 of each sequence's slot (rows of the pool at the slot stride), or
      * (rollback) any group (rows at the group stride). */
     const int64_t ne_srows[2] = {Hv * D * D, rollback ? cache->n_slots * c.n_snapshots : cache->n_slots};
-    const size_t nb_srows[2] = {f, rollback ? group_bytes : slot_bytes};
+    const size_t nb_srows[2] = {fs, rollback ? group_bytes : slot_bytes};
     const gdn_tensor_id srows = view(&b, ssm_pool, 0, 2, ne_srows, nb_srows);
-    const gdn_tensor_id s_gathered = inter(&b, "state_gathered", 2, Hv * D * D, B, 1, 1, 1);
+    /* gathered and snapshotted in the pool's dtype: the op then sees the same state storage with
+     * the passes on (reading the pool) and off, and the copies move bits */
+    const gdn_tensor_id s_gathered = inter_of(&b, c.state_dtype, "state_gathered", 2, Hv * D * D, B, 1, 1, 1);
     const gdn_tensor_id s_src[2] = {srows, state_index};
     op(&b, GDN_OP_GET_ROWS, NULL, 2, s_src, s_gathered);
     const int64_t ne_state[4] = {D, D, Hv, B};
-    const size_t nb_state[4] = {f, (size_t)D * f, (size_t)(D * D) * f, group_bytes};
+    const size_t nb_state[4] = {fs, (size_t)D * fs, (size_t)(D * D) * fs, group_bytes};
     const gdn_tensor_id state = view(&b, s_gathered, 0, 4, ne_state, nb_state);
 
     /* 16: the GDN op, its K snapshots into an intermediate (llama.cpp's tail), l2norm off. */
@@ -591,7 +616,7 @@ static gdn_status build(gdn_graph *graph, const gdn_block_config *config, const 
     p.gated_delta_net.n_snapshots = c.n_snapshots;
     p.gated_delta_net.broadcast = c.broadcast;
     p.gated_delta_net.l2norm = 0;
-    const gdn_tensor_id states = inter(&b, "states", 5, D, D, Hv, B, N);
+    const gdn_tensor_id states = inter_of(&b, c.state_dtype, "states", 5, D, D, Hv, B, N);
     if (b.status == GDN_OK) {
         const gdn_tensor_id g_src[6] = {q, k, v_in, gate, beta, state}, g_dst[2] = {o, states};
         b.status = gdn_graph_op(graph, GDN_OP_GATED_DELTA_NET, &p, 6, g_src, 2, g_dst);
@@ -599,7 +624,7 @@ static gdn_status build(gdn_graph *graph, const gdn_block_config *config, const 
 
     /* 17: snapshot s of sequence b -> group s of slot first_slot + b: one strided copy. */
     const int64_t ne_snap[5] = {D, D, Hv, B, N};
-    const size_t nb_snap[5] = {f, (size_t)D * f, (size_t)(D * D) * f, slot_bytes, group_bytes};
+    const size_t nb_snap[5] = {fs, (size_t)D * fs, (size_t)(D * D) * fs, slot_bytes, group_bytes};
     const gdn_tensor_id snap_dst = view(&b, ssm_pool, (size_t)first_slot * slot_bytes, 5, ne_snap, nb_snap);
     unary(&b, GDN_OP_CPY, NULL, states, snap_dst);
 

@@ -32,6 +32,8 @@ typedef struct gdn_block_config {
                                 read from group 0); 1: a cache that can roll back to any token
                                 of a step: Kconv-1+K window columns per slot, and the state and
                                 window read at per-sequence positions (gdn_block_build_rollback) */
+    gdn_dtype state_dtype;   /* the state pool: F32 (0, the default) or BF16 (the GDN op rounds the
+                                state after every token: include/gdn.h); the conv window stays F32 */
 } gdn_block_config;
 
 /* hidden 2048, Hk 16, Hv 32, D 128, Kconv 4, eps 1e-6, K 4, tiled, BF16: Qwen3.6-35B-A3B. */
@@ -67,7 +69,8 @@ gdn_status gdn_block_weights_init(gdn_block_weights *weights, gdn_backend *backe
                                   uint64_t seed);
 void gdn_block_weights_free(gdn_block_weights *weights); /* zeroes the struct; NULL-safe */
 
-/* The recurrent cache of one layer for S sequence slots, F32, in backend memory:
+/* The recurrent cache of one layer for S sequence slots, in backend memory (states of the
+ * config's state_dtype, conv F32):
  *   states  [S][K][Hv][D][D]     ne {D, D, Hv, K, S}     group s of a slot = the state s tokens
  *                                before the last one the slot saw ([Dv][Dk], Dk contiguous):
  *                                ggml's layout, so a state pool interoperates with llama.cpp's.

@@ -17,6 +17,41 @@ static double load_f32(const gdn_tensor *t, int64_t i0, int64_t i1, int64_t i2, 
     return (double)*(const float *)at(t, i0, i1, i2, i3, 0);
 }
 
+/* An element of an F32 or BF16 state (BF16: the upper half of the float with those bits). */
+static double load_state(const gdn_tensor *t, int64_t i0, int64_t i1, int64_t i2, int64_t i3)
+{
+    if (t->dtype == GDN_DTYPE_F32)
+        return load_f32(t, i0, i1, i2, i3);
+    uint16_t half;
+    memcpy(&half, at(t, i0, i1, i2, i3, 0), sizeof half);
+    const uint32_t bits = (uint32_t)half << 16;
+    float x;
+    memcpy(&x, &bits, sizeof x);
+    return (double)x;
+}
+
+/* x rounded to the nearest BF16 value, ties to even: 8 significant bits, the exponent range of
+ * F32 (below 2^-126 the spacing stays 2^-133, as for F32 subnormals). Straight from the double,
+ * so this is the correctly rounded value the F32 kernels approximate. */
+static double round_bf16(double x)
+{
+    if (x == 0.0 || !isfinite(x))
+        return x;
+    int e;
+    (void)frexp(x, &e); /* |x| in [2^(e-1), 2^e) */
+    const int quantum = e - 8 > -133 ? e - 8 : -133;
+    return ldexp(nearbyint(ldexp(x, -quantum)), quantum); /* nearbyint: ties to even */
+}
+
+/* With BF16 storage, the state after a token rounded (every element of the head). */
+static void round_state(double *S, int64_t D, gdn_dtype storage)
+{
+    if (storage != GDN_DTYPE_BF16)
+        return;
+    for (int64_t i = 0; i < D * D; i++)
+        S[i] = round_bf16(S[i]);
+}
+
 /* x <- x / sqrt(|x|^2 + 1e-6), the l2norm of fla and Hugging Face. */
 static void l2_normalise(double *x, int64_t n)
 {
@@ -99,7 +134,7 @@ gdn_status gdn_gated_delta_net_reference(const gdn_gated_delta_net_params *param
             const int64_t slot = shape.indexed ? *(const int32_t *)at(&args->state_index, b, 0, 0, 0, 0) : b;
             for (int64_t j = 0; j < D; j++)
                 for (int64_t i = 0; i < D; i++)
-                    S[j * D + i] = load_f32(&args->state, i, j, h, slot);
+                    S[j * D + i] = load_state(&args->state, i, j, h, slot);
 
             for (int64_t t = 0; t < shape.T; t++) {
                 load_vector(q, &args->q, D, hk, t, b, params->l2norm);
@@ -107,6 +142,7 @@ gdn_status gdn_gated_delta_net_reference(const gdn_gated_delta_net_params *param
                 load_vector(v, &args->v, D, h, t, b, 0);
                 reference_token(S, D, q, k, v, load_f32(&args->g, h, t, b, 0), load_f32(&args->beta, h, t, b, 0),
                                 (double)shape.scale, o, NULL);
+                round_state(S, D, shape.storage);
                 for (int64_t j = 0; j < D; j++)
                     *(double *)at(&args->o, j, h, t, b, 0) = o[j];
                 const int64_t s = shape.T - 1 - t; /* snapshot index, newest first */
@@ -124,7 +160,7 @@ gdn_status gdn_gated_delta_net_reference(const gdn_gated_delta_net_params *param
  * commit, run the new tokens (their deltas kept); then append the new tokens to the rings (after
  * every read, so the order of sequences does not matter; a delta goes in as the nearest float). */
 gdn_status gdn_gated_delta_net_replay_reference(const gdn_gated_delta_net_params *params,
-                                                const gdn_gated_delta_net_replay_args *args)
+                                                const gdn_gated_delta_net_replay_args *args, gdn_dtype storage)
 {
     gdn_clear_error();
     gdn_gdn_shape shape;
@@ -153,6 +189,7 @@ gdn_status gdn_gated_delta_net_replay_reference(const gdn_gated_delta_net_params
                 load_vector(k, &args->ring_k, D, hk, pos, slot, params->l2norm);
                 load_vector(v, &args->ring_v, D, h, pos, slot, 0); /* the token's delta */
                 reference_fold(S, D, k, v, load_f32(&args->ring_g, h, pos, slot, 0));
+                round_state(S, D, storage);
             }
             if (fold.commit != 0)
                 for (int64_t j = 0; j < D; j++)
@@ -165,6 +202,7 @@ gdn_status gdn_gated_delta_net_replay_reference(const gdn_gated_delta_net_params
                 double *delta = deltas + ((b * shape.T + t) * shape.Hv + h) * D;
                 reference_token(S, D, q, k, v, load_f32(&args->g, h, t, b, 0), load_f32(&args->beta, h, t, b, 0),
                                 (double)shape.scale, o, delta);
+                round_state(S, D, storage);
                 for (int64_t j = 0; j < D; j++)
                     *(double *)at(&args->o, j, h, t, b, 0) = o[j];
             }

@@ -258,7 +258,8 @@ gdn_status gdn_op_reference(const gdn_op_call *call)
         const gdn_tensor *x = call->src;
         const gdn_gated_delta_net_replay_args args = {x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], x[8], x[9],
                                                       x[10], call->dst[0]};
-        return gdn_gated_delta_net_replay_reference(&call->params.gated_delta_net, &args);
+        /* The graph's float64 run keeps the pool in F64: no BF16 rounding. */
+        return gdn_gated_delta_net_replay_reference(&call->params.gated_delta_net, &args, GDN_DTYPE_F32);
     }
     case GDN_OP_GATED_DELTA_NET: {
         const gdn_tensor no_index = {0};

@@ -3,7 +3,9 @@
  * (kept in an L1-resident buffer between tokens) and writes the snapshots. The per-row
  * arithmetic lives in the per-SIMD-level kernels (gdn_cpu_scalar.c, gdn_cpu_avx2.c,
  * gdn_cpu_avx512.c). The replay form (shape->replay) is a mode of the same task: the ring
- * tokens are folded through the same kernel call as new tokens before the token loop. */
+ * tokens are folded through the same kernel call as new tokens before the token loop. A BF16
+ * state (shape->storage) is widened into the L1 buffer, updated there in F32 and rounded to
+ * BF16 after every token; snapshots and commits store the rounded rows as BF16. */
 #include "gdn_cpu.h"
 
 #include <math.h>
@@ -25,6 +27,7 @@ typedef struct gdn_cpu_job {
     const gdn_cpu_kernels *kernels;
     gdn_broadcast broadcast;
     int l2norm;
+    int bf16;               /* BF16 state storage: rows only ever in the L1 buffer, rounded per token */
     int stream;             /* write snapshots with streaming stores where aligned */
     int64_t rows_per_task;  /* R: a multiple of 4 dividing D */
     int64_t tasks_per_head; /* D / R */
@@ -74,6 +77,38 @@ static void gdn_cpu_scatter(char *dst, size_t stride, const float *src, int64_t 
         memcpy(dst + (size_t)i * stride, &src[i], sizeof(float));
 }
 
+/* dst[0..n) <- the n BF16 values starting at src, `stride` bytes apart, widened to floats (the
+ * level's kernel when packed). */
+static void gdn_cpu_gather_bf16(const gdn_cpu_kernels *kernels, float *dst, const char *src, size_t stride, int64_t n)
+{
+    if (stride == sizeof(uint16_t)) {
+        kernels->load_bf16(dst, (const uint16_t *)src, n);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        uint16_t half;
+        memcpy(&half, src + (size_t)i * stride, sizeof half);
+        const uint32_t bits = (uint32_t)half << 16;
+        memcpy(&dst[i], &bits, sizeof bits);
+    }
+}
+
+/* The n BF16 values at dst, `stride` bytes apart <- src[0..n), floats already rounded to BF16:
+ * their upper halves (the level's kernel when packed). */
+static void gdn_cpu_scatter_bf16(const gdn_cpu_kernels *kernels, char *dst, size_t stride, const float *src, int64_t n)
+{
+    if (stride == sizeof(uint16_t)) {
+        kernels->store_bf16((uint16_t *)dst, src, n);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &src[i], sizeof bits);
+        const uint16_t half = (uint16_t)(bits >> 16);
+        memcpy(dst + (size_t)i * stride, &half, sizeof half);
+    }
+}
+
 /* x <- x / sqrt(|x|^2 + 1e-6), the l2norm of fla and Hugging Face. The sum of squares runs in
  * double in a fixed order, so every task that needs this (token, k-head) vector computes the
  * same floats. */
@@ -89,18 +124,34 @@ static void gdn_cpu_l2_normalise(float *x, int64_t n)
         x[i] = (float)((double)x[i] * inverse);
 }
 
-/* Copy a task's R updated rows from the L1 buffer to snapshot rows at `dst` (row stride
- * states->nb[1], element stride states->nb[0]). */
-static void gdn_cpu_write_snapshot(const gdn_cpu_job *job, char *dst, const float *rows, int stream)
+/* A task's R rows of the state view `t` starting at `src` (row stride t->nb[1], element stride
+ * t->nb[0]) into the L1 buffer `rows` [R][D]: F32 copied, BF16 widened. */
+static void gdn_cpu_read_rows(const gdn_cpu_job *job, float *rows, const gdn_tensor *t, const char *src)
 {
-    const gdn_tensor *states = &job->args->states;
     const int64_t D = job->shape->D;
     for (int64_t r = 0; r < job->rows_per_task; r++) {
-        char *row = dst + (size_t)r * states->nb[1];
-        if (states->nb[0] == sizeof(float))
+        const char *row = src + (size_t)r * t->nb[1];
+        if (job->bf16)
+            gdn_cpu_gather_bf16(job->kernels, rows + r * D, row, t->nb[0], D);
+        else
+            gdn_cpu_gather(rows + r * D, row, t->nb[0], D);
+    }
+}
+
+/* Copy a task's R updated rows from the L1 buffer to the rows of view `t` (a snapshot or a pool
+ * slot) starting at `dst`: F32 through the level's store where packed (streaming with `stream`),
+ * BF16 as the upper halves of the rows the round pass left BF16-exact. */
+static void gdn_cpu_write_rows(const gdn_cpu_job *job, const gdn_tensor *t, char *dst, const float *rows, int stream)
+{
+    const int64_t D = job->shape->D;
+    for (int64_t r = 0; r < job->rows_per_task; r++) {
+        char *row = dst + (size_t)r * t->nb[1];
+        if (job->bf16)
+            gdn_cpu_scatter_bf16(job->kernels, row, t->nb[0], rows + r * D, D);
+        else if (t->nb[0] == sizeof(float))
             job->kernels->store((float *)row, rows + r * D, D, stream);
         else
-            gdn_cpu_scatter(row, states->nb[0], rows + r * D, D);
+            gdn_cpu_scatter(row, t->nb[0], rows + r * D, D);
     }
 }
 
@@ -118,15 +169,16 @@ static int gdn_cpu_can_stream(const gdn_cpu_job *job, const char *dst, int64_t s
 /* Replay: apply ring tokens start .. start+count-1 (mod L) of `slot` to the task's rows, each
  * through the level's fold kernel with the token's stored delta (the write of its update, no dot
  * product). With `commit` the state after them is written back to the pool slot: the last
- * fold token writes straight into it where its rows are packed (the lines were just read),
- * else the rows are copied there. On return token->in holds the rows after the fold. */
+ * fold token writes straight into it where its rows are packed F32 (the lines were just read),
+ * else the rows are copied there. A BF16 state is rounded after every folded token, as after a
+ * new one. On return token->in holds the rows after the fold. */
 static void gdn_cpu_fold(const gdn_cpu_job *job, gdn_cpu_token *token, gdn_cpu_scratch *scratch, int64_t h,
                          int64_t hk, int64_t j0, int64_t slot, gdn_gdn_fold fold)
 {
     const gdn_gated_delta_net_replay_args *replay = job->shape->replay;
     const gdn_tensor *pool = &replay->state;
     const int64_t D = job->shape->D, R = job->rows_per_task, L = job->shape->L;
-    const int direct_commit = fold.commit != 0 && pool->nb[0] == sizeof(float);
+    const int direct_commit = fold.commit != 0 && !job->bf16 && pool->nb[0] == sizeof(float);
     for (int64_t n = 0; n < fold.count; n++) {
         const int64_t pos = (fold.start + n) % L;
         gdn_cpu_gather(scratch->k, gdn_cpu_at(&replay->ring_k, 0, hk, pos, slot, 0), replay->ring_k.nb[0], D);
@@ -145,13 +197,14 @@ static void gdn_cpu_fold(const gdn_cpu_job *job, gdn_cpu_token *token, gdn_cpu_s
         }
         token->stream = 0;
         job->kernels->fold(token);
+        if (job->bf16)
+            job->kernels->round_bf16(scratch->rows, R * D);
         token->in = token->out;
         token->in_stride = token->out_stride;
         token->prefetch = 0;
     }
     if (fold.commit != 0 && fold.count > 0 && !direct_commit)
-        for (int64_t r = 0; r < R; r++)
-            gdn_cpu_scatter(gdn_cpu_at(pool, 0, j0 + r, h, slot, 0), pool->nb[0], scratch->rows + r * D, D);
+        gdn_cpu_write_rows(job, pool, gdn_cpu_at(pool, 0, j0, h, slot, 0), scratch->rows, 0);
 }
 
 /* Replay: new token t's k (as given) and g go to ring position `pos` of `slot`, by the task of
@@ -172,8 +225,10 @@ static void gdn_cpu_append(const gdn_cpu_job *job, const gdn_cpu_scratch *scratc
 /* Run all T tokens over one task's rows: rows j0..j0+R-1 of head h of sequence b.
  * Token 0 reads the initial rows where they are; tokens before the last write the L1 buffer
  * (copied out when their snapshot is due); the last token writes straight into snapshot 0.
- * With T = 1 the state is thus read once and written once, with no copy in between. In replay
- * mode the fold runs first (gdn_cpu_fold) and there are no snapshots. */
+ * With T = 1 the state is thus read once and written once, with no copy in between. A BF16
+ * state instead lives in the L1 buffer from token 0 on (widened there, rounded after each token,
+ * stored narrowed). In replay mode the fold runs first (gdn_cpu_fold) and there are no
+ * snapshots. */
 static void gdn_cpu_run_task(const gdn_cpu_job *job, int64_t task, gdn_cpu_scratch *scratch)
 {
     const gdn_gated_delta_net_args *args = job->args;
@@ -201,13 +256,12 @@ static void gdn_cpu_run_task(const gdn_cpu_job *job, int64_t task, gdn_cpu_scrat
     token.delta = shape->replay != NULL ? scratch->delta : NULL;
     token.scale = shape->scale;
     token.prefetch = 0;
-    if (state->nb[0] == sizeof(float)) {
+    if (!job->bf16 && state->nb[0] == sizeof(float)) {
         token.in = (const float *)gdn_cpu_at(state, 0, j0, h, slot, 0);
         token.in_stride = (int64_t)(state->nb[1] / sizeof(float));
         token.prefetch = job->prefetch_rows * token.in_stride;
     } else {
-        for (int64_t r = 0; r < R; r++)
-            gdn_cpu_gather(scratch->rows + r * D, gdn_cpu_at(state, 0, j0 + r, h, slot, 0), state->nb[0], D);
+        gdn_cpu_read_rows(job, scratch->rows, state, gdn_cpu_at(state, 0, j0, h, slot, 0));
         token.in = scratch->rows;
         token.in_stride = D;
     }
@@ -236,7 +290,7 @@ static void gdn_cpu_run_task(const gdn_cpu_job *job, int64_t task, gdn_cpu_scrat
 
         const int64_t s = shape->T - 1 - t; /* snapshot index, newest first */
         char *snapshot = s < shape->n_write ? gdn_cpu_at(states, 0, j0, h, b, s) : NULL;
-        const int direct = snapshot != NULL && s == 0 && states->nb[0] == sizeof(float);
+        const int direct = snapshot != NULL && s == 0 && !job->bf16 && states->nb[0] == sizeof(float);
         if (direct) {
             token.out = (float *)snapshot;
             token.out_stride = (int64_t)(states->nb[1] / sizeof(float));
@@ -247,6 +301,8 @@ static void gdn_cpu_run_task(const gdn_cpu_job *job, int64_t task, gdn_cpu_scrat
             token.stream = 0;
         }
         job->kernels->token(&token);
+        if (job->bf16) /* after o: a token's output is computed from the row before rounding */
+            job->kernels->round_bf16(scratch->rows, R * D);
 
         gdn_cpu_scatter(gdn_cpu_at(&args->o, j0, h, t, b, 0), args->o.nb[0], scratch->o, R);
         if (shape->replay != NULL) { /* the token's deltas, for the next steps' folds */
@@ -255,7 +311,7 @@ static void gdn_cpu_run_task(const gdn_cpu_job *job, int64_t task, gdn_cpu_scrat
                             scratch->delta, R);
         }
         if (snapshot != NULL && !direct)
-            gdn_cpu_write_snapshot(job, snapshot, scratch->rows, gdn_cpu_can_stream(job, snapshot, s));
+            gdn_cpu_write_rows(job, states, snapshot, scratch->rows, gdn_cpu_can_stream(job, snapshot, s));
         token.in = token.out;
         token.in_stride = token.out_stride;
         token.prefetch = 0; /* from now on `in` is the L1 buffer */
@@ -302,6 +358,7 @@ gdn_status gdn_cpu_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_n
     job.kernels = context->kernels;
     job.broadcast = params->broadcast;
     job.l2norm = params->l2norm;
+    job.bf16 = shape->storage == GDN_DTYPE_BF16;
 
     /* Rows per task: as many as fit the L1 buffer, halved (down to 4) until every thread has a
      * few tasks. Any split gives the same bits: rows never interact. */
@@ -320,8 +377,10 @@ gdn_status gdn_cpu_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_n
      * (16 threads, state beyond the L3) 80% of the copy bandwidth without, 97% with 4 to 8 KiB. */
     job.prefetch_rows = 4096 / ((int64_t)sizeof(float) * D) > 1 ? 4096 / ((int64_t)sizeof(float) * D) : 1;
 
+    /* BF16 snapshots are never streamed: kept simple (one plain narrowing store), as the state
+     * already passes through the L1 buffer and moves half the bytes. */
     const double snapshot_bytes = (double)shape->n_write * (double)heads * (double)(D * D) * sizeof(float);
-    job.stream = !in_place && shape->replay == NULL && context->kernels->fence != NULL &&
+    job.stream = !in_place && !job.bf16 && shape->replay == NULL && context->kernels->fence != NULL &&
                  snapshot_bytes >= (double)context->stream_threshold;
 
     gdn_cpu_threadpool_run(context->pool, gdn_cpu_worker, &job);

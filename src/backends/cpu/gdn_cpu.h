@@ -55,6 +55,17 @@ typedef struct gdn_cpu_kernels {
     /* memcpy with streaming stores (any alignment; fenced before returning); NULL exactly when
      * fence is NULL. */
     void (*copy_stream)(void *dst, const void *src, size_t bytes);
+    /* BF16 state storage: the state is read from BF16, updated in F32 floats and rounded back to
+     * BF16 after every token. n is a multiple of 16; the float side is the 64-byte aligned L1
+     * buffer, the BF16 side any 2-byte aligned memory. No AVX512-BF16 instructions: integer
+     * arithmetic on the float bits, the same on every level. */
+    /* dst[0..n) <- the n BF16 values at src, widened (exact: a BF16 is the upper half of a float). */
+    void (*load_bf16)(float *dst, const uint16_t *src, int64_t n);
+    /* x[0..n) <- x rounded to the nearest BF16 value, ties to even, kept as floats (the low
+     * 16 bits cleared; overflow gives infinity); a NaN stays a quiet NaN (gdn_cpu_f32_to_bf16). */
+    void (*round_bf16)(float *x, int64_t n);
+    /* dst[0..n) <- the upper halves of the n floats at src, which round_bf16 made BF16-exact. */
+    void (*store_bf16)(uint16_t *dst, const float *src, int64_t n);
 } gdn_cpu_kernels;
 
 extern const gdn_cpu_kernels gdn_cpu_kernels_scalar;

@@ -160,9 +160,49 @@ static void gdn_cpu_fence_avx2(void)
     _mm_sfence();
 }
 
+/* BF16 state storage (gdn_cpu_kernels.load_bf16 and the next two): integer arithmetic on the
+ * float bits, 8 lanes at a time. A BF16 value widens to the float whose upper half it is. */
+GDN_CPU_AVX2 static void gdn_cpu_load_bf16_avx2(float *dst, const uint16_t *src, int64_t n)
+{
+    for (int64_t i = 0; i < n; i += 8) {
+        const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + i)));
+        _mm256_store_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16)));
+    }
+}
+
+/* Nearest even on the bits: u + 0x7fff + (bit 16 of u), low half cleared (a carry into the
+ * exponent is the next binade, or infinity). A NaN (unordered with itself) keeps its upper half
+ * with the quiet bit set instead, as gdn_cpu_f32_to_bf16 does. */
+GDN_CPU_AVX2 static void gdn_cpu_round_bf16_avx2(float *x, int64_t n)
+{
+    const __m256i one = _mm256_set1_epi32(1), half = _mm256_set1_epi32(0x7fff);
+    const __m256i upper = _mm256_set1_epi32((int)0xffff0000u), quiet = _mm256_set1_epi32(0x00400000);
+    for (int64_t i = 0; i < n; i += 8) {
+        const __m256 f = _mm256_load_ps(x + i);
+        const __m256i u = _mm256_castps_si256(f);
+        const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), one);
+        const __m256i rounded = _mm256_and_si256(_mm256_add_epi32(u, _mm256_add_epi32(half, odd)), upper);
+        const __m256i nan = _mm256_or_si256(_mm256_and_si256(u, upper), quiet);
+        const __m256 is_nan = _mm256_cmp_ps(f, f, _CMP_UNORD_Q);
+        _mm256_store_ps(x + i, _mm256_blendv_ps(_mm256_castsi256_ps(rounded), _mm256_castsi256_ps(nan), is_nan));
+    }
+}
+
+/* 16 floats -> 16 BF16 per iteration: the upper halves of two chunks packed (packus packs per
+ * 128-bit lane, so the 64-bit quarters come out as lo0-3 hi0-3 lo4-7 hi4-7 and are put back in
+ * order; the halves are below 2^16, so its unsigned saturation never applies). */
+GDN_CPU_AVX2 static void gdn_cpu_store_bf16_avx2(uint16_t *dst, const float *src, int64_t n)
+{
+    for (int64_t i = 0; i < n; i += 16) {
+        const __m256i lo = _mm256_srli_epi32(_mm256_castps_si256(_mm256_load_ps(src + i)), 16);
+        const __m256i hi = _mm256_srli_epi32(_mm256_castps_si256(_mm256_load_ps(src + i + 8)), 16);
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xd8));
+    }
+}
+
 const gdn_cpu_kernels gdn_cpu_kernels_avx2 = {
     "avx2", 32, gdn_cpu_token_avx2, gdn_cpu_fold_avx2, gdn_cpu_store_avx2, gdn_cpu_fence_avx2,
-    gdn_cpu_copy_stream_avx2,
+    gdn_cpu_copy_stream_avx2, gdn_cpu_load_bf16_avx2, gdn_cpu_round_bf16_avx2, gdn_cpu_store_bf16_avx2,
 };
 #else
 /* Not x86: nothing to build here (ISO C wants a non-empty file). */

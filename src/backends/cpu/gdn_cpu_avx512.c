@@ -155,9 +155,44 @@ static void gdn_cpu_fence_avx512(void)
     _mm_sfence();
 }
 
+/* BF16 state storage: the AVX2 functions (gdn_cpu_avx2.c) with 16 lanes, AVX-512F only (no
+ * AVX512-BF16: vpmovzxwd widens, vpmovdw narrows). */
+GDN_CPU_AVX512 static void gdn_cpu_load_bf16_avx512(float *dst, const uint16_t *src, int64_t n)
+{
+    for (int64_t i = 0; i < n; i += 16) {
+        const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(src + i)));
+        _mm512_store_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16)));
+    }
+}
+
+/* Nearest even on the bits: u + 0x7fff + (bit 16 of u), low half cleared; a NaN keeps its upper
+ * half with the quiet bit set. */
+GDN_CPU_AVX512 static void gdn_cpu_round_bf16_avx512(float *x, int64_t n)
+{
+    const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7fff);
+    const __m512i upper = _mm512_set1_epi32((int)0xffff0000u), quiet = _mm512_set1_epi32(0x00400000);
+    for (int64_t i = 0; i < n; i += 16) {
+        const __m512 f = _mm512_load_ps(x + i);
+        const __m512i u = _mm512_castps_si512(f);
+        const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
+        const __m512i rounded = _mm512_and_si512(_mm512_add_epi32(u, _mm512_add_epi32(half, odd)), upper);
+        const __m512i nan = _mm512_or_si512(_mm512_and_si512(u, upper), quiet);
+        const __mmask16 is_nan = _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q);
+        _mm512_store_ps(x + i, _mm512_castsi512_ps(_mm512_mask_blend_epi32(is_nan, rounded, nan)));
+    }
+}
+
+GDN_CPU_AVX512 static void gdn_cpu_store_bf16_avx512(uint16_t *dst, const float *src, int64_t n)
+{
+    for (int64_t i = 0; i < n; i += 16) {
+        const __m512i halves = _mm512_srli_epi32(_mm512_castps_si512(_mm512_load_ps(src + i)), 16);
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm512_cvtepi32_epi16(halves));
+    }
+}
+
 const gdn_cpu_kernels gdn_cpu_kernels_avx512 = {
     "avx512", 64, gdn_cpu_token_avx512, gdn_cpu_fold_avx512, gdn_cpu_store_avx512, gdn_cpu_fence_avx512,
-    gdn_cpu_copy_stream_avx512,
+    gdn_cpu_copy_stream_avx512, gdn_cpu_load_bf16_avx512, gdn_cpu_round_bf16_avx512, gdn_cpu_store_bf16_avx512,
 };
 #else
 /* Not x86: nothing to build here (ISO C wants a non-empty file). */

@@ -1,6 +1,7 @@
 /* gdn_cpu_scalar.c: the portable kernels of the CPU backend (no SIMD intrinsics). Used when
  * the CPU has neither AVX2+FMA nor AVX-512F, or when GDN_CPU_SIMD=scalar forces it. */
 #include "gdn_cpu.h"
+#include "ops_cpu.h" /* gdn_cpu_bf16_to_f32, gdn_cpu_f32_to_bf16: the one BF16 rounding rule */
 
 #include <string.h>
 
@@ -58,6 +59,28 @@ static void gdn_cpu_store_scalar(float *dst, const float *src, int64_t n, int st
     memcpy(dst, src, (size_t)n * sizeof(float));
 }
 
+static void gdn_cpu_load_bf16_scalar(float *dst, const uint16_t *src, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = gdn_cpu_bf16_to_f32(src[i]);
+}
+
+static void gdn_cpu_round_bf16_scalar(float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        x[i] = gdn_cpu_bf16_to_f32(gdn_cpu_f32_to_bf16(x[i]));
+}
+
+static void gdn_cpu_store_bf16_scalar(uint16_t *dst, const float *src, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &src[i], sizeof bits);
+        dst[i] = (uint16_t)(bits >> 16);
+    }
+}
+
 const gdn_cpu_kernels gdn_cpu_kernels_scalar = {
     "scalar", 64, gdn_cpu_token_scalar, gdn_cpu_fold_scalar, gdn_cpu_store_scalar, NULL, NULL,
+    gdn_cpu_load_bf16_scalar, gdn_cpu_round_bf16_scalar, gdn_cpu_store_bf16_scalar,
 };

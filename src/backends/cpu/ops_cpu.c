@@ -104,8 +104,12 @@ static void gdn_cpu_get_rows_rows(const gdn_cpu_rows_job *job, int64_t first, in
         memcpy(&row, (const char *)index->data + (size_t)r * index->nb[0], sizeof row);
         const char *in = (const char *)a->data + (size_t)row * a->nb[1];
         char *out = (char *)dst->data + (size_t)r * dst->nb[1];
-        for (int64_t i = 0; i < dst->ne[0]; i++)
-            gdn_cpu_store_f32(out + (size_t)i * dst->nb[0], gdn_cpu_load_any(in, a->nb[0], a->dtype, i));
+        if (dst->dtype == GDN_DTYPE_BF16) /* a is BF16 too: the bits as they are */
+            for (int64_t i = 0; i < dst->ne[0]; i++)
+                memcpy(out + (size_t)i * dst->nb[0], in + (size_t)i * a->nb[0], sizeof(uint16_t));
+        else
+            for (int64_t i = 0; i < dst->ne[0]; i++)
+                gdn_cpu_store_f32(out + (size_t)i * dst->nb[0], gdn_cpu_load_any(in, a->nb[0], a->dtype, i));
     }
 }
 

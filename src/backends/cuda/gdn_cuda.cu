@@ -53,6 +53,12 @@
  * and the generic path (4 scalar accesses with any byte strides) only load and store differently;
  * the arithmetic is shared code.
  *
+ * BF16 state storage (template BF16): the state is widened exactly on load (8-byte accesses per
+ * 4 elements on the vector path), every row rounded to BF16 after every token, folded ones too
+ * (round_rows: one cvt.rn.bf16x2.f32 per two floats), and stored as the upper halves, which are
+ * then exact. Rounding every token, not only stored ones, keeps T tokens in one call equal to T
+ * calls. Decode moves half the bytes: B=64 T=1 48.7 us against 93.0 for F32 (docs/PERF.md).
+ *
  * Aliasing: `state` may be exactly the view states[s]. Each thread loads all its rows before the
  * token loop and later writes only those rows, so the in-place update is safe; for the same
  * reason state loads are plain (coherent) loads, never ld.global.nc, and no pointer is
@@ -81,7 +87,7 @@
 
 namespace {
 
-template <int D, int R, bool VECTOR, bool REPLAY>
+template <int D, int R, bool VECTOR, bool REPLAY, bool BF16>
 __global__ void __launch_bounds__(kWarpsPerBlock *kWarpSize, kMinBlocksPerSM)
 gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
 {
@@ -142,14 +148,7 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
     /* This thread's rows of the initial state, all loads in flight at once. */
     float S[C::ROWS][C::ELEMS];
     char *state = thread_rows(a.state.data + slot * a.state.nb[3] + at.h * a.state.nb[2], a.state, at);
-#pragma unroll
-    for (int r = 0; r < C::ROWS; r++)
-#pragma unroll
-        for (int c = 0; c < C::CHUNKS; c++) {
-            const float4 x = load4_state<VECTOR>(state + r * a.state.nb[1] + chunk_offset<D, VECTOR>(c, a.state.nb[0]),
-                                                 a.state.nb[0]);
-            S[r][4 * c + 0] = x.x, S[r][4 * c + 1] = x.y, S[r][4 * c + 2] = x.z, S[r][4 * c + 3] = x.w;
-        }
+    load_rows<D, R, VECTOR, BF16>(S, state, a.state);
 
     /* The first token's inputs, in flight with the state loads; in the wide replay shape they
      * would stay live through the fold (registers), so there the token loop loads them. */
@@ -187,12 +186,12 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
                     load_token<D, R, VECTOR, true>(ring_next, a, ring_at, pos);
                 if (!C::PREFETCH && more)
                     load_token<D, R, VECTOR, true, true>(ring_next, a, ring_at, pos);
-                fold_rows<D, R>(S, ring, a.l2norm);
+                fold_rows<D, R, BF16>(S, ring, a.l2norm);
                 if (C::PREFETCH && more)
                     ring = ring_next;
             }
             if (fold_commit != 0)
-                store_rows<D, R, VECTOR>(state, a.state, S);
+                store_rows<D, R, VECTOR, BF16>(state, a.state, S);
         }
         ring_pos = pos;
         head_writer = warp_in_head == 0 && lane == 0;
@@ -212,7 +211,7 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
             C::PREFETCH ? load_token<D, R, VECTOR, false>(next, a, tokens, 1)
                         : load_token<D, R, VECTOR, false, true>(next, a, tokens, 1);
         float out[C::ROWS], delta[C::ROWS];
-        update_rows<D, R>(S, current, a.l2norm, a.scale, out, delta);
+        update_rows<D, R, BF16>(S, current, a.l2norm, a.scale, out, delta);
         if (REPLAY) { /* k and g as loaded (update_rows does not change them), and the deltas */
             append_ring<D, R, VECTOR>(a, at, ring_at, current, delta, ring_pos, head_writer, k_writer);
             ring_pos = ring_pos + 1 == a.L ? 0 : ring_pos + 1;
@@ -226,7 +225,7 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
 
         const long long s = a.T - 1 - t; /* snapshot index, newest first */
         if (!REPLAY && s < a.n_write)
-            store_rows<D, R, VECTOR>(states + s * a.states.nb[4], a.states, S);
+            store_rows<D, R, VECTOR, BF16>(states + s * a.states.nb[4], a.states, S);
         if (C::PREFETCH && has_next)
             current = next;
         advance_tokens(tokens, a);
@@ -243,14 +242,16 @@ gdn_cuda_view view_of(const gdn_tensor *t)
     return v;
 }
 
-/* 1 when every 4-float chunk of the view is one aligned 16-byte access: floats contiguous along
- * dim 0, data and the strides of every dimension that is stepped through 16-byte aligned. */
+/* 1 when every 4-element chunk of the view is one aligned access (16 bytes of F32, 8 of BF16):
+ * elements contiguous along dim 0, data and the strides of every dimension that is stepped
+ * through aligned to the chunk. */
 int is_vectorisable(const gdn_tensor *t, int n_dims)
 {
-    if (t->nb[0] != sizeof(float) || (uintptr_t)t->data % 16 != 0)
+    const size_t size = gdn_dtype_size(t->dtype), chunk = 4 * size;
+    if (t->nb[0] != size || (uintptr_t)t->data % chunk != 0)
         return 0;
     for (int i = 1; i < n_dims; i++)
-        if (t->ne[i] > 1 && t->nb[i] % 16 != 0)
+        if (t->ne[i] > 1 && t->nb[i] % chunk != 0)
             return 0;
     return 1;
 }
@@ -305,7 +306,7 @@ gdn_status launch_index_check(const gdn_cuda_gdn_args &a, const gdn_cuda_launch 
                           "gated_delta_net index check kernel launch");
 }
 
-template <int D, int R, bool VECTOR, bool REPLAY>
+template <int D, int R, bool VECTOR, bool REPLAY, bool BF16>
 gdn_status launch(const gdn_cuda_gdn_args &a, const gdn_cuda_launch &how)
 {
     using C = gdn_cuda_config<D, R>;
@@ -320,24 +321,28 @@ gdn_status launch(const gdn_cuda_gdn_args &a, const gdn_cuda_launch &how)
     config.stream = how.stream;
     config.attrs = &attribute;
     config.numAttrs = how.dependent ? 1 : 0;
-    return gdn_cuda_check(cudaLaunchKernelEx(&config, gdn_cuda_gated_delta_net_kernel<D, R, VECTOR, REPLAY>, a),
+    return gdn_cuda_check(cudaLaunchKernelEx(&config, gdn_cuda_gated_delta_net_kernel<D, R, VECTOR, REPLAY, BF16>, a),
                           REPLAY ? "gated_delta_net_replay kernel launch" : "gated_delta_net kernel launch");
 }
 
-template <int D, bool REPLAY>
+template <int D, bool REPLAY, bool BF16>
 gdn_status launch_rows(const gdn_cuda_gdn_args &a, bool vector, const gdn_cuda_launch &how)
 {
     constexpr int WIDE = wide_rows<D>(), THIN = kThinRows < WIDE ? kThinRows : WIDE;
     const bool thin = (long long)a.B * a.Hv * gdn_cuda_config<D, WIDE>::WARPS_PER_HEAD < kThinGridWarps;
     if (thin)
-        return vector ? launch<D, THIN, true, REPLAY>(a, how) : launch<D, THIN, false, REPLAY>(a, how);
-    return vector ? launch<D, WIDE, true, REPLAY>(a, how) : launch<D, WIDE, false, REPLAY>(a, how);
+        return vector ? launch<D, THIN, true, REPLAY, BF16>(a, how) : launch<D, THIN, false, REPLAY, BF16>(a, how);
+    return vector ? launch<D, WIDE, true, REPLAY, BF16>(a, how) : launch<D, WIDE, false, REPLAY, BF16>(a, how);
 }
 
 template <int D>
 gdn_status launch_for(const gdn_cuda_gdn_args &a, bool vector, const gdn_cuda_launch &how)
 {
-    return a.fold != nullptr ? launch_rows<D, true>(a, vector, how) : launch_rows<D, false>(a, vector, how);
+    if (a.bf16)
+        return a.fold != nullptr ? launch_rows<D, true, true>(a, vector, how)
+                                 : launch_rows<D, false, true>(a, vector, how);
+    return a.fold != nullptr ? launch_rows<D, true, false>(a, vector, how)
+                             : launch_rows<D, false, false>(a, vector, how);
 }
 
 } // namespace
@@ -345,7 +350,8 @@ gdn_status launch_for(const gdn_cuda_gdn_args &a, bool vector, const gdn_cuda_la
 gdn_status gdn_cuda_gated_delta_net_probe(void)
 {
     cudaFuncAttributes attributes;
-    return gdn_cuda_check(cudaFuncGetAttributes(&attributes, gdn_cuda_gated_delta_net_kernel<128, 4, true, false>),
+    return gdn_cuda_check(cudaFuncGetAttributes(&attributes,
+                                                gdn_cuda_gated_delta_net_kernel<128, 4, true, false, false>),
                           "cudaFuncGetAttributes (is there a kernel image for this device?)");
 }
 
@@ -387,6 +393,7 @@ gdn_status gdn_cuda_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_
     a.S = shape->S;
     a.D = (int)shape->D;
     a.pool_check = shape->pool_overlaps_states;
+    a.bf16 = shape->storage == GDN_DTYPE_BF16;
     /* Small B: each block checks the index itself (a few hundred comparisons) instead of a
      * one-block kernel launched before the op (GDN_CUDA_CHECK_IN_KERNEL_MAX_B). */
     a.check_in_kernel = shape->indexed && shape->B <= backend->gdn_check_in_kernel_max_b;

@@ -9,6 +9,7 @@
 
 #include "cuda_internal.h"
 
+#include <cuda_bf16.h>
 #include <limits.h>
 
 namespace {
@@ -61,6 +62,7 @@ struct gdn_cuda_gdn_args {
     long long index_nb;
     long long S;                           /* pool slots */
     int pool_check;                        /* 1: the pool's range meets states': check the rule */
+    int bf16;                              /* 1: state, states (the pool in replay) are BF16 */
     int check_in_kernel;                   /* 1: every block checks the index itself (small B) */
     int64_t *index_check;                  /* the context's 4-value device buffer */
     /* Replay only (fold NULL otherwise): rings of k, delta and g [S,L,Hk,D], [S,L,Hv,D], [S,L,Hv]
@@ -113,10 +115,30 @@ __device__ __forceinline__ float4 load4_readonly(const char *p, long long nb0)
                        __ldg(reinterpret_cast<const float *>(p + 3 * nb0)));
 }
 
-/* As load4_readonly but a plain coherent load: `state` may alias the snapshots being written. */
-template <bool VECTOR>
+/* A BF16 value as the float with those upper 16 bits (exact). */
+__device__ __forceinline__ float bf16_bits_to_float(unsigned bits16)
+{
+    return __uint_as_float(bits16 << 16);
+}
+
+/* As load4_readonly but a plain coherent load of the state (F32, or BF16 widened exactly):
+ * `state` may alias the snapshots being written. VECTOR BF16: one 8-byte access. */
+template <bool VECTOR, bool BF16 = false>
 __device__ __forceinline__ float4 load4_state(const char *p, long long nb0)
 {
+    if (BF16 && VECTOR) {
+        const uint2 u = *reinterpret_cast<const uint2 *>(p); /* element 0 in the low half */
+        return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u),
+                           __uint_as_float(u.y << 16), __uint_as_float(u.y & 0xffff0000u));
+    }
+    if (BF16) {
+        const unsigned short *e[4] = {reinterpret_cast<const unsigned short *>(p),
+                                      reinterpret_cast<const unsigned short *>(p + nb0),
+                                      reinterpret_cast<const unsigned short *>(p + 2 * nb0),
+                                      reinterpret_cast<const unsigned short *>(p + 3 * nb0)};
+        return make_float4(bf16_bits_to_float(*e[0]), bf16_bits_to_float(*e[1]), bf16_bits_to_float(*e[2]),
+                           bf16_bits_to_float(*e[3]));
+    }
     if (VECTOR)
         return *reinterpret_cast<const float4 *>(p);
     return make_float4(*reinterpret_cast<const float *>(p), *reinterpret_cast<const float *>(p + nb0),
@@ -124,9 +146,24 @@ __device__ __forceinline__ float4 load4_state(const char *p, long long nb0)
                        *reinterpret_cast<const float *>(p + 3 * nb0));
 }
 
-template <bool VECTOR>
+/* Four floats to the state. BF16: the values are BF16-exact already (round_rows ran after the
+ * token), so keeping the upper halves is exact; VECTOR: one 8-byte access. */
+template <bool VECTOR, bool BF16 = false>
 __device__ __forceinline__ void store4(char *p, long long nb0, float4 x)
 {
+    if (BF16) {
+        const unsigned e0 = __float_as_uint(x.x) >> 16, e1 = __float_as_uint(x.y) >> 16;
+        const unsigned e2 = __float_as_uint(x.z) >> 16, e3 = __float_as_uint(x.w) >> 16;
+        if (VECTOR) {
+            *reinterpret_cast<uint2 *>(p) = make_uint2(e0 | (e1 << 16), e2 | (e3 << 16));
+            return;
+        }
+        *reinterpret_cast<unsigned short *>(p) = (unsigned short)e0;
+        *reinterpret_cast<unsigned short *>(p + nb0) = (unsigned short)e1;
+        *reinterpret_cast<unsigned short *>(p + 2 * nb0) = (unsigned short)e2;
+        *reinterpret_cast<unsigned short *>(p + 3 * nb0) = (unsigned short)e3;
+        return;
+    }
     if (VECTOR) {
         *reinterpret_cast<float4 *>(p) = x;
         return;
@@ -194,13 +231,14 @@ __device__ __forceinline__ void prefetch_l1(const char *p)
     asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
 }
 
-/* Bytes from a lane's first chunk to its chunk c (chunks are 4*LANES elements apart): a
- * compile-time constant on the vector path, so loads and stores use immediate offsets. */
-template <int D, bool VECTOR>
+/* Bytes from a lane's first chunk to its chunk c (chunks are 4*LANES elements apart) of a view
+ * of ESIZE-byte elements: a compile-time constant on the vector path, so loads and stores use
+ * immediate offsets. */
+template <int D, bool VECTOR, int ESIZE = 4>
 __device__ __forceinline__ long long chunk_offset(int c, long long nb0)
 {
     constexpr long long step = 4LL * lanes_per_row<D>();
-    return VECTOR ? c * step * (long long)sizeof(float) : c * step * nb0;
+    return VECTOR ? c * step * ESIZE : c * step * nb0;
 }
 
 /* Where this thread's rows start in the [.., D rows, D] head at `head`: row row0, its lane's
@@ -291,6 +329,21 @@ __device__ __forceinline__ void load_token(gdn_cuda_token<D, R> &in, const gdn_c
     }
 }
 
+/* BF16 state storage: every state float rounded to BF16 (to nearest, ties to even; two at a time
+ * with one cvt.rn.bf16x2.f32) and widened back, after every token (include/gdn.h says why). */
+template <int D, int R>
+__device__ __forceinline__ void round_rows(float (&S)[R][gdn_cuda_config<D, R>::ELEMS])
+{
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int i = 0; i < gdn_cuda_config<D, R>::ELEMS; i += 2) {
+            const __nv_bfloat162 pair = __floats2bfloat162_rn(S[r][i], S[r][i + 1]);
+            S[r][i] = __low2float(pair);
+            S[r][i + 1] = __high2float(pair);
+        }
+}
+
 /* The per-token update of this thread's rows; out[r] = o for row row0 + r (same in all lanes of
  * the group). The arithmetic order here is the exactness contract: change it only knowing that
  * results then change bit-wise (and stay consistent across T, B and both access paths).
@@ -303,8 +356,9 @@ __device__ __forceinline__ void load_token(gdn_cuda_token<D, R> &in, const gdn_c
  * of two (the output no longer waits for the new row); k . q costs ELEMS fmas per thread, shared
  * by its rows. Without l2norm nk = nq = 1 and the multiplies by 1 are exact.
  * delta[r] = beta (v - sk) (before nk): what the replay ring keeps of the token; the row's new
- * value is fold_rows's expression, so a fold writes the same floats. */
-template <int D, int R>
+ * value is fold_rows's expression, so a fold writes the same floats. BF16: the rows are rounded
+ * after o is taken (round_rows). */
+template <int D, int R, bool BF16>
 __device__ __forceinline__ void update_rows(float (&S)[R][gdn_cuda_config<D, R>::ELEMS],
                                             const gdn_cuda_token<D, R> &in, int l2norm, float scale, float (&out)[R],
                                             float (&delta)[R])
@@ -338,12 +392,14 @@ __device__ __forceinline__ void update_rows(float (&S)[R][gdn_cuda_config<D, R>:
         for (int i = 0; i < C::ELEMS; i++)
             S[r][i] = __fmaf_rn(d, in.k[i], __fmul_rn(S[r][i], decay));
     }
+    if (BF16)
+        round_rows<D, R>(S);
 }
 
 /* A folded replay token: in.v holds the deltas its update_rows computed when it was new, from
  * the same state, so row = exp(g) row + (delta nk) k here is that update's write, the very same
- * floats, with no dot product (nk from the same k by the same code). */
-template <int D, int R>
+ * floats, with no dot product (nk from the same k by the same code), rounded as it was. */
+template <int D, int R, bool BF16>
 __device__ __forceinline__ void fold_rows(float (&S)[R][gdn_cuda_config<D, R>::ELEMS],
                                           const gdn_cuda_token<D, R> &in, int l2norm)
 {
@@ -357,20 +413,41 @@ __device__ __forceinline__ void fold_rows(float (&S)[R][gdn_cuda_config<D, R>::E
         for (int i = 0; i < C::ELEMS; i++)
             S[r][i] = __fmaf_rn(d, in.k[i], __fmul_rn(S[r][i], decay));
     }
+    if (BF16)
+        round_rows<D, R>(S);
+}
+
+/* This thread's rows of a state (F32 or BF16) from `rows` (thread_rows of a pool slot's head),
+ * every load issued before any is used. */
+template <int D, int R, bool VECTOR, bool BF16>
+__device__ __forceinline__ void load_rows(float (&S)[R][gdn_cuda_config<D, R>::ELEMS], const char *rows,
+                                          const gdn_cuda_view &from)
+{
+    using C = gdn_cuda_config<D, R>;
+    constexpr int ESIZE = BF16 ? 2 : 4;
+#pragma unroll
+    for (int r = 0; r < C::ROWS; r++)
+#pragma unroll
+        for (int c = 0; c < C::CHUNKS; c++) {
+            const float4 x = load4_state<VECTOR, BF16>(
+                rows + r * from.nb[1] + chunk_offset<D, VECTOR, ESIZE>(c, from.nb[0]), from.nb[0]);
+            S[r][4 * c + 0] = x.x, S[r][4 * c + 1] = x.y, S[r][4 * c + 2] = x.z, S[r][4 * c + 3] = x.w;
+        }
 }
 
 /* This thread's rows of a state to `rows` (thread_rows of a pool slot's head or a snapshot's). */
-template <int D, int R, bool VECTOR>
+template <int D, int R, bool VECTOR, bool BF16>
 __device__ __forceinline__ void store_rows(char *rows, const gdn_cuda_view &to,
                                            const float (&S)[R][gdn_cuda_config<D, R>::ELEMS])
 {
     using C = gdn_cuda_config<D, R>;
+    constexpr int ESIZE = BF16 ? 2 : 4;
 #pragma unroll
     for (int r = 0; r < C::ROWS; r++)
 #pragma unroll
         for (int c = 0; c < C::CHUNKS; c++)
-            store4<VECTOR>(rows + r * to.nb[1] + chunk_offset<D, VECTOR>(c, to.nb[0]), to.nb[0],
-                           make_float4(S[r][4 * c + 0], S[r][4 * c + 1], S[r][4 * c + 2], S[r][4 * c + 3]));
+            store4<VECTOR, BF16>(rows + r * to.nb[1] + chunk_offset<D, VECTOR, ESIZE>(c, to.nb[0]), to.nb[0],
+                                 make_float4(S[r][4 * c + 0], S[r][4 * c + 1], S[r][4 * c + 2], S[r][4 * c + 3]));
 }
 
 /* Replay: the new token `in` (as loaded; update_rows does not change it) and its deltas to ring
@@ -412,12 +489,13 @@ __device__ __forceinline__ void append_ring(const gdn_cuda_gdn_args &a, const gd
 constexpr long long kSlotShared = -2, kFoldBad = -3;
 constexpr int kCheckThreads = 256;
 
-/* Byte range [lo, hi) of the D x D x Hv state at `base` with the view's strides nb[0..2]. */
-__device__ void state_range(const char *base, const long long *nb, long long D, long long Hv,
+/* Byte range [lo, hi) of the D x D x Hv state of esize-byte elements at `base` with the view's
+ * strides nb[0..2]. */
+__device__ void state_range(const char *base, const long long *nb, long long D, long long Hv, long long esize,
                             unsigned long long *lo, unsigned long long *hi)
 {
     *lo = (unsigned long long)base;
-    *hi = *lo + (unsigned long long)((D - 1) * nb[0] + (D - 1) * nb[1] + (Hv - 1) * nb[2]) + sizeof(float);
+    *hi = *lo + (unsigned long long)((D - 1) * nb[0] + (D - 1) * nb[1] + (Hv - 1) * nb[2] + esize);
 }
 
 /* Block-wide minimum of `value` over THREADS threads (every thread gets it). */
@@ -484,8 +562,8 @@ __device__ bool index_verdict(const gdn_cuda_gdn_args &a, long long *scratch, bo
             const char *read = a.state.data + slot * a.state.nb[3];
             const char *snap = a.states.data + s * a.states.nb[4] + b2 * a.states.nb[3];
             unsigned long long lo, hi, slo, shi;
-            state_range(read, a.state.nb, a.D, a.Hv, &lo, &hi);
-            state_range(snap, a.states.nb, a.D, a.Hv, &slo, &shi);
+            state_range(read, a.state.nb, a.D, a.Hv, a.bf16 ? 2 : 4, &lo, &hi);
+            state_range(snap, a.states.nb, a.D, a.Hv, a.bf16 ? 2 : 4, &slo, &shi);
             if (hi <= slo || shi <= lo)
                 continue;
             const bool exact = b2 == b && snap == read && a.states.nb[0] == a.state.nb[0] &&

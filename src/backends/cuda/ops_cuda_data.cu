@@ -86,8 +86,9 @@ __global__ void get_rows_check_kernel(gdn_cuda_op_args a)
     }
 }
 
-/* get_rows, second kernel: dst[r][i] = a[index[r]][i] (a F32 or BF16), nothing at all when the
- * check found a bad index (so a bad call leaves dst untouched even when nobody reads the check). */
+/* get_rows, second kernel: dst[r][i] = a[index[r]][i] (a F32 or BF16; dst F32, or BF16 as a: the
+ * bits copied), nothing at all when the check found a bad index (so a bad call leaves dst
+ * untouched even when nobody reads the check). */
 __global__ void get_rows_kernel(gdn_cuda_op_args a)
 {
     gdn_cuda_wait_previous_grid();
@@ -99,8 +100,12 @@ __global__ void get_rows_kernel(gdn_cuda_op_args a)
     for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < a.count; e += stride) {
         const int64_t i = e % D, r = e / D;
         const int row = *(const int *)(index.data + r * index.nb[0]);
-        const float v = gdn_cuda_load(src, (int64_t)row * src.nb[1] + i * src.nb[0]);
-        *(float *)(dst.data + r * dst.nb[1] + i * dst.nb[0]) = v;
+        const int64_t from = (int64_t)row * src.nb[1] + i * src.nb[0];
+        if (dst.dtype == GDN_DTYPE_BF16)
+            *(unsigned short *)(dst.data + r * dst.nb[1] + i * dst.nb[0]) =
+                *(const unsigned short *)(src.data + from);
+        else
+            *(float *)(dst.data + r * dst.nb[1] + i * dst.nb[0]) = gdn_cuda_load(src, from);
     }
 }
 
