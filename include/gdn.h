@@ -211,6 +211,15 @@ void gdn_backend_reset_counters(gdn_backend *backend);
  *     states   [N, B, Hv, Dv, Dk]       N = min(T, n_snapshots) snapshots, newest first:
  *                                       states[s] = state after token T-1-s. Any strides, so the
  *                                       destination can be a strided view into a state cache.
+ *                                       With states_index: [N, S', Hv, Dv, Dk], a pool of S' >= 1
+ *                                       slots (e.g. the cache's state groups seen as [N][S'])
+ *     states_index [B] (ne = {B}), I32  optional (data NULL: none). Sequence b writes its
+ *                                       snapshots to slot states_index[b] of `states`: the values
+ *                                       must lie in 0..S'-1 and be distinct (a slot has one
+ *                                       writer). With state_index and states over the same pool
+ *                                       and state_index[b] == states_index[b] (N = 1), a call
+ *                                       updates the states of any set of cache slots in place,
+ *                                       as vLLM's state indices do.
  * Requirements: Dk = Dv, Dk in {16, 32, 64, 128, 256}; Hv a multiple of Hk; T >= 1, B >= 1.
  * Aliasing: without state_index, `state` may be exactly the view states[s] for one s (same data
  * and strides: an in-place update of a cache slot, each (b, h) reads its state before writing any
@@ -221,14 +230,17 @@ void gdn_backend_reset_counters(gdn_backend *backend);
  * with the pool's strides) must be either disjoint (byte ranges) from every snapshot view
  * written (states[s][b'] for all s < N, all b'), or exactly (same address, same nb[0..2]) one of
  * b's own snapshot views states[s][b]; then each (b, h, row) is read before it is written, by
- * the one task that writes it. Otherwise GDN_ERROR_OVERLAP naming b, state_index[b] and the
+ * the one task that writes it. (With states_index, "states[s][b']" is slot states_index[b'] of
+ * snapshot s throughout this rule.) Without state_index, `state` may not overlap a states pool
+ * written through states_index. Otherwise GDN_ERROR_OVERLAP naming b, state_index[b] and the
  * snapshot states[s][b'] it overlaps, with nothing written (on CUDA while recording: nothing
  * written, not reported, as for a bad index). Any other overlap of the byte ranges of an output
  * with an input or with the other output is rejected with GDN_ERROR_OVERLAP.
- * Index values: every state_index[b] must lie in 0..S-1. They may be in memory the host cannot
- * read, so the backend checks them: a bad value writes nothing and gives
- * GDN_ERROR_INVALID_ARGUMENT naming the position and the value (on CUDA this waits for the
- * stream; while the stream is being recorded a bad index still writes nothing but is not reported).
+ * Index values: every state_index[b] must lie in 0..S-1, every states_index[b] in 0..S'-1 with no
+ * two equal. They may be in memory the host cannot read, so the backend checks them: a bad value
+ * writes nothing and gives GDN_ERROR_INVALID_ARGUMENT naming the position and the value (on CUDA
+ * this waits for the stream; while the stream is being recorded a bad index still writes nothing
+ * but is not reported).
  *
  * Exactness: on one backend, the per-token update runs in one fixed order, so running T tokens
  * in one call, or one token per call T times, gives bit-identical outputs and states; and a
@@ -261,6 +273,8 @@ typedef struct gdn_gated_delta_net_args {
     gdn_tensor state_index;             /* optional input, borrowed: data NULL (as a positional
                                          * initialiser of the eight views above leaves it) means
                                          * none; a declared-but-unset struct must zero it */
+    gdn_tensor states_index;            /* optional input, borrowed: where each sequence writes
+                                         * its snapshots (above); data NULL means slot b */
 } gdn_gated_delta_net_args;
 
 /* Run the op on `backend`. Validates every shape, dtype, stride and overlap first; on failure

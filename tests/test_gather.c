@@ -207,7 +207,7 @@ static int reference(const step *s, double *o_ref, double *s_ref)
     gdn_tensor o = gdn_tensor_contiguous(o_ref, GDN_DTYPE_F64, 4, ne_o);
     gdn_tensor st = gdn_tensor_contiguous(s_ref, GDN_DTYPE_F64, 5, ne_s);
     gdn_gated_delta_net_args a = {s->host[L_Q], s->host[L_K], s->host[L_V], s->host[L_G], s->host[L_BETA],
-                                  pool, o, st, s->host[L_INDEX]};
+                                  pool, o, st, s->host[L_INDEX], {0}};
     return gdn_gated_delta_net_reference(&p, &a) == GDN_OK;
 }
 

@@ -262,7 +262,7 @@ static void run_case(const test_backend *tb, int case_index, const op_case *c, g
     o_ref.data = malloc(gdn_tensor_span(&o_ref));
     s_ref.data = malloc(gdn_tensor_span(&s_ref));
     gdn_gated_delta_net_args ra = {ts.t[Q].host, ts.t[K_].host, ts.t[V].host, ts.t[G].host,
-                                   ts.t[BETA].host, ts.t[STATE].host, o_ref, s_ref, {0}};
+                                   ts.t[BETA].host, ts.t[STATE].host, o_ref, s_ref, {0}, {0}};
     gdn_status st = gdn_gated_delta_net_reference(&p, &ra);
     CHECK(st == GDN_OK, "case %d reference: %s", case_index, gdn_error_detail());
 
@@ -410,7 +410,7 @@ static void check_batch_invariance(const test_backend *tb, const op_case *c, gdn
     for (int64_t b = 0; ok && b < c->B; b++) {
         gdn_gated_delta_net_args s = {slice(a.q, 3, b), slice(a.k, 3, b), slice(a.v, 3, b),
                                       slice(a.g, 2, b), slice(a.beta, 2, b), slice(a.state, 3, b),
-                                      slice(a.o, 3, b), slice(a.states, 3, b), {0}};
+                                      slice(a.o, 3, b), slice(a.states, 3, b), {0}, {0}};
         ok = gdn_gated_delta_net(tb->backend, &p, &s) == GDN_OK && gdn_backend_synchronize(tb->backend) == GDN_OK;
         unsigned char *o_one = NULL, *s_one = NULL;
         ok = ok && download_bytes(tb->backend, &s.o, &o_one) && download_bytes(tb->backend, &s.states, &s_one);
@@ -619,7 +619,7 @@ static void check_indexed(const test_backend *tb, int case_index, const op_case 
     s_ref.data = malloc(gdn_tensor_span(&s_ref));
     ok = ok && o_ref.data && s_ref.data;
     gdn_gated_delta_net_args ra = {ts.t[Q].host, ts.t[K_].host, ts.t[V].host, ts.t[G].host, ts.t[BETA].host,
-                                   pool.host, o_ref, s_ref, index.host};
+                                   pool.host, o_ref, s_ref, index.host, {0}};
     ok = ok && gdn_gated_delta_net_reference(&p, &ra) == GDN_OK;
     CHECK(ok, "%s indexed case %d: setup or reference failed: %s", tb->label, case_index, gdn_error_detail());
     for (int i = 0; ok && i < N_TENSORS; i++)
@@ -760,7 +760,7 @@ static void check_in_place(const test_backend *tb, int case_index, const op_case
     s_ref.data = malloc(gdn_tensor_span(&s_ref));
     ok = o_ref.data && s_ref.data;
     gdn_gated_delta_net_args ra = {ts.t[Q].host, ts.t[K_].host, ts.t[V].host, ts.t[G].host, ts.t[BETA].host,
-                                   pool, o_ref, s_ref, index.host};
+                                   pool, o_ref, s_ref, index.host, {0}};
     ok = ok && gdn_gated_delta_net_reference(&p, &ra) == GDN_OK;
     CHECK(ok, "%s in-place case %d: reference: %s", tb->label, case_index, gdn_error_detail());
     /* the gathered state: group 1 of slot b */
@@ -830,6 +830,156 @@ static void check_in_place(const test_backend *tb, int case_index, const op_case
     op_tensors_free(&ts);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Any set of cache slots updated in place (vLLM's state indices): a cache [S][N][Hv][Dv][Dk] of
+ * S = 2B + 1 slots; sequence b reads group 0 of slot r[b] = 2(B-1-b) + 1 (odd slots, in reverse
+ * order) and writes its snapshots to the groups of the same slot through states_index. Against
+ * the float64 reference, bit for bit against the call on the gathered state, the even slots
+ * untouched; then three bad snapshot indices, each refused with nothing written: a value past
+ * the pool, two sequences on one slot, and a sequence writing the slot another reads.
+ * ------------------------------------------------------------------------------------------- */
+static void check_write_indexed(const test_backend *tb, int case_index, const op_case *c)
+{
+    const int64_t D = c->D, N = c->T < c->K ? c->T : c->K, B = c->B, S = 2 * B + 1;
+    test_rng rng;
+    test_rng_seed(&rng, 900 + (uint64_t)case_index);
+    op_tensors ts;
+    test_tensor cache, index;
+    const int64_t ne_cache[] = {D, D, c->Hv, N, S}, ne_index[] = {B};
+    int ok = op_tensors_init(&ts, c, GDN_DTYPE_F32, &rng) &&
+             test_tensor_init(&cache, LAYOUT_CONTIGUOUS, GDN_DTYPE_F32, 5, ne_cache) &&
+             test_tensor_init(&index, LAYOUT_CONTIGUOUS, GDN_DTYPE_I32, 1, ne_index);
+    if (!ok) {
+        CHECK(0, "%s write-indexed case %d: out of memory", tb->label, case_index);
+        op_tensors_free(&ts);
+        return;
+    }
+    fill(&cache, &rng, STATE, c->D, 0, 0);
+    int32_t slots[64];
+    for (int64_t b = 0; b < B && b < 64; b++)
+        slots[b] = (int32_t)(2 * (B - 1 - b) + 1);
+    memcpy(index.host_bytes, slots, (size_t)B * sizeof slots[0]);
+    const size_t group = cache.host.nb[3], slot = cache.host.nb[4];
+    gdn_tensor pool = cache.host, snaps = cache.host; /* group 0 of every slot; groups as [N][S] */
+    pool.n_dims = 4;
+    pool.ne[3] = S, pool.ne[4] = 1, pool.nb[3] = slot, pool.nb[4] = slot * (size_t)S;
+    snaps.ne[3] = S, snaps.ne[4] = N, snaps.nb[3] = slot, snaps.nb[4] = group;
+
+    gdn_gated_delta_net_params p = case_params(c);
+    const int64_t ne_o[] = {D, c->Hv, c->T, B}, ne_s[] = {D, D, c->Hv, S, N};
+    gdn_tensor o_ref = gdn_tensor_contiguous(NULL, GDN_DTYPE_F64, 4, ne_o);
+    gdn_tensor s_ref = gdn_tensor_contiguous(NULL, GDN_DTYPE_F64, 5, ne_s);
+    o_ref.data = calloc(1, gdn_tensor_span(&o_ref));
+    s_ref.data = calloc(1, gdn_tensor_span(&s_ref));
+    ok = o_ref.data && s_ref.data;
+    gdn_gated_delta_net_args ra = {ts.t[Q].host, ts.t[K_].host, ts.t[V].host, ts.t[G].host, ts.t[BETA].host,
+                                   pool, o_ref, s_ref, index.host, index.host};
+    ok = ok && gdn_gated_delta_net_reference(&p, &ra) == GDN_OK;
+    CHECK(ok, "%s write-indexed case %d: reference: %s", tb->label, case_index, gdn_error_detail());
+    int64_t idx[GDN_MAX_DIMS] = {0}; /* the gathered state: group 0 of slot r[b] */
+    do {
+        int64_t from[GDN_MAX_DIMS] = {idx[0], idx[1], idx[2], slots[idx[3]], 0, 0};
+        memcpy(ts.t[STATE].host_bytes + test_offset_of(&ts.t[STATE].host, idx),
+               (const char *)pool.data + test_offset_of(&pool, from), sizeof(float));
+    } while (test_next_index(&ts.t[STATE].host, idx));
+    for (int i = 0; ok && i < N_TENSORS; i++)
+        ok = test_tensor_upload(&ts.t[i], tb->backend);
+    ok = ok && test_tensor_upload(&cache, tb->backend) && test_tensor_upload(&index, tb->backend);
+    gdn_gated_delta_net_args a = device_args(&ts);
+    a.state = pool, a.states = snaps;
+    a.state.data = a.states.data = test_buffer_data(&cache.device);
+    a.state_index = a.states_index = test_device_view(&index);
+    unsigned char *after = malloc(cache.bytes), *o_after = malloc(ts.t[O].bytes);
+    ok = ok && after && o_after;
+
+    /* Bad snapshot indices (B >= 2): each refused, nothing written. The last swaps the slots
+     * sequences 0 and 1 write, so each writes the slot the other reads. */
+    const struct {
+        int at;
+        int32_t value;
+        int at2;
+        int32_t value2;
+        gdn_status want;
+        const char *says;
+    } bad[3] = {{0, (int32_t)S, 0, (int32_t)S, GDN_ERROR_INVALID_ARGUMENT, "states_index[0]="},
+                {1, slots[0], 1, slots[0], GDN_ERROR_INVALID_ARGUMENT, "states_index[1]="},
+                {0, slots[1 % B], 1, slots[0], GDN_ERROR_OVERLAP, "written by sequence 1"}};
+    for (int m = 0; ok && B > 1 && m < 3; m++) {
+        test_tensor wrong;
+        ok = test_tensor_init(&wrong, LAYOUT_CONTIGUOUS, GDN_DTYPE_I32, 1, ne_index);
+        if (!ok)
+            break;
+        memcpy(wrong.host_bytes, slots, (size_t)B * sizeof slots[0]);
+        memcpy(wrong.host_bytes + (size_t)bad[m].at * sizeof slots[0], &bad[m].value, sizeof bad[m].value);
+        memcpy(wrong.host_bytes + (size_t)bad[m].at2 * sizeof slots[0], &bad[m].value2, sizeof bad[m].value2);
+        ok = test_tensor_upload(&wrong, tb->backend);
+        gdn_gated_delta_net_args w = a;
+        w.states_index = test_device_view(&wrong);
+        const gdn_status st = ok ? gdn_gated_delta_net(tb->backend, &p, &w) : GDN_ERROR_BACKEND;
+        CHECK(st == bad[m].want && strstr(gdn_error_detail(), bad[m].says) != NULL,
+              "%s write-indexed case %d: bad states_index %d gave %d (%s), expected %d naming '%s'", tb->label,
+              case_index, m, (int)st, gdn_error_detail(), (int)bad[m].want, bad[m].says);
+        gdn_backend_synchronize(tb->backend);
+        CHECK(test_buffer_download(&cache.device, after) && memcmp(after, cache.host_bytes, cache.bytes) == 0 &&
+                  test_buffer_download(&ts.t[O].device, o_after) &&
+                  memcmp(o_after, ts.t[O].host_bytes, ts.t[O].bytes) == 0,
+              "%s write-indexed case %d: the rejected call %d wrote an output", tb->label, case_index, m);
+        test_tensor_free(&wrong);
+    }
+
+    /* The call on the gathered state (its own outputs), then the cache in place. */
+    unsigned char *o_g = NULL, *s_g = NULL, *o_i = NULL;
+    gdn_gated_delta_net_args ga = device_args(&ts);
+    ok = ok && gdn_gated_delta_net(tb->backend, &p, &ga) == GDN_OK && gdn_backend_synchronize(tb->backend) == GDN_OK &&
+         download_bytes(tb->backend, &ga.o, &o_g) && download_bytes(tb->backend, &ga.states, &s_g);
+    gdn_status st = ok ? gdn_gated_delta_net(tb->backend, &p, &a) : GDN_ERROR_BACKEND;
+    CHECK(st == GDN_OK, "%s write-indexed case %d: %s", tb->label, case_index, gdn_error_detail());
+    ok = ok && st == GDN_OK && gdn_backend_synchronize(tb->backend) == GDN_OK &&
+         download_bytes(tb->backend, &a.o, &o_i) && test_buffer_download(&cache.device, after);
+    if (ok) {
+        CHECK(same_bits(&ga.o, o_g, &a.o, o_i), "%s write-indexed case %d: o differs from the gathered call",
+              tb->label, case_index);
+        double diff = 0, norm = 0;
+        int same = 1, untouched = 1;
+        for (int64_t sl = 0; sl < S; sl++) {
+            const unsigned char *now = after + test_offset_of(&cache.host, (int64_t[GDN_MAX_DIMS]){0, 0, 0, 0, sl, 0});
+            const unsigned char *was = cache.host_bytes + (now - after);
+            int64_t b = -1;
+            for (int64_t j = 0; j < B; j++)
+                b = slots[j] == sl ? j : b;
+            if (b < 0) { /* an even slot: neither read nor written */
+                untouched = untouched && memcmp(now, was, slot) == 0;
+                continue;
+            }
+            for (int64_t sn = 0; sn < N; sn++) /* snapshot sn of b: the gathered call's states[sn][b] */
+                for (int64_t h = 0; h < c->Hv; h++)
+                    for (int64_t j = 0; j < D; j++)
+                        for (int64_t i = 0; i < D; i++) {
+                            const int64_t at_cache[GDN_MAX_DIMS] = {i, j, h, sn, sl, 0};
+                            const int64_t at_g[GDN_MAX_DIMS] = {i, j, h, b, sn, 0};
+                            float x, y;
+                            memcpy(&x, after + test_offset_of(&cache.host, at_cache), sizeof x);
+                            memcpy(&y, s_g + test_offset_of(&ga.states, at_g), sizeof y);
+                            same = same && memcmp(&x, &y, sizeof x) == 0;
+                            const double r = ((const double *)s_ref.data)[(((sn * S + sl) * c->Hv + h) * D + j) * D + i];
+                            diff += (x - r) * (x - r), norm += r * r;
+                        }
+        }
+        CHECK(same, "%s write-indexed case %d: the snapshots differ from the gathered call's", tb->label, case_index);
+        CHECK(sqrt(diff / (norm > 0 ? norm : 1)) < TOL_REL_L2 && rel_l2_view(&a.o, o_i, o_ref.data) < TOL_REL_L2,
+              "%s write-indexed case %d: against the reference", tb->label, case_index);
+        CHECK(untouched, "%s write-indexed case %d: a slot no sequence owns changed", tb->label, case_index);
+    }
+    printf("  %-10s write-indexed case %d: B=%d T=%d Hv=%d D=%3d N=%d over %d slots\n", tb->label, case_index, c->B,
+           c->T, c->Hv, c->D, (int)N, (int)S);
+    free(after), free(o_after), free(o_g), free(s_g), free(o_i);
+    free(o_ref.data);
+    free(s_ref.data);
+    test_tensor_free(&cache);
+    test_tensor_free(&index);
+    op_tensors_free(&ts);
+}
+
 int main(void)
 {
     test_backend backends[8];
@@ -857,6 +1007,8 @@ int main(void)
             check_indexed(&backends[b], (int)i, &indexed_cases[i]);
         for (size_t i = 0; i < 2; i++)
             check_in_place(&backends[b], (int)i, &indexed_cases[i]);
+        for (size_t i = 0; i < sizeof indexed_cases / sizeof indexed_cases[0]; i++)
+            check_write_indexed(&backends[b], (int)i, &indexed_cases[i]);
         check_recording(&backends[b], &cases[4]);
     }
     /* The CPU backend: the thread count must not change a bit. */

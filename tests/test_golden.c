@@ -96,7 +96,7 @@ static void run_golden(const test_backend *tb, const char *name, const gdn_safet
         ok = test_buffer_alloc(&bufs[i], tb->backend, bytes) && (i >= 6 || test_buffer_upload(&bufs[i], t[i].data, bytes));
         t[i].data = test_buffer_data(&bufs[i]);
     }
-    gdn_gated_delta_net_args a = {t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], {0}}; /* no index */
+    gdn_gated_delta_net_args a = {t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], {0}, {0}}; /* no indices */
     gdn_status st = ok ? gdn_gated_delta_net(tb->backend, &p, &a) : GDN_ERROR_OUT_OF_MEMORY;
     CHECK(st == GDN_OK, "%s %s: %s", tb->label, name, gdn_error_detail());
     float *o = malloc(gdn_tensor_span(&expected_o)), *s = malloc(gdn_tensor_span(&expected_states));

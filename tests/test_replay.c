@@ -338,7 +338,7 @@ static void check_speculative(const test_backend *tb, int case_index, const spec
                 gdn_gated_delta_net_args s = {slice(slice(a.q, 3, b), 2, t), slice(slice(a.k, 3, b), 2, t),
                                               slice(slice(a.v, 3, b), 2, t), slice(slice(a.g, 2, b), 1, t),
                                               slice(slice(a.beta, 2, b), 1, t), state, test_device_view(&seq_o), states,
-                                              {0}};
+                                              {0}, {0}};
                 gdn_gated_delta_net_params p1 = p;
                 p1.n_snapshots = 1;
                 st = gdn_gated_delta_net(tb->backend, &p1, &s);

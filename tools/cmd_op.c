@@ -132,7 +132,7 @@ static int run_op(const char *in_path, const char *out_path, const char *backend
     run.backend = gdn_tool_open_backend(backend_name);
     if (run.backend == NULL)
         goto done;
-    gdn_gated_delta_net_args args = {t[0], t[1], t[2], t[3], t[4], t[5], o, states, {0}}; /* no index */
+    gdn_gated_delta_net_args args = {t[0], t[1], t[2], t[3], t[4], t[5], o, states, {0}, {0}}; /* no indices */
     args.o.data = run.o_host;
     args.states.data = run.states_host;
     int on_device = gdn_backend_kind_of(run.backend) != GDN_BACKEND_CPU;

@@ -261,14 +261,19 @@ void gdn_backend_count_gdn(gdn_backend *backend, const gdn_gated_delta_net_args 
     /* The state read: B states (with an index, B slots of the pool, not the whole pool). */
     const uint64_t state_read = (uint64_t)(gdn_tensor_count(&args->state) / args->state.ne[3]) *
                                 (uint64_t)shape->B * gdn_dtype_size(args->state.dtype);
-    const uint64_t states_written = view_bytes(&args->states);
+    /* The snapshots written: the whole view, or with states_index B of its S' slots each. */
+    const uint64_t states_written = shape->write_indexed ? view_bytes(&args->states) / (uint64_t)args->states.ne[3] *
+                                                               (uint64_t)shape->B
+                                                         : view_bytes(&args->states);
     uint64_t bytes = view_bytes(&args->q) + view_bytes(&args->k) + view_bytes(&args->v) + view_bytes(&args->g) +
                      view_bytes(&args->beta) + view_bytes(&args->o) + state_read + states_written;
     if (shape->indexed)
         bytes += view_bytes(&args->state_index);
+    if (shape->write_indexed)
+        bytes += view_bytes(&args->states_index);
     c->op_calls++;
     c->gdn_calls++;
-    const int own_check = shape->indexed && shape->B > backend->gdn_check_in_kernel_max_b;
+    const int own_check = (shape->indexed || shape->write_indexed) && shape->B > backend->gdn_check_in_kernel_max_b;
     c->launches += 1u + (own_check ? check_launches(backend) : 0u);
     c->bytes += bytes;
     c->cache_bytes += state_read + states_written;

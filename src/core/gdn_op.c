@@ -131,9 +131,15 @@ gdn_status gdn_gated_delta_net_check(const gdn_gated_delta_net_params *params,
     if (S < 1)
         return gdn_fail(GDN_ERROR_SHAPE, "gated_delta_net: state pool has ne[3]=%lld slots, expected >= 1",
                         (long long)S);
+    /* With states_index, `states` is a pool of any S' >= 1 slots per snapshot. */
+    const int write_indexed = args->states_index.data != NULL;
+    const int64_t S_write = write_indexed ? args->states.ne[3] : B;
+    if (S_write < 1)
+        return gdn_fail(GDN_ERROR_SHAPE, "gated_delta_net: states pool has ne[3]=%lld slots, expected >= 1",
+                        (long long)S_write);
     const int64_t ne_state[4] = {D, D, Hv, S};
     const int64_t ne_index[1] = {B};
-    const int64_t ne_states[5] = {D, D, Hv, B, n_write};
+    const int64_t ne_states[5] = {D, D, Hv, S_write, n_write};
     /* The reference reads a state of either storage dtype and writes F64 snapshots (rounded to
      * BF16 after every token for a BF16 state); a backend writes snapshots of the state's dtype. */
     const gdn_dtype storage = storage_of(&args->state);
@@ -147,7 +153,9 @@ gdn_status gdn_gated_delta_net_check(const gdn_gated_delta_net_params *params,
         (st = check_tensor(op, "o", &args->o, output_dtype, 4, ne_v)) != GDN_OK ||
         (st = check_tensor(op, "states", &args->states, states_dtype, 5, ne_states)) != GDN_OK ||
         (indexed &&
-         (st = check_tensor(op, "state_index", &args->state_index, GDN_DTYPE_I32, 1, ne_index)) != GDN_OK))
+         (st = check_tensor(op, "state_index", &args->state_index, GDN_DTYPE_I32, 1, ne_index)) != GDN_OK) ||
+        (write_indexed &&
+         (st = check_tensor(op, "states_index", &args->states_index, GDN_DTYPE_I32, 1, ne_index)) != GDN_OK))
         return st;
 
     /* Outputs must not overlap themselves (threads would race), inputs or each other, except
@@ -161,7 +169,7 @@ gdn_status gdn_gated_delta_net_check(const gdn_gated_delta_net_params *params,
      * an index, the pool may overlap states (which slot each sequence reads is known only from
      * the index: the backend checks the in-place rule where the index is readable), never o. */
     int64_t alias = -1;
-    for (int64_t s = 0; s < n_write && output_dtype != GDN_DTYPE_F64 && !indexed; s++) {
+    for (int64_t s = 0; s < n_write && output_dtype != GDN_DTYPE_F64 && !indexed && !write_indexed; s++) {
         gdn_tensor snap = args->states;
         snap.data = (char *)snap.data + (size_t)s * snap.nb[4];
         if (same_view(&snap, &args->state)) {
@@ -169,14 +177,15 @@ gdn_status gdn_gated_delta_net_check(const gdn_gated_delta_net_params *params,
             break;
         }
     }
-    const gdn_tensor *inputs[7] = {&args->q, &args->k, &args->v, &args->g, &args->beta, &args->state,
-                                   &args->state_index};
-    const char *input_names[7] = {"q", "k", "v", "g", "beta", "state", "state_index"};
+    const gdn_tensor *inputs[8] = {&args->q, &args->k, &args->v, &args->g, &args->beta, &args->state,
+                                   &args->state_index, &args->states_index};
+    const char *input_names[8] = {"q", "k", "v", "g", "beta", "state", "state_index", "states_index"};
+    const int present[8] = {1, 1, 1, 1, 1, 1, indexed, write_indexed};
     const gdn_tensor *outputs[2] = {&args->o, &args->states};
     const char *output_names[2] = {"o", "states"};
     for (int o = 0; o < 2; o++)
-        for (int i = 0; i < 6 + indexed; i++) {
-            if (o == 1 && i == 5 && (alias >= 0 || indexed))
+        for (int i = 0; i < 8; i++) {
+            if (!present[i] || (o == 1 && i == 5 && (alias >= 0 || indexed)))
                 continue;
             if (gdn_tensor_ranges_overlap(outputs[o], inputs[i]))
                 return gdn_fail(GDN_ERROR_OVERLAP,
@@ -192,6 +201,8 @@ gdn_status gdn_gated_delta_net_check(const gdn_gated_delta_net_params *params,
     shape->state_alias = alias;
     shape->S = S;
     shape->indexed = indexed;
+    shape->write_indexed = write_indexed;
+    shape->S_write = S_write;
     shape->pool_overlaps_states = indexed && gdn_tensor_ranges_overlap(&args->state, &args->states);
     return GDN_OK;
 }
@@ -329,44 +340,60 @@ static void state_range(const char *base, const gdn_tensor *t, int64_t D, int64_
           gdn_dtype_size(t->dtype);
 }
 
+/* The B values of an I32 index view (host memory) into out; reports the first outside 0..n-1
+ * (named `what`, the slots of `of`). */
+static gdn_status read_index(const gdn_tensor *index, int64_t B, int64_t n, const char *op, const char *what,
+                             const char *of, int32_t *out)
+{
+    for (int64_t b = 0; b < B; b++) {
+        memcpy(&out[b], (const char *)index->data + (size_t)b * index->nb[0], sizeof out[b]);
+        if (out[b] < 0 || out[b] >= n)
+            return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: %s[%lld]=%d is outside 0..%lld (slots of %s)", op, what,
+                            (long long)b, (int)out[b], (long long)(n - 1), of);
+    }
+    return GDN_OK;
+}
+
 gdn_status gdn_gated_delta_net_check_index(const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape,
                                            int *in_place)
 {
     if (in_place != NULL)
         *in_place = 0;
-    if (!shape->indexed)
+    if (!shape->indexed && !shape->write_indexed)
         return GDN_OK;
+    const char *op = shape->replay ? "gated_delta_net_replay" : "gated_delta_net";
     const gdn_tensor *pool = &args->state, *states = &args->states;
-    int32_t *slots = malloc((size_t)shape->B * sizeof *slots);
+    int32_t *slots = malloc(2 * (size_t)shape->B * sizeof *slots), *writes = slots + shape->B;
     if (slots == NULL)
-        return gdn_fail(GDN_ERROR_OUT_OF_MEMORY, "gated_delta_net: no memory for the index check");
-    for (int64_t b = 0; b < shape->B; b++) {
-        int32_t slot;
-        memcpy(&slot, (const char *)args->state_index.data + (size_t)b * args->state_index.nb[0], sizeof slot);
-        slots[b] = slot;
-        if (slot < 0 || slot >= shape->S) {
-            free(slots);
-            return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: state_index[%lld]=%d is outside 0..%lld "
-                            "(slots of the state pool)", shape->replay ? "gated_delta_net_replay" : "gated_delta_net",
-                            (long long)b, (int)slot, (long long)(shape->S - 1));
-        }
-    }
-    const gdn_status st = shape->replay != NULL ? check_fold(shape, slots) : GDN_OK;
-    free(slots);
-    if (st != GDN_OK)
-        return st;
+        return gdn_fail(GDN_ERROR_OUT_OF_MEMORY, "%s: no memory for the index check", op);
+    gdn_status st = GDN_OK;
+    for (int64_t b = 0; b < shape->B; b++)
+        writes[b] = (int32_t)b, slots[b] = (int32_t)b;
+    if (shape->indexed)
+        st = read_index(&args->state_index, shape->B, shape->S, op, "state_index", "the state pool", slots);
+    if (st == GDN_OK && shape->write_indexed)
+        st = read_index(&args->states_index, shape->B, shape->S_write, op, "states_index", "states", writes);
+    if (st == GDN_OK && shape->write_indexed) /* one writer per slot: B*B comparisons */
+        for (int64_t b = 1; st == GDN_OK && b < shape->B; b++)
+            for (int64_t b2 = 0; b2 < b; b2++)
+                if (writes[b2] == writes[b]) {
+                    st = gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: states_index[%lld]=%d is also the slot sequence "
+                                  "%lld writes (a slot has one writer)", op, (long long)b, (int)writes[b],
+                                  (long long)b2);
+                    break;
+                }
+    if (st == GDN_OK && shape->replay != NULL)
+        st = check_fold(shape, slots);
     /* The in-place rule: the slot read by b is disjoint from every snapshot written, or exactly
      * one of b's own (then each task reads its rows before writing them, as for state ==
      * states[s]). B*B*n_write comparisons, only when the whole ranges meet at all. */
-    for (int64_t b = 0; shape->pool_overlaps_states && b < shape->B; b++) {
-        int32_t slot;
-        memcpy(&slot, (const char *)args->state_index.data + (size_t)b * args->state_index.nb[0], sizeof slot);
-        const char *read = (const char *)pool->data + (size_t)slot * pool->nb[3];
+    for (int64_t b = 0; st == GDN_OK && shape->pool_overlaps_states && b < shape->B; b++) {
+        const char *read = (const char *)pool->data + (size_t)slots[b] * pool->nb[3];
         uintptr_t lo, hi;
         state_range(read, pool, shape->D, shape->Hv, &lo, &hi);
-        for (int64_t s = 0; s < shape->n_write; s++)
+        for (int64_t s = 0; st == GDN_OK && s < shape->n_write; s++)
             for (int64_t b2 = 0; b2 < shape->B; b2++) {
-                const char *snap = (const char *)states->data + (size_t)s * states->nb[4] + (size_t)b2 * states->nb[3];
+                const char *snap = (const char *)states->data + (size_t)s * states->nb[4] + (size_t)writes[b2] * states->nb[3];
                 uintptr_t slo, shi;
                 state_range(snap, states, shape->D, shape->Hv, &slo, &shi);
                 if (hi <= slo || shi <= lo)
@@ -377,13 +404,15 @@ gdn_status gdn_gated_delta_net_check_index(const gdn_gated_delta_net_args *args,
                         *in_place = 1;
                     continue;
                 }
-                return gdn_fail(GDN_ERROR_OVERLAP, "gated_delta_net: state_index[%lld]=%d: the pool slot read "
-                                "overlaps the snapshot states[%lld][%lld] (a sequence may read only a slot "
-                                "disjoint from every snapshot, or exactly one of its own)", (long long)b, (int)slot,
-                                (long long)s, (long long)b2);
+                st = gdn_fail(GDN_ERROR_OVERLAP, "gated_delta_net: state_index[%lld]=%d: the pool slot read "
+                              "overlaps the snapshot states[%lld][%lld] written by sequence %lld (a sequence may "
+                              "read only a slot disjoint from every snapshot, or exactly one of its own)", (long long)b,
+                              (int)slots[b], (long long)s, (long long)writes[b2], (long long)b2);
+                break;
             }
     }
-    return GDN_OK;
+    free(slots);
+    return st;
 }
 
 gdn_status gdn_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_net_params *params,

@@ -17,6 +17,8 @@ typedef struct gdn_gdn_shape {
     int64_t state_alias;     /* s such that `state` is the view states[s], or -1 */
     int64_t S;               /* slots of `state`: the pool size with an index, else B */
     int indexed;             /* 1: sequence b reads state slot state_index[b] (values unchecked) */
+    int write_indexed;       /* 1: sequence b writes snapshot slot states_index[b] (unchecked) */
+    int64_t S_write;         /* slots of `states`: its pool size with states_index, else B */
     int pool_overlaps_states; /* indexed, and the pool's byte range meets the snapshots': the
                                * backend checks the in-place rule (include/gdn.h) per sequence */
     float scale;             /* resolved scale (1/sqrt(D) when params->scale == 0) */
@@ -47,11 +49,12 @@ typedef struct gdn_gdn_fold {
 } gdn_gdn_fold;
 gdn_gdn_fold gdn_gated_delta_net_fold_of(const gdn_gated_delta_net_replay_args *args, int64_t b);
 
-/* With an index in host memory: every state_index[b] in 0..S-1 (GDN_ERROR_INVALID_ARGUMENT);
- * in replay mode then every fold entry in range and no two sequences on one slot
- * (GDN_ERROR_INVALID_ARGUMENT); then the in-place rule of include/gdn.h (GDN_ERROR_OVERLAP naming b, index[b] and the
- * snapshot states[s][b'] its slot overlaps). *in_place (may be NULL) <- 1 when some sequence
- * reads one of its own snapshots. Called by the reference and host backends before any work. */
+/* With indices in host memory: every state_index[b] in 0..S-1, every states_index[b] in
+ * 0..S'-1 and no two equal (GDN_ERROR_INVALID_ARGUMENT); in replay mode then every fold entry in
+ * range and no two sequences on one slot (GDN_ERROR_INVALID_ARGUMENT); then the in-place rule of
+ * include/gdn.h (GDN_ERROR_OVERLAP naming b, index[b] and the snapshot states[s][b'] its slot
+ * overlaps, b' the sequence writing it). *in_place (may be NULL) <- 1 when some sequence reads
+ * one of its own snapshots. Called by the reference and host backends before any work. */
 gdn_status gdn_gated_delta_net_check_index(const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape,
                                            int *in_place);
 

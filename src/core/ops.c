@@ -282,6 +282,7 @@ static void gdn_op_gdn_args(const gdn_op_call *call, gdn_gated_delta_net_args *a
     args->o = call->dst[0];
     args->states = call->dst[1];
     memset(&args->state_index, 0, sizeof args->state_index); /* data NULL: no index */
+    memset(&args->states_index, 0, sizeof args->states_index); /* the graph node writes slot b */
     if (call->n_src > 6)
         args->state_index = call->src[6];
 }

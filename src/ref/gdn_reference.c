@@ -132,6 +132,7 @@ gdn_status gdn_gated_delta_net_reference(const gdn_gated_delta_net_params *param
         for (int64_t h = 0; h < shape.Hv; h++) {
             const int64_t hk = gdn_qk_head(params->broadcast, h, shape.Hk, shape.Hv);
             const int64_t slot = shape.indexed ? *(const int32_t *)at(&args->state_index, b, 0, 0, 0, 0) : b;
+            const int64_t to = shape.write_indexed ? *(const int32_t *)at(&args->states_index, b, 0, 0, 0, 0) : b;
             for (int64_t j = 0; j < D; j++)
                 for (int64_t i = 0; i < D; i++)
                     S[j * D + i] = load_state(&args->state, i, j, h, slot);
@@ -149,7 +150,7 @@ gdn_status gdn_gated_delta_net_reference(const gdn_gated_delta_net_params *param
                 if (s < shape.n_write)
                     for (int64_t j = 0; j < D; j++)
                         for (int64_t i = 0; i < D; i++)
-                            *(double *)at(&args->states, i, j, h, b, s) = S[j * D + i];
+                            *(double *)at(&args->states, i, j, h, to, s) = S[j * D + i];
             }
         }
     free(S);

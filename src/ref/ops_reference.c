@@ -265,7 +265,7 @@ gdn_status gdn_op_reference(const gdn_op_call *call)
         const gdn_tensor no_index = {0};
         const gdn_gated_delta_net_args args = {call->src[0], call->src[1], call->src[2], call->src[3],
                                                call->src[4], call->src[5], call->dst[0], call->dst[1],
-                                               call->n_src > 6 ? call->src[6] : no_index};
+                                               call->n_src > 6 ? call->src[6] : no_index, no_index};
         return gdn_gated_delta_net_reference(&call->params.gated_delta_net, &args);
     }
     case GDN_OP_L2_NORM:

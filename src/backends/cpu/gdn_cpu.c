@@ -245,6 +245,12 @@ static void gdn_cpu_run_task(const gdn_cpu_job *job, int64_t task, gdn_cpu_scrat
         memcpy(&index, gdn_cpu_at(&args->state_index, b, 0, 0, 0, 0), sizeof index);
         slot = index;
     }
+    int64_t to = b; /* the snapshot slot it writes: b, or states_index[b] */
+    if (shape->write_indexed) {
+        int32_t index;
+        memcpy(&index, gdn_cpu_at(&args->states_index, b, 0, 0, 0, 0), sizeof index);
+        to = index;
+    }
 
     gdn_cpu_token token;
     token.n_rows = R;
@@ -289,7 +295,7 @@ static void gdn_cpu_run_task(const gdn_cpu_job *job, int64_t task, gdn_cpu_scrat
         token.decay = expf(g);
 
         const int64_t s = shape->T - 1 - t; /* snapshot index, newest first */
-        char *snapshot = s < shape->n_write ? gdn_cpu_at(states, 0, j0, h, b, s) : NULL;
+        char *snapshot = s < shape->n_write ? gdn_cpu_at(states, 0, j0, h, to, s) : NULL;
         const int direct = snapshot != NULL && s == 0 && !job->bf16 && states->nb[0] == sizeof(float);
         if (direct) {
             token.out = (float *)snapshot;

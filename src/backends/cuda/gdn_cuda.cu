@@ -118,7 +118,7 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
     /* The index verdict: the check kernel's, or (small B: one launch fewer) each block's own,
      * computed by all its threads before any returns; block 0 reports it. On any bad value the
      * whole grid writes nothing. */
-    if (a.index != nullptr) {
+    if (a.index != nullptr || a.states_index != nullptr) {
         if (a.check_in_kernel) {
             __shared__ long long scratch[kWarpsPerBlock * kWarpSize];
             if (!index_verdict<kWarpsPerBlock * kWarpSize>(a, scratch, blockIdx.x == 0))
@@ -160,7 +160,9 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
     else
         load_token<D, R, VECTOR, false, true>(current, a, tokens, 0);
     char *o = a.o.data + at.b * a.o.nb[3] + at.h * a.o.nb[1] + (long long)at.row0 * a.o.nb[0];
-    char *states = thread_rows(a.states.data + at.b * a.states.nb[3] + at.h * a.states.nb[2], a.states, at);
+    /* The snapshot slot it writes: its own, or states_index[b]. */
+    const long long to = a.states_index != nullptr ? index_at(a.states_index, a.states_index_nb, at.b) : at.b;
+    char *states = thread_rows(a.states.data + to * a.states.nb[3] + at.h * a.states.nb[2], a.states, at);
 
     /* Replay: fold ring tokens start .. start+count-1 (mod L) into the registers, each through
      * update_rows like a new token (no output), then commit. The new tokens go to the ring from
@@ -391,12 +393,16 @@ gdn_status gdn_cuda_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_
     a.index = shape->indexed ? (const char *)args->state_index.data : nullptr;
     a.index_nb = shape->indexed ? (long long)args->state_index.nb[0] : 0;
     a.S = shape->S;
+    a.states_index = shape->write_indexed ? (const char *)args->states_index.data : nullptr;
+    a.states_index_nb = shape->write_indexed ? (long long)args->states_index.nb[0] : 0;
+    a.S_write = shape->S_write;
     a.D = (int)shape->D;
     a.pool_check = shape->pool_overlaps_states;
     a.bf16 = shape->storage == GDN_DTYPE_BF16;
     /* Small B: each block checks the index itself (a few hundred comparisons) instead of a
      * one-block kernel launched before the op (GDN_CUDA_CHECK_IN_KERNEL_MAX_B). */
-    a.check_in_kernel = shape->indexed && shape->B <= backend->gdn_check_in_kernel_max_b;
+    const bool any_index = shape->indexed || shape->write_indexed;
+    a.check_in_kernel = any_index && shape->B <= backend->gdn_check_in_kernel_max_b;
     a.index_check = context->index_check;
     const gdn_gated_delta_net_replay_args *replay = shape->replay;
     a.fold = nullptr;
@@ -422,7 +428,7 @@ gdn_status gdn_cuda_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_
     gdn_cuda_launch how;
     how.stream = context->stream;
     how.dependent = context->cc_major >= 9 && context->dependent_launch;
-    if (shape->indexed && !a.check_in_kernel && (status = launch_index_check(a, how)) != GDN_OK)
+    if (any_index && !a.check_in_kernel && (status = launch_index_check(a, how)) != GDN_OK)
         return status;
     switch (shape->D) {
     case 16: status = launch_for<16>(a, vector, how); break;
@@ -434,7 +440,7 @@ gdn_status gdn_cuda_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_
         return gdn_fail(GDN_ERROR_UNSUPPORTED, "gated_delta_net: D=%lld has no CUDA kernel",
                         (long long)shape->D);
     }
-    if (status != GDN_OK || !shape->indexed)
+    if (status != GDN_OK || !any_index)
         return status;
     /* Report a bad index, as get_rows does: a synchronous read-back of the check (a stream sync
      * per indexed call). While the stream is being captured a sync is not allowed: a bad index
@@ -455,15 +461,23 @@ gdn_status gdn_cuda_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_
                         "expected 0 <= start < L=%lld, count >= 0 and count + T <= L (T=%lld: the new tokens must "
                         "not overwrite the tokens being folded)", (long long)check[0], (long long)check[1],
                         (long long)check[3], (long long)shape->L, (long long)shape->T);
+    if (check[0] >= 0 && check[2] == kWriteBad)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net: states_index[%lld]=%lld is outside 0..%lld "
+                        "(slots of states)", (long long)check[0], (long long)check[1], (long long)(shape->S_write - 1));
+    if (check[0] >= 0 && check[2] == kWriteShared)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net: states_index[%lld]=%lld is also the slot sequence "
+                        "%lld writes (a slot has one writer)", (long long)check[0], (long long)check[1],
+                        (long long)check[3]);
     if (check[0] >= 0 && check[2] == kSlotShared)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net_replay: state_index[%lld]=%lld is also the slot of "
                         "sequence %lld (each sequence must own its slot: the op writes it)", (long long)check[0],
                         (long long)check[1], (long long)check[3]);
     if (check[0] >= 0 && check[2] >= 0)
         return gdn_fail(GDN_ERROR_OVERLAP, "gated_delta_net: state_index[%lld]=%lld: the pool slot read overlaps the "
-                        "snapshot states[%lld][%lld] (a sequence may read only a slot disjoint from every snapshot, "
-                        "or exactly one of its own)", (long long)check[0], (long long)check[1], (long long)check[2],
-                        (long long)check[3]);
+                        "snapshot states[%lld][%s%lld%s] written by sequence %lld (a sequence may read only a slot "
+                        "disjoint from every snapshot, or exactly one of its own)", (long long)check[0],
+                        (long long)check[1], (long long)check[2], shape->write_indexed ? "states_index[" : "",
+                        (long long)check[3], shape->write_indexed ? "]" : "", (long long)check[3]);
     if (check[0] >= 0)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: state_index[%lld]=%lld is outside 0..%lld "
                         "(slots of the state pool)", replay != nullptr ? "gated_delta_net_replay" : "gated_delta_net",

@@ -61,6 +61,12 @@ struct gdn_cuda_gdn_args {
     const char *index;
     long long index_nb;
     long long S;                           /* pool slots */
+    /* Optional snapshot index (NULL: sequence b writes states[s][b]): sequence b writes slot
+     * states_index[b] of the S_write slots of `states`; checked with `index` (values in range,
+     * no two equal, the in-place rule over the slots written). */
+    const char *states_index;
+    long long states_index_nb;
+    long long S_write;
     int pool_check;                        /* 1: the pool's range meets states': check the rule */
     int bf16;                              /* 1: state, states (the pool in replay) are BF16 */
     int check_in_kernel;                   /* 1: every block checks the index itself (small B) */
@@ -480,13 +486,15 @@ __device__ __forceinline__ void append_ring(const gdn_cuda_gdn_args &a, const gd
 }
 
 /* One block: index_check <- {the first position b whose index is outside 0..S-1 (-1 if none),
- * that index, -1, -1}; when all are inside and the pool may overlap the snapshots, the first b
- * (then s, b') whose slot overlaps snapshot states[s][b'] without being exactly states[s][b]:
- * {b, index[b], s, b'}. Replay, when all indices are inside: the first b whose fold entry is out
+ * that index, -1, -1}; then the first b whose states_index is outside 0..S_write-1: {b,
+ * states_index[b], kWriteBad, -1}; then the first b (then b' < b) writing the slot b' writes: {b,
+ * states_index[b], kWriteShared, b'}; when all are valid and the pool may overlap the snapshots,
+ * the first b (then s, b') whose slot overlaps the snapshot b' writes, states[s][w(b')], without
+ * being exactly b's own: {b, index[b], s, b'}. Replay, when all indices are inside: the first b whose fold entry is out
  * of range: {b, start, kFoldBad, count}; else the first b (then b' < b) with index[b'] ==
  * index[b]: {b, index[b], kSlotShared, b'}. Runs before the main kernel on the same stream (as
  * get_rows' check does). The host reports in the same order as gdn_gated_delta_net_check_index. */
-constexpr long long kSlotShared = -2, kFoldBad = -3;
+constexpr long long kSlotShared = -2, kFoldBad = -3, kWriteBad = -4, kWriteShared = -5;
 constexpr int kCheckThreads = 256;
 
 /* Byte range [lo, hi) of the D x D x Hv state of esize-byte elements at `base` with the view's
@@ -517,20 +525,53 @@ __device__ long long block_min(long long value, long long *scratch)
 /* The verdict on the index and fold values, computed by one whole block of THREADS threads
  * (scratch: THREADS values of shared memory): true when all are valid. With `report`, thread 0
  * stores the verdict in index_check (as described above, {-1, 0, -1, -1} when valid). */
+/* Index value b of an I32 index view (a broadcast load per thread). */
+__device__ __forceinline__ int index_at(const char *index, long long nb, long long b)
+{
+    return *reinterpret_cast<const int *>(index + b * nb);
+}
+
+/* The verdict on the index, snapshot index and fold values, computed by one whole block of
+ * THREADS threads (scratch: THREADS values of shared memory): true when all are valid. With
+ * `report`, thread 0 stores the verdict in index_check (as described above, {-1, 0, -1, -1}
+ * when valid). Every condition that decides a block_min is the same in all threads. */
 template <int THREADS>
 __device__ bool index_verdict(const gdn_cuda_gdn_args &a, long long *scratch, bool report)
 {
-    long long bad = LLONG_MAX;
-    for (long long b = threadIdx.x; b < a.B; b += blockDim.x) {
-        const int slot = *reinterpret_cast<const int *>(a.index + b * a.index_nb);
+    constexpr long long NONE = LLONG_MAX;
+    long long bad = NONE;
+    for (long long b = threadIdx.x; a.index != nullptr && b < a.B; b += blockDim.x) {
+        const int slot = index_at(a.index, a.index_nb, b);
         if ((slot < 0 || slot >= a.S) && b < bad)
             bad = b;
     }
     const long long first_bad = block_min<THREADS>(bad, scratch);
+    /* The snapshot index: values in range, then one writer per slot (pair code b * B + b'). */
+    long long first_wbad = NONE, first_wshared = NONE;
+    if (first_bad == NONE && a.states_index != nullptr) {
+        long long wbad = NONE;
+        for (long long b = threadIdx.x; b < a.B; b += blockDim.x) {
+            const int to = index_at(a.states_index, a.states_index_nb, b);
+            if ((to < 0 || to >= a.S_write) && b < wbad)
+                wbad = b;
+        }
+        first_wbad = block_min<THREADS>(wbad, scratch);
+        if (first_wbad == NONE) {
+            long long shared = NONE;
+            for (long long p = threadIdx.x; p < (long long)a.B * a.B; p += blockDim.x) {
+                const long long b = p / a.B, b2 = p % a.B;
+                if (b2 < b && p < shared && index_at(a.states_index, a.states_index_nb, b) ==
+                                                index_at(a.states_index, a.states_index_nb, b2))
+                    shared = p;
+            }
+            first_wshared = block_min<THREADS>(shared, scratch);
+        }
+    }
+    const bool indices_ok = first_bad == NONE && first_wbad == NONE && first_wshared == NONE;
     /* Replay: the fold entries, then distinct slots (pair code b * B + b', b' < b). */
-    long long first_fold = LLONG_MAX, first_shared = LLONG_MAX;
-    if (first_bad == LLONG_MAX && a.fold != nullptr) {
-        long long fold_bad = LLONG_MAX;
+    long long first_fold = NONE, first_shared = NONE;
+    if (indices_ok && a.fold != nullptr) {
+        long long fold_bad = NONE;
         for (long long b = threadIdx.x; b < a.B; b += blockDim.x) {
             const char *fold = a.fold + b * a.fold_nb[1];
             const int start = *reinterpret_cast<const int *>(fold);
@@ -539,31 +580,30 @@ __device__ bool index_verdict(const gdn_cuda_gdn_args &a, long long *scratch, bo
                 fold_bad = b;
         }
         first_fold = block_min<THREADS>(fold_bad, scratch);
-        if (first_fold == LLONG_MAX) {
-            long long shared = LLONG_MAX;
+        if (first_fold == NONE) {
+            long long shared = NONE;
             for (long long p = threadIdx.x; p < (long long)a.B * a.B; p += blockDim.x) {
                 const long long b = p / a.B, b2 = p % a.B;
-                if (b2 < b && p < shared &&
-                    *reinterpret_cast<const int *>(a.index + b * a.index_nb) ==
-                        *reinterpret_cast<const int *>(a.index + b2 * a.index_nb))
+                if (b2 < b && p < shared && index_at(a.index, a.index_nb, b) == index_at(a.index, a.index_nb, b2))
                     shared = p;
             }
             first_shared = block_min<THREADS>(shared, scratch);
         }
     }
     /* The in-place rule, over (b, s, b') in that order: pair code (b * n_write + s) * B + b'. */
-    long long first_overlap = LLONG_MAX;
-    if (first_bad == LLONG_MAX && a.pool_check) {
-        long long overlap = LLONG_MAX;
+    long long first_overlap = NONE;
+    if (indices_ok && a.pool_check) {
+        long long overlap = NONE;
         const long long pairs = (long long)a.B * a.n_write * a.B;
+        const long long esize = a.bf16 ? 2 : 4;
         for (long long p = threadIdx.x; p < pairs; p += blockDim.x) {
             const long long b = p / (a.n_write * a.B), s = (p / a.B) % a.n_write, b2 = p % a.B;
-            const int slot = *reinterpret_cast<const int *>(a.index + b * a.index_nb);
-            const char *read = a.state.data + slot * a.state.nb[3];
-            const char *snap = a.states.data + s * a.states.nb[4] + b2 * a.states.nb[3];
+            const long long to = a.states_index != nullptr ? index_at(a.states_index, a.states_index_nb, b2) : b2;
+            const char *read = a.state.data + index_at(a.index, a.index_nb, b) * a.state.nb[3];
+            const char *snap = a.states.data + s * a.states.nb[4] + to * a.states.nb[3];
             unsigned long long lo, hi, slo, shi;
-            state_range(read, a.state.nb, a.D, a.Hv, a.bf16 ? 2 : 4, &lo, &hi);
-            state_range(snap, a.states.nb, a.D, a.Hv, a.bf16 ? 2 : 4, &slo, &shi);
+            state_range(read, a.state.nb, a.D, a.Hv, esize, &lo, &hi);
+            state_range(snap, a.states.nb, a.D, a.Hv, esize, &slo, &shi);
             if (hi <= slo || shi <= lo)
                 continue;
             const bool exact = b2 == b && snap == read && a.states.nb[0] == a.state.nb[0] &&
@@ -574,37 +614,32 @@ __device__ bool index_verdict(const gdn_cuda_gdn_args &a, long long *scratch, bo
         first_overlap = block_min<THREADS>(overlap, scratch);
     }
     if (report && threadIdx.x == 0) {
-        if (first_bad != LLONG_MAX) {
-            a.index_check[0] = first_bad;
-            a.index_check[1] = *reinterpret_cast<const int *>(a.index + first_bad * a.index_nb);
-            a.index_check[2] = -1;
-            a.index_check[3] = -1;
-        } else if (first_fold != LLONG_MAX) {
+        int64_t *c = a.index_check;
+        if (first_bad != NONE) {
+            c[0] = first_bad, c[1] = index_at(a.index, a.index_nb, first_bad), c[2] = -1, c[3] = -1;
+        } else if (first_wbad != NONE) {
+            c[0] = first_wbad, c[1] = index_at(a.states_index, a.states_index_nb, first_wbad);
+            c[2] = kWriteBad, c[3] = -1;
+        } else if (first_wshared != NONE) {
+            const long long b = first_wshared / a.B;
+            c[0] = b, c[1] = index_at(a.states_index, a.states_index_nb, b);
+            c[2] = kWriteShared, c[3] = first_wshared % a.B;
+        } else if (first_fold != NONE) {
             const char *fold = a.fold + first_fold * a.fold_nb[1];
-            a.index_check[0] = first_fold;
-            a.index_check[1] = *reinterpret_cast<const int *>(fold);
-            a.index_check[2] = kFoldBad;
-            a.index_check[3] = *reinterpret_cast<const int *>(fold + a.fold_nb[0]);
-        } else if (first_shared != LLONG_MAX) {
-            a.index_check[0] = first_shared / a.B;
-            a.index_check[1] = *reinterpret_cast<const int *>(a.index + (first_shared / a.B) * a.index_nb);
-            a.index_check[2] = kSlotShared;
-            a.index_check[3] = first_shared % a.B;
-        } else if (first_overlap != LLONG_MAX) {
+            c[0] = first_fold, c[1] = *reinterpret_cast<const int *>(fold);
+            c[2] = kFoldBad, c[3] = *reinterpret_cast<const int *>(fold + a.fold_nb[0]);
+        } else if (first_shared != NONE) {
+            const long long b = first_shared / a.B;
+            c[0] = b, c[1] = index_at(a.index, a.index_nb, b), c[2] = kSlotShared, c[3] = first_shared % a.B;
+        } else if (first_overlap != NONE) {
             const long long b = first_overlap / (a.n_write * a.B);
-            a.index_check[0] = b;
-            a.index_check[1] = *reinterpret_cast<const int *>(a.index + b * a.index_nb);
-            a.index_check[2] = (first_overlap / a.B) % a.n_write;
-            a.index_check[3] = first_overlap % a.B;
+            c[0] = b, c[1] = index_at(a.index, a.index_nb, b);
+            c[2] = (first_overlap / a.B) % a.n_write, c[3] = first_overlap % a.B;
         } else {
-            a.index_check[0] = -1;
-            a.index_check[1] = 0;
-            a.index_check[2] = -1;
-            a.index_check[3] = -1;
+            c[0] = -1, c[1] = 0, c[2] = -1, c[3] = -1;
         }
     }
-    return first_bad == LLONG_MAX && first_fold == LLONG_MAX && first_shared == LLONG_MAX &&
-           first_overlap == LLONG_MAX;
+    return indices_ok && first_fold == NONE && first_shared == NONE && first_overlap == NONE;
 }
 
 __global__ void __launch_bounds__(kCheckThreads) gdn_cuda_index_check_kernel(const gdn_cuda_gdn_args a)
