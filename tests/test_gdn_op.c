@@ -961,7 +961,8 @@ static void check_write_indexed(const test_backend *tb, int case_index, const op
                             memcpy(&x, after + test_offset_of(&cache.host, at_cache), sizeof x);
                             memcpy(&y, s_g + test_offset_of(&ga.states, at_g), sizeof y);
                             same = same && memcmp(&x, &y, sizeof x) == 0;
-                            const double r = ((const double *)s_ref.data)[(((sn * S + sl) * c->Hv + h) * D + j) * D + i];
+                            const int64_t at_ref = (((sn * S + sl) * c->Hv + h) * D + j) * D + i;
+                            const double r = ((const double *)s_ref.data)[at_ref];
                             diff += (x - r) * (x - r), norm += r * r;
                         }
         }

@@ -393,7 +393,8 @@ gdn_status gdn_gated_delta_net_check_index(const gdn_gated_delta_net_args *args,
         state_range(read, pool, shape->D, shape->Hv, &lo, &hi);
         for (int64_t s = 0; st == GDN_OK && s < shape->n_write; s++)
             for (int64_t b2 = 0; b2 < shape->B; b2++) {
-                const char *snap = (const char *)states->data + (size_t)s * states->nb[4] + (size_t)writes[b2] * states->nb[3];
+                const char *snap =
+                    (const char *)states->data + (size_t)s * states->nb[4] + (size_t)writes[b2] * states->nb[3];
                 uintptr_t slo, shi;
                 state_range(snap, states, shape->D, shape->Hv, &slo, &shi);
                 if (hi <= slo || shi <= lo)

@@ -465,8 +465,8 @@ gdn_status gdn_cuda_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net: states_index[%lld]=%lld is outside 0..%lld "
                         "(slots of states)", (long long)check[0], (long long)check[1], (long long)(shape->S_write - 1));
     if (check[0] >= 0 && check[2] == kWriteShared)
-        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net: states_index[%lld]=%lld is also the slot sequence "
-                        "%lld writes (a slot has one writer)", (long long)check[0], (long long)check[1],
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net: states_index[%lld]=%lld is also the slot "
+                        "sequence %lld writes (a slot has one writer)", (long long)check[0], (long long)check[1],
                         (long long)check[3]);
     if (check[0] >= 0 && check[2] == kSlotShared)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net_replay: state_index[%lld]=%lld is also the slot of "
