@@ -196,9 +196,8 @@ static void gdn_cpu_fold(const gdn_cpu_job *job, gdn_cpu_token *token, gdn_cpu_s
             token->out_stride = D;
         }
         token->stream = 0;
+        token->bf16 = job->bf16 ? GDN_CPU_ROUND : 0; /* F32 rows in the L1 buffer, rounded by the kernel */
         job->kernels->fold(token);
-        if (job->bf16)
-            job->kernels->round_bf16(scratch->rows, R * D);
         token->in = token->out;
         token->in_stride = token->out_stride;
         token->prefetch = 0;
@@ -226,9 +225,11 @@ static void gdn_cpu_append(const gdn_cpu_job *job, const gdn_cpu_scratch *scratc
  * Token 0 reads the initial rows where they are; tokens before the last write the L1 buffer
  * (copied out when their snapshot is due); the last token writes straight into snapshot 0.
  * With T = 1 the state is thus read once and written once, with no copy in between. A BF16
- * state instead lives in the L1 buffer from token 0 on (widened there, rounded after each token,
- * stored narrowed). In replay mode the fold runs first (gdn_cpu_fold) and there are no
- * snapshots. */
+ * state goes the same way where its rows are packed: the kernel widens token 0's rows as it
+ * reads them, rounds every token's rows as it writes them (F32 into the L1 buffer) and narrows the
+ * last token's into snapshot 0; other BF16 rows (strided, or the replay form, whose fold reads
+ * F32) are widened into the buffer first and narrowed out of it. In replay mode the fold runs
+ * first (gdn_cpu_fold) and there are no snapshots. */
 static void gdn_cpu_run_task(const gdn_cpu_job *job, int64_t task, gdn_cpu_scratch *scratch)
 {
     const gdn_gated_delta_net_args *args = job->args;
@@ -262,10 +263,13 @@ static void gdn_cpu_run_task(const gdn_cpu_job *job, int64_t task, gdn_cpu_scrat
     token.delta = shape->replay != NULL ? scratch->delta : NULL;
     token.scale = shape->scale;
     token.prefetch = 0;
-    if (!job->bf16 && state->nb[0] == sizeof(float)) {
-        token.in = (const float *)gdn_cpu_at(state, 0, j0, h, slot, 0);
-        token.in_stride = (int64_t)(state->nb[1] / sizeof(float));
+    token.bf16 = 0;
+    const size_t esize = job->bf16 ? sizeof(uint16_t) : sizeof(float); /* a state element */
+    if (state->nb[0] == esize && (!job->bf16 || shape->replay == NULL)) {
+        token.in = (const float *)gdn_cpu_at(state, 0, j0, h, slot, 0); /* BF16 rows: uint16_t */
+        token.in_stride = (int64_t)(state->nb[1] / esize);
         token.prefetch = job->prefetch_rows * token.in_stride;
+        token.bf16 = job->bf16 ? GDN_CPU_IN_BF16 : 0;
     } else {
         gdn_cpu_read_rows(job, scratch->rows, state, gdn_cpu_at(state, 0, j0, h, slot, 0));
         token.in = scratch->rows;
@@ -296,19 +300,21 @@ static void gdn_cpu_run_task(const gdn_cpu_job *job, int64_t task, gdn_cpu_scrat
 
         const int64_t s = shape->T - 1 - t; /* snapshot index, newest first */
         char *snapshot = s < shape->n_write ? gdn_cpu_at(states, 0, j0, h, to, s) : NULL;
-        const int direct = snapshot != NULL && s == 0 && !job->bf16 && states->nb[0] == sizeof(float);
+        const int direct = snapshot != NULL && s == 0 && states->nb[0] == esize;
         if (direct) {
-            token.out = (float *)snapshot;
-            token.out_stride = (int64_t)(states->nb[1] / sizeof(float));
-            token.stream = gdn_cpu_can_stream(job, snapshot, s);
+            token.out = (float *)snapshot; /* BF16 rows: uint16_t */
+            token.out_stride = (int64_t)(states->nb[1] / esize);
+            token.stream = !job->bf16 && gdn_cpu_can_stream(job, snapshot, s);
         } else {
             token.out = scratch->rows;
             token.out_stride = D;
             token.stream = 0;
         }
+        /* BF16: the kernel rounds what it writes, after taking o from the unrounded row */
+        const int out_bf16 = job->bf16 && direct;
+        token.bf16 = job->bf16 ? (token.bf16 & GDN_CPU_IN_BF16) | (out_bf16 ? GDN_CPU_OUT_BF16 : 0) | GDN_CPU_ROUND
+                               : 0;
         job->kernels->token(&token);
-        if (job->bf16) /* after o: a token's output is computed from the row before rounding */
-            job->kernels->round_bf16(scratch->rows, R * D);
 
         gdn_cpu_scatter(gdn_cpu_at(&args->o, j0, h, t, b, 0), args->o.nb[0], scratch->o, R);
         if (shape->replay != NULL) { /* the token's deltas, for the next steps' folds */
@@ -321,6 +327,7 @@ static void gdn_cpu_run_task(const gdn_cpu_job *job, int64_t task, gdn_cpu_scrat
         token.in = token.out;
         token.in_stride = token.out_stride;
         token.prefetch = 0; /* from now on `in` is the L1 buffer */
+        token.bf16 = out_bf16 ? GDN_CPU_IN_BF16 : 0;
     }
 }
 

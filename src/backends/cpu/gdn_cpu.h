@@ -33,7 +33,16 @@ typedef struct gdn_cpu_token {
     float *o;            /* [n_rows]: written with scale * (row . q) */
     float *delta;        /* [n_rows] or NULL: written with each row's d = beta (v - sk) */
     float decay, beta, scale;
+    int bf16;            /* BF16 state storage, GDN_CPU_* bits below (0: F32 rows, as above) */
 } gdn_cpu_token;
+
+/* gdn_cpu_token.bf16: `in` rows are BF16 values (in_stride in elements; widened exactly);
+ * `out` rows are BF16 (the rounded values narrowed); F32 `out` rows hold BF16-rounded values.
+ * Either of the first two implies the rounding: with BF16 storage every token's state is
+ * rounded (include/gdn.h), after its o is taken. The fold kernel honours GDN_CPU_ROUND only. */
+#define GDN_CPU_IN_BF16 1
+#define GDN_CPU_OUT_BF16 2
+#define GDN_CPU_ROUND 4
 
 /* The inner loops of one SIMD level. Each level fixes its own order of floating-point
  * operations per state row, and every row of every call goes through the same function with
@@ -56,15 +65,15 @@ typedef struct gdn_cpu_kernels {
      * fence is NULL. */
     void (*copy_stream)(void *dst, const void *src, size_t bytes);
     /* BF16 state storage: the state is read from BF16, updated in F32 floats and rounded back to
-     * BF16 after every token. n is a multiple of 16; the float side is the 64-byte aligned L1
-     * buffer, the BF16 side any 2-byte aligned memory. No AVX512-BF16 instructions: integer
-     * arithmetic on the float bits, the same on every level. */
+     * BF16 after every token, by the token and fold kernels themselves (gdn_cpu_token.bf16: to
+     * the nearest BF16 value, ties to even, the low 16 bits cleared, overflow to infinity, a NaN
+     * kept a quiet NaN: gdn_cpu_f32_to_bf16's rule, in integer arithmetic on the float bits on
+     * every level, no AVX512-BF16 instructions). These two move rows the kernels cannot read or
+     * write in place (strided BF16 rows, the replay form's pool): n is a multiple of 16; the float
+     * side is the 64-byte aligned L1 buffer, the BF16 side any 2-byte aligned memory. */
     /* dst[0..n) <- the n BF16 values at src, widened (exact: a BF16 is the upper half of a float). */
     void (*load_bf16)(float *dst, const uint16_t *src, int64_t n);
-    /* x[0..n) <- x rounded to the nearest BF16 value, ties to even, kept as floats (the low
-     * 16 bits cleared; overflow gives infinity); a NaN stays a quiet NaN (gdn_cpu_f32_to_bf16). */
-    void (*round_bf16)(float *x, int64_t n);
-    /* dst[0..n) <- the upper halves of the n floats at src, which round_bf16 made BF16-exact. */
+    /* dst[0..n) <- the upper halves of the n floats at src, which the kernels made BF16-exact. */
     void (*store_bf16)(uint16_t *dst, const float *src, int64_t n);
 } gdn_cpu_kernels;
 

@@ -90,8 +90,100 @@ GDN_CPU_AVX2_INLINE float gdn_cpu_row_avx2(const float *in, float *out, const in
     return scale * gdn_cpu_hsum_avx2(_mm256_add_ps(_mm256_add_ps(b0, b1), _mm256_add_ps(b2, b3)));
 }
 
+/* BF16 state storage inside the token (gdn_cpu_token.bf16): a chunk of 8 state values read from
+ * F32 or BF16 rows, rounded to BF16 and written to F32 or BF16 rows. Rounding: nearest even on
+ * the bits, u + 0x7fff + (bit 16 of u), low half cleared (a carry into the exponent is the next
+ * binade, or infinity); a NaN (unordered with itself) keeps its upper half with the quiet bit
+ * set instead, as gdn_cpu_f32_to_bf16 does. */
+GDN_CPU_AVX2_INLINE __m256 gdn_cpu_load8_avx2(const void *in, int64_t i, const int bf16)
+{
+    if (bf16)
+        return _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)in + i))), 16));
+    return _mm256_loadu_ps((const float *)in + i);
+}
+
+GDN_CPU_AVX2_INLINE __m256 gdn_cpu_round8_avx2(__m256 f)
+{
+    const __m256i u = _mm256_castps_si256(f), upper = _mm256_set1_epi32((int)0xffff0000u);
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i rounded = _mm256_and_si256(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd)),
+                                             upper);
+    const __m256i nan = _mm256_or_si256(_mm256_and_si256(u, upper), _mm256_set1_epi32(0x00400000));
+    return _mm256_blendv_ps(_mm256_castsi256_ps(rounded), _mm256_castsi256_ps(nan), _mm256_cmp_ps(f, f, _CMP_UNORD_Q));
+}
+
+GDN_CPU_AVX2_INLINE void gdn_cpu_store8_avx2(void *out, int64_t i, __m256 rounded, const int bf16)
+{
+    if (bf16) {
+        const __m256i halves = _mm256_srli_epi32(_mm256_castps_si256(rounded), 16);
+        _mm_storeu_si128((__m128i *)((uint16_t *)out + i),
+                         _mm_packus_epi32(_mm256_castsi256_si128(halves), _mm256_extracti128_si256(halves, 1)));
+    } else {
+        _mm256_storeu_ps((float *)out + i, rounded);
+    }
+}
+
+/* One row with BF16 storage: the F32 row's arithmetic in the same order (gdn_cpu_row_avx2), the
+ * state read as in_bf16 says, o from the unrounded values, the rounded values stored. */
+GDN_CPU_AVX2_INLINE float gdn_cpu_row_bf16_avx2(const void *in, void *out, const int in_bf16, const int out_bf16,
+                                                int64_t prefetch, int64_t D, const float *restrict q,
+                                                const float *restrict k, __m256 decay, float beta, float v,
+                                                float scale, float *delta)
+{
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t i = 0; i < D; i += 32) {
+        if (prefetch) /* BF16: one 64-byte line per 32 elements */
+            _mm_prefetch((const char *)in + (prefetch + i) * (in_bf16 ? 2 : 4), _MM_HINT_T0);
+        for (int c = 0; c < (D > 16 ? 4 : 2); c++)
+            a[c] = _mm256_fmadd_ps(_mm256_mul_ps(gdn_cpu_load8_avx2(in, i + 8 * c, in_bf16), decay),
+                                   _mm256_load_ps(k + i + 8 * c), a[c]);
+    }
+    const float sk = gdn_cpu_hsum_avx2(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+    const float dd = beta * (v - sk);
+    if (delta != NULL)
+        *delta = dd;
+    const __m256 d = _mm256_set1_ps(dd);
+    __m256 b[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t i = 0; i < D; i += 32)
+        for (int c = 0; c < (D > 16 ? 4 : 2); c++) {
+            const int64_t at = i + 8 * c;
+            const __m256 x = _mm256_fmadd_ps(d, _mm256_load_ps(k + at),
+                                             _mm256_mul_ps(gdn_cpu_load8_avx2(in, at, in_bf16), decay));
+            b[c] = _mm256_fmadd_ps(x, _mm256_load_ps(q + at), b[c]);
+            gdn_cpu_store8_avx2(out, at, gdn_cpu_round8_avx2(x), out_bf16);
+        }
+    return scale * gdn_cpu_hsum_avx2(_mm256_add_ps(_mm256_add_ps(b[0], b[1]), _mm256_add_ps(b[2], b[3])));
+}
+
+/* The rows of a token with BF16 storage, for one (in, out) dtype pair. */
+GDN_CPU_AVX2_INLINE void gdn_cpu_token_bf16_avx2(const gdn_cpu_token *a, const int in_bf16, const int out_bf16)
+{
+    const __m256 decay = _mm256_set1_ps(a->decay);
+    for (int64_t r = 0; r < a->n_rows; r++) {
+        const void *in = in_bf16 ? (const void *)((const uint16_t *)(const void *)a->in + r * a->in_stride)
+                                 : (const void *)(a->in + r * a->in_stride);
+        void *out = out_bf16 ? (void *)((uint16_t *)(void *)a->out + r * a->out_stride)
+                             : (void *)(a->out + r * a->out_stride);
+        a->o[r] = gdn_cpu_row_bf16_avx2(in, out, in_bf16, out_bf16, a->prefetch, a->D, a->q, a->k, decay, a->beta,
+                                        a->v[r], a->scale, a->delta != NULL ? a->delta + r : NULL);
+    }
+}
+
 GDN_CPU_AVX2 static void gdn_cpu_token_avx2(const gdn_cpu_token *a)
 {
+    if (a->bf16) {
+        const int in_bf16 = (a->bf16 & GDN_CPU_IN_BF16) != 0, out_bf16 = (a->bf16 & GDN_CPU_OUT_BF16) != 0;
+        if (in_bf16 && out_bf16)
+            gdn_cpu_token_bf16_avx2(a, 1, 1);
+        else if (in_bf16)
+            gdn_cpu_token_bf16_avx2(a, 1, 0);
+        else if (out_bf16)
+            gdn_cpu_token_bf16_avx2(a, 0, 1);
+        else
+            gdn_cpu_token_bf16_avx2(a, 0, 0);
+        return;
+    }
     const __m256 decay = _mm256_set1_ps(a->decay);
     for (int64_t r = 0; r < a->n_rows; r++) {
         const float *in = a->in + r * a->in_stride;
@@ -114,9 +206,14 @@ GDN_CPU_AVX2 static void gdn_cpu_fold_avx2(const gdn_cpu_token *a)
         const float *in = a->in + r * a->in_stride;
         float *out = a->out + r * a->out_stride;
         const __m256 d = _mm256_set1_ps(a->v[r]);
-        for (int64_t i = 0; i < a->D; i += 8)
-            _mm256_storeu_ps(out + i, _mm256_fmadd_ps(d, _mm256_load_ps(k + i),
-                                                      _mm256_mul_ps(_mm256_loadu_ps(in + i), decay)));
+        if (a->bf16 & GDN_CPU_ROUND) /* BF16 storage: the folded row rounded as the token's was */
+            for (int64_t i = 0; i < a->D; i += 8)
+                _mm256_storeu_ps(out + i, gdn_cpu_round8_avx2(_mm256_fmadd_ps(
+                                              d, _mm256_load_ps(k + i), _mm256_mul_ps(_mm256_loadu_ps(in + i), decay))));
+        else
+            for (int64_t i = 0; i < a->D; i += 8)
+                _mm256_storeu_ps(out + i, _mm256_fmadd_ps(d, _mm256_load_ps(k + i),
+                                                          _mm256_mul_ps(_mm256_loadu_ps(in + i), decay)));
     }
 }
 
@@ -160,31 +257,13 @@ static void gdn_cpu_fence_avx2(void)
     _mm_sfence();
 }
 
-/* BF16 state storage (gdn_cpu_kernels.load_bf16 and the next two): integer arithmetic on the
- * float bits, 8 lanes at a time. A BF16 value widens to the float whose upper half it is. */
+/* BF16 rows moved to and from the L1 buffer (gdn_cpu_kernels.load_bf16, store_bf16), 8 lanes at
+ * a time. A BF16 value widens to the float whose upper half it is. */
 GDN_CPU_AVX2 static void gdn_cpu_load_bf16_avx2(float *dst, const uint16_t *src, int64_t n)
 {
     for (int64_t i = 0; i < n; i += 8) {
         const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + i)));
         _mm256_store_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16)));
-    }
-}
-
-/* Nearest even on the bits: u + 0x7fff + (bit 16 of u), low half cleared (a carry into the
- * exponent is the next binade, or infinity). A NaN (unordered with itself) keeps its upper half
- * with the quiet bit set instead, as gdn_cpu_f32_to_bf16 does. */
-GDN_CPU_AVX2 static void gdn_cpu_round_bf16_avx2(float *x, int64_t n)
-{
-    const __m256i one = _mm256_set1_epi32(1), half = _mm256_set1_epi32(0x7fff);
-    const __m256i upper = _mm256_set1_epi32((int)0xffff0000u), quiet = _mm256_set1_epi32(0x00400000);
-    for (int64_t i = 0; i < n; i += 8) {
-        const __m256 f = _mm256_load_ps(x + i);
-        const __m256i u = _mm256_castps_si256(f);
-        const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), one);
-        const __m256i rounded = _mm256_and_si256(_mm256_add_epi32(u, _mm256_add_epi32(half, odd)), upper);
-        const __m256i nan = _mm256_or_si256(_mm256_and_si256(u, upper), quiet);
-        const __m256 is_nan = _mm256_cmp_ps(f, f, _CMP_UNORD_Q);
-        _mm256_store_ps(x + i, _mm256_blendv_ps(_mm256_castsi256_ps(rounded), _mm256_castsi256_ps(nan), is_nan));
     }
 }
 
@@ -202,7 +281,7 @@ GDN_CPU_AVX2 static void gdn_cpu_store_bf16_avx2(uint16_t *dst, const float *src
 
 const gdn_cpu_kernels gdn_cpu_kernels_avx2 = {
     "avx2", 32, gdn_cpu_token_avx2, gdn_cpu_fold_avx2, gdn_cpu_store_avx2, gdn_cpu_fence_avx2,
-    gdn_cpu_copy_stream_avx2, gdn_cpu_load_bf16_avx2, gdn_cpu_round_bf16_avx2, gdn_cpu_store_bf16_avx2,
+    gdn_cpu_copy_stream_avx2, gdn_cpu_load_bf16_avx2, gdn_cpu_store_bf16_avx2,
 };
 #else
 /* Not x86: nothing to build here (ISO C wants a non-empty file). */

@@ -87,8 +87,97 @@ GDN_CPU_AVX512_INLINE float gdn_cpu_row_avx512(const float *in, float *out, cons
     return scale * gdn_cpu_hsum_avx512(_mm512_add_ps(_mm512_add_ps(b0, b1), _mm512_add_ps(b2, b3)));
 }
 
+/* BF16 state storage inside the token (gdn_cpu_token.bf16), as in gdn_cpu_avx2.c with 16
+ * lanes: a chunk read from F32 or BF16 rows, rounded by the same rule, written to F32 or BF16
+ * rows. */
+GDN_CPU_AVX512_INLINE __m512 gdn_cpu_load16_avx512(const void *in, int64_t i, const int bf16)
+{
+    if (bf16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)in + i))), 16));
+    return _mm512_loadu_ps((const float *)in + i);
+}
+
+GDN_CPU_AVX512_INLINE __m512 gdn_cpu_round16_avx512(__m512 f)
+{
+    const __m512i u = _mm512_castps_si512(f), upper = _mm512_set1_epi32((int)0xffff0000u);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i rounded = _mm512_and_si512(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd)),
+                                             upper);
+    const __m512i nan = _mm512_or_si512(_mm512_and_si512(u, upper), _mm512_set1_epi32(0x00400000));
+    return _mm512_castsi512_ps(_mm512_mask_blend_epi32(_mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), rounded, nan));
+}
+
+GDN_CPU_AVX512_INLINE void gdn_cpu_store16_avx512(void *out, int64_t i, __m512 rounded, const int bf16)
+{
+    if (bf16)
+        _mm256_storeu_si256((__m256i *)((uint16_t *)out + i),
+                            _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(rounded), 16)));
+    else
+        _mm512_storeu_ps((float *)out + i, rounded);
+}
+
+/* One row with BF16 storage: gdn_cpu_row_avx512's arithmetic in the same order, the state read
+ * as in_bf16 says, o from the unrounded values, the rounded values stored. */
+GDN_CPU_AVX512_INLINE float gdn_cpu_row_bf16_avx512(const void *in, void *out, const int in_bf16, const int out_bf16,
+                                                    int64_t prefetch, int64_t D, const float *restrict q,
+                                                    const float *restrict k, __m512 decay, float beta, float v,
+                                                    float scale, float *delta)
+{
+    const int chunks = D > 32 ? 4 : D > 16 ? 2 : 1;
+    __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t i = 0; i < D; i += 64)
+        for (int c = 0; c < chunks; c++) {
+            if (prefetch && (!in_bf16 || c % 2 == 0)) /* one 64-byte line per 16 F32 or 32 BF16 values */
+                _mm_prefetch((const char *)in + (prefetch + i + 16 * c) * (in_bf16 ? 2 : 4), _MM_HINT_T0);
+            a[c] = _mm512_fmadd_ps(_mm512_mul_ps(gdn_cpu_load16_avx512(in, i + 16 * c, in_bf16), decay),
+                                   _mm512_load_ps(k + i + 16 * c), a[c]);
+        }
+    const float sk = gdn_cpu_hsum_avx512(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
+    const float dd = beta * (v - sk);
+    if (delta != NULL)
+        *delta = dd;
+    const __m512 d = _mm512_set1_ps(dd);
+    __m512 b[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t i = 0; i < D; i += 64)
+        for (int c = 0; c < chunks; c++) {
+            const int64_t at = i + 16 * c;
+            const __m512 x = _mm512_fmadd_ps(d, _mm512_load_ps(k + at),
+                                             _mm512_mul_ps(gdn_cpu_load16_avx512(in, at, in_bf16), decay));
+            b[c] = _mm512_fmadd_ps(x, _mm512_load_ps(q + at), b[c]);
+            gdn_cpu_store16_avx512(out, at, gdn_cpu_round16_avx512(x), out_bf16);
+        }
+    return scale * gdn_cpu_hsum_avx512(_mm512_add_ps(_mm512_add_ps(b[0], b[1]), _mm512_add_ps(b[2], b[3])));
+}
+
+/* The rows of a token with BF16 storage, for one (in, out) dtype pair. */
+GDN_CPU_AVX512_INLINE void gdn_cpu_token_bf16_avx512(const gdn_cpu_token *a, const int in_bf16, const int out_bf16)
+{
+    const __m512 decay = _mm512_set1_ps(a->decay);
+    for (int64_t r = 0; r < a->n_rows; r++) {
+        const void *in = in_bf16 ? (const void *)((const uint16_t *)(const void *)a->in + r * a->in_stride)
+                                 : (const void *)(a->in + r * a->in_stride);
+        void *out = out_bf16 ? (void *)((uint16_t *)(void *)a->out + r * a->out_stride)
+                             : (void *)(a->out + r * a->out_stride);
+        a->o[r] = gdn_cpu_row_bf16_avx512(in, out, in_bf16, out_bf16, a->prefetch, a->D, a->q, a->k, decay,
+                                          a->beta, a->v[r], a->scale, a->delta != NULL ? a->delta + r : NULL);
+    }
+}
+
 GDN_CPU_AVX512 static void gdn_cpu_token_avx512(const gdn_cpu_token *a)
 {
+    if (a->bf16) {
+        const int in_bf16 = (a->bf16 & GDN_CPU_IN_BF16) != 0, out_bf16 = (a->bf16 & GDN_CPU_OUT_BF16) != 0;
+        if (in_bf16 && out_bf16)
+            gdn_cpu_token_bf16_avx512(a, 1, 1);
+        else if (in_bf16)
+            gdn_cpu_token_bf16_avx512(a, 1, 0);
+        else if (out_bf16)
+            gdn_cpu_token_bf16_avx512(a, 0, 1);
+        else
+            gdn_cpu_token_bf16_avx512(a, 0, 0);
+        return;
+    }
     const __m512 decay = _mm512_set1_ps(a->decay);
     for (int64_t r = 0; r < a->n_rows; r++) {
         const float *in = a->in + r * a->in_stride;
@@ -111,9 +200,14 @@ GDN_CPU_AVX512 static void gdn_cpu_fold_avx512(const gdn_cpu_token *a)
         const float *in = a->in + r * a->in_stride;
         float *out = a->out + r * a->out_stride;
         const __m512 d = _mm512_set1_ps(a->v[r]);
-        for (int64_t i = 0; i < a->D; i += 16)
-            _mm512_storeu_ps(out + i, _mm512_fmadd_ps(d, _mm512_load_ps(k + i),
-                                                      _mm512_mul_ps(_mm512_loadu_ps(in + i), decay)));
+        if (a->bf16 & GDN_CPU_ROUND) /* BF16 storage: the folded row rounded as the token's was */
+            for (int64_t i = 0; i < a->D; i += 16)
+                _mm512_storeu_ps(out + i, gdn_cpu_round16_avx512(_mm512_fmadd_ps(
+                                              d, _mm512_load_ps(k + i), _mm512_mul_ps(_mm512_loadu_ps(in + i), decay))));
+        else
+            for (int64_t i = 0; i < a->D; i += 16)
+                _mm512_storeu_ps(out + i, _mm512_fmadd_ps(d, _mm512_load_ps(k + i),
+                                                          _mm512_mul_ps(_mm512_loadu_ps(in + i), decay)));
     }
 }
 
@@ -155,30 +249,13 @@ static void gdn_cpu_fence_avx512(void)
     _mm_sfence();
 }
 
-/* BF16 state storage: the AVX2 functions (gdn_cpu_avx2.c) with 16 lanes, AVX-512F only (no
- * AVX512-BF16: vpmovzxwd widens, vpmovdw narrows). */
+/* BF16 rows to and from the L1 buffer: the AVX2 functions (gdn_cpu_avx2.c) with 16 lanes,
+ * AVX-512F only (no AVX512-BF16: vpmovzxwd widens, vpmovdw narrows). */
 GDN_CPU_AVX512 static void gdn_cpu_load_bf16_avx512(float *dst, const uint16_t *src, int64_t n)
 {
     for (int64_t i = 0; i < n; i += 16) {
         const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(src + i)));
         _mm512_store_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16)));
-    }
-}
-
-/* Nearest even on the bits: u + 0x7fff + (bit 16 of u), low half cleared; a NaN keeps its upper
- * half with the quiet bit set. */
-GDN_CPU_AVX512 static void gdn_cpu_round_bf16_avx512(float *x, int64_t n)
-{
-    const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7fff);
-    const __m512i upper = _mm512_set1_epi32((int)0xffff0000u), quiet = _mm512_set1_epi32(0x00400000);
-    for (int64_t i = 0; i < n; i += 16) {
-        const __m512 f = _mm512_load_ps(x + i);
-        const __m512i u = _mm512_castps_si512(f);
-        const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
-        const __m512i rounded = _mm512_and_si512(_mm512_add_epi32(u, _mm512_add_epi32(half, odd)), upper);
-        const __m512i nan = _mm512_or_si512(_mm512_and_si512(u, upper), quiet);
-        const __mmask16 is_nan = _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q);
-        _mm512_store_ps(x + i, _mm512_castsi512_ps(_mm512_mask_blend_epi32(is_nan, rounded, nan)));
     }
 }
 
@@ -192,7 +269,7 @@ GDN_CPU_AVX512 static void gdn_cpu_store_bf16_avx512(uint16_t *dst, const float 
 
 const gdn_cpu_kernels gdn_cpu_kernels_avx512 = {
     "avx512", 64, gdn_cpu_token_avx512, gdn_cpu_fold_avx512, gdn_cpu_store_avx512, gdn_cpu_fence_avx512,
-    gdn_cpu_copy_stream_avx512, gdn_cpu_load_bf16_avx512, gdn_cpu_round_bf16_avx512, gdn_cpu_store_bf16_avx512,
+    gdn_cpu_copy_stream_avx512, gdn_cpu_load_bf16_avx512, gdn_cpu_store_bf16_avx512,
 };
 #else
 /* Not x86: nothing to build here (ISO C wants a non-empty file). */

@@ -12,8 +12,56 @@ static float gdn_cpu_sum4(const float partial[4])
     return (partial[0] + partial[1]) + (partial[2] + partial[3]);
 }
 
+/* BF16 state storage inside the token (gdn_cpu_token.bf16): element i of an F32 or BF16 row,
+ * and a value stored rounded to BF16 (into an F32 or a BF16 row). */
+static float gdn_cpu_state_at(const void *row, int64_t i, int bf16)
+{
+    return bf16 ? gdn_cpu_bf16_to_f32(((const uint16_t *)row)[i]) : ((const float *)row)[i];
+}
+
+static void gdn_cpu_state_put(void *row, int64_t i, float x, int bf16)
+{
+    const uint16_t half = gdn_cpu_f32_to_bf16(x);
+    if (bf16)
+        ((uint16_t *)row)[i] = half;
+    else
+        ((float *)row)[i] = gdn_cpu_bf16_to_f32(half);
+}
+
+/* gdn_cpu_token_scalar's arithmetic in the same order, with BF16 storage. */
+static void gdn_cpu_token_bf16_scalar(const gdn_cpu_token *a)
+{
+    const int64_t D = a->D;
+    const int in_bf16 = (a->bf16 & GDN_CPU_IN_BF16) != 0, out_bf16 = (a->bf16 & GDN_CPU_OUT_BF16) != 0;
+    for (int64_t r = 0; r < a->n_rows; r++) {
+        const void *in = in_bf16 ? (const void *)((const uint16_t *)(const void *)a->in + r * a->in_stride)
+                                 : (const void *)(a->in + r * a->in_stride);
+        void *out = out_bf16 ? (void *)((uint16_t *)(void *)a->out + r * a->out_stride)
+                             : (void *)(a->out + r * a->out_stride);
+        float sk[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int64_t i = 0; i < D; i += 4)
+            for (int lane = 0; lane < 4; lane++)
+                sk[lane] += (gdn_cpu_state_at(in, i + lane, in_bf16) * a->decay) * a->k[i + lane];
+        const float d = a->beta * (a->v[r] - gdn_cpu_sum4(sk));
+        if (a->delta != NULL)
+            a->delta[r] = d;
+        float sq[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int64_t i = 0; i < D; i += 4)
+            for (int lane = 0; lane < 4; lane++) {
+                const float x = gdn_cpu_state_at(in, i + lane, in_bf16) * a->decay + d * a->k[i + lane];
+                sq[lane] += x * a->q[i + lane];
+                gdn_cpu_state_put(out, i + lane, x, out_bf16);
+            }
+        a->o[r] = a->scale * gdn_cpu_sum4(sq);
+    }
+}
+
 static void gdn_cpu_token_scalar(const gdn_cpu_token *a)
 {
+    if (a->bf16) {
+        gdn_cpu_token_bf16_scalar(a);
+        return;
+    }
     const int64_t D = a->D;
     const float *k = a->k, *q = a->q;
     const float decay = a->decay; /* locals: `out` may alias anything the compiler can see */
@@ -50,6 +98,9 @@ static void gdn_cpu_fold_scalar(const gdn_cpu_token *a)
         const float d = a->v[r];
         for (int64_t i = 0; i < D; i++)
             out[i] = in[i] * decay + d * k[i]; /* as the update's write above */
+        if (a->bf16 & GDN_CPU_ROUND) /* BF16 storage: rounded as the token's row was */
+            for (int64_t i = 0; i < D; i++)
+                out[i] = gdn_cpu_bf16_to_f32(gdn_cpu_f32_to_bf16(out[i]));
     }
 }
 
@@ -65,12 +116,6 @@ static void gdn_cpu_load_bf16_scalar(float *dst, const uint16_t *src, int64_t n)
         dst[i] = gdn_cpu_bf16_to_f32(src[i]);
 }
 
-static void gdn_cpu_round_bf16_scalar(float *x, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++)
-        x[i] = gdn_cpu_bf16_to_f32(gdn_cpu_f32_to_bf16(x[i]));
-}
-
 static void gdn_cpu_store_bf16_scalar(uint16_t *dst, const float *src, int64_t n)
 {
     for (int64_t i = 0; i < n; i++) {
@@ -82,5 +127,5 @@ static void gdn_cpu_store_bf16_scalar(uint16_t *dst, const float *src, int64_t n
 
 const gdn_cpu_kernels gdn_cpu_kernels_scalar = {
     "scalar", 64, gdn_cpu_token_scalar, gdn_cpu_fold_scalar, gdn_cpu_store_scalar, NULL, NULL,
-    gdn_cpu_load_bf16_scalar, gdn_cpu_round_bf16_scalar, gdn_cpu_store_bf16_scalar,
+    gdn_cpu_load_bf16_scalar, gdn_cpu_store_bf16_scalar,
 };
