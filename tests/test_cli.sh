@@ -65,6 +65,10 @@ t = dict(tensors); s = t["g"][1]; t["g"] = ("F32", [s[0] * s[1], s[2]], t["g"][2
 for key, value in [("K", "zero"), ("K", "0"), ("broadcast", "diagonal"), ("l2norm", "2"), ("scale", "-1")]:
     h = dict(header); h["__metadata__"] = dict(meta, **{key: value}); write(f"meta_{key}_{value}", h, tensors)
 open(f"{work}/garbage.safetensors", "wb").write(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+# the state stored as BF16 (nearest even): a good input whose outputs follow (checked below)
+t = dict(tensors); f = struct.unpack(f"<{len(t['state'][2]) // 4}I", t["state"][2])
+t["state"] = ("BF16", t["state"][1], struct.pack(f"<{len(f)}H", *[(u + 0x7FFF + ((u >> 16) & 1)) >> 16 for u in f]))
+write("good_state_bf16", header, t)
 open(f"{work}/truncated.safetensors", "wb").write(raw[: len(raw) // 2])
 PY
 [ $? -eq 0 ] || { fail "could not derive the bad input files"; echo "test_cli: $passed passed, $failed failed"; exit 1; }
@@ -82,6 +86,33 @@ for bad in "$work"/missing_q "$work"/q_i32 "$work"/q_swapped "$work"/g_2dims "$w
     ok; echo "rejected $(basename "$bad"): $(head -c 160 "$work/err")"
   fi
 done
+# a BF16 state: states come back BF16, o and states close to the F32 golden outputs (the
+# differences are the BF16 roundings of the state, a few 1e-3 relative)
+if "$gdn" op gated_delta_net --in "$work/good_state_bf16.safetensors" --out "$work/out_bf16.safetensors" \
+  --backend cpu 2>"$work/err" && python3 - "$work/out_bf16.safetensors" "$golden" <<'PY'
+import json, math, struct, sys
+def load(path):
+    raw = open(path, "rb").read(); n = struct.unpack("<Q", raw[:8])[0]
+    header, data = json.loads(raw[8:8 + n]), raw[8 + n:]
+    out = {}
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        b = data[v["data_offsets"][0]:v["data_offsets"][1]]
+        if v["dtype"] == "BF16":
+            out[k] = (v["dtype"], [struct.unpack("<f", struct.pack("<I", h << 16))[0]
+                                   for h in struct.unpack(f"<{len(b) // 2}H", b)])
+        else:
+            out[k] = (v["dtype"], list(struct.unpack(f"<{len(b) // 4}f", b)))
+    return out
+got, want = load(sys.argv[1]), load(sys.argv[2])
+assert got["states"][0] == "BF16" and got["o"][0] == "F32", (got["states"][0], got["o"][0])
+for name in ("o", "states"):
+    g, w = got[name][1], want[f"expected_{name}" if f"expected_{name}" in want else name][1]
+    rel = math.sqrt(sum((a - b) ** 2 for a, b in zip(g, w)) / sum(b * b for b in w))
+    assert len(g) == len(w) and 0 < rel < 2e-2, (name, rel)
+PY
+then ok; else fail "gdn op with a BF16 state: $(cat "$work/err")"; fi
 "$gdn" op gated_delta_net --in "$golden" --out "$work/x.safetensors" --backend tpu 2>/dev/null \
   && fail "unknown backend accepted" || ok
 "$gdn" op gated_delta_net --in "$golden" --out "$work/nodir/x.safetensors" --backend cpu 2>/dev/null \

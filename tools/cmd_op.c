@@ -11,7 +11,7 @@
 static const char usage[] =
     "usage: gdn op gated_delta_net --in IN.safetensors --out OUT.safetensors [--backend cpu|cuda]\n"
     "\n"
-    "IN holds F32 tensors (shapes outermost first):\n"
+    "IN holds F32 tensors (shapes outermost first; state may be BF16):\n"
     "  q [B,T,Hk,Dk]  k [B,T,Hk,Dk]  v [B,T,Hv,Dv]  g [B,T,Hv]  beta [B,T,Hv]  state [B,Hv,Dv,Dk]\n"
     "and optional string metadata:\n"
     "  K          snapshots to write, integer >= 1 (default 1)\n"
@@ -20,7 +20,8 @@ static const char usage[] =
     "  scale      multiplier of S q, a positive number (default 1/sqrt(Dk))\n"
     "  l2norm     0 | 1 (default 0): L2-normalise q and k inside the op\n"
     "OUT receives o [B,T,Hv,Dv] and states [min(T,K),B,Hv,Dv,Dk], newest first (states[0] is the\n"
-    "state after the last token). Requires Dk = Dv in {16,32,64,128,256} and Hv a multiple of Hk.\n"
+    "state after the last token), states in the dtype of state (BF16: rounded after every token).\n"
+    "Requires Dk = Dv in {16,32,64,128,256} and Hv a multiple of Hk.\n"
     "The backend defaults to cuda when a GPU is present, else cpu.\n";
 
 /* The six inputs, with their required number of dims. */
@@ -108,9 +109,11 @@ static int run_op(const char *in_path, const char *out_path, const char *backend
             fprintf(stderr, "gdn op: %s: missing tensor '%s' %s\n", in_path, inputs[i].name, inputs[i].shape);
             goto done;
         }
-        if (t[i].dtype != GDN_DTYPE_F32 || t[i].n_dims != inputs[i].n_dims) {
-            fprintf(stderr, "gdn op: %s: tensor '%s' is %s with %d dims, expected F32 %s\n", in_path,
-                    inputs[i].name, gdn_dtype_name(t[i].dtype), (int)t[i].n_dims, inputs[i].shape);
+        const int state_bf16 = i == 5 && t[i].dtype == GDN_DTYPE_BF16; /* BF16 state storage */
+        if ((t[i].dtype != GDN_DTYPE_F32 && !state_bf16) || t[i].n_dims != inputs[i].n_dims) {
+            fprintf(stderr, "gdn op: %s: tensor '%s' is %s with %d dims, expected %s %s\n", in_path,
+                    inputs[i].name, gdn_dtype_name(t[i].dtype), (int)t[i].n_dims, i == 5 ? "F32 or BF16" : "F32",
+                    inputs[i].shape);
             goto done;
         }
     }
@@ -122,7 +125,7 @@ static int run_op(const char *in_path, const char *out_path, const char *backend
     const int64_t N = T < params.n_snapshots ? T : params.n_snapshots;
     const int64_t ne_o[4] = {t[2].ne[0], Hv, T, B}, ne_s[5] = {D, D, Hv, B, N};
     gdn_tensor o = gdn_tensor_contiguous(NULL, GDN_DTYPE_F32, 4, ne_o);
-    gdn_tensor states = gdn_tensor_contiguous(NULL, GDN_DTYPE_F32, 5, ne_s);
+    gdn_tensor states = gdn_tensor_contiguous(NULL, t[5].dtype, 5, ne_s); /* the state's storage */
     run.o_host = malloc(gdn_tensor_span(&o) + 4);
     run.states_host = malloc(gdn_tensor_span(&states) + 4);
     if (!run.o_host || !run.states_host) {
