@@ -149,6 +149,19 @@ PY
     fail "gdn bench --stack $shape: $(cat "$work/err")"
   fi
 done
+# the gates fused into one gdn_gates node compute the same floats as the chain of six: the same
+# checksum, five nodes fewer per layer
+if "$gdn" bench --stack --backend cpu --layers 2 --batch 1 --reps 1 --tokens 4 --K 4 --passes on --json \
+    >"$work/chain.json" 2>"$work/err" &&
+  "$gdn" bench --stack --backend cpu --layers 2 --batch 1 --reps 1 --tokens 4 --K 4 --passes on --gates fused --json \
+    >"$work/fused.json" 2>>"$work/err" && python3 - "$work/chain.json" "$work/fused.json" <<'PY'
+import json, sys
+chain, fused = (json.loads(open(f).read().strip()) for f in sys.argv[1:])
+assert chain["gates"] == "chain" and fused["gates"] == "fused", (chain["gates"], fused["gates"])
+assert chain["checksum"] == fused["checksum"], (chain["checksum"], fused["checksum"])
+assert fused["nodes"] == chain["nodes"] - 5, (chain["nodes"], fused["nodes"])
+PY
+then ok; else fail "gdn bench --stack --gates fused: $(cat "$work/err")"; fi
 # the replay scheme's rows: same checksum with the passes off and on and whatever the ring
 if "$gdn" bench --stack --backend cpu --layers 2 --batch 1 --reps 1 --tokens 4 --scheme replay --json >"$work/r4.json" 2>"$work/err" &&
   "$gdn" bench --stack --backend cpu --layers 2 --batch 1 --reps 1 --tokens 4 --scheme replay --ring 9 --json >"$work/r9.json" 2>>"$work/err" &&

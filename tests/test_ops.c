@@ -29,7 +29,8 @@ static const char *layout_names[] = {"contiguous", "padded", "permuted", "spaced
  *   concat    a [B, R, D], b with X along dim `variant`
  *   cpy       variant 0 F32->F32, 1 F32->BF16, 2 BF16->F32
  *   mul_mat   w [N=X, K=D] (variant 1: BF16), x [B, M=R, K], dst [B, M, N]
- *   gated_delta_net  D = Dk = Dv, T = R, B, Hk = 1, Hv = 2, one snapshot */
+ *   gated_delta_net  D = Dk = Dv, T = R, B, Hk = 1, Hv = 2, one snapshot
+ *   gdn_gates a, b [B, R, Hv=D], dt_bias and A_log [D]; g and beta [B, R, D] */
 typedef struct op_case {
     gdn_op_kind kind;
     int D, R, B, X, variant;
@@ -97,6 +98,8 @@ static const op_case cases[] = {
     {GDN_OP_GATED_DELTA_NET, 16, 3, 2, 0, 0, L_CONTIG, L_PADDED, 0},
     /* appended: the rejection table below names cases by index */
     {GDN_OP_GET_ROWS, 37, 11, 1, 7, 2, L_PADDED, L_SPACED, 0},
+    {GDN_OP_GDN_GATES, 32, 5, 2, 0, 0, L_CONTIG, L_CONTIG, 0},
+    {GDN_OP_GDN_GATES, 37, 3, 2, 0, 0, L_PERMUTED, L_SPACED, 0},
 };
 #define N_CASES ((int)(sizeof cases / sizeof cases[0]))
 
@@ -265,6 +268,11 @@ static void case_specs(const op_case *c, gdn_op_call *call, spec *src, spec *dst
         src[1] = mk(F32, 3, D, R, B, 1, 1);
         dst[0] = mk(F32, 3, X, R, B, 1, 1);
         break;
+    case GDN_OP_GDN_GATES:
+        src[1] = src[0];
+        src[2] = src[3] = mk(F32, 1, D, 1, 1, 1, 1);
+        dst[1] = dst[0];
+        break;
     case GDN_OP_GATED_DELTA_NET:
         call->params.gated_delta_net = gdn_gated_delta_net_params_default();
         src[0] = src[1] = mk(F32, 4, D, 1, R, B, 1);
@@ -292,6 +300,9 @@ static double sample(const op_case *c, int s, test_rng *rng)
         return s == 1 ? (double)(test_rng_next(rng) % (uint64_t)c->R) : test_rng_normal(rng);
     case GDN_OP_MUL_MAT: return s == 0 ? test_rng_normal(rng) / sqrt((double)c->D) : test_rng_normal(rng);
     case GDN_OP_SSM_CONV: return s == 1 ? 0.5 * test_rng_normal(rng) : test_rng_normal(rng);
+    case GDN_OP_GDN_GATES: /* a spans softplus's threshold 20; A_log = log(1..16) as in the models */
+        return s == 0 ? test_rng_uniform(rng, -12.0, 24.0) : s == 2 ? 0.2 * test_rng_normal(rng)
+               : s == 3 ? log(test_rng_uniform(rng, 1.0, 16.0)) : 4.0 * test_rng_normal(rng);
     case GDN_OP_GATED_DELTA_NET:
         switch (s) {
         case 1: return test_rng_normal(rng) / sqrt((double)c->D);        /* k: |k| ~ 1 */

@@ -39,6 +39,7 @@ static const gdn_op_traits gdn_op_traits_table[GDN_OP_COUNT] = {
     [GDN_OP_GATED_DELTA_NET] = {"gated_delta_net", 6, 2, 3u, 0u, 1u << 5},
     [GDN_OP_GATED_DELTA_NET_REPLAY] = {"gated_delta_net_replay", 11, 1, 1u, 0u, 0u, 0u, 0u,
                                        (1u << 5) | (1u << 7) | (1u << 8) | (1u << 9)},
+    [GDN_OP_GDN_GATES] = {"gdn_gates", 4, 2, 3u, 0u, 0u},
 };
 
 /* Source names per kind, in call order, for messages. */
@@ -61,6 +62,7 @@ static const char *const gdn_op_src_names[GDN_OP_COUNT][GDN_OP_MAX_SRC] = {
     [GDN_OP_GATED_DELTA_NET] = {"q", "k", "v", "g", "beta", "state", "state_index"},
     [GDN_OP_GATED_DELTA_NET_REPLAY] = {"q", "k", "v", "g", "beta", "state", "state_index", "ring_k", "ring_v",
                                        "ring_g", "fold"},
+    [GDN_OP_GDN_GATES] = {"a", "b", "dt_bias", "A_log"},
 };
 
 const gdn_op_traits *gdn_op_traits_of(gdn_op_kind kind)
@@ -208,6 +210,14 @@ static gdn_status check_kind(const gdn_op_call *call, const char *op, int64_t *d
         set_ne(dst_ne, C, T, s[0].ne[2]);
         break;
     }
+    case GDN_OP_GDN_GATES:
+        if ((st = check_ne(op, "b (as a)", &s[1], s[0].ne)) != GDN_OK)
+            return st;
+        set_ne(want, s[0].ne[0], 1, 1);
+        if ((st = check_ne(op, "dt_bias [Hv]", &s[2], want)) != GDN_OK ||
+            (st = check_ne(op, "A_log [Hv]", &s[3], want)) != GDN_OK)
+            return st;
+        break;
     case GDN_OP_GET_ROWS:
         set_ne(want, s[0].ne[0], s[0].ne[1], 1);
         if ((st = check_ne(op, "a [R, D]", &s[0], want)) != GDN_OK)
@@ -448,6 +458,17 @@ gdn_status gdn_op_check(const gdn_op_call *call, int float64_dst)
         return gdn_fail(GDN_ERROR_OVERLAP, "%s: dst overlaps source %s (%s)", op, gdn_op_src_names[call->kind][s],
                         may_alias ? "only dst == that source exactly, same data, dtype, counts and strides, "
                                     "may alias" : "this op allows no aliasing of it");
+    }
+    if (call->kind == GDN_OP_GDN_GATES) { /* its second destination, beta, by the same rules */
+        const gdn_tensor *beta = &call->dst[1];
+        if ((st = check_view(op, "beta", beta, dst_dtypes)) != GDN_OK ||
+            (st = check_ne(op, "beta", beta, dst_ne)) != GDN_OK)
+            return st;
+        if (!gdn_tensor_is_injective(beta) || gdn_tensor_ranges_overlap(beta, dst))
+            return gdn_fail(GDN_ERROR_OVERLAP, "%s: beta shares memory with itself or with g", op);
+        for (int s = 0; s < call->n_src; s++)
+            if (gdn_tensor_ranges_overlap(beta, &call->src[s]))
+                return gdn_fail(GDN_ERROR_OVERLAP, "%s: beta overlaps source %s", op, gdn_op_src_names[call->kind][s]);
     }
     return call->n_dst > traits->n_dst ? check_tee(call, op) : GDN_OK;
 }

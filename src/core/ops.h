@@ -29,6 +29,7 @@ typedef enum gdn_op_kind {
     GDN_OP_MUL_MAT,        /* dst[i][j] = sum_k w[j][k] x[i][k]: see below */
     GDN_OP_GATED_DELTA_NET,
     GDN_OP_GATED_DELTA_NET_REPLAY, /* gdn_gated_delta_net_replay as a graph node: see below */
+    GDN_OP_GDN_GATES,      /* dst 0 g = softplus(a + dt_bias) * -exp(A_log), dst 1 beta = sigmoid(b) */
     GDN_OP_COUNT
 } gdn_op_kind;
 
@@ -59,6 +60,11 @@ typedef struct gdn_concat_params {
  * a run of its own part of the tee along dim 0 (checked at run time: gdn_op_check_index); the
  * kernels move one row of dim 0 at a
  * time, in order, so an element is read before the tee writes over it. */
+
+/* GDN_GATES: the GDN block's gates in one kernel: src[0] a and src[1] b [..., Hv] (ne {Hv, ...},
+ * equal counts), src[2] dt_bias and src[3] A_log [Hv]; dst[0] g and dst[1] beta shaped as a. Each
+ * value is the same float the chain of ADD, SOFTPLUS, EXP, SCALE by -1, MUL and SIGMOID gives on
+ * the same backend (one launch instead of six). */
 
 /* MUL_MAT: src[0] w [N, K] (ne = {K, N}, F32 or BF16), src[1] x [..., M, K] (ne = {K, M, d2, d3},
  * F32), dst [..., M, N] (ne = {N, M, d2, d3}, F32). Each output element is one dot product of

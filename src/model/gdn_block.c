@@ -9,7 +9,7 @@
  *    4 cpy       conv_in[:, :, T:] -> conv pool slots [first, first+B)   (window update)
  *    5 ssm_conv  conv [B,T,C]
  *    6 silu      conv_act [B,T,C]; q, k, v are views of it
- *    7 sigmoid   beta [B,T,Hv] = sigmoid(b)
+ *    7 sigmoid   beta [B,T,Hv] = sigmoid(b)   (7-12: one gdn_gates node with config.fused_gates)
  *    8 add       a + dt_bias
  *    9 softplus
  *   10 exp       exp(A_log) [Hv]
@@ -86,6 +86,8 @@ gdn_status gdn_block_config_check(const gdn_block_config *c)
     if (c->weight_dtype != GDN_DTYPE_F32 && c->weight_dtype != GDN_DTYPE_BF16)
         return gdn_fail(GDN_ERROR_TYPE, "gdn block: weights are %s, expected F32 or BF16",
                         gdn_dtype_name(c->weight_dtype));
+    if (c->fused_gates != 0 && c->fused_gates != 1)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gdn block: fused_gates=%d, expected 0 or 1", (int)c->fused_gates);
     if (c->state_dtype != GDN_DTYPE_F32 && c->state_dtype != GDN_DTYPE_BF16)
         return gdn_fail(GDN_ERROR_TYPE, "gdn block: state pool %s, expected F32 or BF16",
                         gdn_dtype_name(c->state_dtype));
@@ -551,19 +553,25 @@ static gdn_status build(gdn_graph *graph, const gdn_block_config *config, const 
     const gdn_tensor_id b_in = view(&b, ba, 0, 3, ne_gate, nb_gate);
     const gdn_tensor_id a_in = view(&b, ba, (size_t)Hv * f, 3, ne_gate, nb_gate);
     const gdn_tensor_id beta = inter(&b, "beta", 3, Hv, T, B, 1, 1);
-    unary(&b, GDN_OP_SIGMOID, NULL, b_in, beta);
-    const gdn_tensor_id a_biased = inter(&b, "a_biased", 3, Hv, T, B, 1, 1);
-    binary(&b, GDN_OP_ADD, a_in, dt_bias, a_biased);
-    const gdn_tensor_id a_soft = inter(&b, "a_softplus", 3, Hv, T, B, 1, 1);
-    unary(&b, GDN_OP_SOFTPLUS, NULL, a_biased, a_soft);
-    const gdn_tensor_id a_exp = inter(&b, "A_exp", 1, Hv, 1, 1, 1, 1);
-    unary(&b, GDN_OP_EXP, NULL, a_log, a_exp);
-    const gdn_tensor_id a_neg = inter(&b, "A", 1, Hv, 1, 1, 1, 1);
-    memset(&p, 0, sizeof p);
-    p.scale.scale = -1.0f;
-    unary(&b, GDN_OP_SCALE, &p, a_exp, a_neg);
     const gdn_tensor_id gate = inter(&b, "g", 3, Hv, T, B, 1, 1);
-    binary(&b, GDN_OP_MUL, a_soft, a_neg, gate);
+    if (c.fused_gates) { /* the same floats as the chain below, one launch */
+        const gdn_tensor_id g_src[4] = {a_in, b_in, dt_bias, a_log}, g_dst[2] = {gate, beta};
+        if (b.status == GDN_OK)
+            b.status = gdn_graph_op(graph, GDN_OP_GDN_GATES, NULL, 4, g_src, 2, g_dst);
+    } else {
+        unary(&b, GDN_OP_SIGMOID, NULL, b_in, beta);
+        const gdn_tensor_id a_biased = inter(&b, "a_biased", 3, Hv, T, B, 1, 1);
+        binary(&b, GDN_OP_ADD, a_in, dt_bias, a_biased);
+        const gdn_tensor_id a_soft = inter(&b, "a_softplus", 3, Hv, T, B, 1, 1);
+        unary(&b, GDN_OP_SOFTPLUS, NULL, a_biased, a_soft);
+        const gdn_tensor_id a_exp = inter(&b, "A_exp", 1, Hv, 1, 1, 1, 1);
+        unary(&b, GDN_OP_EXP, NULL, a_log, a_exp);
+        const gdn_tensor_id a_neg = inter(&b, "A", 1, Hv, 1, 1, 1, 1);
+        memset(&p, 0, sizeof p);
+        p.scale.scale = -1.0f;
+        unary(&b, GDN_OP_SCALE, &p, a_exp, a_neg);
+        binary(&b, GDN_OP_MUL, a_soft, a_neg, gate);
+    }
 
     /* 13, 14: q and k, views of conv_act [B,T,C] split along C, L2-normalised. */
     const size_t conv_row = (size_t)C * f;

@@ -34,6 +34,8 @@ typedef struct gdn_block_config {
                                 window read at per-sequence positions (gdn_block_build_rollback) */
     gdn_dtype state_dtype;   /* the state pool: F32 (0, the default) or BF16 (the GDN op rounds the
                                 state after every token: include/gdn.h); the conv window stays F32 */
+    int32_t fused_gates;     /* 0: llama.cpp's chain of six gate nodes (the default); 1: one
+                                gdn_gates node computing the same floats in one launch */
 } gdn_block_config;
 
 /* hidden 2048, Hk 16, Hv 32, D 128, Kconv 4, eps 1e-6, K 4, tiled, BF16: Qwen3.6-35B-A3B. */

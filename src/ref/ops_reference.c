@@ -283,6 +283,16 @@ gdn_status gdn_op_reference(const gdn_op_call *call)
     case GDN_OP_MUL_MAT:
         mul_mat(call);
         return GDN_OK;
+    case GDN_OP_GDN_GATES: { /* g = softplus(a + dt_bias) * -exp(A_log), beta = sigmoid(b) */
+        int64_t idx[GDN_MAX_DIMS] = {0};
+        do {
+            const int64_t h[GDN_MAX_DIMS] = {idx[0], 0, 0, 0, 0, 0};
+            const double x = load(&call->src[0], idx) + load(&call->src[2], h);
+            store(&call->dst[0], idx, (x > 20.0 ? x : log1p(exp(x))) * -exp(load(&call->src[3], h)));
+            store(&call->dst[1], idx, sigmoid(load(&call->src[1], idx)));
+        } while (next(call->dst[0].ne, idx, 0));
+        return GDN_OK;
+    }
     default: { /* elementwise and cpy; a dst exactly aliasing src 0 reads each element first */
         int64_t idx[GDN_MAX_DIMS] = {0};
         do

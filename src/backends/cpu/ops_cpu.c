@@ -248,6 +248,8 @@ gdn_status gdn_cpu_run_op(gdn_backend *backend, const gdn_op_call *call)
         return gdn_cpu_run_rows(backend, call, rows, work, gdn_cpu_cpy_rows, 0, 0);
     case GDN_OP_MUL_MAT:
         return gdn_cpu_mul_mat(backend, call);
+    case GDN_OP_GDN_GATES:
+        return gdn_cpu_gates(backend, call);
     default: {
         const gdn_op_traits *traits = gdn_op_traits_of(call->kind);
         return gdn_fail(GDN_ERROR_UNSUPPORTED, "%s: not run through run_op on backend %s",

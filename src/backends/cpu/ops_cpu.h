@@ -103,6 +103,7 @@ static inline float gdn_cpu_load_any(const char *row, size_t stride, gdn_dtype d
 
 /* The per-family entry points (call validated by gdn_op_check). */
 gdn_status gdn_cpu_elementwise(gdn_backend *backend, const gdn_op_call *call); /* add .. exp */
+gdn_status gdn_cpu_gates(gdn_backend *backend, const gdn_op_call *call);       /* gdn_gates */
 gdn_status gdn_cpu_norm(gdn_backend *backend, const gdn_op_call *call);        /* l2, rms, rms gated */
 gdn_status gdn_cpu_mul_mat(gdn_backend *backend, const gdn_op_call *call);
 

@@ -62,6 +62,44 @@ static void gdn_cpu_elementwise_rows(const gdn_cpu_rows_job *job, int64_t first,
     }
 }
 
+/* gdn_gates, one row (the Hv heads of a token): every value through gdn_cpu_unary and the
+ * same float add and multiply as the chain of elementwise ops it replaces, so the same floats. */
+static void gdn_cpu_gates_rows(const gdn_cpu_rows_job *job, int64_t first, int64_t last, int thread_index)
+{
+    (void)thread_index;
+    const gdn_op_call *call = job->call;
+    const gdn_tensor *a = &call->src[0], *b = &call->src[1], *dt_bias = &call->src[2], *a_log = &call->src[3];
+    const gdn_tensor *g = &call->dst[0], *beta = &call->dst[1];
+    for (int64_t r = first; r < last; r++) {
+        int64_t idx[GDN_MAX_DIMS];
+        gdn_cpu_row_index(g->ne, r, idx);
+        const char *in_a = (const char *)a->data + gdn_cpu_offset(a, idx);
+        const char *in_b = (const char *)b->data + gdn_cpu_offset(b, idx);
+        char *out_g = (char *)g->data + gdn_cpu_offset(g, idx);
+        char *out_beta = (char *)beta->data + gdn_cpu_offset(beta, idx);
+        for (int64_t h = 0; h < g->ne[0]; h++) {
+            const float x = gdn_cpu_load_f32(in_a + (size_t)h * a->nb[0]) +
+                            gdn_cpu_load_f32((const char *)dt_bias->data + (size_t)h * dt_bias->nb[0]);
+            const float a_exp =
+                gdn_cpu_unary(GDN_OP_EXP, gdn_cpu_load_f32((const char *)a_log->data + (size_t)h * a_log->nb[0]), 0.0f);
+            const float neg_a = gdn_cpu_unary(GDN_OP_SCALE, a_exp, -1.0f);
+            gdn_cpu_store_f32(out_g + (size_t)h * g->nb[0], gdn_cpu_unary(GDN_OP_SOFTPLUS, x, 0.0f) * neg_a);
+            gdn_cpu_store_f32(out_beta + (size_t)h * beta->nb[0],
+                              gdn_cpu_unary(GDN_OP_SIGMOID, gdn_cpu_load_f32(in_b + (size_t)h * b->nb[0]), 0.0f));
+        }
+    }
+}
+
+gdn_status gdn_cpu_gates(gdn_backend *backend, const gdn_op_call *call)
+{
+    const gdn_tensor *g = &call->dst[0];
+    int64_t rows = 1;
+    for (int i = 1; i < GDN_MAX_DIMS; i++)
+        rows *= g->ne[i];
+    /* five transcendental functions an element, about 10 simple operations each */
+    return gdn_cpu_run_rows(backend, call, rows, rows * g->ne[0] * 50, gdn_cpu_gates_rows, 0, 0);
+}
+
 gdn_status gdn_cpu_elementwise(gdn_backend *backend, const gdn_op_call *call)
 {
     const gdn_tensor *dst = &call->dst[0];

@@ -69,8 +69,9 @@ struct gdn_cuda_view {
 
 /* The one argument of every op-table kernel. */
 struct gdn_cuda_op_args {
-    gdn_cuda_view src[3]; /* in the op's source order (ops.h); unused ones zeroed */
+    gdn_cuda_view src[4]; /* in the op's source order (ops.h); unused ones zeroed */
     gdn_cuda_view dst;
+    gdn_cuda_view dst1;   /* a second destination (gdn_gates: beta); data NULL otherwise */
     int kind;             /* gdn_op_kind */
     float scale;          /* scale: the factor */
     float eps;            /* norms */
@@ -189,6 +190,7 @@ gdn_status gdn_cuda_elementwise(const gdn_cuda_context *context, gdn_cuda_op_arg
 gdn_status gdn_cuda_norm(const gdn_cuda_context *context, gdn_cuda_op_args args);        /* l2, rms, gated */
 gdn_status gdn_cuda_ssm_conv(const gdn_cuda_context *context, gdn_cuda_op_args args);
 gdn_status gdn_cuda_get_rows(const gdn_cuda_context *context, gdn_cuda_op_args args);
+gdn_status gdn_cuda_gates(const gdn_cuda_context *context, gdn_cuda_op_args args);
 gdn_status gdn_cuda_concat(const gdn_cuda_context *context, gdn_cuda_op_args args);
 gdn_status gdn_cuda_cpy(const gdn_cuda_context *context, gdn_cuda_op_args args);
 gdn_status gdn_cuda_mul_mat(const gdn_cuda_context *context, gdn_cuda_op_args args);

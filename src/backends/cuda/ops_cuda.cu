@@ -23,6 +23,7 @@ int gdn_cuda_runs_op(gdn_op_kind kind)
     case GDN_OP_CONCAT:
     case GDN_OP_CPY:
     case GDN_OP_MUL_MAT:
+    case GDN_OP_GDN_GATES:
         return 1;
     default:
         return 0;
@@ -42,9 +43,11 @@ gdn_status gdn_cuda_run_op(gdn_backend *backend, const gdn_op_call *call)
 
     gdn_cuda_op_args args;
     memset(&args, 0, sizeof args);
-    for (int s = 0; s < call->n_src && s < 3; s++)
+    for (int s = 0; s < call->n_src && s < 4; s++)
         args.src[s] = gdn_cuda_view_of(&call->src[s]);
     args.dst = gdn_cuda_view_of(&call->dst[0]);
+    if (call->kind == GDN_OP_GDN_GATES)
+        args.dst1 = gdn_cuda_view_of(&call->dst[1]);
     args.kind = (int)call->kind;
     if (call->kind == GDN_OP_SCALE)
         args.scale = call->params.scale.scale;
@@ -86,6 +89,8 @@ gdn_status gdn_cuda_run_op(gdn_backend *backend, const gdn_op_call *call)
         return gdn_cuda_cpy(context, args);
     case GDN_OP_MUL_MAT:
         return gdn_cuda_mul_mat(context, args);
+    case GDN_OP_GDN_GATES:
+        return gdn_cuda_gates(context, args);
     default:
         return gdn_cuda_elementwise(context, args);
     }

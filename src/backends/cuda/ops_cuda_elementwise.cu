@@ -103,7 +103,43 @@ __global__ void norm_kernel(gdn_cuda_op_args a)
     }
 }
 
+/* gdn_gates: a.count = elements of g; every value through `unary` and the same rounded add and
+ * multiply as the chain of elementwise kernels it replaces (elementwise_kernel), so the same
+ * floats. */
+__global__ void gates_kernel(gdn_cuda_op_args a)
+{
+    gdn_cuda_wait_previous_grid();
+    const gdn_cuda_view &in_a = a.src[0], &in_b = a.src[1], &dt_bias = a.src[2], &a_log = a.src[3];
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < a.count; e += stride) {
+        int64_t rest = e, off_a = 0, off_b = 0, off_g = 0, off_beta = 0;
+#pragma unroll
+        for (int i = 0; i < GDN_MAX_DIMS; i++) {
+            const int64_t idx = rest % a.dst.ne[i];
+            rest /= a.dst.ne[i];
+            off_a += idx * in_a.nb[i], off_b += idx * in_b.nb[i];
+            off_g += idx * a.dst.nb[i], off_beta += idx * a.dst1.nb[i];
+        }
+        const int64_t h = e % a.dst.ne[0];
+        const float x =
+            __fadd_rn(*(const float *)(in_a.data + off_a), *(const float *)(dt_bias.data + h * dt_bias.nb[0]));
+        const float neg_a = unary(GDN_OP_SCALE, unary(GDN_OP_EXP, *(const float *)(a_log.data + h * a_log.nb[0]), 0.0f),
+                                  -1.0f);
+        *(float *)(a.dst.data + off_g) = __fmul_rn(unary(GDN_OP_SOFTPLUS, x, 0.0f), neg_a);
+        *(float *)(a.dst1.data + off_beta) = unary(GDN_OP_SIGMOID, *(const float *)(in_b.data + off_b), 0.0f);
+    }
+}
+
 } // namespace
+
+gdn_status gdn_cuda_gates(const gdn_cuda_context *context, gdn_cuda_op_args args)
+{
+    args.count = 1;
+    for (int i = 0; i < GDN_MAX_DIMS; i++)
+        args.count *= args.dst.ne[i];
+    return gdn_cuda_launch_op(context, gates_kernel, gdn_cuda_blocks(context, args.count, kThreads), kThreads, args,
+                              "gdn_gates kernel launch");
+}
 
 gdn_status gdn_cuda_elementwise(const gdn_cuda_context *context, gdn_cuda_op_args args)
 {
