@@ -122,7 +122,7 @@ then ok; else fail "gdn op with a BF16 state: $(cat "$work/err")"; fi
 # two rows of a pair compute the same thing (same checksum), with fewer copies when on; also with
 # BF16 state pools (the gathers and the snapshot tail then move BF16 bits, so the passes change
 # nothing either)
-for shape in "" "--tokens 4 --K 4" "--tokens 4 --K 4 --state bf16"; do
+for shape in "" "--tokens 4 --K 4" "--tokens 4 --K 4 --state bf16" "--tokens 4 --K 4 --gates fused --l2norm op"; do
   # shellcheck disable=SC2086
   if "$gdn" bench --stack --backend cpu --layers 2 --batch 1 --reps 2 --scheme snapshot --json $shape >"$work/stack.json" 2>"$work/err"; then
     if python3 - "$work/stack.json" <<'PY'
@@ -230,6 +230,13 @@ for scheme in snapshot replay; do
     >"$work/spec.json" 2>"$work/err" &&
     grep -q '"identical":true' "$work/spec.json" && grep -q '"state_dtype":"bf16"' "$work/spec.json"; then ok
   else fail "gdn check spec --scheme $scheme --state bf16: $(cat "$work/spec.json" "$work/err")"; fi
+done
+# the block's fused variants (gates in one node, q/k normalised inside the GDN op, whose replay
+# fold then normalises the ring's k itself): still bit-identical to sequential decoding
+for scheme in snapshot replay; do
+  if "$gdn" check spec --backend cpu --scheme $scheme --gates fused --l2norm op --steps 150 --json \
+    >"$work/spec.json" 2>"$work/err" && grep -q '"identical":true' "$work/spec.json"; then ok
+  else fail "gdn check spec --scheme $scheme --gates fused --l2norm op: $(cat "$work/spec.json" "$work/err")"; fi
 done
 # gdn check bf16: the BF16 state's error against the F32 state's over 2000 decode steps stays
 # bounded; --max-error 0 must fail (the error is measured, not assumed)

@@ -41,6 +41,7 @@ static const char usage[] =
     "                       token and halves its bytes)\n"
     "  --gates chain|fused  the gates as llama.cpp's six elementwise nodes (default) or one gdn_gates\n"
     "                       node computing the same floats\n"
+    "  --l2norm nodes|op    q and k normalised by two l2_norm nodes (default) or inside the GDN op\n"
     "  --graphs on|off      record each step once and replay it as one CUDA graph (default on;\n"
     "                       the CPU backend has no recording and runs the graphs node by node)\n"
     "  --reps N             timed steps per row, median reported (default: about 1 s of work, 5..50)\n"
@@ -68,6 +69,7 @@ typedef struct stack_config {
     gdn_dtype weight_dtype;
     gdn_dtype state_dtype;
     int fused_gates; /* one gdn_gates node instead of the chain of six */
+    int l2norm_in_op; /* q and k normalised inside the GDN op */
     int replay;      /* the replay scheme through a gdn_cache (else llama.cpp's snapshot pattern) */
     int ring;        /* replay: history tokens of the ring (0: T) */
 } stack_config;
@@ -458,6 +460,8 @@ static int parse_args(int argc, char **argv, stack_config *cfg)
             cfg->ring = (int)n;
         } else if (strcmp(opt, "--weights") == 0 && (strcmp(val, "f32") == 0 || strcmp(val, "bf16") == 0)) {
             cfg->weight_dtype = strcmp(val, "f32") == 0 ? GDN_DTYPE_F32 : GDN_DTYPE_BF16;
+        } else if (strcmp(opt, "--l2norm") == 0 && (strcmp(val, "nodes") == 0 || strcmp(val, "op") == 0)) {
+            cfg->l2norm_in_op = strcmp(val, "op") == 0;
         } else if (strcmp(opt, "--gates") == 0 && (strcmp(val, "chain") == 0 || strcmp(val, "fused") == 0)) {
             cfg->fused_gates = strcmp(val, "fused") == 0;
         } else if (strcmp(opt, "--state") == 0 && (strcmp(val, "f32") == 0 || strcmp(val, "bf16") == 0)) {
@@ -505,7 +509,8 @@ static void print_row(const stack_config *cfg, const stack *s, int cuda, int pas
     if (cfg->json) {
         printf("{\"backend\":\"%s\",\"device\":\"%s\",\"scheme\":\"%s\",\"ring\":%d,\"passes\":\"%s\",\"T\":%lld,"
                "\"K\":%lld,"
-               "\"B\":%lld,\"layers\":%d,\"weights\":\"%s\",\"state\":\"%s\",\"gates\":\"%s\",\"weight_sets\":%d,"
+               "\"B\":%lld,\"layers\":%d,\"weights\":\"%s\",\"state\":\"%s\",\"gates\":\"%s\","
+               "\"l2norm\":\"%s\",\"weight_sets\":%d,"
                "\"reps\":%d,"
                "\"graph\":%s,"
                "\"us_per_step\":%.3f,\"nodes\":%d,\"copies\":%d,\"gathers\":%d,\"op_calls\":%llu,\"launches\":%llu,"
@@ -515,6 +520,7 @@ static void print_row(const stack_config *cfg, const stack *s, int cuda, int pas
                s->replay ? (s->ring ? s->ring : (int)s->T) : 0, passes ? "on" : "off", (long long)s->T,
                (long long)K, (long long)s->B, s->layers, wname,
                s->config.state_dtype == GDN_DTYPE_BF16 ? "bf16" : "f32", s->config.fused_gates ? "fused" : "chain",
+               s->config.l2norm_in_op ? "op" : "nodes",
                s->n_weight_sets, r->reps,
                r->recorded ? "true" : "false", r->us_per_step, (int)r->stats.n_nodes, (int)r->stats.n_copies,
                (int)r->stats.n_gathers, (unsigned long long)r->step.op_calls, (unsigned long long)r->step.launches,
@@ -561,6 +567,7 @@ int gdn_cmd_bench_stack(int argc, char **argv)
     s.config.weight_dtype = cfg.weight_dtype;
     s.config.state_dtype = cfg.state_dtype;
     s.config.fused_gates = cfg.fused_gates;
+    s.config.l2norm_in_op = cfg.l2norm_in_op;
     s.config.n_snapshots = (int32_t)(cfg.T ? cfg.K : shapes[0][1]);
     s.caches = calloc((size_t)cfg.layers, sizeof *s.caches);
     s.graphs = calloc((size_t)cfg.layers, sizeof *s.graphs);

@@ -37,6 +37,8 @@ static const char usage[] =
     "  --ring L             replay: tokens of history the ring keeps (default T)\n"
     "  --state f32|bf16     how both runs store the state (default f32; bf16 rounds it after\n"
     "                       every token, so it too must match bit for bit)\n"
+    "  --gates chain|fused  the block's gates as six nodes (default) or one gdn_gates node\n"
+    "  --l2norm nodes|op    q and k normalised by l2_norm nodes (default) or inside the GDN op\n"
     "  --steps N            verify steps (default 200)\n"
     "  --accept MODE        all | none | random | N: tokens kept per step, of T (default random)\n"
     "  --tokens T           tokens verified per step (default 4)\n"
@@ -59,6 +61,7 @@ typedef struct spec_options {
     int passes, json;
     int mixed; /* per-sequence token counts, padded to T */
     gdn_dtype state; /* state storage of both runs */
+    int fused_gates, l2norm_in_op; /* the block's variants (gdn_block_config) */
 } spec_options;
 
 /* One run (spec or sequential): a cache (gdn_cache, with per-layer block views of its pools)
@@ -176,6 +179,10 @@ static int parse(int argc, char **argv, spec_options *o)
         } else if (strcmp(opt, "--scheme") == 0 && (strcmp(val, "snapshot") == 0 || strcmp(val, "replay") == 0)) {
             o->replay = strcmp(val, "replay") == 0;
         } else if (strcmp(opt, "--ring") == 0 && gdn_tool_parse_int(val, 1, 64, &o->ring)) {
+        } else if (strcmp(opt, "--gates") == 0 && (strcmp(val, "chain") == 0 || strcmp(val, "fused") == 0)) {
+            o->fused_gates = strcmp(val, "fused") == 0;
+        } else if (strcmp(opt, "--l2norm") == 0 && (strcmp(val, "nodes") == 0 || strcmp(val, "op") == 0)) {
+            o->l2norm_in_op = strcmp(val, "op") == 0;
         } else if (strcmp(opt, "--state") == 0 && (strcmp(val, "f32") == 0 || strcmp(val, "bf16") == 0)) {
             o->state = strcmp(val, "bf16") == 0 ? GDN_DTYPE_BF16 : GDN_DTYPE_F32;
         } else if (strcmp(opt, "--steps") == 0 && gdn_tool_parse_int(val, 1, 100000000, &o->steps)) {
@@ -245,6 +252,7 @@ int gdn_cmd_check(int argc, char **argv)
     gdn_block_config c = gdn_block_config_default();
     c.hidden = 128, c.n_k_heads = 2, c.n_v_heads = 4, c.head_dim = 32;
     c.n_snapshots = (int32_t)o.tokens, c.rollback = 1, c.state_dtype = o.state;
+    c.fused_gates = o.fused_gates, c.l2norm_in_op = o.l2norm_in_op;
     const int layers = (int)o.layers;
     const int64_t B = o.batch, T = o.tokens, H = c.hidden, Kc = c.conv_kernel, C = gdn_block_conv_dim(&c);
     const size_t state_bytes = (size_t)(c.n_v_heads * c.head_dim * c.head_dim) * gdn_dtype_size(c.state_dtype);

@@ -15,7 +15,8 @@
  *   10 exp       exp(A_log) [Hv]
  *   11 scale     -exp(A_log)      (GGUF stores this as ssm_a; here it stays two ops on A_log)
  *   12 mul       g [B,T,Hv] = softplus(a + dt_bias) * -exp(A_log)
- *   13 l2_norm   q [B,T,Hk,D]   (eps 1e-6; the GDN op's own l2norm stays off, as in llama.cpp)
+ *   13 l2_norm   q [B,T,Hk,D]   (eps 1e-6; the GDN op's own l2norm stays off, as in llama.cpp,
+ *                               unless config.l2norm_in_op: then 13 and 14 go)
  *   14 l2_norm   k [B,T,Hk,D]
  *   15 get_rows  state [B,Hv,D,D]: group 0 of the state pool slots by slot_index (the gather)
  *   16 gated_delta_net  o [B,T,Hv,D], states [min(T,K),B,Hv,D,D] (an intermediate)
@@ -86,6 +87,8 @@ gdn_status gdn_block_config_check(const gdn_block_config *c)
     if (c->weight_dtype != GDN_DTYPE_F32 && c->weight_dtype != GDN_DTYPE_BF16)
         return gdn_fail(GDN_ERROR_TYPE, "gdn block: weights are %s, expected F32 or BF16",
                         gdn_dtype_name(c->weight_dtype));
+    if (c->l2norm_in_op != 0 && c->l2norm_in_op != 1)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gdn block: l2norm_in_op=%d, expected 0 or 1", (int)c->l2norm_in_op);
     if (c->fused_gates != 0 && c->fused_gates != 1)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gdn block: fused_gates=%d, expected 0 or 1", (int)c->fused_gates);
     if (c->state_dtype != GDN_DTYPE_F32 && c->state_dtype != GDN_DTYPE_BF16)
@@ -580,11 +583,14 @@ static gdn_status build(gdn_graph *graph, const gdn_block_config *config, const 
     const gdn_tensor_id q_in = view(&b, conv_act, 0, 4, ne_qk, nb_c);
     const gdn_tensor_id k_in = view(&b, conv_act, (size_t)(Hk * D) * f, 4, ne_qk, nb_c);
     const gdn_tensor_id v_in = view(&b, conv_act, (size_t)(2 * Hk * D) * f, 4, ne_v, nb_c);
-    memset(&p, 0, sizeof p);
-    p.norm.eps = 1e-6f;
-    const gdn_tensor_id q = inter(&b, "q", 4, D, Hk, T, B, 1), k = inter(&b, "k", 4, D, Hk, T, B, 1);
-    unary(&b, GDN_OP_L2_NORM, &p, q_in, q);
-    unary(&b, GDN_OP_L2_NORM, &p, k_in, k);
+    gdn_tensor_id q = q_in, k = k_in; /* l2norm_in_op: the GDN op normalises the views it reads */
+    if (!c.l2norm_in_op) {
+        memset(&p, 0, sizeof p);
+        p.norm.eps = 1e-6f;
+        q = inter(&b, "q", 4, D, Hk, T, B, 1), k = inter(&b, "k", 4, D, Hk, T, B, 1);
+        unary(&b, GDN_OP_L2_NORM, &p, q_in, q);
+        unary(&b, GDN_OP_L2_NORM, &p, k_in, k);
+    }
 
     const gdn_tensor_id o = inter(&b, "o", 4, D, Hv, T, B, 1);
     if (fold >= 0) { /* replay: 15-17 are one node reading and writing the cache in place */
@@ -597,7 +603,7 @@ static gdn_status build(gdn_graph *graph, const gdn_block_config *config, const 
         memset(&p, 0, sizeof p);
         p.gated_delta_net = gdn_gated_delta_net_params_default();
         p.gated_delta_net.broadcast = c.broadcast;
-        p.gated_delta_net.l2norm = 0;
+        p.gated_delta_net.l2norm = c.l2norm_in_op;
         const gdn_tensor_id r_src[11] = {q, k, v_in, gate, beta, pool, state_index, rk, rv, rg, fold};
         if (b.status == GDN_OK)
             b.status = gdn_graph_op(graph, GDN_OP_GATED_DELTA_NET_REPLAY, &p, 11, r_src, 1, &o);
@@ -623,7 +629,7 @@ static gdn_status build(gdn_graph *graph, const gdn_block_config *config, const 
     p.gated_delta_net = gdn_gated_delta_net_params_default();
     p.gated_delta_net.n_snapshots = c.n_snapshots;
     p.gated_delta_net.broadcast = c.broadcast;
-    p.gated_delta_net.l2norm = 0;
+    p.gated_delta_net.l2norm = c.l2norm_in_op;
     const gdn_tensor_id states = inter_of(&b, c.state_dtype, "states", 5, D, D, Hv, B, N);
     if (b.status == GDN_OK) {
         const gdn_tensor_id g_src[6] = {q, k, v_in, gate, beta, state}, g_dst[2] = {o, states};

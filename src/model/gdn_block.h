@@ -36,6 +36,10 @@ typedef struct gdn_block_config {
                                 state after every token: include/gdn.h); the conv window stays F32 */
     int32_t fused_gates;     /* 0: llama.cpp's chain of six gate nodes (the default); 1: one
                                 gdn_gates node computing the same floats in one launch */
+    int32_t l2norm_in_op;    /* 0: q and k L2-normalised by two l2_norm nodes (llama.cpp's pattern,
+                                the default); 1: by the GDN op itself (params.l2norm), two nodes
+                                fewer; the op's form rounds differently, so the outputs differ in
+                                the last bits from the default's */
 } gdn_block_config;
 
 /* hidden 2048, Hk 16, Hv 32, D 128, Kconv 4, eps 1e-6, K 4, tiled, BF16: Qwen3.6-35B-A3B. */
