@@ -531,6 +531,20 @@ __device__ __forceinline__ int index_at(const char *index, long long nb, long lo
     return *reinterpret_cast<const int *>(index + b * nb);
 }
 
+/* The first pair code b * B + b' (b' < b) with index[b] == index[b'] over a whole block (LLONG_MAX
+ * if the B values are distinct). */
+template <int THREADS>
+__device__ long long first_equal_pair(const char *index, long long nb, long long B, long long *scratch)
+{
+    long long shared = LLONG_MAX;
+    for (long long p = threadIdx.x; p < B * B; p += blockDim.x) {
+        const long long b = p / B, b2 = p % B;
+        if (b2 < b && p < shared && index_at(index, nb, b) == index_at(index, nb, b2))
+            shared = p;
+    }
+    return block_min<THREADS>(shared, scratch);
+}
+
 /* The verdict on the index, snapshot index and fold values, computed by one whole block of
  * THREADS threads (scratch: THREADS values of shared memory): true when all are valid. With
  * `report`, thread 0 stores the verdict in index_check (as described above, {-1, 0, -1, -1}
@@ -556,16 +570,8 @@ __device__ bool index_verdict(const gdn_cuda_gdn_args &a, long long *scratch, bo
                 wbad = b;
         }
         first_wbad = block_min<THREADS>(wbad, scratch);
-        if (first_wbad == NONE) {
-            long long shared = NONE;
-            for (long long p = threadIdx.x; p < (long long)a.B * a.B; p += blockDim.x) {
-                const long long b = p / a.B, b2 = p % a.B;
-                if (b2 < b && p < shared && index_at(a.states_index, a.states_index_nb, b) ==
-                                                index_at(a.states_index, a.states_index_nb, b2))
-                    shared = p;
-            }
-            first_wshared = block_min<THREADS>(shared, scratch);
-        }
+        if (first_wbad == NONE)
+            first_wshared = first_equal_pair<THREADS>(a.states_index, a.states_index_nb, a.B, scratch);
     }
     const bool indices_ok = first_bad == NONE && first_wbad == NONE && first_wshared == NONE;
     /* Replay: the fold entries, then distinct slots (pair code b * B + b', b' < b). */
@@ -580,15 +586,8 @@ __device__ bool index_verdict(const gdn_cuda_gdn_args &a, long long *scratch, bo
                 fold_bad = b;
         }
         first_fold = block_min<THREADS>(fold_bad, scratch);
-        if (first_fold == NONE) {
-            long long shared = NONE;
-            for (long long p = threadIdx.x; p < (long long)a.B * a.B; p += blockDim.x) {
-                const long long b = p / a.B, b2 = p % a.B;
-                if (b2 < b && p < shared && index_at(a.index, a.index_nb, b) == index_at(a.index, a.index_nb, b2))
-                    shared = p;
-            }
-            first_shared = block_min<THREADS>(shared, scratch);
-        }
+        if (first_fold == NONE)
+            first_shared = first_equal_pair<THREADS>(a.index, a.index_nb, a.B, scratch);
     }
     /* The in-place rule, over (b, s, b') in that order: pair code (b * n_write + s) * B + b'. */
     long long first_overlap = NONE;
