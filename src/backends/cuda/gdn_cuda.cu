@@ -88,7 +88,7 @@
 namespace {
 
 template <int D, int R, bool VECTOR, bool REPLAY, bool BF16>
-__global__ void __launch_bounds__(kWarpsPerBlock *kWarpSize, kMinBlocksPerSM)
+__global__ void __launch_bounds__(kWarpsPerBlock *kWarpSize, !REPLAY && BF16 ? kMinBlocksPerSMBf16 : kMinBlocksPerSM)
 gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
 {
     using C = gdn_cuda_config<D, R>;

@@ -30,6 +30,14 @@ constexpr int kRowLanes = GDN_CUDA_ROW_LANES;
 #define GDN_CUDA_MIN_BLOCKS 3
 #endif
 constexpr int kMinBlocksPerSM = GDN_CUDA_MIN_BLOCKS;
+/* The BF16-state kernels outside replay: 4 blocks per SM (128 registers; 52 bytes spill in the
+ * wide vector shape), measured against 3 on one H100 in one run: decode B = 8 / 64 / 256
+ * 10.5 / 60.8 / 230 -> 9.1 / 57.3 / 214.7 us (F32 kernels at 4: B=8 decode -5%, but B >= 64 and
+ * T=4 +1%, so they stay at 3). */
+#ifndef GDN_CUDA_MIN_BLOCKS_BF16
+#define GDN_CUDA_MIN_BLOCKS_BF16 4
+#endif
+constexpr int kMinBlocksPerSMBf16 = GDN_CUDA_MIN_BLOCKS_BF16;
 /* State floats per thread in the wide shape. 32 (2 rows at D=128, 4 blocks per SM) measured 27%
  * slower at B=64 T=4: more warps, but more instructions per state element. */
 constexpr int kWideFloats = 64;
