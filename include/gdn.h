@@ -63,6 +63,11 @@ typedef struct gdn_tensor {
 /* Size of one element in bytes (4 for F32); 0 for an unknown dtype. */
 size_t gdn_dtype_size(gdn_dtype dtype);
 
+/* BF16 as the library stores a BF16 state: from F32 to the nearest BF16, ties to even (overflow
+ * gives infinity, a NaN stays a quiet NaN); back to F32 exactly (a BF16 is a float's upper half). */
+uint16_t gdn_bf16_from_f32(float x);
+float gdn_bf16_to_f32(uint16_t h);
+
 /* Name as used in safetensors files ("F32", "BF16", ...); "?" for an unknown dtype. */
 const char *gdn_dtype_name(gdn_dtype dtype);
 

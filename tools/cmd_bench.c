@@ -120,7 +120,7 @@ static int replay_cycle(int64_t T, int64_t L, int64_t accept, replay_phase *phas
 }
 
 /* Fill `bytes` of backend memory with a repeating pattern of F32 values in [lo, hi), or with
- * BF16 values (each float cut to its upper half, a pair per pattern float) when bf16. */
+ * BF16 values (each float rounded to BF16, a pair per pattern float) when bf16. */
 static int fill_as(gdn_backend *backend, void *dst, size_t bytes, float lo, float hi, unsigned seed, int bf16)
 {
     enum { CHUNK = 1 << 20 }; /* floats */
@@ -133,10 +133,8 @@ static int fill_as(gdn_backend *backend, void *dst, size_t bytes, float lo, floa
         pattern[i] = lo + (hi - lo) * (float)(x >> 8) / 16777216.0f;
     }
     for (int i = 0; bf16 && i < CHUNK; i += 2) {
-        uint32_t a, b;
-        memcpy(&a, &pattern[i], sizeof a);
-        memcpy(&b, &pattern[i + 1], sizeof b);
-        const uint32_t pair = (a >> 16) | (b & 0xffff0000u); /* element 0 in the low half */
+        const uint32_t pair = (uint32_t)gdn_bf16_from_f32(pattern[i]) |
+                              (uint32_t)gdn_bf16_from_f32(pattern[i + 1]) << 16; /* element 0 in the low half */
         memcpy(&pattern[i / 2], &pair, sizeof pair); /* i / 2 <= i: only floats already read */
     }
     if (bf16) /* the packed half twice, so the pattern fills the chunk */

@@ -190,22 +190,6 @@ static void free_run(gdn_backend *backend, bf16_run *r, int layers)
     free(r->caches), free(r->graphs), free(r->outs);
 }
 
-static double bf16_value(uint16_t h)
-{
-    const uint32_t u = (uint32_t)h << 16;
-    float x;
-    memcpy(&x, &u, sizeof x);
-    return x;
-}
-
-/* The F32 value x rounded to BF16 (nearest, ties to even; finite x). */
-static double round_to_bf16(float x)
-{
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    return bf16_value((uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16));
-}
-
 /* Relative L2 errors of layer l's BF16 state pool against its F32 one, and of the F32 pool
  * rounded once to BF16 against itself (the scale of one rounding). */
 static int state_errors(gdn_backend *backend, const gdn_block_cache *f32, const gdn_block_cache *bf16, double *error,
@@ -218,7 +202,8 @@ static int state_errors(gdn_backend *backend, const gdn_block_cache *f32, const 
              gdn_backend_download(backend, h, bf16->states.data, (size_t)n * sizeof *h) == GDN_OK;
     double diff2 = 0, round2 = 0, ref2 = 0;
     for (int64_t i = 0; ok && i < n; i++) {
-        const double d = bf16_value(h[i]) - a[i], r = round_to_bf16(a[i]) - a[i];
+        const double d = (double)gdn_bf16_to_f32(h[i]) - a[i];
+        const double r = (double)gdn_bf16_to_f32(gdn_bf16_from_f32(a[i])) - a[i];
         diff2 += d * d, round2 += r * r, ref2 += (double)a[i] * a[i];
     }
     *error = sqrt(diff2 / (ref2 > 0 ? ref2 : 1));

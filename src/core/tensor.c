@@ -1,6 +1,8 @@
 /* tensor.c: dtype facts and view arithmetic (counts, spans, contiguity, overlap). */
 #include "internal.h"
 
+#include <string.h>
+
 size_t gdn_dtype_size(gdn_dtype dtype)
 {
     switch (dtype) {
@@ -11,6 +13,24 @@ size_t gdn_dtype_size(gdn_dtype dtype)
     case GDN_DTYPE_F64: return 8;
     default: return 0;
     }
+}
+
+uint16_t gdn_bf16_from_f32(float x)
+{
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) /* NaN: keep the sign and upper payload, quiet */
+        return (uint16_t)((bits >> 16) | 0x0040u);
+    bits += 0x7FFFu + ((bits >> 16) & 1u);
+    return (uint16_t)(bits >> 16);
+}
+
+float gdn_bf16_to_f32(uint16_t h)
+{
+    const uint32_t bits = (uint32_t)h << 16;
+    float x;
+    memcpy(&x, &bits, sizeof x);
+    return x;
 }
 
 const char *gdn_dtype_name(gdn_dtype dtype)

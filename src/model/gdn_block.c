@@ -88,7 +88,8 @@ gdn_status gdn_block_config_check(const gdn_block_config *c)
         return gdn_fail(GDN_ERROR_TYPE, "gdn block: weights are %s, expected F32 or BF16",
                         gdn_dtype_name(c->weight_dtype));
     if (c->l2norm_in_op != 0 && c->l2norm_in_op != 1)
-        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gdn block: l2norm_in_op=%d, expected 0 or 1", (int)c->l2norm_in_op);
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gdn block: l2norm_in_op=%d, expected 0 or 1",
+                        (int)c->l2norm_in_op);
     if (c->fused_gates != 0 && c->fused_gates != 1)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gdn block: fused_gates=%d, expected 0 or 1", (int)c->fused_gates);
     if (c->state_dtype != GDN_DTYPE_F32 && c->state_dtype != GDN_DTYPE_BF16)
@@ -124,15 +125,6 @@ static double rng_normal(uint64_t *s)
 {
     const double u = rng_uniform(s, 0x1.0p-53, 1.0), w = rng_uniform(s, 0.0, 1.0);
     return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * w);
-}
-
-/* Nearest BF16 of a finite float, ties to even. */
-static uint16_t to_bf16(float x)
-{
-    uint32_t bits;
-    memcpy(&bits, &x, sizeof bits);
-    bits += 0x7FFFu + ((bits >> 16) & 1u);
-    return (uint16_t)(bits >> 16);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -194,7 +186,7 @@ gdn_status gdn_block_weights_init(gdn_block_weights *w, gdn_backend *backend, co
             }
             const float f = (float)v;
             if (views[i]->dtype == GDN_DTYPE_BF16) {
-                const uint16_t h = to_bf16(f);
+                const uint16_t h = gdn_bf16_from_f32(f);
                 memcpy(host + offset[i] + 2 * (size_t)e, &h, 2);
             } else {
                 memcpy(host + offset[i] + 4 * (size_t)e, &f, 4);
@@ -325,11 +317,8 @@ static gdn_status upload_normal(gdn_backend *backend, void *dst, int64_t n, doub
     size_t bytes = (size_t)n * sizeof *host;
     if (dtype == GDN_DTYPE_BF16) { /* packed in place: element i's half lands at or before float i */
         uint16_t *half = (uint16_t *)host;
-        for (int64_t i = 0; i < n; i++) {
-            uint32_t u;
-            memcpy(&u, &host[i], sizeof u);
-            half[i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16); /* finite values only here */
-        }
+        for (int64_t i = 0; i < n; i++)
+            half[i] = gdn_bf16_from_f32(host[i]);
         bytes = (size_t)n * sizeof *half;
     }
     gdn_status st = gdn_backend_upload(backend, dst, host, bytes);
