@@ -12,15 +12,20 @@ static float gdn_cpu_sum4(const float partial[4])
     return (partial[0] + partial[1]) + (partial[2] + partial[3]);
 }
 
-/* BF16 state storage inside the token (gdn_cpu_token.bf16): element i of an F32 or BF16 row,
- * and a value stored rounded to BF16 (into an F32 or a BF16 row). */
+/* Element i of an F32 or a BF16 row (gdn_cpu_token.bf16). */
 static float gdn_cpu_state_at(const void *row, int64_t i, int bf16)
 {
     return bf16 ? gdn_cpu_bf16_to_f32(((const uint16_t *)row)[i]) : ((const float *)row)[i];
 }
 
-static void gdn_cpu_state_put(void *row, int64_t i, float x, int bf16)
+/* x into element i of a row: as it is (F32 storage), or rounded to BF16 into an F32 or a BF16
+ * row (BF16 storage). */
+static void gdn_cpu_state_put(void *row, int64_t i, float x, int round, int bf16)
 {
+    if (!round) {
+        ((float *)row)[i] = x;
+        return;
+    }
     const uint16_t half = gdn_cpu_f32_to_bf16(x);
     if (bf16)
         ((uint16_t *)row)[i] = half;
@@ -28,10 +33,14 @@ static void gdn_cpu_state_put(void *row, int64_t i, float x, int bf16)
         ((float *)row)[i] = gdn_cpu_bf16_to_f32(half);
 }
 
-/* gdn_cpu_token_scalar's arithmetic in the same order, with BF16 storage. */
-static void gdn_cpu_token_bf16_scalar(const gdn_cpu_token *a)
+/* One token over the rows, F32 or BF16 storage (gdn_cpu_token.bf16); the same arithmetic either
+ * way, o taken before any rounding. */
+static void gdn_cpu_token_scalar(const gdn_cpu_token *a)
 {
     const int64_t D = a->D;
+    const float *k = a->k, *q = a->q;
+    const float decay = a->decay; /* locals: `out` may alias anything the compiler can see */
+    const int round = a->bf16 != 0;
     const int in_bf16 = (a->bf16 & GDN_CPU_IN_BF16) != 0, out_bf16 = (a->bf16 & GDN_CPU_OUT_BF16) != 0;
     for (int64_t r = 0; r < a->n_rows; r++) {
         const void *in = in_bf16 ? (const void *)((const uint16_t *)(const void *)a->in + r * a->in_stride)
@@ -41,37 +50,7 @@ static void gdn_cpu_token_bf16_scalar(const gdn_cpu_token *a)
         float sk[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         for (int64_t i = 0; i < D; i += 4)
             for (int lane = 0; lane < 4; lane++)
-                sk[lane] += (gdn_cpu_state_at(in, i + lane, in_bf16) * a->decay) * a->k[i + lane];
-        const float d = a->beta * (a->v[r] - gdn_cpu_sum4(sk));
-        if (a->delta != NULL)
-            a->delta[r] = d;
-        float sq[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int64_t i = 0; i < D; i += 4)
-            for (int lane = 0; lane < 4; lane++) {
-                const float x = gdn_cpu_state_at(in, i + lane, in_bf16) * a->decay + d * a->k[i + lane];
-                sq[lane] += x * a->q[i + lane];
-                gdn_cpu_state_put(out, i + lane, x, out_bf16);
-            }
-        a->o[r] = a->scale * gdn_cpu_sum4(sq);
-    }
-}
-
-static void gdn_cpu_token_scalar(const gdn_cpu_token *a)
-{
-    if (a->bf16) {
-        gdn_cpu_token_bf16_scalar(a);
-        return;
-    }
-    const int64_t D = a->D;
-    const float *k = a->k, *q = a->q;
-    const float decay = a->decay; /* locals: `out` may alias anything the compiler can see */
-    for (int64_t r = 0; r < a->n_rows; r++) {
-        const float *in = a->in + r * a->in_stride;
-        float *out = a->out + r * a->out_stride;
-        float sk[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int64_t i = 0; i < D; i += 4)
-            for (int lane = 0; lane < 4; lane++)
-                sk[lane] += (in[i + lane] * decay) * k[i + lane];
+                sk[lane] += (gdn_cpu_state_at(in, i + lane, in_bf16) * decay) * k[i + lane];
         const float d = a->beta * (a->v[r] - gdn_cpu_sum4(sk));
         if (a->delta != NULL)
             a->delta[r] = d;
@@ -79,9 +58,9 @@ static void gdn_cpu_token_scalar(const gdn_cpu_token *a)
         float sq[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         for (int64_t i = 0; i < D; i += 4)
             for (int lane = 0; lane < 4; lane++) {
-                float x = in[i + lane] * decay + d * k[i + lane];
-                out[i + lane] = x;
+                const float x = gdn_cpu_state_at(in, i + lane, in_bf16) * decay + d * k[i + lane];
                 sq[lane] += x * q[i + lane];
+                gdn_cpu_state_put(out, i + lane, x, round, out_bf16); /* after its load: out may be in */
             }
         a->o[r] = a->scale * gdn_cpu_sum4(sq);
     }
