@@ -165,7 +165,7 @@ void gdn_recording_free(gdn_recording *recording);
  *   launches     kernel launches they made: one per op call, except on CUDA, where get_rows
  *                and a gated_delta_net call with a state_index launch a bounds-check kernel
  *                first (two each). On the CPU, one per op call.
- *   copies       cpy op calls (graph nodes of kind cpy).
+ *   copies       cpy and set_rows op calls (graph nodes copying into a view or into slots).
  *   gathers      get_rows op calls.
  *   gdn_calls    gated_delta_net op calls.
  *   bytes        read plus written by all calls: every source and destination view; for

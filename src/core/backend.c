@@ -212,6 +212,18 @@ static uint64_t view_bytes(const gdn_tensor *t)
     return (uint64_t)gdn_tensor_count(t) * (uint64_t)gdn_dtype_size(t->dtype);
 }
 
+/* Bytes written to dst[d]: all of it, or through an index only the slots named. */
+static uint64_t written_bytes(const gdn_op_call *call, int d)
+{
+    const gdn_tensor *dst = &call->dst[d];
+    if (call->kind == GDN_OP_SET_ROWS)
+        return view_bytes(&call->src[0]);
+    if (call->indexed_dst != d + 1)
+        return view_bytes(dst);
+    const int dim = gdn_op_dst_index_dim(call);
+    return view_bytes(dst) / (uint64_t)dst->ne[dim] * (uint64_t)call->src[call->n_src - 1].ne[0];
+}
+
 /* The CUDA backend launches a bounds-check kernel before the gather of get_rows
  * (ops_cuda_data.cu) and before an indexed gated_delta_net kernel of more than
  * gdn_check_in_kernel_max_b sequences (gdn_cuda.cu). */
@@ -233,7 +245,8 @@ void gdn_backend_count_op(gdn_backend *backend, const gdn_op_call *call)
             const gdn_tensor *p = &call->src[s];
             const int outer = gdn_op_index_dim(call);
             const uint64_t read = (uint64_t)(gdn_tensor_count(p) / p->ne[outer]) *
-                                  (uint64_t)call->src[call->n_src - 1].ne[0] * gdn_dtype_size(p->dtype);
+                                  (uint64_t)call->src[gdn_op_traits_of(call->kind)->n_src].ne[0] *
+                                  gdn_dtype_size(p->dtype);
             bytes += read;
             cache += read;
         } else {
@@ -241,15 +254,15 @@ void gdn_backend_count_op(gdn_backend *backend, const gdn_op_call *call)
         }
     }
     for (int d = 0; d < call->n_dst; d++)
-        bytes += view_bytes(&call->dst[d]);
+        bytes += written_bytes(call, d);
     if (call->n_dst > gdn_op_traits_of(call->kind)->n_dst) /* a tee: a part of dst 0 into the cache */
-        cache += view_bytes(&call->dst[call->n_dst - 1]);
+        cache += written_bytes(call, call->n_dst - 1);
     c->op_calls++;
     c->launches += 1u + (call->kind == GDN_OP_GET_ROWS ? check_launches(backend) : 0u);
     c->bytes += bytes;
     c->cache_bytes += cache;
-    if (call->kind == GDN_OP_CPY || call->kind == GDN_OP_GET_ROWS) {
-        c->copies += call->kind == GDN_OP_CPY;
+    if (call->kind == GDN_OP_CPY || call->kind == GDN_OP_SET_ROWS || call->kind == GDN_OP_GET_ROWS) {
+        c->copies += call->kind != GDN_OP_GET_ROWS; /* a scatter is a copy into slots */
         c->gathers += call->kind == GDN_OP_GET_ROWS;
         c->cache_bytes += bytes;
     }

@@ -234,6 +234,7 @@ void gdn_graph_stand_in_call(const gdn_graph *graph, const gdn_graph_node *node,
     for (int d = 0; d < node->n_dst; d++)
         call->dst[d] = gdn_graph_stand_in(graph, node->dst[d]);
     memcpy(call->tee_offset, node->tee_offset, sizeof call->tee_offset);
+    call->indexed_dst = node->indexed_dst;
 }
 
 /* 1 if a node before `before` (not removed) writes bytes of `id`. */
@@ -252,7 +253,7 @@ static int written_before(const gdn_graph *graph, int32_t before, gdn_tensor_id 
 static gdn_status check_node(const gdn_graph *graph, const gdn_graph_node *node, const gdn_op_traits *traits)
 {
     const int32_t index = graph->n_nodes;
-    if (!gdn_op_src_count_ok(traits, node->n_src) || node->n_dst != traits->n_dst)
+    if (!gdn_op_src_count_ok(traits, node->n_src, 0) || node->n_dst != traits->n_dst)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "graph node %d (%s): %d sources and %d destinations, "
                         "expected %d%s and %d", (int)index, traits->name, (int)node->n_src, (int)node->n_dst,
                         (int)traits->n_src, traits->indexed_src ? " (+1 index)" : "", (int)traits->n_dst);

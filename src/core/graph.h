@@ -70,7 +70,7 @@ gdn_status gdn_graph_op(gdn_graph *graph, gdn_op_kind kind, const gdn_op_params 
 /* Counts, for tests and the bench. */
 typedef struct gdn_graph_stats {
     int32_t n_nodes;             /* nodes that will run */
-    int32_t n_copies;            /* of which CPY nodes */
+    int32_t n_copies;            /* of which CPY and SET_ROWS nodes */
     int32_t n_gathers;           /* of which GET_ROWS nodes */
     int32_t nodes_removed;       /* by passes so far */
     size_t bytes_saved;          /* bytes the removed nodes would have read plus written */

@@ -37,6 +37,7 @@ typedef struct gdn_graph_node {
     gdn_tensor_id src[GDN_OP_MAX_SRC];
     gdn_tensor_id dst[GDN_OP_MAX_DST];
     int64_t tee_offset[GDN_MAX_DIMS]; /* with a tee added by copy elision (gdn_op_call's) */
+    int32_t indexed_dst;              /* set by scatter elision (gdn_op_call's) */
     int removed; /* by a pass: never runs */
 } gdn_graph_node;
 

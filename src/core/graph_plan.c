@@ -138,7 +138,7 @@ void gdn_graph_get_stats(const gdn_graph *graph, gdn_graph_stats *stats)
     for (int32_t i = 0; i < graph->n_nodes; i++)
         if (!graph->nodes[i].removed) {
             stats->n_nodes++;
-            stats->n_copies += graph->nodes[i].kind == GDN_OP_CPY;
+            stats->n_copies += graph->nodes[i].kind == GDN_OP_CPY || graph->nodes[i].kind == GDN_OP_SET_ROWS;
             stats->n_gathers += graph->nodes[i].kind == GDN_OP_GET_ROWS;
         }
     stats->nodes_removed = graph->nodes_removed;
@@ -233,6 +233,7 @@ gdn_status gdn_graph_compute(gdn_graph *graph, gdn_backend *backend)
         call.n_src = node->n_src;
         call.n_dst = node->n_dst;
         memcpy(call.tee_offset, node->tee_offset, sizeof call.tee_offset);
+        call.indexed_dst = node->indexed_dst;
         st = GDN_OK;
         for (int s = 0; st == GDN_OK && s < node->n_src; s++)
             st = concrete_view(graph, node->src[s], &call.src[s]);

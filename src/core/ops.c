@@ -19,7 +19,8 @@
  * reads a (source 0) through an optional index and may tee a box of its output into a second,
  * strided destination (strided_dst bits 0 and 1), which may overlap the indexed pool under the
  * rule of gdn_op_check_index: the llama.cpp conv-window gather and window-update copy fold into
- * it. */
+ * it. The GDN op's snapshots and CONCAT's tee may be written through an index (indexed_dst):
+ * scatter elision folds a SET_ROWS of them into the cache's slots into the op. */
 static const gdn_op_traits gdn_op_traits_table[GDN_OP_COUNT] = {
     [GDN_OP_ADD] = {"add", 2, 1, 1u, 1u, 0u},
     [GDN_OP_MUL] = {"mul", 2, 1, 1u, 1u, 0u},
@@ -33,13 +34,14 @@ static const gdn_op_traits gdn_op_traits_table[GDN_OP_COUNT] = {
     [GDN_OP_RMS_NORM_GATED] = {"rms_norm_gated", 3, 1, 1u, 1u, 0u},
     [GDN_OP_SSM_CONV] = {"ssm_conv", 2, 1, 1u, 0u, 0u},
     [GDN_OP_GET_ROWS] = {"get_rows", 2, 1, 1u, 0u, 0u},
-    [GDN_OP_CONCAT] = {"concat", 2, 1, 3u, 0u, 1u, 1u, 1u << (0 * GDN_OP_MAX_DST + 1)},
+    [GDN_OP_CONCAT] = {"concat", 2, 1, 3u, 0u, 1u, 1u, 1u << (0 * GDN_OP_MAX_DST + 1), 0u, 1u << 1},
     [GDN_OP_CPY] = {"cpy", 1, 1, 1u, 1u, 0u},
     [GDN_OP_MUL_MAT] = {"mul_mat", 2, 1, 1u, 0u, 0u},
-    [GDN_OP_GATED_DELTA_NET] = {"gated_delta_net", 6, 2, 3u, 0u, 1u << 5},
+    [GDN_OP_GATED_DELTA_NET] = {"gated_delta_net", 6, 2, 3u, 0u, 1u << 5, 0u, 0u, 0u, 1u << 1},
     [GDN_OP_GATED_DELTA_NET_REPLAY] = {"gated_delta_net_replay", 11, 1, 1u, 0u, 0u, 0u, 0u,
                                        (1u << 5) | (1u << 7) | (1u << 8) | (1u << 9)},
     [GDN_OP_GDN_GATES] = {"gdn_gates", 4, 2, 3u, 0u, 0u},
+    [GDN_OP_SET_ROWS] = {"set_rows", 2, 1, 1u, 0u, 0u},
 };
 
 /* Source names per kind, in call order, for messages. */
@@ -63,7 +65,17 @@ static const char *const gdn_op_src_names[GDN_OP_COUNT][GDN_OP_MAX_SRC] = {
     [GDN_OP_GATED_DELTA_NET_REPLAY] = {"q", "k", "v", "g", "beta", "state", "state_index", "ring_k", "ring_v",
                                        "ring_g", "fold"},
     [GDN_OP_GDN_GATES] = {"a", "b", "dt_bias", "A_log"},
+    [GDN_OP_SET_ROWS] = {"a", "index"},
 };
+
+/* Source s's name for messages: a destination's index, last, has none in the table. */
+static const char *src_name(const gdn_op_call *call, int s)
+{
+    if (call->indexed_dst != 0 && s == call->n_src - 1)
+        return "the destination index";
+    const char *name = gdn_op_src_names[call->kind][s];
+    return name != NULL ? name : "index";
+}
 
 const gdn_op_traits *gdn_op_traits_of(gdn_op_kind kind)
 {
@@ -142,22 +154,24 @@ static gdn_status check_kind(const gdn_op_call *call, const char *op, int64_t *d
 {
     const gdn_tensor *s = call->src;
     const uint32_t f32 = DTYPE_BIT(GDN_DTYPE_F32), weights = f32 | DTYPE_BIT(GDN_DTYPE_BF16);
-    const char *const *names = gdn_op_src_names[call->kind];
-    /* Source dtypes: everything F32 except weights (BF16 allowed) and the get_rows index. */
+    /* Source dtypes: everything F32 except weights (BF16 allowed), data moved as it is (get_rows,
+     * cpy, set_rows) and indices. */
+    const int moves = call->kind == GDN_OP_GET_ROWS || call->kind == GDN_OP_SET_ROWS;
     for (int i = 0; i < call->n_src; i++) {
         uint32_t allowed = f32;
-        if ((call->kind == GDN_OP_MUL_MAT && i == 0) || (call->kind == GDN_OP_GET_ROWS && i == 0) ||
-            call->kind == GDN_OP_CPY)
+        if ((call->kind == GDN_OP_MUL_MAT && i == 0) || (moves && i == 0) || call->kind == GDN_OP_CPY)
             allowed = weights;
-        if ((call->kind == GDN_OP_GET_ROWS && i == 1) || i == gdn_op_traits_of(call->kind)->n_src)
+        if ((moves && i == 1) || i >= gdn_op_traits_of(call->kind)->n_src)
             allowed = DTYPE_BIT(GDN_DTYPE_I32); /* an index */
-        gdn_status st = check_view(op, names[i], &s[i], allowed);
+        gdn_status st = check_view(op, src_name(call, i), &s[i], allowed);
         if (st != GDN_OK)
             return st;
     }
     *dst_dtypes = call->kind == GDN_OP_CPY ? weights : f32;
     if (call->kind == GDN_OP_GET_ROWS) /* F32 rows, or a's rows as they are (a BF16 state pool) */
         *dst_dtypes = f32 | DTYPE_BIT(s[0].dtype);
+    if (call->kind == GDN_OP_SET_ROWS) /* bits moved as they are */
+        *dst_dtypes = DTYPE_BIT(s[0].dtype);
     memcpy(dst_ne, s[0].ne, sizeof s[0].ne); /* elementwise default: dst shaped as src 0 */
     int64_t want[GDN_MAX_DIMS];
     gdn_status st = GDN_OK;
@@ -227,6 +241,17 @@ static gdn_status check_kind(const gdn_op_call *call, const char *op, int64_t *d
             return st;
         set_ne(dst_ne, s[0].ne[0], s[1].ne[0], 1);
         break;
+    case GDN_OP_SET_ROWS: {
+        const int32_t dim = call->params.set_rows.dim;
+        if (dim < 0 || dim >= GDN_MAX_DIMS)
+            return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "set_rows: dim=%d, expected 0..%d", (int)dim,
+                            GDN_MAX_DIMS - 1);
+        set_ne(want, s[0].ne[dim], 1, 1);
+        if ((st = check_ne(op, "index [n] (n = a's count along dim)", &s[1], want)) != GDN_OK)
+            return st;
+        dst_ne[dim] = call->dst[0].ne[dim]; /* any number of slots */
+        break;
+    }
     case GDN_OP_CONCAT: {
         const int32_t dim = call->params.concat.dim;
         if (dim < 0 || dim >= GDN_MAX_DIMS)
@@ -234,8 +259,8 @@ static gdn_status check_kind(const gdn_op_call *call, const char *op, int64_t *d
                             GDN_MAX_DIMS - 1);
         /* With an index, a's dim `outer` counts pool slots and the index has one entry per
          * position of b's. */
-        const int indexed = call->n_src == 3, outer = gdn_op_index_dim(call);
-        if (indexed && outer == dim)
+        const int indexed = gdn_op_has_src_index(call), outer = gdn_op_index_dim(call);
+        if ((indexed || call->indexed_dst != 0) && outer == dim)
             return gdn_fail(GDN_ERROR_SHAPE, "concat: the index selects along dim %d, the concat dim", (int)dim);
         if (indexed) {
             set_ne(want, s[1].ne[outer], 1, 1);
@@ -292,9 +317,11 @@ static void gdn_op_gdn_args(const gdn_op_call *call, gdn_gated_delta_net_args *a
     args->o = call->dst[0];
     args->states = call->dst[1];
     memset(&args->state_index, 0, sizeof args->state_index); /* data NULL: no index */
-    memset(&args->states_index, 0, sizeof args->states_index); /* the graph node writes slot b */
-    if (call->n_src > 6)
+    memset(&args->states_index, 0, sizeof args->states_index); /* data NULL: slot b */
+    if (gdn_op_has_src_index(call))
         args->state_index = call->src[6];
+    if (call->indexed_dst == 2)
+        args->states_index = call->src[call->n_src - 1];
 }
 
 /* The tee, the last destination: a box of dst[0] (same dtype) at tee_offset, injective, apart
@@ -307,8 +334,22 @@ static gdn_status check_tee(const gdn_op_call *call, const char *op)
     gdn_status st = check_view(op, "tee", tee, DTYPE_BIT(dst->dtype));
     if (st != GDN_OK)
         return st;
+    /* Written through an index, the tee is a pool: along the index's dim the box is all of dst's
+     * positions, position j landing in slot index[j]. */
+    const int slots = call->indexed_dst == d + 1 ? gdn_op_dst_index_dim(call) : -1;
+    if (slots >= 0) {
+        const gdn_tensor *index = &call->src[call->n_src - 1];
+        int64_t want[GDN_MAX_DIMS];
+        set_ne(want, dst->ne[slots], 1, 1);
+        if ((st = check_view(op, "tee index", index, DTYPE_BIT(GDN_DTYPE_I32))) != GDN_OK ||
+            (st = check_ne(op, "tee index", index, want)) != GDN_OK)
+            return st;
+        if (call->tee_offset[slots] != 0)
+            return gdn_fail(GDN_ERROR_SHAPE, "%s: an indexed tee starts at offset %lld along its index's dim %d, "
+                            "expected 0", op, (long long)call->tee_offset[slots], slots);
+    }
     for (int i = 0; i < GDN_MAX_DIMS; i++)
-        if (call->tee_offset[i] < 0 || call->tee_offset[i] + tee->ne[i] > dst->ne[i])
+        if (i != slots && (call->tee_offset[i] < 0 || call->tee_offset[i] + tee->ne[i] > dst->ne[i]))
             return gdn_fail(GDN_ERROR_SHAPE, "%s: the tee's box [%lld, %lld) along dim %d is outside dst (ne %lld)", op,
                             (long long)call->tee_offset[i], (long long)(call->tee_offset[i] + tee->ne[i]), i,
                             (long long)dst->ne[i]);
@@ -327,16 +368,29 @@ static gdn_status check_tee(const gdn_op_call *call, const char *op)
                                 "dim 0 (rows are moved in order), not dim %d", (int)call->params.concat.dim);
             continue; /* per sequence, at run time: gdn_op_check_index */
         }
-        return gdn_fail(GDN_ERROR_OVERLAP, "%s: the tee overlaps source %s", op, gdn_op_src_names[call->kind][s]);
+        return gdn_fail(GDN_ERROR_OVERLAP, "%s: the tee overlaps source %s", op, src_name(call, s));
     }
     return GDN_OK;
+}
+
+int gdn_op_has_src_index(const gdn_op_call *call)
+{
+    const gdn_op_traits *traits = gdn_op_traits_of(call->kind);
+    return traits != NULL && traits->indexed_src != 0 &&
+           call->n_src - (call->indexed_dst != 0) == traits->n_src + 1;
+}
+
+int gdn_op_dst_index_dim(const gdn_op_call *call)
+{
+    if (call->kind == GDN_OP_GATED_DELTA_NET)
+        return 3;
+    return gdn_op_index_dim(call);
 }
 
 int gdn_op_call_indexed(const gdn_op_call *call, int *source)
 {
     const gdn_op_traits *traits = gdn_op_traits_of(call->kind);
-    if (traits == NULL || call->kind == GDN_OP_GATED_DELTA_NET || traits->indexed_src == 0 ||
-        call->n_src != traits->n_src + 1)
+    if (call->kind == GDN_OP_GATED_DELTA_NET || !gdn_op_has_src_index(call))
         return 0;
     int s = 0;
     while (!((traits->indexed_src >> s) & 1u))
@@ -367,37 +421,79 @@ int gdn_op_part_within(const gdn_tensor *read, const gdn_tensor *own)
     return (int64_t)((size_t)(r - o) / own->nb[0]) + read->ne[0] <= own->ne[0];
 }
 
+static int32_t index_at(const gdn_tensor *index, int64_t j)
+{
+    int32_t v;
+    memcpy(&v, (const char *)index->data + (size_t)j * index->nb[0], sizeof v);
+    return v;
+}
+
+/* An index written through (set_rows's, a tee's): every value names one of `slots` slots, and
+ * no two are equal (two writers of one slot would race). n*n comparisons: n is a batch. */
+static gdn_status check_writes(const char *op, const char *what, const gdn_tensor *index, int64_t slots)
+{
+    for (int64_t j = 0; j < index->ne[0]; j++) {
+        const int32_t v = index_at(index, j);
+        if (v < 0 || v >= slots)
+            return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: %s[%lld]=%d is outside 0..%lld (slots written)", op, what,
+                            (long long)j, (int)v, (long long)(slots - 1));
+        for (int64_t j2 = 0; j2 < j; j2++)
+            if (index_at(index, j2) == v)
+                return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: %s[%lld]=%d equals entry %lld (a slot has one "
+                                "writer)", op, what, (long long)j, (int)v, (long long)j2);
+    }
+    return GDN_OK;
+}
+
 gdn_status gdn_op_check_index(const gdn_op_call *call)
 {
+    const gdn_op_traits *traits = gdn_op_traits_of(call->kind);
+    const char *op = traits->name;
+    if (call->kind == GDN_OP_SET_ROWS)
+        return check_writes(op, "index", &call->src[1], call->dst[0].ne[call->params.set_rows.dim]);
+    /* A destination written through an index (the GDN op checks its states_index itself). */
+    const gdn_tensor *writes = NULL;
+    int wd = -1;
+    if (call->indexed_dst != 0 && call->kind != GDN_OP_GATED_DELTA_NET) {
+        wd = call->indexed_dst - 1;
+        writes = &call->src[call->n_src - 1];
+        gdn_status st = check_writes(op, "destination index", writes, call->dst[wd].ne[gdn_op_dst_index_dim(call)]);
+        if (st != GDN_OK)
+            return st;
+    }
     int s = 0;
     if (!gdn_op_call_indexed(call, &s))
         return GDN_OK;
-    const gdn_op_traits *traits = gdn_op_traits_of(call->kind);
-    const char *op = traits->name;
-    const gdn_tensor *pool = &call->src[s], *index = &call->src[call->n_src - 1];
+    const gdn_tensor *pool = &call->src[s], *index = &call->src[traits->n_src];
     const int outer = gdn_op_index_dim(call);
     for (int64_t j = 0; j < index->ne[0]; j++) {
-        int32_t slot;
-        memcpy(&slot, (const char *)index->data + (size_t)j * index->nb[0], sizeof slot);
+        const int32_t slot = index_at(index, j);
         if (slot < 0 || slot >= pool->ne[outer])
             return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: index[%lld]=%d is outside 0..%lld (slots of %s)", op,
-                            (long long)j, (int)slot, (long long)(pool->ne[outer] - 1), gdn_op_src_names[call->kind][s]);
+                            (long long)j, (int)slot, (long long)(pool->ne[outer] - 1), src_name(call, s));
     }
     for (int d = 0; d < call->n_dst; d++) {
         const gdn_tensor *dst = &call->dst[d];
         if (!((traits->indexed_alias >> (s * GDN_OP_MAX_DST + d)) & 1u) || !gdn_tensor_ranges_overlap(pool, dst))
             continue;
         for (int64_t j = 0; j < index->ne[0]; j++) {
-            int32_t slot;
-            memcpy(&slot, (const char *)index->data + (size_t)j * index->nb[0], sizeof slot);
-            gdn_tensor read = part_of(pool, outer, slot), own = part_of(dst, outer, j);
-            if (!gdn_tensor_ranges_overlap(&read, dst))
-                continue;
+            const gdn_tensor read = part_of(pool, outer, index_at(index, j));
+            const gdn_tensor own = part_of(dst, outer, d == wd ? index_at(writes, j) : j);
             if (gdn_op_part_within(&read, &own))
                 continue;
-            return gdn_fail(GDN_ERROR_OVERLAP, "%s: index[%lld]=%d: the pool slot read meets destination %d but does "
-                            "not lie in its own part of it (a position may read only bytes no position writes, or "
-                            "a run of its own part along dim 0)", op, (long long)j, (int)slot, d);
+            /* Written through an index, only the slots named are written. */
+            int meets = 0;
+            for (int64_t j2 = 0; d == wd && !meets && j2 < index->ne[0]; j2++) {
+                const gdn_tensor part = part_of(dst, outer, index_at(writes, j2));
+                meets = gdn_tensor_ranges_overlap(&read, &part);
+            }
+            if (d != wd)
+                meets = gdn_tensor_ranges_overlap(&read, dst);
+            if (meets)
+                return gdn_fail(GDN_ERROR_OVERLAP, "%s: index[%lld]=%d: the pool slot read meets destination %d but "
+                                "does not lie in its own part of it (a position may read only bytes no position "
+                                "writes, or a run of its own part along dim 0)", op, (long long)j,
+                                (int)index_at(index, j), d);
         }
     }
     return GDN_OK;
@@ -411,10 +507,16 @@ gdn_status gdn_op_check(const gdn_op_call *call, int float64_dst)
     if (traits == NULL)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "op: unknown kind %d", (int)call->kind);
     const char *op = traits->name;
-    if (!gdn_op_src_count_ok(traits, call->n_src) || !gdn_op_dst_count_ok(traits, call->n_dst))
-        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: %d sources and %d destinations, expected %d%s and %d%s",
+    if (call->indexed_dst < 0 || call->indexed_dst > call->n_dst ||
+        (call->indexed_dst != 0 && !((traits->indexed_dst >> (call->indexed_dst - 1)) & 1u)) ||
+        (call->kind == GDN_OP_CONCAT && call->indexed_dst != 0 && call->n_dst != 2))
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: destination %d cannot be written through an index", op,
+                        (int)call->indexed_dst - 1);
+    if (!gdn_op_src_count_ok(traits, call->n_src, call->indexed_dst) || !gdn_op_dst_count_ok(traits, call->n_dst))
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: %d sources and %d destinations, expected %d%s%s and %d%s",
                         op, (int)call->n_src, (int)call->n_dst, (int)traits->n_src,
-                        traits->indexed_src ? " (+1 index)" : "", (int)traits->n_dst, traits->tee_dst ? " (+1 tee)" : "");
+                        traits->indexed_src ? " (+1 index)" : "", call->indexed_dst ? " +1 destination index" : "",
+                        (int)traits->n_dst, traits->tee_dst ? " (+1 tee)" : "");
     if (call->kind == GDN_OP_GATED_DELTA_NET && call->n_src > 6 && call->src[6].data == NULL)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: source state_index has no data pointer", op);
 
@@ -455,7 +557,7 @@ gdn_status gdn_op_check(const gdn_op_call *call, int float64_dst)
         const int may_alias = (traits->alias_ok >> (s * GDN_OP_MAX_DST)) & 1u;
         if (may_alias && same_view(dst, &call->src[s]))
             continue;
-        return gdn_fail(GDN_ERROR_OVERLAP, "%s: dst overlaps source %s (%s)", op, gdn_op_src_names[call->kind][s],
+        return gdn_fail(GDN_ERROR_OVERLAP, "%s: dst overlaps source %s (%s)", op, src_name(call, s),
                         may_alias ? "only dst == that source exactly, same data, dtype, counts and strides, "
                                     "may alias" : "this op allows no aliasing of it");
     }
@@ -468,7 +570,7 @@ gdn_status gdn_op_check(const gdn_op_call *call, int float64_dst)
             return gdn_fail(GDN_ERROR_OVERLAP, "%s: beta shares memory with itself or with g", op);
         for (int s = 0; s < call->n_src; s++)
             if (gdn_tensor_ranges_overlap(beta, &call->src[s]))
-                return gdn_fail(GDN_ERROR_OVERLAP, "%s: beta overlaps source %s", op, gdn_op_src_names[call->kind][s]);
+                return gdn_fail(GDN_ERROR_OVERLAP, "%s: beta overlaps source %s", op, src_name(call, s));
     }
     return call->n_dst > traits->n_dst ? check_tee(call, op) : GDN_OK;
 }

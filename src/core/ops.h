@@ -30,6 +30,7 @@ typedef enum gdn_op_kind {
     GDN_OP_GATED_DELTA_NET,
     GDN_OP_GATED_DELTA_NET_REPLAY, /* gdn_gated_delta_net_replay as a graph node: see below */
     GDN_OP_GDN_GATES,      /* dst 0 g = softplus(a + dt_bias) * -exp(A_log), dst 1 beta = sigmoid(b) */
+    GDN_OP_SET_ROWS,       /* dst[.. index[j] ..] = a[.. j ..] along `dim`: see below */
     GDN_OP_COUNT
 } gdn_op_kind;
 
@@ -51,6 +52,17 @@ typedef struct gdn_norm_params {
 typedef struct gdn_concat_params {
     int32_t dim; /* dimension (innermost first) along which b follows a */
 } gdn_concat_params;
+
+/* SET_ROWS (a scatter, the write-side twin of GET_ROWS): src[0] a (any shape, F32 or BF16),
+ * src[1] index I32 [n] with n = a.ne[dim]; dst has a's dtype and a's counts except along `dim`,
+ * where it has S >= 1 slots (a cache pool). Element i of a is written to dst at i with i[dim]
+ * replaced by index[i[dim]]; the other slots are left as they are. Every index lies in 0..S-1
+ * and no two are equal (a slot has one writer); both are checked before anything is written.
+ * The cache writes of a step whose sequences sit in any slots: scatter elision (in copy
+ * elision) hands the index to the op that produced a, which then writes the slots itself. */
+typedef struct gdn_set_rows_params {
+    int32_t dim;
+} gdn_set_rows_params;
 
 /* CONCAT with an index (gather elision): src[0] a is a pool whose outermost call dimension
  * (dst 0's dim n_dims-1, not `dim`) counts slots; src[2] index I32 [n] picks slot index[j] for
@@ -75,11 +87,14 @@ typedef union gdn_op_params {
     gdn_scale_params scale;
     gdn_norm_params norm;
     gdn_concat_params concat;
+    gdn_set_rows_params set_rows;
     gdn_gated_delta_net_params gated_delta_net;
 } gdn_op_params;
 
 /* An op whose traits declare an indexed source (indexed_src) may take one more source than its
- * traits' n_src: the I32 row index of that source, last. GATED_DELTA_NET: 6 sources (state
+ * traits' n_src: the I32 row index of that source, src[traits n_src]. An op whose traits declare
+ * an indexed destination (indexed_dst) may write that destination through an index: the call
+ * says which (indexed_dst = 1 + d) and the index is its last source (after a source index). GATED_DELTA_NET: 6 sources (state
  * [B,Hv,Dv,Dk]) or 7, src[6] = state_index [B] and state a pool [S,Hv,Dv,Dk].
  * GATED_DELTA_NET_REPLAY: 11 sources in the order of gdn_gated_delta_net_replay_args (q, k, v,
  * g, beta, state, state_index, ring_k, ring_v, ring_g, fold) and dst[0] = o. The op
@@ -97,6 +112,8 @@ typedef struct gdn_op_call {
     gdn_tensor dst[GDN_OP_MAX_DST];
     int64_t tee_offset[GDN_MAX_DIMS]; /* with a tee (n_dst = traits n_dst + 1): where in dst[0] the
                                          last destination's box starts */
+    int32_t indexed_dst;              /* 0, or 1 + d: dst[d] is a pool written through an index,
+                                         the last source, along gdn_op_dst_index_dim */
 } gdn_op_call;
 
 /* What an op's kernels accept, read by the graph passes (DESIGN.md section 4). */
@@ -112,12 +129,17 @@ typedef struct gdn_op_traits {
     uint32_t indexed_alias;    /* bit (s * GDN_OP_MAX_DST + d): the indexed src[s] may overlap
                                 * dst[d], under the per-sequence rule gdn_op_check_index applies */
     uint32_t inout_src;        /* bit s: src[s] is also written, in place (a cache pool) */
+    uint32_t indexed_dst;      /* bit d: dst[d] may be a pool written through an index (scatter
+                                * elision): GATED_DELTA_NET's states (its states_index), and
+                                * CONCAT's tee */
 } gdn_op_traits;
 
 /* 1 if `n_src` sources are a valid count for an op with these traits: traits->n_src, or one more
  * (an index) when the op declares an indexed source. */
-static inline int gdn_op_src_count_ok(const gdn_op_traits *traits, int32_t n_src)
+static inline int gdn_op_src_count_ok(const gdn_op_traits *traits, int32_t n_src, int32_t indexed_dst)
 {
+    if (indexed_dst != 0)
+        n_src--; /* the destination's index, last */
     return n_src == traits->n_src || (traits->indexed_src != 0 && n_src == traits->n_src + 1);
 }
 
@@ -128,8 +150,15 @@ static inline int gdn_op_dst_count_ok(const gdn_op_traits *traits, int32_t n_dst
 }
 
 /* 1 if the call reads a source through an index (an op other than GATED_DELTA_NET, whose index
- * is its own argument); then *source is the indexed source and the index is src[n_src - 1]. */
+ * is its own argument); then *source is the indexed source and the index is src[traits n_src]. */
 int gdn_op_call_indexed(const gdn_op_call *call, int *source);
+
+/* 1 if the call reads its indexed source through an index (src[traits n_src]), any op. */
+int gdn_op_has_src_index(const gdn_op_call *call);
+
+/* The dimension of dst[indexed_dst - 1] that its index selects along: GATED_DELTA_NET's states
+ * {Dk, Dv, Hv, S, N} along dim 3 (the slot), a tee along dst[0]'s outermost. */
+int gdn_op_dst_index_dim(const gdn_op_call *call);
 
 /* The dimension an index selects along: dst[0]'s outermost (n_dims - 1). */
 static inline int gdn_op_index_dim(const gdn_op_call *call)
@@ -148,7 +177,9 @@ int gdn_op_part_within(const gdn_tensor *read, const gdn_tensor *own);
  * names a slot of the pool, and where a destination may overlap the pool (indexed_alias), each
  * position j reads either pool bytes that meet no part of that destination, or a run of part j
  * of it (gdn_op_part_within: its own part, or the window at an offset in it that a cache with
- * rollback reads). On failure nothing has been written. */
+ * rollback reads). A destination written through an index (not GATED_DELTA_NET's, checked by
+ * its own entry): every value names one of its slots, no two equal, and "part j" of it is slot
+ * index[j]. On failure nothing has been written. */
 gdn_status gdn_op_check_index(const gdn_op_call *call);
 
 /* Traits of an op kind; NULL for an unknown kind. Static storage. */

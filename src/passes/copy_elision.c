@@ -3,9 +3,12 @@
  * N writes d straight into C's destination view D. When C copies only a part of N's output (a
  * box of an intermediate that other nodes also read), and N's op declares a tee, C is removed
  * too: N keeps writing its output and also writes that box straight into D (the conv-window
- * update of a GDN block, a view of the concat that ssm_conv reads whole). The decision reads
- * only op traits and tensor geometry; the one op kind named is CPY itself. Each refusal is
- * logged with its reason; with no log callback, GDN_LOG_PASSES=1 sends the lines to stderr. */
+ * update of a GDN block, a view of the concat that ssm_conv reads whole). Scatter elision is the
+ * same pass for a SET_ROWS node (a copy into the slots an index names, along one dim): when N
+ * declares that destination (or its tee) indexed_dst, N gets the table view and the index and
+ * writes the slots itself, with the same rules otherwise. The decision reads only op traits and
+ * tensor geometry; the op kinds named are CPY and SET_ROWS themselves. Each refusal is logged
+ * with its reason; with no log callback, GDN_LOG_PASSES=1 sends the lines to stderr. */
 #include "pass_log.h"
 #include "../core/graph_internal.h"
 
@@ -39,11 +42,30 @@ static int same_geometry(const gdn_tensor *a, const gdn_tensor *b)
     return 1;
 }
 
-/* The copy moves bits (no dtype change, same counts) and N's destination d accepts D's strides. */
+/* The dim a SET_ROWS node scatters along, or -1 for a CPY. */
+static int scatter_dim(const gdn_graph_node *copy)
+{
+    return copy->kind == GDN_OP_SET_ROWS ? copy->params.set_rows.dim : -1;
+}
+
+/* N rewritten to write destination d as C does: D in place of d, and for a scatter C's index as
+ * the destination's index, its last source. */
+static void rewrite(const gdn_graph_node *copy, gdn_graph_node *node, int d)
+{
+    node->dst[d] = copy->dst[0];
+    if (copy->kind == GDN_OP_SET_ROWS) {
+        node->src[node->n_src++] = copy->src[1];
+        node->indexed_dst = d + 1;
+    }
+}
+
+/* The copy moves bits (no dtype change, same counts but along a scatter's dim) and N's
+ * destination d accepts D's strides (and, for a scatter, an index). */
 static int writable_as_is(const gdn_graph *graph, const gdn_pass_log *log, const char *prefix, int32_t c, int32_t n,
                           const gdn_op_traits *traits, int d)
 {
     const gdn_tensor_id t = graph->nodes[c].src[0], target = graph->nodes[c].dst[0];
+    const int dim = scatter_dim(&graph->nodes[c]);
     const gdn_graph_tensor *tt = &graph->tensors[t], *dt = &graph->tensors[target];
     if (tt->view.dtype != dt->view.dtype) {
         gdn_pass_say(log, "%s: the copy converts %s to %s", prefix, gdn_dtype_name(tt->view.dtype),
@@ -51,7 +73,7 @@ static int writable_as_is(const gdn_graph *graph, const gdn_pass_log *log, const
         return 0;
     }
     for (int i = 0; i < GDN_MAX_DIMS; i++)
-        if (tt->view.ne[i] != dt->view.ne[i]) {
+        if (i != dim && tt->view.ne[i] != dt->view.ne[i]) {
             gdn_pass_say(log, "%s: t%d '%s' and the destination t%d differ in ne[%d] (%lld vs %lld)", prefix, (int)t,
                 tt->name, (int)target, i, (long long)tt->view.ne[i], (long long)dt->view.ne[i]);
             return 0;
@@ -60,16 +82,25 @@ static int writable_as_is(const gdn_graph *graph, const gdn_pass_log *log, const
         gdn_pass_say(log, "%s: node %d (%s) does not declare a strided destination %d", prefix, (int)n, traits->name, d);
         return 0;
     }
+    if (dim >= 0 && !((traits->indexed_dst >> d) & 1u)) {
+        gdn_pass_say(log, "%s: node %d (%s) does not declare destination %d writable through an index", prefix, (int)n,
+            traits->name, d);
+        return 0;
+    }
+    if (dim >= 0 && graph->nodes[n].indexed_dst != 0) {
+        gdn_pass_say(log, "%s: node %d (%s) already writes a destination through an index", prefix, (int)n, traits->name);
+        return 0;
+    }
     return 1;
 }
 
 static int untouched_between(const gdn_graph *graph, gdn_graph_traits_fn traits_of, const gdn_pass_log *log,
                              const char *prefix, int32_t c, int32_t n, int d);
 static int passes_op_check(const gdn_graph *graph, const gdn_pass_log *log, const char *prefix, int32_t n,
-                           const gdn_graph_node *rewritten);
+                           const gdn_graph_node *rewritten, int dim);
 
 /* Every rule for forwarding C's copy into N's destination d; on a refusal, logs it and returns
- * 0. `prefix` is "copy elision: node C (cpy) kept". */
+ * 0. `prefix` is "copy elision: node C (cpy) kept" (or set_rows). */
 static int may_forward(const gdn_graph *graph, gdn_graph_traits_fn traits_of, const gdn_pass_log *log,
                        const char *prefix, int32_t c, int32_t n, int d)
 {
@@ -104,8 +135,9 @@ static int may_forward(const gdn_graph *graph, gdn_graph_traits_fn traits_of, co
         return 0;
     }
     gdn_graph_node rewritten = *node;
-    rewritten.dst[d] = target;
-    return untouched_between(graph, traits_of, log, prefix, c, n, d) && passes_op_check(graph, log, prefix, n, &rewritten);
+    rewrite(copy, &rewritten, d);
+    return untouched_between(graph, traits_of, log, prefix, c, n, d) &&
+           passes_op_check(graph, log, prefix, n, &rewritten, scatter_dim(copy));
 }
 
 /* The rules shared by forwarding and teeing: D meets no other destination of N (`d` is the one
@@ -143,9 +175,10 @@ static int untouched_between(const gdn_graph *graph, gdn_graph_traits_fn traits_
 }
 
 /* Node n rewritten (a destination replaced, or a tee added) must pass its own op's check
- * (strides, self-overlap, dtypes, shapes). */
+ * (strides, self-overlap, dtypes, shapes); for a scatter along `dim` (>= 0), the op must index
+ * that destination along the same dim. */
 static int passes_op_check(const gdn_graph *graph, const gdn_pass_log *log, const char *prefix, int32_t n,
-                           const gdn_graph_node *rewritten)
+                           const gdn_graph_node *rewritten, int dim)
 {
     gdn_op_call call;
     gdn_graph_stand_in_call(graph, rewritten, &call);
@@ -153,6 +186,12 @@ static int passes_op_check(const gdn_graph *graph, const gdn_pass_log *log, cons
         gdn_pass_say(log, "%s: the rewritten node %d (%s) fails its op check: %s", prefix, (int)n,
             gdn_op_traits_of(rewritten->kind)->name, gdn_error_detail());
         gdn_clear_error();
+        return 0;
+    }
+    if (dim >= 0 && gdn_op_dst_index_dim(&call) != dim) {
+        gdn_pass_say(log, "%s: node %d (%s) indexes destination %d along dim %d, the scatter is along dim %d", prefix,
+            (int)n, gdn_op_traits_of(rewritten->kind)->name, (int)rewritten->indexed_dst - 1,
+            gdn_op_dst_index_dim(&call), dim);
         return 0;
     }
     return 1;
@@ -222,7 +261,7 @@ static int may_tee(const gdn_graph *graph, gdn_graph_traits_fn traits_of, const 
     for (int s = 0; s < node->n_src; s++) {
         if (!gdn_graph_tensors_overlap(graph, target, node->src[s]))
             continue;
-        const gdn_tensor_id index = node->src[node->n_src - 1];
+        const gdn_tensor_id index = node->src[traits->n_src];
         if (indexed && s == pool && ((traits->indexed_alias >> (s * GDN_OP_MAX_DST + d)) & 1u) &&
             (graph->tensors[graph->tensors[index].root].flags & GDN_GRAPH_OWN_SLOT_INDEX))
             continue;
@@ -234,9 +273,9 @@ static int may_tee(const gdn_graph *graph, gdn_graph_traits_fn traits_of, const 
     if (!untouched_between(graph, traits_of, log, prefix, c, n, d))
         return 0;
     gdn_graph_node teed = *node;
-    teed.dst[teed.n_dst++] = target;
+    rewrite(copy, &teed, teed.n_dst++);
     memcpy(teed.tee_offset, offset, sizeof teed.tee_offset);
-    return passes_op_check(graph, log, prefix, n, &teed);
+    return passes_op_check(graph, log, prefix, n, &teed, scatter_dim(copy));
 }
 
 gdn_status gdn_graph_pass_copy_elision_with(gdn_graph *graph, gdn_graph_traits_fn traits_of,
@@ -249,7 +288,7 @@ gdn_status gdn_graph_pass_copy_elision_with(gdn_graph *graph, gdn_graph_traits_f
 
     for (int32_t c = 0; c < graph->n_nodes; c++) {
         gdn_graph_node *copy = &graph->nodes[c];
-        if (copy->removed || copy->kind != GDN_OP_CPY)
+        if (copy->removed || (copy->kind != GDN_OP_CPY && copy->kind != GDN_OP_SET_ROWS))
             continue;
         char prefix[64];
         snprintf(prefix, sizeof prefix, "copy elision: node %d (%s) kept", (int)c, traits_of(copy->kind)->name);
@@ -273,19 +312,20 @@ gdn_status gdn_graph_pass_copy_elision_with(gdn_graph *graph, gdn_graph_traits_f
         const gdn_tensor_id target = copy->dst[0];
         if (t == root) {
             char forward_prefix[80];
-            snprintf(forward_prefix, sizeof forward_prefix, "copy elision: node %d (cpy) %s", (int)c,
-                can_tee ? "not forwarded" : "kept");
+            snprintf(forward_prefix, sizeof forward_prefix, "copy elision: node %d (%s) %s", (int)c,
+                traits_of(copy->kind)->name, can_tee ? "not forwarded" : "kept");
             if (may_forward(graph, traits_of, &log, forward_prefix, c, n, d)) {
                 const size_t saved = (size_t)gdn_tensor_count(&tt->view) *
                                      (gdn_dtype_size(tt->view.dtype) + gdn_dtype_size(graph->tensors[target].view.dtype));
-                node->dst[d] = target; /* T is now written and read by nobody: the planner skips it */
+                rewrite(copy, node, d); /* T is now written and read by nobody: the planner skips it */
                 copy->removed = 1;
                 graph->nodes_removed++;
                 graph->bytes_saved += saved;
                 gdn_graph_invalidate_plan(graph);
-                gdn_pass_say(&log, "copy elision: node %d (cpy) removed: node %d (%s) writes destination %d straight "
-                    "into t%d '%s' instead of t%d '%s' (%zu bytes saved)", (int)c, (int)n, traits->name, d,
-                    (int)target, graph->tensors[target].name, (int)t, tt->name, saved);
+                gdn_pass_say(&log, "copy elision: node %d (%s) removed: node %d (%s) writes destination %d straight "
+                    "into t%d '%s'%s instead of t%d '%s' (%zu bytes saved)", (int)c, traits_of(copy->kind)->name,
+                    (int)n, traits->name, d, (int)target, graph->tensors[target].name,
+                    copy->kind == GDN_OP_SET_ROWS ? " through the index" : "", (int)t, tt->name, saved);
                 continue;
             }
             if (!can_tee)
@@ -301,15 +341,16 @@ gdn_status gdn_graph_pass_copy_elision_with(gdn_graph *graph, gdn_graph_traits_f
         /* N keeps its output (other nodes read it) and also writes the copied box into D; the
          * copy's read of it is saved. */
         const size_t saved = (size_t)gdn_tensor_count(&tt->view) * gdn_dtype_size(tt->view.dtype);
-        node->dst[node->n_dst++] = target;
+        rewrite(copy, node, node->n_dst++);
         memcpy(node->tee_offset, offset, sizeof node->tee_offset);
         copy->removed = 1;
         graph->nodes_removed++;
         graph->bytes_saved += saved;
         gdn_graph_invalidate_plan(graph);
-        gdn_pass_say(&log, "copy elision: node %d (cpy) removed: node %d (%s) also writes the part t%d '%s' of its "
-            "output straight into t%d '%s' (a tee; %zu bytes saved)", (int)c, (int)n, traits->name, (int)t, tt->name,
-            (int)target, graph->tensors[target].name, saved);
+        gdn_pass_say(&log, "copy elision: node %d (%s) removed: node %d (%s) also writes the part t%d '%s' of its "
+            "output straight into t%d '%s'%s (a tee; %zu bytes saved)", (int)c, traits_of(copy->kind)->name, (int)n,
+            traits->name, (int)t, tt->name, (int)target, graph->tensors[target].name,
+            copy->kind == GDN_OP_SET_ROWS ? " through the index" : "", saved);
     }
     return GDN_OK;
 }

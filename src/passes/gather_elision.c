@@ -65,6 +65,15 @@ static int pool_view(const gdn_tensor *v, const gdn_tensor *t, const gdn_tensor 
     return 1;
 }
 
+/* Insert `v` at position `at` of a call's sources (the source index goes before a destination's
+ * index, which stays last). */
+static void insert_source(gdn_tensor *src, int32_t *n_src, int32_t at, gdn_tensor v)
+{
+    for (int32_t i = (*n_src)++; i > at; i--)
+        src[i] = src[i - 1];
+    src[at] = v;
+}
+
 /* Every rule for forwarding G's table and index into its reader; on a refusal, logs it and
  * returns 0. On success *reader, *source and *pool (a stand-in view) are set. `prefix` is
  * "gather elision: node G (get_rows) kept". */
@@ -98,7 +107,7 @@ static int may_forward(const gdn_graph *graph, const gdn_pass_log *log, const ch
         gdn_pass_say(log, "%s: its reader node %d (%s) does not declare an indexed source %d", prefix, (int)n, op, s);
         return 0;
     }
-    if (node->n_src != traits->n_src) {
+    if (node->n_src - (node->indexed_dst != 0) != traits->n_src) {
         gdn_pass_say(log, "%s: its reader node %d (%s) already reads through an index", prefix, (int)n, op);
         return 0;
     }
@@ -140,7 +149,7 @@ static int may_forward(const gdn_graph *graph, const gdn_pass_log *log, const ch
     gdn_op_call call;
     gdn_graph_stand_in_call(graph, node, &call);
     call.src[s] = *pool;
-    call.src[call.n_src++] = gdn_graph_stand_in(graph, index);
+    insert_source(call.src, &call.n_src, traits->n_src, gdn_graph_stand_in(graph, index));
     if (gdn_op_check(&call, 0) != GDN_OK) {
         gdn_pass_say(log, "%s: the rewritten node %d (%s) fails its op check: %s", prefix, (int)n, op, gdn_error_detail());
         gdn_clear_error();
@@ -195,7 +204,9 @@ gdn_status gdn_graph_pass_gather_elision(gdn_graph *graph, gdn_graph_log_fn log_
         const size_t saved = (size_t)gdn_tensor_count(&tt->view) *
                              (gdn_dtype_size(graph->tensors[a].view.dtype) + gdn_dtype_size(tt->view.dtype));
         node->src[s] = pool_id;
-        node->src[node->n_src++] = index; /* T is now written and read by nobody: the planner skips it */
+        for (int32_t i = node->n_src++; i > gdn_op_traits_of(node->kind)->n_src; i--)
+            node->src[i] = node->src[i - 1]; /* a destination's index stays last */
+        node->src[gdn_op_traits_of(node->kind)->n_src] = index; /* T is now written and read by nobody */
         graph->nodes[g].removed = 1;
         graph->nodes_removed++;
         graph->bytes_saved += saved;

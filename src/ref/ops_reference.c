@@ -201,7 +201,7 @@ static gdn_status concat(const gdn_op_call *call)
     if (st != GDN_OK)
         return st;
     const gdn_tensor *a = &call->src[0], *dst = &call->dst[0];
-    const int dim = call->params.concat.dim, indexed = call->n_src == 3, outer = gdn_op_index_dim(call);
+    const int dim = call->params.concat.dim, indexed = gdn_op_has_src_index(call), outer = gdn_op_index_dim(call);
     int64_t o[GDN_MAX_DIMS] = {0};
     do {
         int64_t i[GDN_MAX_DIMS];
@@ -216,16 +216,43 @@ static gdn_status concat(const gdn_op_call *call)
         }
         store(dst, o, load(&call->src[from_b], i));
     } while (next(dst->ne, o, 0));
-    if (call->n_dst == 2) {
+    if (call->n_dst == 2) { /* the box; through an index, box position j lands in slot index[j] */
         const gdn_tensor *tee = &call->dst[1];
-        int64_t t[GDN_MAX_DIMS] = {0};
+        const int slots = call->indexed_dst == 2 ? gdn_op_dst_index_dim(call) : -1;
+        int64_t box[GDN_MAX_DIMS], t[GDN_MAX_DIMS] = {0};
+        memcpy(box, tee->ne, sizeof box);
+        if (slots >= 0)
+            box[slots] = dst->ne[slots];
         do {
-            int64_t from[GDN_MAX_DIMS];
+            int64_t from[GDN_MAX_DIMS], at[GDN_MAX_DIMS];
             for (int k = 0; k < GDN_MAX_DIMS; k++)
-                from[k] = t[k] + call->tee_offset[k];
-            store(tee, t, load(dst, from));
-        } while (next(tee->ne, t, 0));
+                from[k] = t[k] + call->tee_offset[k], at[k] = t[k];
+            if (slots >= 0) {
+                const int64_t ji[GDN_MAX_DIMS] = {t[slots], 0, 0, 0, 0, 0};
+                at[slots] = (int64_t)load(&call->src[call->n_src - 1], ji);
+            }
+            store(tee, at, load(dst, from));
+        } while (next(box, t, 0));
     }
+    return GDN_OK;
+}
+
+/* dst at a's position with dim `dim` replaced by index[position]; index checked first. */
+static gdn_status set_rows(const gdn_op_call *call)
+{
+    gdn_status st = gdn_op_check_index(call);
+    if (st != GDN_OK)
+        return st;
+    const gdn_tensor *a = &call->src[0];
+    const int dim = call->params.set_rows.dim;
+    int64_t o[GDN_MAX_DIMS] = {0};
+    do {
+        int64_t at[GDN_MAX_DIMS];
+        memcpy(at, o, sizeof at);
+        const int64_t ji[GDN_MAX_DIMS] = {o[dim], 0, 0, 0, 0, 0};
+        at[dim] = (int64_t)load(&call->src[1], ji);
+        store(&call->dst[0], at, load(a, o));
+    } while (next(a->ne, o, 0));
     return GDN_OK;
 }
 
@@ -265,7 +292,8 @@ gdn_status gdn_op_reference(const gdn_op_call *call)
         const gdn_tensor no_index = {0};
         const gdn_gated_delta_net_args args = {call->src[0], call->src[1], call->src[2], call->src[3],
                                                call->src[4], call->src[5], call->dst[0], call->dst[1],
-                                               call->n_src > 6 ? call->src[6] : no_index, no_index};
+                                               gdn_op_has_src_index(call) ? call->src[6] : no_index,
+                                               call->indexed_dst == 2 ? call->src[call->n_src - 1] : no_index};
         return gdn_gated_delta_net_reference(&call->params.gated_delta_net, &args);
     }
     case GDN_OP_L2_NORM:
@@ -280,6 +308,8 @@ gdn_status gdn_op_reference(const gdn_op_call *call)
         return get_rows(call);
     case GDN_OP_CONCAT:
         return concat(call);
+    case GDN_OP_SET_ROWS:
+        return set_rows(call);
     case GDN_OP_MUL_MAT:
         mul_mat(call);
         return GDN_OK;

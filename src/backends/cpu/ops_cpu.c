@@ -139,8 +139,9 @@ static void gdn_cpu_concat_rows(const gdn_cpu_rows_job *job, int64_t first, int6
     const gdn_op_call *call = job->call;
     const gdn_tensor *a = &call->src[0], *b = &call->src[1], *dst = &call->dst[0];
     const gdn_tensor *tee = call->n_dst == 2 ? &call->dst[1] : NULL;
-    const int dim = call->params.concat.dim, indexed = call->n_src == 3, outer = gdn_op_index_dim(call);
+    const int dim = call->params.concat.dim, indexed = gdn_op_has_src_index(call), outer = gdn_op_index_dim(call);
     const int64_t *off = call->tee_offset;
+    const int slots = call->indexed_dst == 2 ? outer : -1; /* a tee written through an index */
     for (int64_t r = first; r < last; r++) {
         int64_t idx[GDN_MAX_DIMS];
         gdn_cpu_row_index(dst->ne, r, idx);
@@ -151,6 +152,12 @@ static void gdn_cpu_concat_rows(const gdn_cpu_rows_job *job, int64_t first, int6
             int inside = 1;
             for (int k = 1; k < GDN_MAX_DIMS; k++) {
                 t[k] = idx[k] - off[k];
+                if (k == slots) {
+                    int32_t s32;
+                    memcpy(&s32, (const char *)call->src[call->n_src - 1].data + (size_t)idx[k] *
+                           call->src[call->n_src - 1].nb[0], sizeof s32);
+                    t[k] = s32;
+                }
                 inside &= t[k] >= 0 && t[k] < tee->ne[k];
             }
             t[0] = 0;
@@ -190,6 +197,31 @@ static gdn_status gdn_cpu_concat(gdn_backend *backend, const gdn_op_call *call, 
     if (st != GDN_OK)
         return st;
     return gdn_cpu_run_rows(backend, call, rows, work, gdn_cpu_concat_rows, 0, 0);
+}
+
+/* set_rows, one row of a (dims 1..5) at a time: to dst's row with dim `dim` taken from the
+ * index (elements moved as bits; with dim 0, element by element). */
+static void gdn_cpu_set_rows_rows(const gdn_cpu_rows_job *job, int64_t first, int64_t last, int thread_index)
+{
+    (void)thread_index;
+    const gdn_op_call *call = job->call;
+    const gdn_tensor *a = &call->src[0], *index = &call->src[1], *dst = &call->dst[0];
+    const int dim = call->params.set_rows.dim;
+    const size_t elem = gdn_dtype_size(a->dtype);
+    for (int64_t r = first; r < last; r++) {
+        int64_t idx[GDN_MAX_DIMS];
+        gdn_cpu_row_index(a->ne, r, idx);
+        for (int64_t i = 0; i < a->ne[0]; i++) {
+            int64_t to[GDN_MAX_DIMS];
+            memcpy(to, idx, sizeof to);
+            to[0] = i;
+            int32_t slot;
+            memcpy(&slot, (const char *)index->data + (size_t)to[dim] * index->nb[0], sizeof slot);
+            to[dim] = slot;
+            memcpy((char *)dst->data + gdn_cpu_offset(dst, to),
+                   (const char *)a->data + gdn_cpu_offset(a, idx) + (size_t)i * a->nb[0], elem);
+        }
+    }
 }
 
 /* cpy, one row at a time: F32 and BF16 either way (BF16 written with round-to-nearest-even). */
@@ -246,6 +278,12 @@ gdn_status gdn_cpu_run_op(gdn_backend *backend, const gdn_op_call *call)
         return gdn_cpu_concat(backend, call, rows, work);
     case GDN_OP_CPY:
         return gdn_cpu_run_rows(backend, call, rows, work, gdn_cpu_cpy_rows, 0, 0);
+    case GDN_OP_SET_ROWS: { /* the index first (range, one writer per slot): nothing written on a bad one */
+        gdn_status st = gdn_op_check_index(call);
+        const int64_t a_rows = gdn_cpu_n_rows(&call->src[0]);
+        return st != GDN_OK ? st : gdn_cpu_run_rows(backend, call, a_rows, a_rows * call->src[0].ne[0],
+                                                    gdn_cpu_set_rows_rows, 0, 0);
+    }
     case GDN_OP_MUL_MAT:
         return gdn_cpu_mul_mat(backend, call);
     case GDN_OP_GDN_GATES:

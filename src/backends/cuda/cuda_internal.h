@@ -75,12 +75,14 @@ struct gdn_cuda_op_args {
     int kind;             /* gdn_op_kind */
     float scale;          /* scale: the factor */
     float eps;            /* norms */
-    int dim;              /* concat */
+    int dim;              /* concat, set_rows */
     int64_t count;        /* work items: dst elements, rows or dot products, per kernel */
     int64_t *index_check; /* get_rows: {first bad position or -1, its index} from its check kernel;
-                             concat: {first bad position or -1, its index, 0 range / 1 overlap} */
-    /* concat with an index (src[2]) and/or a tee (the gather and copy the passes fold in) */
+                             concat, set_rows: {first bad position or -1, its index, kIndex*} */
+    /* concat with an index (src[2]) and/or a tee (the gather and copy the passes fold in), the
+     * tee perhaps written through an index of its own (src[3]: position j into slot src[3][j]) */
     int indexed;          /* 1: src[0]'s position j along `outer` is slot index[j] */
+    int tee_indexed;      /* 1: the tee is a pool written through src[3] along `outer` */
     int outer;            /* the dimension the index selects along */
     gdn_cuda_view tee;    /* data NULL: no tee */
     int64_t tee_offset[GDN_MAX_DIMS];
@@ -193,6 +195,7 @@ gdn_status gdn_cuda_get_rows(const gdn_cuda_context *context, gdn_cuda_op_args a
 gdn_status gdn_cuda_gates(const gdn_cuda_context *context, gdn_cuda_op_args args);
 gdn_status gdn_cuda_concat(const gdn_cuda_context *context, gdn_cuda_op_args args);
 gdn_status gdn_cuda_cpy(const gdn_cuda_context *context, gdn_cuda_op_args args);
+gdn_status gdn_cuda_set_rows(const gdn_cuda_context *context, gdn_cuda_op_args args);
 gdn_status gdn_cuda_mul_mat(const gdn_cuda_context *context, gdn_cuda_op_args args);
 
 #endif

@@ -24,6 +24,7 @@ int gdn_cuda_runs_op(gdn_op_kind kind)
     case GDN_OP_CPY:
     case GDN_OP_MUL_MAT:
     case GDN_OP_GDN_GATES:
+    case GDN_OP_SET_ROWS:
         return 1;
     default:
         return 0;
@@ -53,10 +54,18 @@ gdn_status gdn_cuda_run_op(gdn_backend *backend, const gdn_op_call *call)
         args.scale = call->params.scale.scale;
     if (call->kind == GDN_OP_L2_NORM || call->kind == GDN_OP_RMS_NORM || call->kind == GDN_OP_RMS_NORM_GATED)
         args.eps = call->params.norm.eps;
+    if (call->kind == GDN_OP_SET_ROWS)
+        args.dim = call->params.set_rows.dim;
     if (call->kind == GDN_OP_CONCAT) {
         args.dim = call->params.concat.dim;
-        args.indexed = call->n_src == 3;
+        args.indexed = gdn_op_has_src_index(call);
         args.outer = gdn_op_index_dim(call);
+        args.tee_indexed = call->indexed_dst != 0;
+        memset(&args.src[2], 0, 2 * sizeof args.src[2]);
+        if (args.indexed)
+            args.src[2] = gdn_cuda_view_of(&call->src[2]);
+        if (args.tee_indexed)
+            args.src[3] = gdn_cuda_view_of(&call->src[call->n_src - 1]);
         if (call->n_dst == 2) {
             args.tee = gdn_cuda_view_of(&call->dst[1]);
             memcpy(args.tee_offset, call->tee_offset, sizeof args.tee_offset);
@@ -87,6 +96,8 @@ gdn_status gdn_cuda_run_op(gdn_backend *backend, const gdn_op_call *call)
         return gdn_cuda_concat(context, args);
     case GDN_OP_CPY:
         return gdn_cuda_cpy(context, args);
+    case GDN_OP_SET_ROWS:
+        return gdn_cuda_set_rows(context, args);
     case GDN_OP_MUL_MAT:
         return gdn_cuda_mul_mat(context, args);
     case GDN_OP_GDN_GATES:

@@ -1,4 +1,4 @@
-/* ops_cuda_data.cu: CUDA kernels of the data-movement ops (get_rows, concat, cpy) and the short
+/* ops_cuda_data.cu: CUDA kernels of the data-movement ops (get_rows, concat, cpy, set_rows) and the short
  * causal convolution (ssm_conv). One thread per element of dst (flat index, dim 0 fastest,
  * grid-stride loop), every view through its ne/nb. Data movement copies bits (exact); cpy to
  * BF16 rounds to nearest, ties to even, with the CPU kernel's formula. */
@@ -8,6 +8,13 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kCheckThreads = 256;
+
+/* What an index check found at its first bad position (index_check[2]). */
+constexpr int kIndexRange = 0;      /* a read index outside the pool's slots */
+constexpr int kIndexOverlap = 1;    /* a slot read meets the tee outside the position's own part */
+constexpr int kIndexWriteRange = 2; /* a written index outside the destination's slots */
+constexpr int kIndexWriteTwice = 3; /* a written index equal to an earlier one */
+constexpr int kSeenWords = 2048;    /* shared bitmap: repeats found in one pass up to 65536 slots */
 
 /* Coordinates of flat element e over counts ne (dim 0 fastest). */
 __device__ __forceinline__ void unflatten(const int64_t *ne, int64_t e, int64_t *idx)
@@ -109,6 +116,91 @@ __global__ void get_rows_kernel(gdn_cuda_op_args a)
     }
 }
 
+/* Block-wide check of an index written through (a tee's, set_rows'): every entry in 0..slots-1,
+ * none twice. Bad position j is recorded as atomicMin(first_bad, 4j + kind), so the smallest j
+ * wins whatever the thread order, and a repeat is charged to its later position (a second pass
+ * over earlier entries, run only when the bitmap saw one). *first_bad is set by the caller
+ * before; the caller synchronises after. */
+__device__ void check_written_index(const gdn_cuda_view &index, int64_t slots, unsigned long long *first_bad)
+{
+    __shared__ unsigned seen[kSeenWords];
+    __shared__ int repeated;
+    for (int w = threadIdx.x; w < kSeenWords; w += blockDim.x)
+        seen[w] = 0;
+    if (threadIdx.x == 0)
+        repeated = 0;
+    __syncthreads();
+    const bool bitmap = slots <= (int64_t)kSeenWords * 32;
+    for (int64_t j = threadIdx.x; j < index.ne[0]; j += blockDim.x) {
+        const int v = *(const int *)(index.data + j * index.nb[0]);
+        if (v < 0 || v >= slots) {
+            atomicMin(first_bad, (unsigned long long)(4 * j + kIndexWriteRange));
+        } else if (!bitmap) {
+            repeated = 1;
+        } else {
+            const unsigned bit = 1u << (v & 31);
+            if (atomicOr(&seen[v >> 5], bit) & bit)
+                repeated = 1;
+        }
+    }
+    __syncthreads();
+    if (!repeated)
+        return;
+    for (int64_t j = threadIdx.x; j < index.ne[0]; j += blockDim.x) {
+        const int v = *(const int *)(index.data + j * index.nb[0]);
+        for (int64_t j2 = 0; j2 < j; j2++)
+            if (*(const int *)(index.data + j2 * index.nb[0]) == v) {
+                atomicMin(first_bad, (unsigned long long)(4 * j + kIndexWriteTwice));
+                break;
+            }
+    }
+}
+
+/* Block 0 records the verdict of a block-wide check for the host: {position, its index value,
+ * kind}, or position -1. Every block returns 1 when the call must write nothing. */
+__device__ bool report_check(const gdn_cuda_op_args &a, unsigned long long first_bad, const gdn_cuda_view &read,
+                             const gdn_cuda_view &written)
+{
+    const bool bad = first_bad != ~0ull;
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        const int64_t j = bad ? (int64_t)(first_bad / 4) : -1;
+        const int kind = (int)(first_bad % 4);
+        const gdn_cuda_view &index = kind >= kIndexWriteRange ? written : read;
+        a.index_check[0] = j;
+        a.index_check[1] = bad ? *(const int *)(index.data + j * index.nb[0]) : 0;
+        a.index_check[2] = kind;
+    }
+    return bad;
+}
+
+/* set_rows: dst at a's position with dim `dim` replaced by index[position] (bits moved, F32 or
+ * BF16), one thread per element of a; every block checks the index first (range, no repeat) and
+ * the grid writes nothing on a bad one. */
+__global__ void set_rows_kernel(gdn_cuda_op_args a)
+{
+    gdn_cuda_wait_previous_grid();
+    const gdn_cuda_view &src = a.src[0], &index = a.src[1], &dst = a.dst;
+    __shared__ unsigned long long first_bad;
+    if (threadIdx.x == 0)
+        first_bad = ~0ull;
+    check_written_index(index, dst.ne[a.dim], &first_bad);
+    __syncthreads();
+    if (report_check(a, first_bad, index, index))
+        return;
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < a.count; e += stride) {
+        int64_t o[GDN_MAX_DIMS];
+        unflatten(src.ne, e, o);
+        const char *in = src.data + offset(src, o);
+        o[a.dim] = *(const int *)(index.data + o[a.dim] * index.nb[0]);
+        char *out = dst.data + offset(dst, o);
+        if (src.dtype == GDN_DTYPE_BF16)
+            *(unsigned short *)out = *(const unsigned short *)in;
+        else
+            *(unsigned *)out = *(const unsigned *)in;
+    }
+}
+
 /* concat: dst = a ++ b along a.dim (F32 bits copied). */
 __global__ void concat_kernel(gdn_cuda_op_args a)
 {
@@ -136,44 +228,46 @@ __global__ void concat_kernel(gdn_cuda_op_args a)
 __global__ void concat_rows_kernel(gdn_cuda_op_args a)
 {
     gdn_cuda_wait_previous_grid();
-    const gdn_cuda_view &src0 = a.src[0], &index = a.src[2], &dst = a.dst, &tee = a.tee;
-    if (a.indexed) {
-        __shared__ int64_t first_bad;
+    const gdn_cuda_view &src0 = a.src[0], &index = a.src[2], &tee_index = a.src[3], &dst = a.dst, &tee = a.tee;
+    if (a.indexed || a.tee_indexed) {
+        __shared__ unsigned long long first_bad;
         if (threadIdx.x == 0)
-            first_bad = INT64_MAX;
+            first_bad = ~0ull;
+        if (a.tee_indexed)
+            check_written_index(tee_index, tee.ne[a.outer], &first_bad);
         __syncthreads();
-        const int64_t slots = src0.ne[a.outer];
+        const int64_t slots = src0.ne[a.outer], tee_slots = tee.ne[a.outer];
         const uintptr_t tee_lo = (uintptr_t)tee.data;
         const uintptr_t tee_hi = tee_lo + (uintptr_t)a.tee_bytes;
-        for (int64_t j = threadIdx.x; j < index.ne[0]; j += blockDim.x) {
+        for (int64_t j = threadIdx.x; a.indexed && j < index.ne[0]; j += blockDim.x) {
             const int slot = *(const int *)(index.data + j * index.nb[0]);
             int kind = -1;
             if (slot < 0 || slot >= slots) {
-                kind = 0;
+                kind = kIndexRange;
             } else if (a.tee_alias != 0) {
+                const int64_t own_slot = a.tee_indexed ? *(const int *)(tee_index.data + j * tee_index.nb[0]) : j;
+                if (own_slot < 0 || own_slot >= tee_slots)
+                    continue; /* reported by the written index's check */
                 const uintptr_t lo = (uintptr_t)(src0.data + (int64_t)slot * src0.nb[a.outer]);
-                const uintptr_t own = (uintptr_t)(tee.data + j * tee.nb[a.outer]);
-                const bool within = a.tee_alias == 1 && lo >= own && lo + (uintptr_t)a.part_bytes <= own + a.own_bytes &&
+                const uintptr_t own = (uintptr_t)(tee.data + own_slot * tee.nb[a.outer]);
+                const uintptr_t hi = lo + (uintptr_t)a.part_bytes;
+                const bool within = a.tee_alias == 1 && lo >= own && hi <= own + a.own_bytes &&
                                     (lo - own) % (uintptr_t)tee.nb[0] == 0;
-                if (lo < tee_hi && tee_lo < lo + (uintptr_t)a.part_bytes && !within)
-                    kind = 1;
+                bool meets = !a.tee_indexed && lo < tee_hi && tee_lo < hi;
+                for (int64_t j2 = 0; a.tee_indexed && !within && !meets && j2 < tee_index.ne[0]; j2++) {
+                    const int s2 = *(const int *)(tee_index.data + j2 * tee_index.nb[0]);
+                    const uintptr_t part = (uintptr_t)(tee.data + (int64_t)s2 * tee.nb[a.outer]);
+                    meets = s2 >= 0 && s2 < tee_slots && lo < part + a.own_bytes && part < hi;
+                }
+                if (!within && meets)
+                    kind = kIndexOverlap;
             }
             if (kind >= 0)
-                atomicMin((unsigned long long *)&first_bad, (unsigned long long)j);
+                atomicMin(&first_bad, (unsigned long long)(4 * j + kind));
         }
         __syncthreads();
-        const int64_t j = first_bad;
-        if (j != INT64_MAX) {
-            if (blockIdx.x == 0 && threadIdx.x == 0) {
-                const int slot = *(const int *)(index.data + j * index.nb[0]);
-                a.index_check[0] = j;
-                a.index_check[1] = slot;
-                a.index_check[2] = slot < 0 || slot >= slots ? 0 : 1;
-            }
+        if (report_check(a, first_bad, index, tee_index))
             return;
-        }
-        if (blockIdx.x == 0 && threadIdx.x == 0)
-            a.index_check[0] = -1;
     }
     const int dim = a.dim;
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
@@ -192,7 +286,9 @@ __global__ void concat_rows_kernel(gdn_cuda_op_args a)
             int64_t off = 0;
 #pragma unroll
             for (int i = 1; i < GDN_MAX_DIMS; i++) {
-                const int64_t t = o[i] - a.tee_offset[i];
+                int64_t t = o[i] - a.tee_offset[i];
+                if (a.tee_indexed && i == a.outer)
+                    t = *(const int *)(tee_index.data + o[i] * tee_index.nb[0]);
                 inside = inside && t >= 0 && t < tee.ne[i];
                 off += t * tee.nb[i];
             }
@@ -296,9 +392,41 @@ gdn_status gdn_cuda_get_rows(const gdn_cuda_context *context, gdn_cuda_op_args a
     return GDN_OK;
 }
 
-/* Plain concat: one thread per element. With an index or a tee: one thread per row, the index
- * checked inside the kernel, and (outside stream capture, as get_rows) a read-back that reports a
- * bad index with the status gdn_op_check_index gives on the host. */
+/* The verdict of a block-wide index check (concat, set_rows), read back outside stream capture
+ * (as get_rows) and reported with the status gdn_op_check_index gives on the host. */
+static gdn_status read_check(const gdn_cuda_context *context, const char *op, int64_t read_slots, int64_t write_slots)
+{
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    gdn_status status = gdn_cuda_check(cudaStreamIsCapturing(context->stream, &capture), "cudaStreamIsCapturing");
+    if (status != GDN_OK || capture != cudaStreamCaptureStatusNone)
+        return status;
+    int64_t check[3] = {-1, 0, 0};
+    status = gdn_cuda_check(cudaMemcpyAsync(check, context->index_check, sizeof check, cudaMemcpyDeviceToHost,
+                                            context->stream), "index check read-back");
+    if (status == GDN_OK)
+        status = gdn_cuda_check(cudaStreamSynchronize(context->stream), "index check cudaStreamSynchronize");
+    if (status != GDN_OK || check[0] < 0)
+        return status;
+    const long long j = (long long)check[0], v = (long long)check[1];
+    switch ((int)check[2]) {
+    case kIndexRange:
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: index[%lld]=%lld is outside 0..%lld (slots of a)", op, j, v,
+                        (long long)(read_slots - 1));
+    case kIndexWriteRange:
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: %s[%lld]=%lld is outside 0..%lld (slots written)", op,
+                        read_slots ? "destination index" : "index", j, v, (long long)(write_slots - 1));
+    case kIndexWriteTwice:
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: %s[%lld]=%lld equals an earlier entry (a slot has one "
+                        "writer)", op, read_slots ? "destination index" : "index", j, v);
+    default:
+        return gdn_fail(GDN_ERROR_OVERLAP, "%s: index[%lld]=%lld: the pool slot read meets destination 1 but does not "
+                        "lie in its own part of it (a position may read only bytes no position writes, or a run of "
+                        "its own part along dim 0)", op, j, v);
+    }
+}
+
+/* Plain concat: one thread per element. With an index or a tee: one thread per row, an index
+ * checked inside the kernel and its verdict read back (read_check). */
 gdn_status gdn_cuda_concat(const gdn_cuda_context *context, gdn_cuda_op_args args)
 {
     if (!args.indexed && args.tee.data == nullptr) {
@@ -310,26 +438,20 @@ gdn_status gdn_cuda_concat(const gdn_cuda_context *context, gdn_cuda_op_args arg
     args.index_check = context->index_check;
     gdn_status status = gdn_cuda_launch_op(context, concat_rows_kernel, gdn_cuda_blocks(context, args.count, kThreads),
                                            kThreads, args, "concat kernel launch");
-    if (status != GDN_OK || !args.indexed)
+    if (status != GDN_OK || (!args.indexed && !args.tee_indexed))
         return status;
-    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    status = gdn_cuda_check(cudaStreamIsCapturing(context->stream, &capture), "cudaStreamIsCapturing");
-    if (status != GDN_OK || capture != cudaStreamCaptureStatusNone)
+    return read_check(context, "concat", args.src[0].ne[args.outer], args.tee.ne[args.outer]);
+}
+
+gdn_status gdn_cuda_set_rows(const gdn_cuda_context *context, gdn_cuda_op_args args)
+{
+    args.count = count_of(args.src[0]);
+    args.index_check = context->index_check;
+    gdn_status status = gdn_cuda_launch_op(context, set_rows_kernel, gdn_cuda_blocks(context, args.count, kThreads),
+                                           kThreads, args, "set_rows kernel launch");
+    if (status != GDN_OK)
         return status;
-    int64_t check[3] = {-1, 0, 0};
-    status = gdn_cuda_check(cudaMemcpyAsync(check, context->index_check, sizeof check, cudaMemcpyDeviceToHost,
-                                            context->stream), "concat index check read-back");
-    if (status == GDN_OK)
-        status = gdn_cuda_check(cudaStreamSynchronize(context->stream), "concat cudaStreamSynchronize");
-    if (status != GDN_OK || check[0] < 0)
-        return status;
-    if (check[2] == 0)
-        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "concat: index[%lld]=%lld is outside 0..%lld (slots of a)",
-                        (long long)check[0], (long long)check[1], (long long)(args.src[0].ne[args.outer] - 1));
-    return gdn_fail(GDN_ERROR_OVERLAP, "concat: index[%lld]=%lld: the pool slot read meets destination 1 but does "
-                    "not lie in its own part of it (a position may read only bytes no position writes, or a run of "
-                    "its own part along dim 0)",
-                    (long long)check[0], (long long)check[1]);
+    return read_check(context, "set_rows", 0, args.dst.ne[args.dim]);
 }
 
 gdn_status gdn_cuda_cpy(const gdn_cuda_context *context, gdn_cuda_op_args args)
