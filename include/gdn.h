@@ -463,9 +463,9 @@ gdn_status gdn_cache_seq_reset(gdn_cache *cache, int32_t seq);
  * T = max n_tokens[i] tokens for every sequence (the graphs are built for that T, which
  * gdn_cache_step_rows reports): a sequence with fewer tokens fills the rest of its T positions
  * with padding (any finite inputs) after its own tokens; their outputs are not meant to be used
- * and accept() never keeps them. This version requires sequences in consecutive slots in order
- * (seqs[i] = seqs[0] + i: the snapshots and windows are written through one strided view); each
- * must have accepted its previous step. Uploads the step rows. On any error the cache is
+ * and accept() never keeps them. The sequences may be any set of distinct live sequences in any
+ * order (their slots need not be consecutive: the step writes each one's slot through an index);
+ * each must have accepted its previous step. Uploads the step rows. On any error the cache is
  * unchanged. */
 gdn_status gdn_cache_step_begin(gdn_cache *cache, int32_t n, const int32_t *seqs, const int32_t *n_tokens);
 /* Keep the first n_accepted (1..n_tokens of seq) tokens of seq's step in progress. On error
@@ -494,10 +494,10 @@ gdn_status gdn_cache_step_fold(const gdn_cache *cache, gdn_tensor *fold);
 gdn_status gdn_cache_layer_pools(const gdn_cache *cache, int32_t layer, gdn_tensor *states, gdn_tensor *conv);
 /* The step in progress: state_rows [n] (row = slot*K + group of the states seen as rows of one
  * state), conv_rows [n] (column = slot*(Kconv-1+K) + offset of the conv pool seen as columns),
- * I32 device tensors; *first_slot = the slot of the step's first sequence; *n_tokens = the step's T
- * (the most tokens of any of its sequences). */
+ * slots [n] (the slot sequence i writes: seqs[i] of the step), I32 device tensors; *n_tokens =
+ * the step's T (the most tokens of any of its sequences). */
 gdn_status gdn_cache_step_rows(const gdn_cache *cache, gdn_tensor *state_rows, gdn_tensor *conv_rows,
-                               int32_t *first_slot, int32_t *n_tokens);
+                               gdn_tensor *slots, int32_t *n_tokens);
 
 #ifdef __cplusplus
 }

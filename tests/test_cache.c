@@ -19,16 +19,18 @@ static gdn_cache_config config(void)
     return c;
 }
 
-/* The rows of the step in progress, downloaded: state rows then conv rows, n each. */
+/* The rows of the step in progress, downloaded: state rows, conv rows and the slots written, n
+ * each. */
 static int rows_of(gdn_backend *backend, const gdn_cache *cache, int32_t *state, int32_t *conv, int32_t *n,
-                   int32_t *first, int32_t *tokens)
+                   int32_t *slots, int32_t *tokens)
 {
-    gdn_tensor s, c;
-    if (gdn_cache_step_rows(cache, &s, &c, first, tokens) != GDN_OK)
+    gdn_tensor s, c, w;
+    if (gdn_cache_step_rows(cache, &s, &c, &w, tokens) != GDN_OK)
         return 0;
     *n = (int32_t)s.ne[0];
-    return gdn_backend_download(backend, state, s.data, (size_t)*n * 4) == GDN_OK &&
-           gdn_backend_download(backend, conv, c.data, (size_t)*n * 4) == GDN_OK;
+    return w.ne[0] == *n && gdn_backend_download(backend, state, s.data, (size_t)*n * 4) == GDN_OK &&
+           gdn_backend_download(backend, conv, c.data, (size_t)*n * 4) == GDN_OK &&
+           gdn_backend_download(backend, slots, w.data, (size_t)*n * 4) == GDN_OK;
 }
 
 /* A step of 3 sequences with T = 3 reads, at position i, state row seqs[i]*K + group[i] and conv
@@ -36,12 +38,12 @@ static int rows_of(gdn_backend *backend, const gdn_cache *cache, int32_t *state,
 static void check_step_rows(gdn_backend *be, const gdn_cache *cache, const char *label, const char *step,
                             const int32_t *seqs, const int32_t *group, const int32_t *column, int32_t cols)
 {
-    int32_t rs[SEQS], rc[SEQS], n = 0, first = -1, tokens = 0;
-    CHECK(rows_of(be, cache, rs, rc, &n, &first, &tokens) && n == 3 && tokens == 3, "%s: %s rows", label, step);
+    int32_t rs[SEQS], rc[SEQS], slots[SEQS], n = 0, tokens = 0;
+    CHECK(rows_of(be, cache, rs, rc, &n, slots, &tokens) && n == 3 && tokens == 3, "%s: %s rows", label, step);
     for (int i = 0; i < n; i++)
-        CHECK(rs[i] == seqs[i] * K + group[i] && rc[i] == seqs[i] * cols + column[i],
-              "%s: %s, position %d reads row %d, column %d; expected %d, %d", label, step, i, rs[i], rc[i],
-              seqs[i] * K + group[i], seqs[i] * cols + column[i]);
+        CHECK(rs[i] == seqs[i] * K + group[i] && rc[i] == seqs[i] * cols + column[i] && slots[i] == seqs[i],
+              "%s: %s, position %d reads row %d, column %d, writes slot %d; expected %d, %d, %d", label, step, i,
+              rs[i], rc[i], slots[i], seqs[i] * K + group[i], seqs[i] * cols + column[i], seqs[i]);
 }
 
 static void expect(gdn_status got, gdn_status want, const char *label, const char *what)
@@ -136,13 +138,22 @@ static void check_backend(const test_backend *tb)
 
     /* A step of sequences 1..3 with T = 3, then acceptances 3, 1, 2. */
     const int32_t step_seqs[3] = {seq[1], seq[2], seq[3]}, T3[3] = {3, 3, 3}, T_mixed[3] = {3, 2, 3};
-    const int32_t gap[2] = {seq[1], seq[3]}, T2[2] = {3, 3};
-    int32_t rs[SEQS], rc[SEQS], n = 0, first = -1, tokens = 0;
-    expect(gdn_cache_step_begin(cache, 2, gap, T2), GDN_ERROR_UNSUPPORTED, label, "slots not consecutive");
+    const int32_t gap[2] = {seq[3], seq[1]}, twice[2] = {seq[1], seq[1]}, T2[2] = {3, 3};
+    int32_t rs[SEQS], rc[SEQS], slots[SEQS], n = 0, tokens = 0;
+    expect(gdn_cache_step_begin(cache, 2, twice, T2), GDN_ERROR_INVALID_ARGUMENT, label, "a sequence twice");
+    CHECK(gdn_cache_step_rows(cache, (gdn_tensor[1]){{0}}, (gdn_tensor[1]){{0}}, (gdn_tensor[1]){{0}}, &tokens) ==
+          GDN_ERROR_INVALID_ARGUMENT, "%s: a refused step began anyway", label);
+    /* Slots in any order, with a gap: each position reads and writes its own sequence's slot. */
+    expect(gdn_cache_step_begin(cache, 2, gap, T2), GDN_OK, label, "slots not consecutive, out of order");
+    CHECK(rows_of(be, cache, rs, rc, &n, slots, &tokens) && n == 2 && tokens == 3 && slots[0] == seq[3] &&
+          slots[1] == seq[1] && rs[0] == seq[3] * K && rc[1] == seq[1] * (int32_t)cols,
+          "%s: a gapped step's rows and slots", label);
+    expect(gdn_cache_seq_reset(cache, seq[3]), GDN_OK, label, "reset (drops the gapped step)");
+    expect(gdn_cache_seq_reset(cache, seq[1]), GDN_OK, label, "reset (drops the gapped step)");
     const int32_t T_big[3] = {K + 1, K + 1, K + 1};
     expect(gdn_cache_step_begin(cache, 3, step_seqs, T_big), GDN_ERROR_INVALID_ARGUMENT, label, "T above K");
     expect(gdn_cache_step_begin(cache, 3, step_seqs, T3), GDN_OK, label, "step");
-    CHECK(rows_of(be, cache, rs, rc, &n, &first, &tokens) && n == 3 && first == seq[1] && tokens == 3,
+    CHECK(rows_of(be, cache, rs, rc, &n, slots, &tokens) && n == 3 && slots[0] == seq[1] && tokens == 3,
           "%s: step rows", label);
     for (int i = 0; i < n; i++)
         CHECK(rs[i] == step_seqs[i] * K && rc[i] == step_seqs[i] * (int32_t)cols,
@@ -180,7 +191,7 @@ static void check_backend(const test_backend *tb)
     expect(gdn_cache_seq_reset(cache, seq[2]), GDN_OK, label, "reset");
     expect(gdn_cache_accept(cache, seq[2], 1), GDN_ERROR_INVALID_ARGUMENT, label, "accept after reset");
     expect(gdn_cache_step_begin(cache, 1, &seq[2], &one), GDN_OK, label, "step after reset");
-    CHECK(rows_of(be, cache, rs, rc, &n, &first, &tokens) && n == 1 && rs[0] == seq[2] * K &&
+    CHECK(rows_of(be, cache, rs, rc, &n, slots, &tokens) && n == 1 && rs[0] == seq[2] * K && slots[0] == seq[2] &&
           rc[0] == seq[2] * (int32_t)cols, "%s: a reset sequence reads group 0, column 0", label);
     int32_t again = -1;
     expect(gdn_cache_seq_add(cache, &again), GDN_OK, label, "add into the freed slot");

@@ -178,11 +178,11 @@ static int stack_build(stack *s, int passes)
             st = gdn_graph_op(*g, GDN_OP_RMS_NORM, &p, 1, &x, 1, &normed);
         }
         if (st == GDN_OK && s->replay) { /* the cache's rows and fold, at fixed addresses */
-            gdn_tensor sv, cv, fv;
-            int32_t first = 0, tokens = 0;
-            gdn_tensor_id srow = -1, crow = -1, fold = -1;
+            gdn_tensor sv, cv, fv, slv;
+            int32_t tokens = 0;
+            gdn_tensor_id srow = -1, crow = -1, fold = -1, slots = -1;
             const uint32_t own = GDN_GRAPH_INPUT | GDN_GRAPH_OWN_SLOT_INDEX;
-            st = gdn_cache_step_rows(s->cache, &sv, &cv, &first, &tokens);
+            st = gdn_cache_step_rows(s->cache, &sv, &cv, &slv, &tokens);
             if (st == GDN_OK)
                 st = gdn_cache_step_fold(s->cache, &fv);
             if (st == GDN_OK)
@@ -192,8 +192,10 @@ static int stack_build(stack *s, int passes)
             if (st == GDN_OK)
                 st = gdn_graph_leaf(*g, "fold", &fv, GDN_GRAPH_INPUT, &fold);
             if (st == GDN_OK)
+                st = gdn_graph_leaf(*g, "slots", &slv, GDN_GRAPH_INPUT, &slots);
+            if (st == GDN_OK)
                 st = gdn_block_build_replay(*g, &s->config, &s->weights[l % s->n_weight_sets], &s->caches[l], normed,
-                                            s->B, s->T, srow, crow, fold, first, &s->outs[l]);
+                                            s->B, s->T, srow, crow, fold, slots, &s->outs[l]);
         } else if (st == GDN_OK) {
             st = gdn_block_build(*g, &s->config, &s->weights[l % s->n_weight_sets], &s->caches[l], normed, s->B,
                                  s->T, index, 0, &s->outs[l]);

@@ -9,6 +9,9 @@
  *               tokens into the state, committing them when the ring would overflow); either
  *               keeps Kconv-1+T window columns per slot and reads the window at offset a;
  *   sequential: the accepted tokens decoded one at a time (T = 1 steps, one sequence per call).
+ * By default the spec run's sequences sit in every other slot of a cache twice their number
+ * (the slots between them freed) and each step lists them in a new random order, so the step's
+ * reads and writes go through indices into scattered slots; the free slots must stay zero.
  * Every accepted token's output, every layer's window after every step, and every layer's
  * committed state (snapshot: after every step; replay: whenever it holds all the tokens kept so
  * far) must be bit-identical between the two. The first token of a step is the one the previous step
@@ -47,9 +50,12 @@ static const char usage[] =
     "  --batch B            sequences (default 3)\n"
     "  --layers N           GDN layers (default 4)\n"
     "  --passes on|off      graph passes on both runs (default on)\n"
+    "  --slots scattered|consecutive  the spec run's sequences in every other slot of a cache of\n"
+    "                       2B, listed in a new random order every step (default), or in slots\n"
+    "                       0..B-1 in order\n"
     "  --seed N             weights, caches, tokens and acceptance (default 1)\n"
-    "  --json               one JSON object: backend, scheme, state_dtype, steps, T, B, layers,\n"
-    "                       accept, ring,\n"
+    "  --json               one JSON object: backend, scheme, state_dtype, slots, steps, T, B,\n"
+    "                       layers, accept, ring,\n"
     "                       mixed, tokens_committed, states_compared, identical, max_abs_diff,\n"
     "                       first_difference\n";
 
@@ -62,6 +68,7 @@ typedef struct spec_options {
     int mixed; /* per-sequence token counts, padded to T */
     gdn_dtype state; /* state storage of both runs */
     int fused_gates, l2norm_in_op; /* the block's variants (gdn_block_config) */
+    int consecutive; /* the spec run's sequences in slots 0..B-1, in order */
 } spec_options;
 
 /* One run (spec or sequential): a cache (gdn_cache, with per-layer block views of its pools)
@@ -76,20 +83,21 @@ typedef struct spec_run {
     void *x;                 /* backend: x [B,T,hidden] F32 */
 } spec_run;
 
-/* Layer graphs for B sequences of T tokens writing slots first..first+B-1; graph set g. */
+/* Layer graphs for B sequences of T tokens, reading and writing the slots the cache's step rows
+ * name (the rows live at fixed addresses: the graphs serve every later step of B sequences). */
 static int build_graphs(gdn_backend *backend, const gdn_block_config *c, const gdn_block_weights *w, spec_run *r,
-                        int layers, int64_t B, int64_t T, int64_t first, int g, int passes)
+                        int layers, int64_t B, int64_t T, int passes)
 {
     const int64_t ne_x[3] = {c->hidden, T, B};
-    gdn_tensor xv = gdn_tensor_contiguous(r->x, GDN_DTYPE_F32, 3, ne_x), sv, cv;
-    int32_t first_slot = 0, tokens = 0;
-    if (gdn_cache_step_rows(r->cache, &sv, &cv, &first_slot, &tokens) != GDN_OK || first_slot != first || tokens != T) {
+    gdn_tensor xv = gdn_tensor_contiguous(r->x, GDN_DTYPE_F32, 3, ne_x), sv, cv, slv;
+    int32_t tokens = 0;
+    if (gdn_cache_step_rows(r->cache, &sv, &cv, &slv, &tokens) != GDN_OK || tokens != T) {
         fprintf(stderr, "gdn check spec: step rows: %s\n", gdn_error_detail());
         return 0;
     }
     for (int l = 0; l < layers; l++) {
-        gdn_graph **graph = &r->graphs[g * layers + l];
-        gdn_tensor_id x = -1, normed = -1, srow = -1, crow = -1, *out = &r->outs[g * layers + l];
+        gdn_graph **graph = &r->graphs[l];
+        gdn_tensor_id x = -1, normed = -1, srow = -1, crow = -1, slots = -1, *out = &r->outs[l];
         gdn_op_params p;
         memset(&p, 0, sizeof p);
         p.norm.eps = c->rms_eps;
@@ -103,6 +111,8 @@ static int build_graphs(gdn_backend *backend, const gdn_block_config *c, const g
         if (st == GDN_OK)
             st = gdn_graph_leaf(*graph, "conv_row", &cv, own, &crow);
         if (st == GDN_OK)
+            st = gdn_graph_leaf(*graph, "slots", &slv, GDN_GRAPH_INPUT, &slots);
+        if (st == GDN_OK)
             st = gdn_graph_intermediate(*graph, "x_normed", GDN_DTYPE_F32, 3, ne_x, &normed);
         if (st == GDN_OK)
             st = gdn_graph_op(*graph, GDN_OP_RMS_NORM, &p, 1, &x, 1, &normed);
@@ -111,9 +121,9 @@ static int build_graphs(gdn_backend *backend, const gdn_block_config *c, const g
         if (st == GDN_OK && r->caches[l].ring_k.data != NULL && (st = gdn_cache_step_fold(r->cache, &fv)) == GDN_OK)
             st = gdn_graph_leaf(*graph, "fold", &fv, GDN_GRAPH_INPUT, &fold);
         if (st == GDN_OK && fold >= 0)
-            st = gdn_block_build_replay(*graph, c, &w[l], &r->caches[l], normed, B, T, srow, crow, fold, first, out);
+            st = gdn_block_build_replay(*graph, c, &w[l], &r->caches[l], normed, B, T, srow, crow, fold, slots, out);
         else if (st == GDN_OK)
-            st = gdn_block_build_rollback(*graph, c, &w[l], &r->caches[l], normed, B, T, srow, crow, first, out);
+            st = gdn_block_build_rollback(*graph, c, &w[l], &r->caches[l], normed, B, T, srow, crow, slots, out);
         if (st == GDN_OK && passes)
             st = gdn_graph_pass_copy_elision(*graph, NULL, NULL);
         if (st == GDN_OK && passes)
@@ -131,16 +141,16 @@ static int build_graphs(gdn_backend *backend, const gdn_block_config *c, const g
     return 1;
 }
 
-/* Run graph set g (the cache's step begun): upload x, compute every layer, download the last
+/* Run the graphs (the cache's step begun): upload x, compute every layer, download the last
  * output. */
-static int run_graphs(gdn_backend *backend, spec_run *r, int layers, int g, const float *x, size_t x_bytes, float *out)
+static int run_graphs(gdn_backend *backend, spec_run *r, int layers, const float *x, size_t x_bytes, float *out)
 {
     gdn_tensor ov;
     gdn_status st = gdn_backend_upload(backend, r->x, x, x_bytes);
     for (int l = 0; st == GDN_OK && l < layers; l++)
-        st = gdn_graph_compute(r->graphs[g * layers + l], backend);
+        st = gdn_graph_compute(r->graphs[l], backend);
     if (st == GDN_OK)
-        st = gdn_graph_tensor_view(r->graphs[g * layers + layers - 1], r->outs[g * layers + layers - 1], &ov);
+        st = gdn_graph_tensor_view(r->graphs[layers - 1], r->outs[layers - 1], &ov);
     if (st == GDN_OK)
         st = gdn_backend_download(backend, out, ov.data, x_bytes);
     if (st == GDN_OK)
@@ -192,6 +202,8 @@ static int parse(int argc, char **argv, spec_options *o)
         } else if (strcmp(opt, "--seed") == 0 && gdn_tool_parse_int(val, 0, 2147483647, &o->seed)) {
         } else if (strcmp(opt, "--passes") == 0 && (strcmp(val, "on") == 0 || strcmp(val, "off") == 0)) {
             o->passes = strcmp(val, "on") == 0;
+        } else if (strcmp(opt, "--slots") == 0 && (strcmp(val, "scattered") == 0 || strcmp(val, "consecutive") == 0)) {
+            o->consecutive = strcmp(val, "consecutive") == 0;
         } else if (strcmp(opt, "--accept") == 0) {
             if (strcmp(val, "all") == 0)
                 o->accept = 0;
@@ -264,8 +276,9 @@ int gdn_cmd_check(int argc, char **argv)
     float *x = malloc((size_t)(B * T * H) * 4), *out = malloc((size_t)(B * T * H) * 4), *x1 = malloc((size_t)H * 4);
     float *out1 = malloc((size_t)H * 4);
     unsigned char *sa = malloc(state_bytes), *sb = malloc(state_bytes), *wa = malloc(window_bytes), *wb = malloc(window_bytes);
-    int32_t *kept = calloc((size_t)B, sizeof *kept), *ones = malloc((size_t)B * sizeof *ones);
-    int ok = w && x && out && x1 && out1 && sa && sb && wa && wb && kept && ones;
+    int32_t *order = calloc((size_t)B, sizeof *order), *ones = malloc((size_t)B * sizeof *ones);
+    int32_t *step_seqs = calloc((size_t)B, sizeof *step_seqs);
+    int ok = w && x && out && x1 && out1 && sa && sb && wa && wb && order && ones && step_seqs;
     for (int64_t b = 0; ok && b < B; b++)
         ones[b] = 1;
     for (int l = 0; ok && l < layers; l++)
@@ -273,25 +286,31 @@ int gdn_cmd_check(int argc, char **argv)
     const gdn_cache_config snapshot = {layers, (int32_t)B, (int32_t)T, (int32_t)c.n_k_heads, (int32_t)c.n_v_heads,
                                        (int32_t)c.head_dim, (int32_t)C, (int32_t)Kc, GDN_CACHE_SNAPSHOT, 0,
                                        c.state_dtype};
-    gdn_cache_config replay = snapshot;
+    gdn_cache_config replay = snapshot, spread = snapshot;
     replay.scheme = GDN_CACHE_REPLAY, replay.ring = (int32_t)o.ring;
+    if (!o.consecutive) /* the spec run's sequences in every other slot of 2B */
+        replay.n_seqs = spread.n_seqs = 2 * (int32_t)B;
     int32_t *tokens = malloc((size_t)B * sizeof *tokens);
     ok = ok && tokens != NULL;
     for (int64_t b = 0; ok && b < B; b++)
         tokens[b] = (int32_t)T;
     for (int k = 0; ok && k < 2; k++) {
         spec_run *r = &run[k];
-        const int n_graphs = k == 0 ? 1 : (int)B; /* sequential: one graph set per sequence (its slot) */
         r->B = k == 0 ? B : 1, r->T = k == 0 ? T : 1;
         r->seqs = calloc((size_t)B, sizeof *r->seqs);
         r->caches = calloc((size_t)layers, sizeof *r->caches);
-        r->graphs = calloc((size_t)(layers * n_graphs), sizeof *r->graphs);
-        r->outs = calloc((size_t)(layers * n_graphs), sizeof *r->outs);
-        const gdn_cache_config *cc = k == 0 && o.replay ? &replay : &snapshot;
+        r->graphs = calloc((size_t)layers, sizeof *r->graphs);
+        r->outs = calloc((size_t)layers, sizeof *r->outs);
+        const gdn_cache_config *cc = k == 1 ? &snapshot : o.replay ? &replay : &spread;
         ok = r->seqs && r->caches && r->graphs && r->outs && gdn_cache_init(backend, cc, NULL, 0, &r->cache) == GDN_OK &&
              gdn_backend_alloc(backend, (size_t)(r->B * r->T * H) * 4, &r->x) == GDN_OK;
-        for (int64_t b = 0; ok && b < B; b++)
-            ok = gdn_cache_seq_add(r->cache, &r->seqs[b]) == GDN_OK;
+        for (int32_t i = 0, seq = 0; ok && i < cc->n_seqs; i++) /* fill every slot, then (scattered) */
+            ok = gdn_cache_seq_add(r->cache, &seq) == GDN_OK;   /* free the even ones */
+        for (int32_t seq = 0; ok && seq < cc->n_seqs; seq++)
+            if (cc->n_seqs > B && seq % 2 == 0)
+                ok = gdn_cache_seq_remove(r->cache, seq) == GDN_OK;
+            else
+                r->seqs[cc->n_seqs > B ? seq / 2 : seq] = seq;
         for (int l = 0; ok && l < layers; l++) {
             gdn_tensor states, conv, rings[3];
             ok = gdn_cache_layer_pools(r->cache, l, &states, &conv) == GDN_OK;
@@ -302,10 +321,8 @@ int gdn_cmd_check(int argc, char **argv)
                 ok = gdn_block_cache_borrow(&r->caches[l], backend, &c, &states, &conv) == GDN_OK;
         }
         /* Graphs are planned by one compute of a begun step; the sequences are reset after. */
-        for (int g = 0; ok && g < n_graphs; g++)
-            ok = gdn_cache_step_begin(r->cache, (int32_t)r->B, k == 0 ? r->seqs : &r->seqs[g], k == 0 ? tokens : ones) ==
-                     GDN_OK &&
-                 build_graphs(backend, &c, w, r, layers, r->B, r->T, k == 0 ? 0 : g, g, o.passes);
+        ok = ok && gdn_cache_step_begin(r->cache, (int32_t)r->B, r->seqs, k == 0 ? tokens : ones) == GDN_OK &&
+             build_graphs(backend, &c, w, r, layers, r->B, r->T, o.passes);
         for (int64_t b = 0; ok && b < B; b++)
             ok = gdn_cache_seq_reset(r->cache, r->seqs[b]) == GDN_OK;
     }
@@ -321,16 +338,24 @@ int gdn_cmd_check(int argc, char **argv)
             x[i] = gdn_tool_uniform(&rng);
         if (o.mixed) /* each sequence its own count, one of them T (the step's T, the graphs'); the
                       * positions past a sequence's count are padding that nothing keeps */
-            for (int64_t b = 0; b < B; b++)
-                tokens[b] = b == step % B ? (int32_t)T : (int32_t)(1 + gdn_tool_mix(&rng) % (uint64_t)T);
-        ok = gdn_cache_step_begin(run[0].cache, (int32_t)B, run[0].seqs, tokens) == GDN_OK &&
-             run_graphs(backend, &run[0], layers, 0, x, (size_t)(B * T * H) * 4, out);
-        for (int64_t b = 0; ok && b < B; b++) {
-            const int64_t n_b = tokens[b]; /* this sequence's own tokens in the step */
+            for (int64_t i = 0; i < B; i++)
+                tokens[i] = i == step % B ? (int32_t)T : (int32_t)(1 + gdn_tool_mix(&rng) % (uint64_t)T);
+        for (int64_t i = 0; i < B; i++) /* position i of the step runs sequence order[i] */
+            order[i] = (int32_t)i;
+        for (int64_t i = B - 1; i > 0 && !o.consecutive; i--) {
+            const int64_t j = (int64_t)(gdn_tool_mix(&rng) % (uint64_t)(i + 1));
+            const int32_t t = order[i];
+            order[i] = order[j], order[j] = t;
+        }
+        for (int64_t i = 0; i < B; i++)
+            step_seqs[i] = run[0].seqs[order[i]];
+        ok = gdn_cache_step_begin(run[0].cache, (int32_t)B, step_seqs, tokens) == GDN_OK &&
+             run_graphs(backend, &run[0], layers, x, (size_t)(B * T * H) * 4, out);
+        for (int64_t i = 0; ok && i < B; i++) {
+            const int64_t b = order[i], n_b = tokens[i]; /* the sequence and its own tokens in the step */
             const int64_t a = o.accept == 0 ? n_b : o.accept == 1 ? 1 : o.accept == 3 ? (o.fixed < n_b ? o.fixed : n_b)
                                                                     : 1 + (int64_t)(gdn_tool_mix(&rng) % (uint64_t)n_b);
             ok = gdn_cache_accept(run[0].cache, run[0].seqs[b], (int32_t)a) == GDN_OK;
-            kept[b] = (int32_t)a;
             /* Replay: the committed state holds the tokens folded so far; when those are all the
              * tokens kept before this step, it must equal the sequential state now. */
             gdn_cache_seq_info si, qi;
@@ -349,16 +374,16 @@ int gdn_cmd_check(int argc, char **argv)
                 states_compared++;
             }
             for (int64_t t = 0; ok && t < a; t++) { /* the sequential run decodes the kept tokens */
-                memcpy(x1, x + (b * T + t) * H, (size_t)H * 4);
+                memcpy(x1, x + (i * T + t) * H, (size_t)H * 4);
                 ok = gdn_cache_step_begin(run[1].cache, 1, &run[1].seqs[b], ones) == GDN_OK &&
-                     run_graphs(backend, &run[1], layers, (int)b, x1, (size_t)H * 4, out1) &&
+                     run_graphs(backend, &run[1], layers, x1, (size_t)H * 4, out1) &&
                      gdn_cache_accept(run[1].cache, run[1].seqs[b], 1) == GDN_OK;
-                for (int64_t i = 0; ok && i < H; i++) {
-                    const float u = out[(b * T + t) * H + i], v = out1[i];
+                for (int64_t e = 0; ok && e < H; e++) {
+                    const float u = out[(i * T + t) * H + e], v = out1[e];
                     const double d = fabs((double)u - (double)v);
                     if (memcmp(&u, &v, sizeof u) != 0 && first[0] == '\0')
                         snprintf(first, sizeof first, "step %ld, sequence %lld, token %lld: output %lld: %.9g vs %.9g",
-                                 step, (long long)b, (long long)t, (long long)i, (double)u, (double)v);
+                                 step, (long long)b, (long long)t, (long long)e, (double)u, (double)v);
                     max_diff = d > max_diff || d != d ? d : max_diff;
                 }
                 committed++;
@@ -387,29 +412,43 @@ int gdn_cmd_check(int argc, char **argv)
             fprintf(stderr, "gdn check spec: %ld of %ld steps, %ld tokens committed%s\n", step + 1, o.steps, committed,
                     first[0] ? ", DIFFERENT" : "");
     }
+    /* The free slots between the spec run's sequences: never written, so still zero. */
+    for (int32_t slot = 0; ok && !o.consecutive && slot < 2 * (int32_t)B; slot += 2)
+        for (int l = 0; ok && l < layers; l++) {
+            const gdn_block_cache *bc = &run[0].caches[l];
+            for (int64_t g = 0; ok && g < bc->states.ne[3]; g++) {
+                ok = fetch(backend, bc, slot, g, 0, sa, state_bytes, wa, window_bytes);
+                for (size_t i = 0; ok && i < state_bytes + window_bytes && first[0] == '\0'; i++)
+                    if ((i < state_bytes ? sa[i] : wa[i - state_bytes]) != 0) {
+                        snprintf(first, sizeof first, "layer %d: free slot %d was written (its %s)", l, (int)slot,
+                                 i < state_bytes ? "state" : "conv window");
+                        max_diff = max_diff > 0 ? max_diff : 1e-45;
+                    }
+            }
+        }
     const int identical = ok && first[0] == '\0';
     const char *name = gdn_backend_name(backend), *scheme = o.replay ? "replay" : "snapshot";
     if (o.json)
-        printf("{\"backend\":\"%s\",\"scheme\":\"%s\",\"state_dtype\":\"%s\",\"steps\":%ld,\"T\":%lld,\"B\":%lld,"
-               "\"layers\":%d,"
+        printf("{\"backend\":\"%s\",\"scheme\":\"%s\",\"state_dtype\":\"%s\",\"slots\":\"%s\",\"steps\":%ld,"
+               "\"T\":%lld,\"B\":%lld,\"layers\":%d,"
                "\"accept\":\"%s\",\"ring\":%ld,\"mixed\":%s,\"tokens_committed\":%ld,\"states_compared\":%ld,"
                "\"identical\":%s,\"max_abs_diff\":%.9g,\"first_difference\":\"%s\"}\n",
-               name, scheme, o.state == GDN_DTYPE_BF16 ? "bf16" : "f32", step, (long long)T, (long long)B, layers,
+               name, scheme, o.state == GDN_DTYPE_BF16 ? "bf16" : "f32", o.consecutive ? "consecutive" : "scattered",
+               step, (long long)T, (long long)B, layers,
                o.accept == 0 ? "all" : o.accept == 1 ? "none" : o.accept == 2 ? "random" : "fixed",
                o.replay ? o.ring : 0L, o.mixed ? "true" : "false", committed, states_compared,
                identical ? "true" : "false", max_diff, first);
     else
-        printf("gdn check spec: backend %s, scheme %s (%s state), %ld steps of T=%lld for %lld sequences, %d layers, "
-               "%ld "
-               "tokens committed, %ld committed states compared: %s (max |difference| %g)%s%s\n", name, scheme,
-               o.state == GDN_DTYPE_BF16 ? "bf16" : "f32", step,
-               (long long)T, (long long)B, layers, committed, states_compared, identical ? "bit-identical to sequential decoding" : "DIFFERENT", max_diff,
-               first[0] ? "; first: " : "", first);
+        printf("gdn check spec: backend %s, scheme %s (%s state, %s slots), %ld steps of T=%lld for %lld sequences, "
+               "%d layers, %ld tokens committed, %ld committed states compared: %s (max |difference| %g)%s%s\n", name,
+               scheme, o.state == GDN_DTYPE_BF16 ? "bf16" : "f32", o.consecutive ? "consecutive" : "scattered", step,
+               (long long)T, (long long)B, layers, committed, states_compared,
+               identical ? "bit-identical to sequential decoding" : "DIFFERENT", max_diff, first[0] ? "; first: " : "",
+               first);
 
     for (int k = 0; k < 2; k++) {
-        const int n_graphs = k == 0 ? 1 : (int)B;
-        for (int g = 0; run[k].graphs && g < layers * n_graphs; g++)
-            gdn_graph_free(run[k].graphs[g]);
+        for (int l = 0; run[k].graphs && l < layers; l++)
+            gdn_graph_free(run[k].graphs[l]);
         gdn_cache_free(run[k].cache);
         if (run[k].x)
             gdn_backend_dealloc(backend, run[k].x);
@@ -418,7 +457,7 @@ int gdn_cmd_check(int argc, char **argv)
     for (int l = 0; w && l < layers; l++)
         gdn_block_weights_free(&w[l]);
     free(w), free(x), free(out), free(x1), free(out1), free(sa), free(sb), free(wa), free(wb);
-    free(kept), free(ones), free(tokens);
+    free(order), free(step_seqs), free(ones), free(tokens);
     gdn_backend_free(backend);
     return identical ? 0 : 1;
 }

@@ -3,7 +3,7 @@
  * (G = K groups for the snapshot scheme, 1 for replay), the conv pool [S][Kconv-1+K][C] and,
  * for replay, the rings of k, delta and g [S][P][Hk*D], [S][P][Hv*D], [S][P][Hv] (P = L + K
  * entries); the state pool F32 or BF16 (config.state_dtype), the rest F32;
- * then the step rows [2][S] and the fold array [S][3] (I32).
+ * then the step rows [2][S], the fold array [S][3] and the step's slots [S] (I32).
  * Host bookkeeping per sequence: in use, the group and window column its committed state is
  * at, for replay the ring start and the tokens in the ring since the last commit, and the T of
  * a step not yet accepted. Every call checks everything before it changes anything, so a
@@ -32,7 +32,7 @@ struct gdn_cache {
     int owns_memory;
     size_t layer_bytes, state_pool_bytes, conv_pool_bytes, ring_bytes[3], rows_offset;
     cache_seq *seqs;   /* [n_seqs] */
-    int32_t step_n, step_first, step_tokens; /* the step in progress (step_n 0: none) */
+    int32_t step_n, step_tokens; /* the step in progress (step_n 0: none) */
 };
 
 static int64_t columns(const gdn_cache_config *c)
@@ -95,7 +95,7 @@ static void sizes(const gdn_cache_config *c, size_t *state_pool, size_t *conv_po
         *layer += ring[i];
     }
     *rows_offset = *layer * (size_t)c->n_layers;
-    *total = *rows_offset + 5 * S * sizeof(int32_t); /* state rows, conv rows, fold [S][3] */
+    *total = *rows_offset + 6 * S * sizeof(int32_t); /* state rows, conv rows, fold [S][3], slots */
 }
 
 gdn_status gdn_cache_memory_size(const gdn_cache_config *config, size_t *bytes)
@@ -231,6 +231,8 @@ gdn_status gdn_cache_seq_reset(gdn_cache *cache, int32_t seq)
     if (st == GDN_OK)
         st = zero_slot(cache, seq);
     if (st == GDN_OK) {
+        if (cache->seqs[seq].pending)
+            cache->step_n = 0; /* as for remove: the step in progress is over */
         memset(&cache->seqs[seq], 0, sizeof cache->seqs[seq]);
         cache->seqs[seq].in_use = 1;
     }
@@ -253,10 +255,10 @@ gdn_status gdn_cache_step_begin(gdn_cache *cache, int32_t n, const int32_t *seqs
         if (n_tokens[i] < 1 || n_tokens[i] > c->max_tokens)
             return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "cache step: sequence %d: %d tokens, expected 1..%d",
                             (int)seqs[i], (int)n_tokens[i], (int)c->max_tokens);
-        if (seqs[i] != seqs[0] + i)
-            return gdn_fail(GDN_ERROR_UNSUPPORTED, "cache step: sequence %d at position %d: a step's sequences must "
-                            "be consecutive slots in order (%d, %d, ...) for now", (int)seqs[i], (int)i, (int)seqs[0],
-                            (int)seqs[0] + 1);
+        for (int32_t i2 = 0; i2 < i; i2++)
+            if (seqs[i2] == seqs[i])
+                return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "cache step: sequence %d at positions %d and %d (a step "
+                                "runs a sequence once)", (int)seqs[i], (int)i2, (int)i);
     }
     /* The step runs T = the most tokens of any sequence for all of them (the others padded). */
     int32_t T = 0;
@@ -276,12 +278,14 @@ gdn_status gdn_cache_step_begin(gdn_cache *cache, int32_t n, const int32_t *seqs
         rows[2 * n + 3 * i + 2] = q->count > 0 && q->count + T > c->ring;
     }
     /* The rows live at fixed addresses: state rows at rows_offset, conv rows S entries later,
-     * the fold array after them. */
+     * the fold array after them, then the slots the step writes (a sequence's id is its slot). */
     char *base = (char *)cache->memory + cache->rows_offset;
     const size_t one = (size_t)n * sizeof *rows, S = (size_t)c->n_seqs * sizeof *rows;
     gdn_status st = gdn_backend_upload(cache->backend, base, rows, one);
     if (st == GDN_OK)
         st = gdn_backend_upload(cache->backend, base + S, rows + n, one);
+    if (st == GDN_OK)
+        st = gdn_backend_upload(cache->backend, base + 5 * S, seqs, one);
     if (st == GDN_OK && replay(c))
         st = gdn_backend_upload(cache->backend, base + 2 * S, rows + 2 * n, 3 * one);
     if (st == GDN_OK)
@@ -294,7 +298,7 @@ gdn_status gdn_cache_step_begin(gdn_cache *cache, int32_t n, const int32_t *seqs
     free(rows);
     if (st != GDN_OK)
         return st;
-    cache->step_n = n, cache->step_first = seqs[0], cache->step_tokens = T;
+    cache->step_n = n, cache->step_tokens = T;
     return GDN_OK;
 }
 
@@ -399,10 +403,10 @@ gdn_status gdn_cache_seq_info_get(const gdn_cache *cache, int32_t seq, gdn_cache
 }
 
 gdn_status gdn_cache_step_rows(const gdn_cache *cache, gdn_tensor *state_rows, gdn_tensor *conv_rows,
-                               int32_t *first_slot, int32_t *n_tokens)
+                               gdn_tensor *slots, int32_t *n_tokens)
 {
     gdn_clear_error();
-    if (cache == NULL || state_rows == NULL || conv_rows == NULL || first_slot == NULL || n_tokens == NULL)
+    if (cache == NULL || state_rows == NULL || conv_rows == NULL || slots == NULL || n_tokens == NULL)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "cache rows: NULL argument");
     if (cache->step_n == 0)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "cache rows: no step in progress (gdn_cache_step_begin)");
@@ -410,7 +414,7 @@ gdn_status gdn_cache_step_rows(const gdn_cache *cache, gdn_tensor *state_rows, g
     char *base = (char *)cache->memory + cache->rows_offset;
     *state_rows = gdn_tensor_contiguous(base, GDN_DTYPE_I32, 1, ne);
     *conv_rows = gdn_tensor_contiguous(base + (size_t)cache->config.n_seqs * sizeof(int32_t), GDN_DTYPE_I32, 1, ne);
-    *first_slot = cache->step_first;
+    *slots = gdn_tensor_contiguous(base + 5 * (size_t)cache->config.n_seqs * sizeof(int32_t), GDN_DTYPE_I32, 1, ne);
     *n_tokens = cache->step_tokens;
     return GDN_OK;
 }

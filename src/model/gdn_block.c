@@ -6,7 +6,8 @@
  *    2 get_rows  window rows [B, (Kc-1)*C]: conv pool slots by slot_index
  *    3 concat    conv_in [B,C,Kc-1+T] = window (viewed [B,C,Kc-1]) ++ qkv (view of qkvz, [B,C,T]),
  *                along time (innermost): both sources are transposing views, no cont
- *    4 cpy       conv_in[:, :, T:] -> conv pool slots [first, first+B)   (window update)
+ *    4 cpy       conv_in[:, :, T:] -> conv pool slots [first, first+B)   (window update;
+ *                set_rows into slots[b] for a cache step's slots, which need not be consecutive)
  *    5 ssm_conv  conv [B,T,C]
  *    6 silu      conv_act [B,T,C]; q, k, v are views of it
  *    7 sigmoid   beta [B,T,Hv] = sigmoid(b)   (7-12: one gdn_gates node with config.fused_gates)
@@ -20,12 +21,14 @@
  *   14 l2_norm   k [B,T,Hk,D]
  *   15 get_rows  state [B,Hv,D,D]: group 0 of the state pool slots by slot_index (the gather)
  *   16 gated_delta_net  o [B,T,Hv,D], states [min(T,K),B,Hv,D,D] (an intermediate)
- *   17 cpy       states -> state pool [first, first+B) groups 0..min(T,K)-1 (one strided copy)
+ *   17 cpy       states -> state pool [first, first+B) groups 0..min(T,K)-1 (one strided copy;
+ *                set_rows into slots[b] along the sequence dim for a cache step)
  *   18 rms_norm_gated  o normed with norm weight and silu(z) (z a view of qkvz)
  *   19 mul_mat   out [B,T,hidden] = out_proj normed   (a graph output)
  * Copy elision forwards node 17 into the GDN op (its snapshots go straight into the groups) and
  * folds node 4 into the concat as a tee (the concat output stays, ssm_conv reads it whole; the
- * concat also writes its last Kc-1 columns into the slots). Gather elision then makes the GDN op
+ * concat also writes its last Kc-1 columns into the slots); the set_rows forms go the same way,
+ * the op then writing through the slots index (scatter elision). Gather elision then makes the GDN op
  * and the concat read their slots through slot_index (nodes 15 and 2 go), when the index is
  * declared GDN_GRAPH_OWN_SLOT_INDEX: 16 nodes, no copy, no gather. */
 #include "gdn_block.h"
@@ -448,8 +451,8 @@ static gdn_status finish(builder *bp, const gdn_block_config *cp, gdn_tensor_id 
 
 static gdn_status build(gdn_graph *graph, const gdn_block_config *config, const gdn_block_weights *weights,
                         const gdn_block_cache *cache, gdn_tensor_id x, int64_t n_seqs, int64_t n_tokens,
-                        gdn_tensor_id state_index, gdn_tensor_id conv_index, gdn_tensor_id fold, int64_t first_slot,
-                        gdn_tensor_id *out)
+                        gdn_tensor_id state_index, gdn_tensor_id conv_index, gdn_tensor_id fold, gdn_tensor_id slots,
+                        int64_t first_slot, gdn_tensor_id *out)
 {
     gdn_clear_error();
     if (graph == NULL || weights == NULL || cache == NULL || out == NULL)
@@ -464,7 +467,7 @@ static gdn_status build(gdn_graph *graph, const gdn_block_config *config, const 
     if (n_seqs < 1 || n_tokens < 1)
         return gdn_fail(GDN_ERROR_SHAPE, "gdn block build: B=%lld, T=%lld, expected both >= 1", (long long)n_seqs,
                         (long long)n_tokens);
-    if (first_slot < 0 || first_slot + n_seqs > cache->n_slots)
+    if (slots < 0 && (first_slot < 0 || first_slot + n_seqs > cache->n_slots))
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gdn block build: slots %lld..%lld written, the cache has %lld",
                         (long long)first_slot, (long long)(first_slot + n_seqs - 1), (long long)cache->n_slots);
 
@@ -523,14 +526,22 @@ static gdn_status build(gdn_graph *graph, const gdn_block_config *config, const 
     const gdn_tensor_id cat[2] = {past, fresh};
     op(&b, GDN_OP_CONCAT, &p, 2, cat, conv_in);
 
-    /* 4: the window update: the last Kc-1 columns of conv_in into slots [first, first+B); with
-     * rollback all Kc-1+T columns (the window after any accepted prefix is a run of them). */
+    /* 4: the window update: the last Kc-1 columns of conv_in into slots [first, first+B), or
+     * into slot slots[b] (a scatter); with rollback all Kc-1+T columns (the window after any
+     * accepted prefix is a run of them). */
     const size_t in_row = (size_t)(Kc - 1 + T) * f;
     const size_t nb_tail[3] = {f, in_row, (size_t)C * in_row}, nb_slot[3] = {col_bytes, f, conv_slot};
-    const int64_t ne_all[3] = {Kc - 1 + T, C, B};
+    int64_t ne_all[3] = {rollback ? Kc - 1 + T : Kc - 1, C, B};
     const gdn_tensor_id tail = rollback ? conv_in : view(&b, conv_in, (size_t)T * f, 3, ne_w, nb_tail);
-    const gdn_tensor_id dst = view(&b, conv_pool, (size_t)first_slot * conv_slot, 3, rollback ? ne_all : ne_w, nb_slot);
-    unary(&b, GDN_OP_CPY, NULL, tail, dst);
+    if (slots < 0) {
+        unary(&b, GDN_OP_CPY, NULL, tail, view(&b, conv_pool, (size_t)first_slot * conv_slot, 3, ne_all, nb_slot));
+    } else {
+        ne_all[2] = cache->n_slots;
+        memset(&p, 0, sizeof p);
+        p.set_rows.dim = 2;
+        const gdn_tensor_id scatter[2] = {tail, slots}, table = view(&b, conv_pool, 0, 3, ne_all, nb_slot);
+        op(&b, GDN_OP_SET_ROWS, &p, 2, scatter, table);
+    }
 
     /* 5, 6: the causal conv and its activation. */
     const gdn_tensor_id conv = inter(&b, "conv", 3, C, T, B, 1, 1);
@@ -625,11 +636,20 @@ static gdn_status build(gdn_graph *graph, const gdn_block_config *config, const 
         b.status = gdn_graph_op(graph, GDN_OP_GATED_DELTA_NET, &p, 6, g_src, 2, g_dst);
     }
 
-    /* 17: snapshot s of sequence b -> group s of slot first_slot + b: one strided copy. */
-    const int64_t ne_snap[5] = {D, D, Hv, B, N};
+    /* 17: snapshot s of sequence b -> group s of slot first_slot + b: one strided copy; or of
+     * slot slots[b]: a scatter along the sequence dim. */
+    const int64_t ne_snap[5] = {D, D, Hv, slots < 0 ? B : cache->n_slots, N};
     const size_t nb_snap[5] = {fs, (size_t)D * fs, (size_t)(D * D) * fs, slot_bytes, group_bytes};
-    const gdn_tensor_id snap_dst = view(&b, ssm_pool, (size_t)first_slot * slot_bytes, 5, ne_snap, nb_snap);
-    unary(&b, GDN_OP_CPY, NULL, states, snap_dst);
+    const gdn_tensor_id snap_dst =
+        view(&b, ssm_pool, slots < 0 ? (size_t)first_slot * slot_bytes : 0, 5, ne_snap, nb_snap);
+    if (slots < 0) {
+        unary(&b, GDN_OP_CPY, NULL, states, snap_dst);
+    } else {
+        memset(&p, 0, sizeof p);
+        p.set_rows.dim = 3;
+        const gdn_tensor_id scatter[2] = {states, slots};
+        op(&b, GDN_OP_SET_ROWS, &p, 2, scatter, snap_dst);
+    }
 
     return finish(&b, &c, w_norm, w_out, qkvz, o, B, T, out);
 }
@@ -641,24 +661,24 @@ gdn_status gdn_block_build(gdn_graph *graph, const gdn_block_config *config, con
     if (config != NULL && config->rollback)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gdn block build: a rollback cache needs gdn_block_build_rollback "
                         "(state and window positions per sequence)");
-    return build(graph, config, weights, cache, x, n_seqs, n_tokens, slot_index, slot_index, -1, first_slot, out);
+    return build(graph, config, weights, cache, x, n_seqs, n_tokens, slot_index, slot_index, -1, -1, first_slot, out);
 }
 
 gdn_status gdn_block_build_rollback(gdn_graph *graph, const gdn_block_config *config, const gdn_block_weights *weights,
                                     const gdn_block_cache *cache, gdn_tensor_id x, int64_t n_seqs, int64_t n_tokens,
-                                    gdn_tensor_id state_row, gdn_tensor_id conv_row, int64_t first_slot,
+                                    gdn_tensor_id state_row, gdn_tensor_id conv_row, gdn_tensor_id slots,
                                     gdn_tensor_id *out)
 {
     if (config != NULL && !config->rollback)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gdn block build: gdn_block_build_rollback needs a config with "
                         "rollback = 1");
-    return build(graph, config, weights, cache, x, n_seqs, n_tokens, state_row, conv_row, -1, first_slot, out);
+    return build(graph, config, weights, cache, x, n_seqs, n_tokens, state_row, conv_row, -1, slots, 0, out);
 }
 
 gdn_status gdn_block_build_replay(gdn_graph *graph, const gdn_block_config *config, const gdn_block_weights *weights,
                                   const gdn_block_cache *cache, gdn_tensor_id x, int64_t n_seqs, int64_t n_tokens,
                                   gdn_tensor_id state_index, gdn_tensor_id conv_row, gdn_tensor_id fold,
-                                  int64_t first_slot, gdn_tensor_id *out)
+                                  gdn_tensor_id slots, gdn_tensor_id *out)
 {
     if (config != NULL && !config->rollback)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gdn block build: gdn_block_build_replay needs a config with "
@@ -666,5 +686,5 @@ gdn_status gdn_block_build_replay(gdn_graph *graph, const gdn_block_config *conf
     if (cache == NULL || cache->ring_k.data == NULL || fold < 0)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gdn block build: replay needs a cache with rings "
                         "(gdn_block_cache_borrow_replay) and a fold tensor");
-    return build(graph, config, weights, cache, x, n_seqs, n_tokens, state_index, conv_row, fold, first_slot, out);
+    return build(graph, config, weights, cache, x, n_seqs, n_tokens, state_index, conv_row, fold, slots, 0, out);
 }

@@ -147,11 +147,13 @@ gdn_status gdn_block_build(gdn_graph *graph, const gdn_block_config *config, con
  *               pool seen as S*K rows of one state (row = slot * K + group);
  *   conv_row    [B] I32: and its window from column conv_row[b] on of the conv pool seen as
  *               columns (column = slot * (Kconv-1+K) + offset);
- * sequence b writes slot first_slot + b: snapshot s (the state after token T-1-s) into group s,
- * and its whole conv input into columns 0 .. Kconv-2+T. So after a step whose first a tokens are
- * accepted, the next one reads group T-a and column offset a: no data moves. The nodes are
- * llama.cpp's (gathers, GDN, copies); with both passes and the indices declared
- * GDN_GRAPH_OWN_SLOT_INDEX, none of the gathers and copies stays. */
+ *   slots       [B] I32: sequence b writes slot slots[b] (distinct values, any order: the cache's
+ *               step slots): snapshot s (the state after token T-1-s) into group s, and its
+ *               whole conv input into columns 0 .. Kconv-2+T.
+ * So after a step whose first a tokens are accepted, the next one reads group T-a and column
+ * offset a: no data moves. The nodes are llama.cpp's gathers and GDN op, with SET_ROWS scatters
+ * into the slots where llama.cpp copies into consecutive ones; with both passes and the read
+ * indices declared GDN_GRAPH_OWN_SLOT_INDEX, none of the gathers and scatters stays. */
 /* The same step over a replay cache (borrowed with gdn_block_cache_borrow_replay): the GDN op
  * is the replay form (gdn_gated_delta_net_replay) reading sequence b's committed state from slot
  * state_index[b] and the ring tokens to fold from `fold` [B][3]; no snapshot is written. The conv
@@ -159,11 +161,11 @@ gdn_status gdn_block_build(gdn_graph *graph, const gdn_block_config *config, con
 gdn_status gdn_block_build_replay(gdn_graph *graph, const gdn_block_config *config, const gdn_block_weights *weights,
                                   const gdn_block_cache *cache, gdn_tensor_id x, int64_t n_seqs, int64_t n_tokens,
                                   gdn_tensor_id state_index, gdn_tensor_id conv_row, gdn_tensor_id fold,
-                                  int64_t first_slot, gdn_tensor_id *out);
+                                  gdn_tensor_id slots, gdn_tensor_id *out);
 
 gdn_status gdn_block_build_rollback(gdn_graph *graph, const gdn_block_config *config, const gdn_block_weights *weights,
                                     const gdn_block_cache *cache, gdn_tensor_id x, int64_t n_seqs, int64_t n_tokens,
-                                    gdn_tensor_id state_row, gdn_tensor_id conv_row, int64_t first_slot,
+                                    gdn_tensor_id state_row, gdn_tensor_id conv_row, gdn_tensor_id slots,
                                     gdn_tensor_id *out);
 
 #ifdef __cplusplus
