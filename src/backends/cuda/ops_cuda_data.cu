@@ -118,35 +118,40 @@ __global__ void get_rows_kernel(gdn_cuda_op_args a)
 
 /* Block-wide check of an index written through (a tee's, set_rows'): every entry in 0..slots-1,
  * none twice. Bad position j is recorded as atomicMin(first_bad, 4j + kind), so the smallest j
- * wins whatever the thread order, and a repeat is charged to its later position (a second pass
- * over earlier entries, run only when the bitmap saw one). *first_bad is set by the caller
- * before; the caller synchronises after. */
+ * wins whatever the thread order, and a repeat is charged to its later position. Up to 64 entries
+ * each is compared with the ones before it (a step's sequences: cheaper than clearing a bitmap,
+ * which cost 1.7 us per call at B=1); beyond, a shared bitmap finds whether there is a repeat at
+ * all and the comparisons run only then. *first_bad is set by the caller just before (this
+ * synchronises first); the caller synchronises after. */
 __device__ void check_written_index(const gdn_cuda_view &index, int64_t slots, unsigned long long *first_bad)
 {
     __shared__ unsigned seen[kSeenWords];
     __shared__ int repeated;
-    for (int w = threadIdx.x; w < kSeenWords; w += blockDim.x)
-        seen[w] = 0;
-    if (threadIdx.x == 0)
-        repeated = 0;
-    __syncthreads();
-    const bool bitmap = slots <= (int64_t)kSeenWords * 32;
-    for (int64_t j = threadIdx.x; j < index.ne[0]; j += blockDim.x) {
+    const int64_t n = index.ne[0];
+    const bool bitmap = n > 64 && slots <= (int64_t)kSeenWords * 32; /* the same in every thread */
+    if (bitmap) {
+        for (int w = threadIdx.x; w < kSeenWords; w += blockDim.x)
+            seen[w] = 0;
+        if (threadIdx.x == 0)
+            repeated = 0;
+    }
+    __syncthreads(); /* the caller's *first_bad, and the bitmap, set before any thread records */
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
         const int v = *(const int *)(index.data + j * index.nb[0]);
         if (v < 0 || v >= slots) {
             atomicMin(first_bad, (unsigned long long)(4 * j + kIndexWriteRange));
-        } else if (!bitmap) {
-            repeated = 1;
-        } else {
+        } else if (bitmap) {
             const unsigned bit = 1u << (v & 31);
             if (atomicOr(&seen[v >> 5], bit) & bit)
                 repeated = 1;
         }
     }
-    __syncthreads();
-    if (!repeated)
-        return;
-    for (int64_t j = threadIdx.x; j < index.ne[0]; j += blockDim.x) {
+    if (bitmap) {
+        __syncthreads();
+        if (!repeated)
+            return;
+    }
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
         const int v = *(const int *)(index.data + j * index.nb[0]);
         for (int64_t j2 = 0; j2 < j; j2++)
             if (*(const int *)(index.data + j2 * index.nb[0]) == v) {
