@@ -7,10 +7,12 @@
  *           sk = hsum((a0 + a1) + (a2 + a3)); d = beta * (v - sk)
  *   pass 2: x = fma(d, k[c], in[c] * decay); out[c] = x; b[c % 4] = fma(x, q[c], b[c % 4])
  *           o = scale * hsum((b0 + b1) + (b2 + b3))
- * Rows go one at a time, in memory order: measured on an EPYC VM, interleaving four rows was
- * faster from L2 but a third slower from DRAM (the reads no longer form one stream ahead of the
- * out-of-order window); on a Xeon the two were equal. Pass 2 recomputes in * decay rather than
- * storing it in pass 1, so the row is written once, straight to its destination. */
+ * Rows read from DRAM go one at a time, in memory order: measured on an EPYC VM, interleaving
+ * four rows was faster from L2 but a third slower from DRAM (the reads no longer form one stream
+ * ahead of the out-of-order window); on a Xeon the two were equal. Rows in the L1 buffer (every
+ * token after the first) go two at a time, sharing the k and q loads (gdn_cpu_rows2_avx2). Pass 2
+ * recomputes in * decay rather than storing it in pass 1, so the row is written once, straight
+ * to its destination. */
 #include "gdn_cpu.h"
 
 #ifdef GDN_CPU_X86
@@ -88,6 +90,59 @@ GDN_CPU_AVX2_INLINE float gdn_cpu_row_avx2(const float *in, float *out, const in
         }
     }
     return scale * gdn_cpu_hsum_avx2(_mm256_add_ps(_mm256_add_ps(b0, b1), _mm256_add_ps(b2, b3)));
+}
+
+/* Two rows at once, from the L1 buffer (no prefetch, no streaming): each row's operations in
+ * exactly gdn_cpu_row_avx2's order, so the results are the same bits, but the k and q chunks
+ * are loaded once for both rows and the two rows' dependency chains (the sums, then d) overlap.
+ * A row-token is load-bound from L1 (80 loads for 80 arithmetic operations at D = 128); this
+ * makes it 56 loads. Row 0 is read whole before it is written, row 1 likewise; in and out rows
+ * are either the same rows (in place) or apart. */
+GDN_CPU_AVX2_INLINE void gdn_cpu_rows2_avx2(const float *in0, const float *in1, float *out0, float *out1, int64_t D,
+                                            const float *restrict q, const float *restrict k, __m256 decay, float beta,
+                                            float v0, float v1, float scale, float *o, float *delta)
+{
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, c0 = a0, c1 = a0, c2 = a0, c3 = a0;
+    for (int64_t i = 0; i < D; i += 32) {
+        __m256 kk = _mm256_load_ps(k + i);
+        a0 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(in0 + i), decay), kk, a0);
+        c0 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(in1 + i), decay), kk, c0);
+        kk = _mm256_load_ps(k + i + 8);
+        a1 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(in0 + i + 8), decay), kk, a1);
+        c1 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(in1 + i + 8), decay), kk, c1);
+        if (D > 16) {
+            kk = _mm256_load_ps(k + i + 16);
+            a2 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(in0 + i + 16), decay), kk, a2);
+            c2 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(in1 + i + 16), decay), kk, c2);
+            kk = _mm256_load_ps(k + i + 24);
+            a3 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(in0 + i + 24), decay), kk, a3);
+            c3 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(in1 + i + 24), decay), kk, c3);
+        }
+    }
+    const float d0 = beta * (v0 - gdn_cpu_hsum_avx2(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))));
+    const float d1 = beta * (v1 - gdn_cpu_hsum_avx2(_mm256_add_ps(_mm256_add_ps(c0, c1), _mm256_add_ps(c2, c3))));
+    if (delta != NULL)
+        delta[0] = d0, delta[1] = d1;
+    const __m256 e0 = _mm256_set1_ps(d0), e1 = _mm256_set1_ps(d1);
+    __m256 b0 = _mm256_setzero_ps(), b1 = b0, b2 = b0, b3 = b0, f0 = b0, f1 = b0, f2 = b0, f3 = b0;
+    for (int64_t i = 0; i < D; i += 32) {
+        for (int c = 0; c < (D > 16 ? 4 : 2); c++) {
+            const int64_t at = i + 8 * c;
+            const __m256 kk = _mm256_load_ps(k + at), qq = _mm256_load_ps(q + at);
+            const __m256 x = _mm256_fmadd_ps(e0, kk, _mm256_mul_ps(_mm256_loadu_ps(in0 + at), decay));
+            const __m256 y = _mm256_fmadd_ps(e1, kk, _mm256_mul_ps(_mm256_loadu_ps(in1 + at), decay));
+            _mm256_storeu_ps(out0 + at, x);
+            _mm256_storeu_ps(out1 + at, y);
+            switch (c) { /* accumulator c % 4, as the one-row kernel */
+            case 0: b0 = _mm256_fmadd_ps(x, qq, b0), f0 = _mm256_fmadd_ps(y, qq, f0); break;
+            case 1: b1 = _mm256_fmadd_ps(x, qq, b1), f1 = _mm256_fmadd_ps(y, qq, f1); break;
+            case 2: b2 = _mm256_fmadd_ps(x, qq, b2), f2 = _mm256_fmadd_ps(y, qq, f2); break;
+            default: b3 = _mm256_fmadd_ps(x, qq, b3), f3 = _mm256_fmadd_ps(y, qq, f3); break;
+            }
+        }
+    }
+    o[0] = scale * gdn_cpu_hsum_avx2(_mm256_add_ps(_mm256_add_ps(b0, b1), _mm256_add_ps(b2, b3)));
+    o[1] = scale * gdn_cpu_hsum_avx2(_mm256_add_ps(_mm256_add_ps(f0, f1), _mm256_add_ps(f2, f3)));
 }
 
 /* BF16 state storage inside the token (gdn_cpu_token.bf16): a chunk of 8 state values read from
@@ -185,7 +240,15 @@ GDN_CPU_AVX2 static void gdn_cpu_token_avx2(const gdn_cpu_token *a)
         return;
     }
     const __m256 decay = _mm256_set1_ps(a->decay);
-    for (int64_t r = 0; r < a->n_rows; r++) {
+    int64_t r = 0;
+    if (!a->stream && a->prefetch == 0) /* rows from the L1 buffer: two at a time */
+        for (; r + 2 <= a->n_rows; r += 2) {
+            const float *in = a->in + r * a->in_stride;
+            float *out = a->out + r * a->out_stride;
+            gdn_cpu_rows2_avx2(in, in + a->in_stride, out, out + a->out_stride, a->D, a->q, a->k, decay, a->beta,
+                               a->v[r], a->v[r + 1], a->scale, a->o + r, a->delta != NULL ? a->delta + r : NULL);
+        }
+    for (; r < a->n_rows; r++) {
         const float *in = a->in + r * a->in_stride;
         float *out = a->out + r * a->out_stride;
         if (a->stream)
