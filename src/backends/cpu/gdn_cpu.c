@@ -45,6 +45,9 @@ typedef struct gdn_cpu_scratch {
     _Alignas(64) float v[GDN_CPU_MAX_D];
     _Alignas(64) float o[GDN_CPU_MAX_D];
     _Alignas(64) float delta[GDN_CPU_MAX_D];
+    _Alignas(64) float fold_k[GDN_CPU_FOLD_MAX * GDN_CPU_MAX_D]; /* the ring tokens of one fold pass */
+    _Alignas(64) float fold_v[GDN_CPU_FOLD_MAX * GDN_CPU_MAX_D];
+    float fold_decay[GDN_CPU_FOLD_MAX];
 } gdn_cpu_scratch;
 
 /* Address of element (i0, i1, i2, i3, i4) of a strided view. */
@@ -166,12 +169,12 @@ static int gdn_cpu_can_stream(const gdn_cpu_job *job, const char *dst, int64_t s
            (uintptr_t)dst % align == 0 && states->nb[1] % align == 0;
 }
 
-/* Replay: apply ring tokens start .. start+count-1 (mod L) of `slot` to the task's rows, each
- * through the level's fold kernel with the token's stored delta (the write of its update, no dot
- * product). With `commit` the state after them is written back to the pool slot: the last
- * fold token writes straight into it where its rows are packed F32 (the lines were just read),
- * else the rows are copied there. A BF16 state is rounded after every folded token, as after a
- * new one. On return token->in holds the rows after the fold. */
+/* Replay: apply ring tokens start .. start+count-1 (mod L) of `slot` to the task's rows through
+ * the level's fold kernel, up to GDN_CPU_FOLD_MAX tokens a pass, each with its stored delta (the
+ * write of its update, no dot product). With `commit` the state after them is written back to
+ * the pool slot: the last pass writes straight into it where its rows are packed F32 (the lines
+ * were just read), else the rows are copied there. A BF16 state is rounded after every folded
+ * token, as after a new one. On return token->in holds the rows after the fold. */
 static void gdn_cpu_fold(const gdn_cpu_job *job, gdn_cpu_token *token, gdn_cpu_scratch *scratch, int64_t h,
                          int64_t hk, int64_t j0, int64_t slot, gdn_gdn_fold fold)
 {
@@ -179,16 +182,23 @@ static void gdn_cpu_fold(const gdn_cpu_job *job, gdn_cpu_token *token, gdn_cpu_s
     const gdn_tensor *pool = &replay->state;
     const int64_t D = job->shape->D, R = job->rows_per_task, L = job->shape->L;
     const int direct_commit = fold.commit != 0 && !job->bf16 && pool->nb[0] == sizeof(float);
-    for (int64_t n = 0; n < fold.count; n++) {
-        const int64_t pos = (fold.start + n) % L;
-        gdn_cpu_gather(scratch->k, gdn_cpu_at(&replay->ring_k, 0, hk, pos, slot, 0), replay->ring_k.nb[0], D);
-        if (job->l2norm)
-            gdn_cpu_l2_normalise(scratch->k, D);
-        float g;
-        memcpy(&g, gdn_cpu_at(&replay->ring_g, h, pos, slot, 0, 0), sizeof g);
-        token->decay = expf(g);
-        gdn_cpu_gather(scratch->v, gdn_cpu_at(&replay->ring_v, j0, h, pos, slot, 0), replay->ring_v.nb[0], R);
-        if (n + 1 == fold.count && direct_commit) {
+    const float *k = token->k, *v = token->v;
+    for (int64_t n = 0; n < fold.count; n += token->n_fold) {
+        token->n_fold = fold.count - n < GDN_CPU_FOLD_MAX ? (int)(fold.count - n) : GDN_CPU_FOLD_MAX;
+        for (int f = 0; f < token->n_fold; f++) {
+            const int64_t pos = (fold.start + n + f) % L;
+            float *kf = scratch->fold_k + (int64_t)f * D;
+            gdn_cpu_gather(kf, gdn_cpu_at(&replay->ring_k, 0, hk, pos, slot, 0), replay->ring_k.nb[0], D);
+            if (job->l2norm)
+                gdn_cpu_l2_normalise(kf, D);
+            float g;
+            memcpy(&g, gdn_cpu_at(&replay->ring_g, h, pos, slot, 0, 0), sizeof g);
+            scratch->fold_decay[f] = expf(g);
+            gdn_cpu_gather(scratch->fold_v + (int64_t)f * R, gdn_cpu_at(&replay->ring_v, j0, h, pos, slot, 0),
+                           replay->ring_v.nb[0], R);
+        }
+        token->k = scratch->fold_k, token->v = scratch->fold_v, token->decays = scratch->fold_decay;
+        if (n + token->n_fold == fold.count && direct_commit) {
             token->out = (float *)gdn_cpu_at(pool, 0, j0, h, slot, 0);
             token->out_stride = (int64_t)(pool->nb[1] / sizeof(float));
         } else {
@@ -202,6 +212,7 @@ static void gdn_cpu_fold(const gdn_cpu_job *job, gdn_cpu_token *token, gdn_cpu_s
         token->in_stride = token->out_stride;
         token->prefetch = 0;
     }
+    token->k = k, token->v = v; /* the new tokens' buffers again */
     if (fold.commit != 0 && fold.count > 0 && !direct_commit)
         gdn_cpu_write_rows(job, pool, gdn_cpu_at(pool, 0, j0, h, slot, 0), scratch->rows, 0);
 }
@@ -264,6 +275,7 @@ static void gdn_cpu_run_task(const gdn_cpu_job *job, int64_t task, gdn_cpu_scrat
     token.scale = shape->scale;
     token.prefetch = 0;
     token.bf16 = 0;
+    token.n_fold = 0, token.decays = NULL; /* set by gdn_cpu_fold */
     const size_t esize = job->bf16 ? sizeof(uint16_t) : sizeof(float); /* a state element */
     if (state->nb[0] == esize && (!job->bf16 || shape->replay == NULL)) {
         token.in = (const float *)gdn_cpu_at(state, 0, j0, h, slot, 0); /* BF16 rows: uint16_t */

@@ -34,7 +34,13 @@ typedef struct gdn_cpu_token {
     float *delta;        /* [n_rows] or NULL: written with each row's d = beta (v - sk) */
     float decay, beta, scale;
     int bf16;            /* BF16 state storage, GDN_CPU_* bits below (0: F32 rows, as above) */
+    /* fold only: n_fold (1..GDN_CPU_FOLD_MAX) ring tokens applied in one pass over the rows, k
+     * [n_fold][D] (each 64-byte aligned), v [n_fold][n_rows] their deltas, decays[n_fold] */
+    int n_fold;
+    const float *decays;
 } gdn_cpu_token;
+
+#define GDN_CPU_FOLD_MAX 4
 
 /* gdn_cpu_token.bf16: `in` rows are BF16 values (in_stride in elements; widened exactly);
  * `out` rows are BF16 (the rounded values narrowed); F32 `out` rows hold BF16-rounded values.
@@ -52,9 +58,10 @@ typedef struct gdn_cpu_kernels {
     const char *name;    /* "scalar", "avx2", "avx512" */
     size_t stream_align; /* bytes an out row must be aligned to for streaming stores */
     void (*token)(const gdn_cpu_token *token);
-    /* A folded replay token: per row, row = row * decay + v[r] k with v[r] the delta the row's
-     * token update computed (the same expression as that update's write, so the same floats);
-     * no q, no o, no streaming. */
+    /* Folded replay tokens: per row, for f = 0 .. n_fold-1 in order, row = row * decays[f] +
+     * v[f][r] k[f] with v[f][r] the delta the row's token update computed (the same expression as
+     * that update's write, so the same floats; with GDN_CPU_ROUND rounded after each f), the row
+     * read once and written once; no q, no o, no streaming. */
     void (*fold)(const gdn_cpu_token *token);
     /* Copy n floats (a multiple of 16) from src (64-byte aligned) to dst; with `stream`, dst is
      * stream_align-aligned and the stores bypass the cache. */

@@ -260,24 +260,39 @@ GDN_CPU_AVX2 static void gdn_cpu_token_avx2(const gdn_cpu_token *a)
     }
 }
 
-/* A folded token (gdn_cpu_kernels.fold): x = d k + in * decay per chunk, as pass 2 writes it. */
-GDN_CPU_AVX2 static void gdn_cpu_fold_avx2(const gdn_cpu_token *a)
+/* Folded tokens (gdn_cpu_kernels.fold): per chunk, for each token x = d k + x * decay, as pass 2
+ * writes it, the chunk kept in a register from the first token to the last. One fold per pass
+ * was store-bound (a row written per token); this writes it once. */
+GDN_CPU_AVX2_INLINE void gdn_cpu_fold_rows_avx2(const gdn_cpu_token *a, const int round)
 {
-    const __m256 decay = _mm256_set1_ps(a->decay);
-    const float *k = a->k;
+    const int n = a->n_fold;
+    __m256 decay[GDN_CPU_FOLD_MAX];
+    for (int f = 0; f < n; f++)
+        decay[f] = _mm256_set1_ps(a->decays[f]);
     for (int64_t r = 0; r < a->n_rows; r++) {
         const float *in = a->in + r * a->in_stride;
         float *out = a->out + r * a->out_stride;
-        const __m256 d = _mm256_set1_ps(a->v[r]);
-        if (a->bf16 & GDN_CPU_ROUND) /* BF16 storage: the folded row rounded as the token's was */
-            for (int64_t i = 0; i < a->D; i += 8)
-                _mm256_storeu_ps(out + i, gdn_cpu_round8_avx2(_mm256_fmadd_ps(
-                                              d, _mm256_load_ps(k + i), _mm256_mul_ps(_mm256_loadu_ps(in + i), decay))));
-        else
-            for (int64_t i = 0; i < a->D; i += 8)
-                _mm256_storeu_ps(out + i, _mm256_fmadd_ps(d, _mm256_load_ps(k + i),
-                                                          _mm256_mul_ps(_mm256_loadu_ps(in + i), decay)));
+        __m256 d[GDN_CPU_FOLD_MAX];
+        for (int f = 0; f < n; f++)
+            d[f] = _mm256_set1_ps(a->v[(int64_t)f * a->n_rows + r]);
+        for (int64_t i = 0; i < a->D; i += 8) {
+            __m256 x = _mm256_loadu_ps(in + i);
+            for (int f = 0; f < n; f++) {
+                x = _mm256_fmadd_ps(d[f], _mm256_load_ps(a->k + (int64_t)f * a->D + i), _mm256_mul_ps(x, decay[f]));
+                if (round) /* BF16 storage: each folded state rounded as the token's was */
+                    x = gdn_cpu_round8_avx2(x);
+            }
+            _mm256_storeu_ps(out + i, x);
+        }
     }
+}
+
+GDN_CPU_AVX2 static void gdn_cpu_fold_avx2(const gdn_cpu_token *a)
+{
+    if (a->bf16 & GDN_CPU_ROUND)
+        gdn_cpu_fold_rows_avx2(a, 1);
+    else
+        gdn_cpu_fold_rows_avx2(a, 0);
 }
 
 GDN_CPU_AVX2 static void gdn_cpu_store_avx2(float *dst, const float *src, int64_t n, int stream)

@@ -69,17 +69,18 @@ static void gdn_cpu_token_scalar(const gdn_cpu_token *a)
 static void gdn_cpu_fold_scalar(const gdn_cpu_token *a)
 {
     const int64_t D = a->D;
-    const float *k = a->k;
-    const float decay = a->decay;
     for (int64_t r = 0; r < a->n_rows; r++) {
         const float *in = a->in + r * a->in_stride;
         float *out = a->out + r * a->out_stride;
-        const float d = a->v[r];
-        for (int64_t i = 0; i < D; i++)
-            out[i] = in[i] * decay + d * k[i]; /* as the update's write above */
-        if (a->bf16 & GDN_CPU_ROUND) /* BF16 storage: rounded as the token's row was */
+        for (int f = 0; f < a->n_fold; f++, in = out) { /* token f reads what token f-1 wrote */
+            const float *k = a->k + (int64_t)f * D;
+            const float decay = a->decays[f], d = a->v[(int64_t)f * a->n_rows + r];
             for (int64_t i = 0; i < D; i++)
-                out[i] = gdn_cpu_bf16_to_f32(gdn_cpu_f32_to_bf16(out[i]));
+                out[i] = in[i] * decay + d * k[i]; /* as the update's write above */
+            if (a->bf16 & GDN_CPU_ROUND) /* BF16 storage: rounded as the token's row was */
+                for (int64_t i = 0; i < D; i++)
+                    out[i] = gdn_cpu_bf16_to_f32(gdn_cpu_f32_to_bf16(out[i]));
+        }
     }
 }
 
