@@ -267,6 +267,10 @@ typedef struct gdn_gated_delta_net_params {
     gdn_broadcast broadcast;
     float scale;             /* multiplier of S q; 0 means 1/sqrt(Dk) */
     int32_t l2norm;          /* 1: L2-normalise q and k inside the op (see above) */
+    int32_t state_ready;     /* a hint, 0 by default: 1 promises that the work queued on the
+                              * backend just before this call (the previous op) writes neither
+                              * `state` nor `state_index`, so CUDA may start reading the state
+                              * while that work still runs; the results are the same */
 } gdn_gated_delta_net_params;
 
 /* Defaults: n_snapshots 1, tiled, scale 0 (1/sqrt(Dk)), l2norm 0. */

@@ -14,13 +14,17 @@ static const op_case indexed_cases[] = {
     {3, 2, 1, 2, 32, 2, GDN_BROADCAST_TILED, 0, 0.f, LAYOUT_CONTIGUOUS, 0},
     {3, 3, 2, 4, 128, 2, GDN_BROADCAST_INTERLEAVED, 1, 0.f, LAYOUT_PADDED, 0},    /* non-contiguous pool */
     {3, 1, 1, 2, 64, 1, GDN_BROADCAST_TILED, 0, 0.f, LAYOUT_SPACED_INNER, 0},     /* decode, strided */
+    {3, 1, 2, 4, 128, 1, GDN_BROADCAST_TILED, 0, 0.f, LAYOUT_CONTIGUOUS, 0},      /* decode: CUDA's state_ready form */
 };
 
-/* Run one indexed call (index values `slots`) and download o and states; 0 on failure. */
+/* Run one indexed call (index values `slots`) and download o and states; 0 on failure. With
+ * `ready`, the state_ready hint (every call here follows a synchronised upload, so it holds): on
+ * CUDA the kernel reads the index and the state before waiting for the previous kernel. */
 static gdn_status run_indexed(const test_backend *tb, const op_case *c, const op_tensors *ts, const test_tensor *pool,
-                              const test_tensor *index, unsigned char **o, unsigned char **states)
+                              const test_tensor *index, int ready, unsigned char **o, unsigned char **states)
 {
     gdn_gated_delta_net_params p = case_params(c);
+    p.state_ready = ready;
     gdn_gated_delta_net_args a = device_args(ts);
     a.state = test_device_view(pool);
     a.state_index = test_device_view(index);
@@ -33,7 +37,7 @@ static gdn_status run_indexed(const test_backend *tb, const op_case *c, const op
     return GDN_OK;
 }
 
-static void check_indexed(const test_backend *tb, int case_index, const op_case *c)
+static void check_indexed(const test_backend *tb, int case_index, const op_case *c, int ready)
 {
     enum { S = 5 };
     const int32_t slots[3] = {4, 0, 4};
@@ -70,7 +74,7 @@ static void check_indexed(const test_backend *tb, int case_index, const op_case 
     const int32_t bad[2][3] = {{1, 5, 0}, {-1, 0, 0}};
     for (int i = 0; ok && i < 2; i++) {
         ok = test_buffer_upload(&index.device, bad[i], sizeof bad[i]);
-        const gdn_status st = run_indexed(tb, c, &ts, &pool, &index, NULL, NULL);
+        const gdn_status st = run_indexed(tb, c, &ts, &pool, &index, ready, NULL, NULL);
         char want[64];
         snprintf(want, sizeof want, "state_index[%d]=%d", i == 0 ? 1 : 0, (int)bad[i][i == 0 ? 1 : 0]);
         CHECK(st == GDN_ERROR_INVALID_ARGUMENT && strstr(gdn_error_detail(), want) != NULL,
@@ -90,7 +94,7 @@ static void check_indexed(const test_backend *tb, int case_index, const op_case 
 
     /* Against the reference, and the pool left as it was (it is only read). */
     unsigned char *o_indexed = NULL, *s_indexed = NULL, *o_gathered = NULL, *s_gathered = NULL;
-    gdn_status st = ok ? run_indexed(tb, c, &ts, &pool, &index, &o_indexed, &s_indexed) : GDN_ERROR_BACKEND;
+    gdn_status st = ok ? run_indexed(tb, c, &ts, &pool, &index, ready, &o_indexed, &s_indexed) : GDN_ERROR_BACKEND;
     CHECK(st == GDN_OK, "%s indexed case %d: %s", tb->label, case_index, gdn_error_detail());
     if (st == GDN_OK) {
         compare_output("o (indexed)", tb->label, case_index, &ts.t[O], o_ref.data, &o_ref);
@@ -432,7 +436,8 @@ int main(void)
     CHECK(n >= 1, "no backend could be opened");
     for (int b = 0; b < n; b++) {
         for (size_t i = 0; i < sizeof indexed_cases / sizeof indexed_cases[0]; i++)
-            check_indexed(&backends[b], (int)i, &indexed_cases[i]);
+            for (int ready = 0; ready < 2; ready++) /* the case number says which: 10 + i with the hint */
+                check_indexed(&backends[b], (int)i + 10 * ready, &indexed_cases[i], ready);
         for (size_t i = 0; i < 2; i++)
             check_in_place(&backends[b], (int)i, &indexed_cases[i]);
         for (size_t i = 0; i < sizeof indexed_cases / sizeof indexed_cases[0]; i++)

@@ -34,6 +34,8 @@ static const char usage[] =
     "  --distinct N         at most N distinct buffer sets per step (default: one per layer as far\n"
     "                       as memory allows); --distinct 1 reuses one set, as op micro-benchmarks\n"
     "                       such as ggml's test-backend-ops do, so small states stay in cache\n"
+    "  --state-ready on|off pass the op the state_ready hint where it holds (default on: with\n"
+    "                       distinct buffer sets no call reads what the call before wrote)\n"
     "  --graphs on|off      record each step once and replay it as one CUDA graph (default on;\n"
     "                       the CPU backend has no recording and always runs calls one by one)\n"
     "  --reps N             timed steps per row, median reported (default: about 1 s of work, 5..50)\n"
@@ -56,6 +58,7 @@ typedef struct bench_config {
     int layers, reps, json;
     int graphs;   /* record each step once and replay it (CUDA graphs) */
     int distinct; /* at most this many distinct layer buffer sets (0: as many as fit the budget) */
+    int no_state_ready; /* --state-ready off */
     int schemes;  /* bit 0: snapshot rows, bit 1: replay rows */
     int64_t ring, accept; /* replay: history tokens L (0: T), tokens kept per step (0: T) */
     gdn_dtype state;      /* state storage: F32 or BF16 */
@@ -213,6 +216,14 @@ static token_views token_views_of(const layer_buffers *b, int64_t B, int64_t T)
     return t;
 }
 
+/* The state_ready hint (gdn.h): the call before each one (the previous layer's, or the last
+ * layer's of the step before) uses another buffer set, so it writes neither this state nor its
+ * index. */
+static int state_ready(const bench_config *cfg, int sets)
+{
+    return !cfg->no_state_ready && sets >= 2 && (cfg->layers - 1) % sets != 0;
+}
+
 /* Queue replay step `phase`: cfg->layers replay calls over the layer buffer sets in turn. */
 static int queue_replay_step(gdn_backend *backend, const bench_config *cfg, const layer_buffers *L, int sets,
                              int64_t B, int64_t T, const row_plan *plan, int phase)
@@ -220,6 +231,7 @@ static int queue_replay_step(gdn_backend *backend, const bench_config *cfg, cons
     const int64_t ne_pool[4] = {D, D, Hv, B}, ne_index[1] = {B}, ne_fold[2] = {3, B};
     const int64_t ne_rk[4] = {D, Hk, plan->Lp, B}, ne_rv[4] = {D, Hv, plan->Lp, B}, ne_rg[3] = {Hv, plan->Lp, B};
     gdn_gated_delta_net_params params = gdn_gated_delta_net_params_default();
+    params.state_ready = state_ready(cfg, sets);
     for (int l = 0; l < cfg->layers; l++) {
         const layer_buffers *b = &L[l % sets];
         const token_views t = token_views_of(b, B, T);
@@ -252,6 +264,7 @@ static int queue_step(gdn_backend *backend, const bench_config *cfg, const layer
     const int64_t ne_states[5] = {D, D, Hv, B, N};
     gdn_gated_delta_net_params params = gdn_gated_delta_net_params_default();
     params.n_snapshots = (int32_t)K;
+    params.state_ready = state_ready(cfg, sets);
     for (int l = 0; l < cfg->layers; l++) {
         const layer_buffers *b = &L[l % sets];
         gdn_gated_delta_net_args a;
@@ -462,6 +475,8 @@ static int parse_args(int argc, char **argv, bench_config *cfg)
             cfg->accept = n;
         } else if (strcmp(opt, "--graphs") == 0 && (strcmp(val, "on") == 0 || strcmp(val, "off") == 0)) {
             cfg->graphs = strcmp(val, "on") == 0;
+        } else if (strcmp(opt, "--state-ready") == 0 && (strcmp(val, "on") == 0 || strcmp(val, "off") == 0)) {
+            cfg->no_state_ready = strcmp(val, "off") == 0;
         } else if (strcmp(opt, "--distinct") == 0 && gdn_tool_parse_int(val, 1, 1000, &n)) {
             cfg->distinct = (int)n;
         } else if (strcmp(opt, "--layers") == 0 && gdn_tool_parse_int(val, 1, 1000, &n)) {

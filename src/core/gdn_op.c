@@ -14,6 +14,7 @@ gdn_gated_delta_net_params gdn_gated_delta_net_params_default(void)
     p.broadcast = GDN_BROADCAST_TILED;
     p.scale = 0.0f;
     p.l2norm = 0;
+    p.state_ready = 0;
     return p;
 }
 

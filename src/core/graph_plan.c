@@ -214,6 +214,29 @@ static gdn_status concrete_view(const gdn_graph *graph, gdn_tensor_id id, gdn_te
     return GDN_OK;
 }
 
+/* 1 if node `prev` (-1: work queued before the graph, unknown) writes nothing of the GDN node's
+ * state source or its index: the op's state_ready hint (include/gdn.h), which lets CUDA read the
+ * state while that node's kernel still runs. Its destinations and in-place sources count. */
+static int state_ready(const gdn_graph *graph, int32_t prev, const gdn_graph_node *node)
+{
+    if (prev < 0)
+        return 0;
+    const gdn_graph_node *before = &graph->nodes[prev];
+    const uint32_t inout = gdn_op_traits_of(before->kind)->inout_src;
+    /* Sources 5 (the state) and 6 (its index, when the node reads through one: always for
+     * replay, and for the GDN op when it has a source beyond its six and its destination index) */
+    const int n_read = node->n_src - (node->indexed_dst != 0) > 6 ? 7 : 6;
+    for (int r = 5; r < n_read; r++)
+        for (int w = 0; w < before->n_dst + before->n_src; w++) {
+            if (w >= before->n_dst && !((inout >> (w - before->n_dst)) & 1u))
+                continue;
+            const gdn_tensor_id written = w < before->n_dst ? before->dst[w] : before->src[w - before->n_dst];
+            if (gdn_graph_tensors_overlap(graph, written, node->src[r]))
+                return 0;
+        }
+    return 1;
+}
+
 gdn_status gdn_graph_compute(gdn_graph *graph, gdn_backend *backend)
 {
     gdn_clear_error();
@@ -222,6 +245,7 @@ gdn_status gdn_graph_compute(gdn_graph *graph, gdn_backend *backend)
     gdn_status st;
     if ((!graph->planned || graph->backend != backend) && (st = plan(graph, backend)) != GDN_OK)
         return st;
+    int32_t prev = -1; /* the node run last, whose work is queued right before this one's */
     for (int32_t i = 0; i < graph->n_nodes; i++) {
         const gdn_graph_node *node = &graph->nodes[i];
         if (node->removed)
@@ -230,6 +254,9 @@ gdn_status gdn_graph_compute(gdn_graph *graph, gdn_backend *backend)
         memset(&call, 0, sizeof call);
         call.kind = node->kind;
         call.params = node->params;
+        if (node->kind == GDN_OP_GATED_DELTA_NET || node->kind == GDN_OP_GATED_DELTA_NET_REPLAY)
+            call.params.gated_delta_net.state_ready = state_ready(graph, prev, node);
+        prev = i;
         call.n_src = node->n_src;
         call.n_dst = node->n_dst;
         memcpy(call.tee_offset, node->tee_offset, sizeof call.tee_offset);

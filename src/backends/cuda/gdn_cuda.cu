@@ -87,7 +87,11 @@
 
 namespace {
 
-template <int D, int R, bool VECTOR, bool REPLAY, bool BF16>
+/* EARLY: the state_ready form (state loads before the wait). A template flag, not a run-time
+ * branch: with a branch (and even with the flag but the other statements reordered) the compiler
+ * allocated the other form's registers differently and B >= 8 lost 3-7%; the EARLY = false form
+ * keeps the statement order it was tuned with. */
+template <int D, int R, bool VECTOR, bool REPLAY, bool BF16, bool EARLY>
 __global__ void __launch_bounds__(kWarpsPerBlock *kWarpSize, !REPLAY && BF16 ? kMinBlocksPerSMBf16 : kMinBlocksPerSM)
 gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
 {
@@ -107,9 +111,28 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
 
     /* Programmatic dependent launch (sm_90): this grid may start while the previous kernel on
      * the stream is still running, so that its launch and index math overlap that kernel's
-     * tail. Nothing in memory is read or written before the wait, which returns once the
-     * previous grid has completed and its writes are visible; the trigger lets the next kernel
-     * start the same way. On older GPUs (or launches without the attribute) both are no-ops. */
+     * tail. The wait returns once the previous grid has completed and its writes are visible;
+     * the trigger lets the next kernel start the same way (so every kernel before the previous
+     * one has completed when this grid starts). Nothing is read before the wait, except with
+     * state_ready (the caller's promise that the previous kernel writes neither the state nor
+     * its index): then the state rows are loaded first, so that their DRAM latency overlaps the
+     * previous kernel; a slot outside the pool is not read (the index verdict below then stops
+     * the grid). On older GPUs (or launches without the attribute) both are no-ops. */
+    float S[C::ROWS][C::ELEMS];
+    long long slot; /* the slot this sequence starts from: its own, or index[b] of the pool */
+    char *state;
+    if constexpr (EARLY) { /* the other form keeps the statement order it was tuned with */
+        slot = at.b;
+        state = nullptr;
+        if (head < a.B * a.Hv) { /* whole warps only (the last block may be partly empty) */
+            if (a.index != nullptr)
+                slot = *reinterpret_cast<const int *>(a.index + at.b * a.index_nb);
+            if (slot >= 0 && slot < a.S) {
+                state = thread_rows(a.state.data + slot * a.state.nb[3] + at.h * a.state.nb[2], a.state, at);
+                load_rows<D, R, VECTOR, BF16>(S, state, a.state);
+            }
+        }
+    }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;" :::);
@@ -128,13 +151,14 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
         }
     }
     if (head >= a.B * a.Hv)
-        return; /* whole warps only (the last block may be partly empty): shuffles stay full-mask */
+        return; /* whole warps only: shuffles stay full-mask */
 
-    /* The slot this sequence starts from: its own, or index[b] of the pool (one broadcast load
-     * per warp). */
-    long long slot = at.b;
-    if (a.index != nullptr)
-        slot = *reinterpret_cast<const int *>(a.index + at.b * a.index_nb);
+    /* Without state_ready, the slot (one broadcast load per warp) and the state now. */
+    if constexpr (!EARLY) {
+        slot = at.b;
+        if (a.index != nullptr)
+            slot = *reinterpret_cast<const int *>(a.index + at.b * a.index_nb);
+    }
     /* Replay: this sequence's fold entry, read beside the index so that its latency overlaps the
      * state loads. */
     int fold_start = 0, fold_count = 0, fold_commit = 0;
@@ -146,9 +170,10 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
     }
 
     /* This thread's rows of the initial state, all loads in flight at once. */
-    float S[C::ROWS][C::ELEMS];
-    char *state = thread_rows(a.state.data + slot * a.state.nb[3] + at.h * a.state.nb[2], a.state, at);
-    load_rows<D, R, VECTOR, BF16>(S, state, a.state);
+    if constexpr (!EARLY) {
+        state = thread_rows(a.state.data + slot * a.state.nb[3] + at.h * a.state.nb[2], a.state, at);
+        load_rows<D, R, VECTOR, BF16>(S, state, a.state);
+    }
 
     /* The first token's inputs, in flight with the state loads; in the wide replay shape they
      * would stay live through the fold (registers), so there the token loop loads them. */
@@ -289,6 +314,7 @@ constexpr int kThinRows = GDN_CUDA_THIN_ROWS;
 struct gdn_cuda_launch {
     cudaStream_t stream;
     bool dependent;
+    int sm_count;
 };
 
 /* The index check: one block, launched like the main kernel (programmatic dependent launch
@@ -308,7 +334,7 @@ gdn_status launch_index_check(const gdn_cuda_gdn_args &a, const gdn_cuda_launch 
                           "gated_delta_net index check kernel launch");
 }
 
-template <int D, int R, bool VECTOR, bool REPLAY, bool BF16>
+template <int D, int R, bool VECTOR, bool REPLAY, bool BF16, bool EARLY>
 gdn_status launch(const gdn_cuda_gdn_args &a, const gdn_cuda_launch &how)
 {
     using C = gdn_cuda_config<D, R>;
@@ -323,7 +349,8 @@ gdn_status launch(const gdn_cuda_gdn_args &a, const gdn_cuda_launch &how)
     config.stream = how.stream;
     config.attrs = &attribute;
     config.numAttrs = how.dependent ? 1 : 0;
-    return gdn_cuda_check(cudaLaunchKernelEx(&config, gdn_cuda_gated_delta_net_kernel<D, R, VECTOR, REPLAY, BF16>, a),
+    return gdn_cuda_check(cudaLaunchKernelEx(&config, gdn_cuda_gated_delta_net_kernel<D, R, VECTOR, REPLAY, BF16, EARLY>,
+                                             a),
                           REPLAY ? "gated_delta_net_replay kernel launch" : "gated_delta_net kernel launch");
 }
 
@@ -332,9 +359,22 @@ gdn_status launch_rows(const gdn_cuda_gdn_args &a, bool vector, const gdn_cuda_l
 {
     constexpr int WIDE = wide_rows<D>(), THIN = kThinRows < WIDE ? kThinRows : WIDE;
     const bool thin = (long long)a.B * a.Hv * gdn_cuda_config<D, WIDE>::WARPS_PER_HEAD < kThinGridWarps;
+    /* The state_ready form where it was measured to pay (docs/PERF.md): a grid that fits in one
+     * wave of blocks (later waves start after the previous kernel has ended anyway), decode or
+     * replay (T = 4 with 4 snapshots at B = 1 lost 6%). Only for 16-byte views: the strided
+     * fallback ignores the hint, a third more kernels to compile rather than twice as many. */
+    const long long warps = (long long)a.B * a.Hv *
+                            (thin ? gdn_cuda_config<D, THIN>::WARPS_PER_HEAD : gdn_cuda_config<D, WIDE>::WARPS_PER_HEAD);
+    const long long blocks = (warps + kWarpsPerBlock - 1) / kWarpsPerBlock;
+    const long long wave = (long long)how.sm_count * (!REPLAY && BF16 ? kMinBlocksPerSMBf16 : kMinBlocksPerSM);
+    const bool early = a.state_ready && vector && blocks <= wave && (a.T == 1 || REPLAY);
     if (thin)
-        return vector ? launch<D, THIN, true, REPLAY, BF16>(a, how) : launch<D, THIN, false, REPLAY, BF16>(a, how);
-    return vector ? launch<D, WIDE, true, REPLAY, BF16>(a, how) : launch<D, WIDE, false, REPLAY, BF16>(a, how);
+        return early    ? launch<D, THIN, true, REPLAY, BF16, true>(a, how)
+               : vector ? launch<D, THIN, true, REPLAY, BF16, false>(a, how)
+                        : launch<D, THIN, false, REPLAY, BF16, false>(a, how);
+    return early    ? launch<D, WIDE, true, REPLAY, BF16, true>(a, how)
+           : vector ? launch<D, WIDE, true, REPLAY, BF16, false>(a, how)
+                    : launch<D, WIDE, false, REPLAY, BF16, false>(a, how);
 }
 
 template <int D>
@@ -353,7 +393,7 @@ gdn_status gdn_cuda_gated_delta_net_probe(void)
 {
     cudaFuncAttributes attributes;
     return gdn_cuda_check(cudaFuncGetAttributes(&attributes,
-                                                gdn_cuda_gated_delta_net_kernel<128, 4, true, false, false>),
+                                                gdn_cuda_gated_delta_net_kernel<128, 4, true, false, false, false>),
                           "cudaFuncGetAttributes (is there a kernel image for this device?)");
 }
 
@@ -403,6 +443,7 @@ gdn_status gdn_cuda_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_
      * one-block kernel launched before the op (GDN_CUDA_CHECK_IN_KERNEL_MAX_B). */
     const bool any_index = shape->indexed || shape->write_indexed;
     a.check_in_kernel = any_index && shape->B <= backend->gdn_check_in_kernel_max_b;
+    a.state_ready = params->state_ready != 0;
     a.index_check = context->index_check;
     const gdn_gated_delta_net_replay_args *replay = shape->replay;
     a.fold = nullptr;
@@ -428,6 +469,7 @@ gdn_status gdn_cuda_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_
     gdn_cuda_launch how;
     how.stream = context->stream;
     how.dependent = context->cc_major >= 9 && context->dependent_launch;
+    how.sm_count = context->sm_count;
     if (any_index && !a.check_in_kernel && (status = launch_index_check(a, how)) != GDN_OK)
         return status;
     switch (shape->D) {

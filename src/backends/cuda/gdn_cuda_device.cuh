@@ -78,6 +78,7 @@ struct gdn_cuda_gdn_args {
     int pool_check;                        /* 1: the pool's range meets states': check the rule */
     int bf16;                              /* 1: state, states (the pool in replay) are BF16 */
     int check_in_kernel;                   /* 1: every block checks the index itself (small B) */
+    int state_ready;                       /* 1: load the state before waiting on the previous grid */
     int64_t *index_check;                  /* the context's 4-value device buffer */
     /* Replay only (fold NULL otherwise): rings of k, delta and g [S,L,Hk,D], [S,L,Hv,D], [S,L,Hv]
      * of slot index[b], read at the fold's positions and appended to; fold [B,3] I32 {start,
