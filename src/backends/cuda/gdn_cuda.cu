@@ -92,9 +92,7 @@ namespace {
  * allocated the other form's registers differently and B >= 8 lost 3-7%; the EARLY = false form
  * keeps the statement order it was tuned with. */
 template <int D, int R, bool VECTOR, bool REPLAY, bool BF16, bool EARLY>
-__global__ void __launch_bounds__(kWarpsPerBlock *kWarpSize, REPLAY ? kMinBlocksPerSM
-                                                             : EARLY ? kMinBlocksPerSMEarly
-                                                             : BF16 ? kMinBlocksPerSMBf16 : kMinBlocksPerSM)
+__global__ void __launch_bounds__(kWarpsPerBlock *kWarpSize, !REPLAY && BF16 ? kMinBlocksPerSMBf16 : kMinBlocksPerSM)
 gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
 {
     using C = gdn_cuda_config<D, R>;
@@ -368,7 +366,7 @@ gdn_status launch_rows(const gdn_cuda_gdn_args &a, bool vector, const gdn_cuda_l
     const long long warps = (long long)a.B * a.Hv *
                             (thin ? gdn_cuda_config<D, THIN>::WARPS_PER_HEAD : gdn_cuda_config<D, WIDE>::WARPS_PER_HEAD);
     const long long blocks = (warps + kWarpsPerBlock - 1) / kWarpsPerBlock;
-    const long long wave = (long long)how.sm_count * (REPLAY ? kMinBlocksPerSM : kMinBlocksPerSMEarly);
+    const long long wave = (long long)how.sm_count * (!REPLAY && BF16 ? kMinBlocksPerSMBf16 : kMinBlocksPerSM);
     const bool early = a.state_ready && vector && blocks <= wave && (a.T == 1 || REPLAY);
     if (thin)
         return early    ? launch<D, THIN, true, REPLAY, BF16, true>(a, how)

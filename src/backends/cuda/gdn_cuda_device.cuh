@@ -38,9 +38,6 @@ constexpr int kMinBlocksPerSM = GDN_CUDA_MIN_BLOCKS;
 #define GDN_CUDA_MIN_BLOCKS_BF16 4
 #endif
 constexpr int kMinBlocksPerSMBf16 = GDN_CUDA_MIN_BLOCKS_BF16;
-/* The early (state_ready) decode kernels, F32 too: they run only where their grid fits in one
- * wave, so 4 blocks per SM lets B = 8 (512 blocks at D = 128) be one wave of 528 on an H100. */
-constexpr int kMinBlocksPerSMEarly = 4;
 /* State floats per thread in the wide shape. 32 (2 rows at D=128, 4 blocks per SM) measured 27%
  * slower at B=64 T=4: more warps, but more instructions per state element. */
 constexpr int kWideFloats = 64;
