@@ -249,7 +249,23 @@ void gdn_backend_reset_counters(gdn_backend *backend);
  *
  * Exactness: on one backend, the per-token update runs in one fixed order, so running T tokens
  * in one call, or one token per call T times, gives bit-identical outputs and states; and a
- * sequence's results do not depend on B.
+ * sequence's results do not depend on B. This holds for every call that runs token by token,
+ * which is every call unless the chunked form below is chosen.
+ *
+ * The chunked form (prefill). A long prompt runs faster as matrix products over chunks of C
+ * tokens (the WY form of the delta rule): per chunk, with gamma_t the running sum of g over the
+ * chunk, the deltas d_t solve the unit lower triangular system
+ *     d_t + beta_t sum_{s<t} exp(gamma_t - gamma_s) (k_t . k_s) d_s = beta_t (v_t - exp(gamma_t) S0 k_t)
+ * and then o_t = scale (exp(gamma_t) S0 q_t + sum_{s<=t} exp(gamma_t - gamma_s) (q_t . k_s) d_s),
+ * S = exp(gamma_C) S0 + sum_s exp(gamma_C - gamma_s) d_s k_s^T. It is the same function of the
+ * inputs, with the sums in another order: its results differ from the token-by-token ones by
+ * rounding (measured in docs/PERF.md), are deterministic, and do not depend on B. A chunked
+ * call runs tokens 0 .. T-N-1 in chunks and the last N = min(T, n_snapshots) tokens token by
+ * token, so its snapshots are written exactly as the token-by-token op writes them. The
+ * chunked form reads an index on the host first (on CUDA a stream sync) and may grow the
+ * backend's scratch memory, so while ops are being recorded (gdn_backend_record_begin) it is
+ * not chosen by itself and may not be asked for. BF16 state storage always runs token by token
+ * (a chunk has no per-token state to round). The replay form never chunks.
  * State storage: `state` and `states` are both F32 (the default) or both BF16. With BF16 the
  * arithmetic stays F32 and the state is rounded to BF16 (round to nearest, ties to even) after
  * every token, whether or not that state is stored, because a state that only some tokens round
@@ -271,9 +287,13 @@ typedef struct gdn_gated_delta_net_params {
                               * backend just before this call (the previous op) writes neither
                               * `state` nor `state_index`, so CUDA may start reading the state
                               * while that work still runs; the results are the same */
+    int32_t chunk;           /* the chunked form (above): 0 (default) lets the backend choose it
+                              * when T is at least the length from which it measured it faster
+                              * (gdn_backend_chunk_min_tokens); -1 never; 16, 32 or 64: always
+                              * (where T > n_snapshots), with chunks of this many tokens */
 } gdn_gated_delta_net_params;
 
-/* Defaults: n_snapshots 1, tiled, scale 0 (1/sqrt(Dk)), l2norm 0. */
+/* Defaults: n_snapshots 1, tiled, scale 0 (1/sqrt(Dk)), l2norm 0, state_ready 0, chunk 0. */
 gdn_gated_delta_net_params gdn_gated_delta_net_params_default(void);
 
 typedef struct gdn_gated_delta_net_args {
@@ -285,6 +305,11 @@ typedef struct gdn_gated_delta_net_args {
     gdn_tensor states_index;            /* optional input, borrowed: where each sequence writes
                                          * its snapshots (above); data NULL means slot b */
 } gdn_gated_delta_net_args;
+
+/* The smallest T from which the backend chooses the chunked form by itself (params.chunk 0):
+ * where it measured the chunked form faster than token by token for one Qwen3.6 GDN layer
+ * (docs/PERF.md). 0 when the backend has no chunked form. */
+int64_t gdn_backend_chunk_min_tokens(const gdn_backend *backend);
 
 /* Run the op on `backend`. Validates every shape, dtype, stride and overlap first; on failure
  * nothing has been written. */

@@ -17,6 +17,12 @@ static const op_case indexed_cases[] = {
     {3, 1, 2, 4, 128, 1, GDN_BROADCAST_TILED, 0, 0.f, LAYOUT_CONTIGUOUS, 0},      /* decode: CUDA's state_ready form */
 };
 
+/* Prefill into the cache through the index: the chunked form (see main). */
+static const op_case chunked_cases[] = {
+    {3, 100, 2, 4, 128, 3, GDN_BROADCAST_INTERLEAVED, 1, 0.f, LAYOUT_PADDED, 0},
+    {2, 70, 1, 2, 64, 1, GDN_BROADCAST_TILED, 0, 0.f, LAYOUT_CONTIGUOUS, 0},
+};
+
 /* Run one indexed call (index values `slots`) and download o and states; 0 on failure. With
  * `ready`, the state_ready hint (every call here follows a synchronised upload, so it holds): on
  * CUDA the kernel reads the index and the state before waiting for the previous kernel. */
@@ -286,8 +292,10 @@ static void check_in_place(const test_backend *tb, int case_index, const op_case
  * untouched; then three bad snapshot indices, each refused with nothing written: a value past
  * the pool, two sequences on one slot, and a sequence writing the slot another reads.
  * ------------------------------------------------------------------------------------------- */
-static void check_write_indexed(const test_backend *tb, int case_index, const op_case *c)
+static void check_write_indexed(const test_backend *tb, int case_index, const op_case *c, int chunk)
 {
+    /* The chunked form against the float64 recurrence: its tolerance (test_chunk.c). */
+    const double tol = chunk > 0 ? 2e-5 : TOL_REL_L2;
     const int64_t D = c->D, N = c->T < c->K ? c->T : c->K, B = c->B, S = 2 * B + 1;
     test_rng rng;
     test_rng_seed(&rng, 900 + (uint64_t)case_index);
@@ -314,6 +322,7 @@ static void check_write_indexed(const test_backend *tb, int case_index, const op
     snaps.ne[3] = S, snaps.ne[4] = N, snaps.nb[3] = slot, snaps.nb[4] = group;
 
     gdn_gated_delta_net_params p = case_params(c);
+    p.chunk = chunk;
     const int64_t ne_o[] = {D, c->Hv, c->T, B}, ne_s[] = {D, D, c->Hv, S, N};
     gdn_tensor o_ref = gdn_tensor_contiguous(NULL, GDN_DTYPE_F64, 4, ne_o);
     gdn_tensor s_ref = gdn_tensor_contiguous(NULL, GDN_DTYPE_F64, 5, ne_s);
@@ -415,12 +424,12 @@ static void check_write_indexed(const test_backend *tb, int case_index, const op
                         }
         }
         CHECK(same, "%s write-indexed case %d: the snapshots differ from the gathered call's", tb->label, case_index);
-        CHECK(sqrt(diff / (norm > 0 ? norm : 1)) < TOL_REL_L2 && rel_l2_view(&a.o, o_i, o_ref.data) < TOL_REL_L2,
+        CHECK(sqrt(diff / (norm > 0 ? norm : 1)) < tol && rel_l2_view(&a.o, o_i, o_ref.data) < tol,
               "%s write-indexed case %d: against the reference", tb->label, case_index);
         CHECK(untouched, "%s write-indexed case %d: a slot no sequence owns changed", tb->label, case_index);
     }
-    printf("  %-10s write-indexed case %d: B=%d T=%d Hv=%d D=%3d N=%d over %d slots\n", tb->label, case_index, c->B,
-           c->T, c->Hv, c->D, (int)N, (int)S);
+    printf("  %-10s write-indexed case %d: B=%d T=%d Hv=%d D=%3d N=%d over %d slots%s\n", tb->label, case_index,
+           c->B, c->T, c->Hv, c->D, (int)N, (int)S, chunk > 0 ? " (chunked)" : "");
     free(after), free(o_after), free(o_g), free(s_g), free(o_i);
     free(o_ref.data);
     free(s_ref.data);
@@ -441,7 +450,11 @@ int main(void)
         for (size_t i = 0; i < 2; i++)
             check_in_place(&backends[b], (int)i, &indexed_cases[i]);
         for (size_t i = 0; i < sizeof indexed_cases / sizeof indexed_cases[0]; i++)
-            check_write_indexed(&backends[b], (int)i, &indexed_cases[i]);
+            check_write_indexed(&backends[b], (int)i, &indexed_cases[i], -1);
+        /* The chunked form (prefill into the cache): tokens in chunks, then the last N token by
+         * token, both through the index, in place. */
+        for (size_t i = 0; i < sizeof chunked_cases / sizeof chunked_cases[0]; i++)
+            check_write_indexed(&backends[b], 20 + (int)i, &chunked_cases[i], i == 0 ? 32 : 64);
     }
     test_backends_close(backends, n);
     return test_finish("test_gdn_slots");

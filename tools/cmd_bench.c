@@ -42,6 +42,8 @@ static const char usage[] =
     "  --json               one JSON object per row instead of the table\n"
     "  --stack              the whole GDN block stack as graphs, passes off and on, instead of\n"
     "                       the op alone (see gdn bench --stack --help)\n"
+    "  --prefill            one layer over long prompts, token by token and in the chunked form\n"
+    "                       (see gdn bench --prefill --help)\n"
     "\n"
     "Each step runs N layer calls with distinct state buffers (as many as fit in a memory budget,\n"
     "so the state is never served from cache; the 'sets' column says how many); the state is\n"
@@ -510,9 +512,12 @@ static int parse_args(int argc, char **argv, bench_config *cfg)
 
 int gdn_cmd_bench(int argc, char **argv)
 {
-    for (int i = 1; i < argc; i++)
+    for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--stack") == 0)
             return gdn_cmd_bench_stack(argc, argv);
+        if (strcmp(argv[i], "--prefill") == 0)
+            return gdn_cmd_bench_prefill(argc, argv);
+    }
     bench_config cfg;
     if (!parse_args(argc, argv, &cfg))
         return 2;

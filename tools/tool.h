@@ -8,6 +8,7 @@
 int gdn_cmd_op(int argc, char **argv);
 int gdn_cmd_bench(int argc, char **argv);
 int gdn_cmd_bench_stack(int argc, char **argv); /* gdn bench --stack (cmd_bench_stack.c) */
+int gdn_cmd_bench_prefill(int argc, char **argv); /* gdn bench --prefill (cmd_bench_prefill.c) */
 int gdn_cmd_check(int argc, char **argv);       /* gdn check spec (cmd_check_spec.c) */
 int gdn_cmd_check_bf16(int argc, char **argv);  /* gdn check bf16 (cmd_check_bf16.c) */
 

@@ -26,6 +26,17 @@ typedef struct gdn_backend_ops {
     /* Arguments validated by gdn_gated_delta_net_check; `shape` holds the sizes it derived. */
     gdn_status (*gated_delta_net)(gdn_backend *backend, const gdn_gated_delta_net_params *params,
                                   const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape);
+    /* The chunked form (include/gdn.h) over tokens 0 .. n-1 of each sequence, with chunks of
+     * `chunk` tokens: reads `state` (through state_index when shape->indexed), writes o of those
+     * tokens and the state after token n-1 of sequence b to slot final_index[b] (b when
+     * final_index is NULL) of `final`, a [S', Hv, D, D] view with state's dtype. Index values
+     * are checked by the caller. `final` may be exactly the slot a sequence reads (each part of
+     * a state is read before it is written) and is disjoint from every other slot read. NULL
+     * where a backend has no chunked form. */
+    gdn_status (*gated_delta_net_chunked)(gdn_backend *backend, const gdn_gated_delta_net_params *params,
+                                          const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape,
+                                          int64_t n, int64_t chunk, const gdn_tensor *final,
+                                          const gdn_tensor *final_index);
     /* Any op of the op table (src/core/ops.h), arguments validated by gdn_op_check. NULL, or
      * GDN_ERROR_UNSUPPORTED for a kind it lacks, where a backend does not run it. */
     gdn_status (*run_op)(gdn_backend *backend, const gdn_op_call *call);
@@ -48,6 +59,11 @@ struct gdn_backend {
      * the index unless B <= this (then every block checks it); set by the backend's init, read
      * by the kernel launch and by the launch counter. 0 elsewhere. */
     int64_t gdn_check_in_kernel_max_b;
+    /* The chunked form: the smallest T from which params.chunk 0 chooses it (0: never), set by
+     * the backend's init; and whether ops are being recorded (set by the core's record calls),
+     * when an index in device memory cannot be read on the host. */
+    int64_t chunk_min_tokens;
+    int recording;
 };
 
 /* Count one op call that ran (status GDN_OK) into backend->counters: gdn_backend_count_op for
@@ -55,6 +71,12 @@ struct gdn_backend {
  * (`shape` from its check). Definitions in gdn.h (gdn_backend_counters). */
 void gdn_backend_count_op(gdn_backend *backend, const gdn_op_call *call);
 void gdn_backend_count_gdn(gdn_backend *backend, const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape);
+
+/* Run a validated gated_delta_net call (shape from gdn_gated_delta_net_check; not the replay
+ * form): token by token through the backend's entry, or in the chunked form where params and
+ * the backend choose it (gdn_op.c). Counts nothing. */
+gdn_status gdn_gated_delta_net_dispatch(gdn_backend *backend, const gdn_gated_delta_net_params *params,
+                                        const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape);
 
 /* Availability probes and tables, defined by each backend that is built in. */
 extern const gdn_backend_ops gdn_cpu_backend_ops;

@@ -164,7 +164,9 @@ gdn_status gdn_backend_record_begin(gdn_backend *backend)
     if (backend->ops->record_begin == NULL)
         return gdn_fail(GDN_ERROR_UNSUPPORTED, "backend_record_begin: the %s backend runs ops as they are "
                         "called and has nothing to record", backend->kind == GDN_BACKEND_CPU ? "cpu" : "this");
-    return backend->ops->record_begin(backend);
+    gdn_status st = backend->ops->record_begin(backend);
+    backend->recording = st == GDN_OK;
+    return st;
 }
 
 gdn_status gdn_backend_record_end(gdn_backend *backend, gdn_recording **out)
@@ -177,6 +179,7 @@ gdn_status gdn_backend_record_end(gdn_backend *backend, gdn_recording **out)
         return gdn_fail(GDN_ERROR_UNSUPPORTED, "backend_record_end: this backend cannot record");
     gdn_recording *r = calloc(1, sizeof *r);
     gdn_status st = backend->ops->record_end(backend, r ? &r->handle : NULL);
+    backend->recording = 0;
     if (r == NULL)
         return st != GDN_OK ? st : gdn_fail(GDN_ERROR_OUT_OF_MEMORY, "backend_record_end: no memory");
     if (st != GDN_OK) {

@@ -15,6 +15,7 @@ gdn_gated_delta_net_params gdn_gated_delta_net_params_default(void)
     p.scale = 0.0f;
     p.l2norm = 0;
     p.state_ready = 0;
+    p.chunk = 0;
     return p;
 }
 
@@ -55,6 +56,10 @@ static gdn_status check_params(const char *op, const gdn_gated_delta_net_params 
     if (!isfinite(params->scale) || params->scale < 0.0f)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: scale=%g, expected a finite value >= 0 (0 = 1/sqrt(Dk))",
                         op, (double)params->scale);
+    if (params->chunk != -1 && params->chunk != 0 && params->chunk != 16 && params->chunk != 32 &&
+        params->chunk != 64)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: chunk=%d, expected 0 (the backend chooses), -1 (never) or "
+                        "16, 32, 64 (tokens per chunk)", op, (int)params->chunk);
     return GDN_OK;
 }
 
@@ -427,10 +432,122 @@ gdn_status gdn_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_net_p
     gdn_status st = gdn_gated_delta_net_check(params, args, GDN_DTYPE_F32, &shape);
     if (st != GDN_OK)
         return st;
-    st = backend->ops->gated_delta_net(backend, params, args, &shape);
+    st = gdn_gated_delta_net_dispatch(backend, params, args, &shape);
     if (st == GDN_OK)
         gdn_backend_count_gdn(backend, args, &shape);
     return st;
+}
+
+int64_t gdn_backend_chunk_min_tokens(const gdn_backend *backend)
+{
+    return backend != NULL && backend->ops->gated_delta_net_chunked != NULL ? backend->chunk_min_tokens : 0;
+}
+
+/* The chunk length a validated call runs with, 0 for token by token; GDN_ERROR_UNSUPPORTED
+ * when params ask for chunks the backend cannot run here. */
+static gdn_status chunk_of(const gdn_backend *backend, const gdn_gated_delta_net_params *params,
+                           const gdn_gdn_shape *shape, int64_t *chunk)
+{
+    *chunk = 0;
+    if (params->chunk < 0 || shape->replay != NULL || shape->T <= shape->n_write)
+        return GDN_OK;
+    const char *why = NULL;
+    if (backend->ops->gated_delta_net_chunked == NULL)
+        why = "the backend has no chunked form";
+    else if (shape->storage != GDN_DTYPE_F32)
+        why = "a BF16 state runs token by token";
+    else if (backend->recording)
+        why = "ops are being recorded (the chunked form may read the index on the host and grow its "
+              "scratch memory)";
+    if (params->chunk == 0) {
+        if (why == NULL && backend->chunk_min_tokens > 0 && shape->T >= backend->chunk_min_tokens)
+            *chunk = 64;
+        return GDN_OK;
+    }
+    if (why != NULL)
+        return gdn_fail(GDN_ERROR_UNSUPPORTED, "gated_delta_net: chunk=%d asked for, but %s", (int)params->chunk,
+                        why);
+    *chunk = params->chunk;
+    return GDN_OK;
+}
+
+/* Check the index values of a chunked call on the host (they may be in device memory): the
+ * chunked kernels then trust them. */
+static gdn_status check_index_on_host(gdn_backend *backend, const gdn_gated_delta_net_args *args,
+                                      const gdn_gdn_shape *shape)
+{
+    if (!shape->indexed && !shape->write_indexed)
+        return GDN_OK;
+    int32_t *host = malloc(2 * (size_t)shape->B * sizeof *host);
+    if (host == NULL)
+        return gdn_fail(GDN_ERROR_OUT_OF_MEMORY, "gated_delta_net: no memory for the index check");
+    gdn_gated_delta_net_args on_host = *args;
+    gdn_status st = GDN_OK;
+    const gdn_tensor *index[2] = {&args->state_index, &args->states_index};
+    gdn_tensor *copy[2] = {&on_host.state_index, &on_host.states_index};
+    for (int i = 0; i < 2 && st == GDN_OK; i++) {
+        if (index[i]->data == NULL)
+            continue;
+        int32_t *dst = host + (size_t)i * (size_t)shape->B;
+        for (int64_t b = 0; b < shape->B && st == GDN_OK; b++)
+            st = backend->ops->download(backend, &dst[b], (const char *)index[i]->data + (size_t)b * index[i]->nb[0],
+                                        sizeof dst[b]);
+        copy[i]->data = dst;
+        copy[i]->nb[0] = sizeof *dst;
+    }
+    if (st == GDN_OK)
+        st = gdn_gated_delta_net_check_index(&on_host, shape, NULL);
+    free(host);
+    return st;
+}
+
+/* View `t` from token `first`, `count` tokens long, along its token dim `dim`. */
+static gdn_tensor token_range(const gdn_tensor *t, int dim, int64_t first, int64_t count)
+{
+    gdn_tensor r = *t;
+    r.data = (char *)t->data + (size_t)first * t->nb[dim];
+    r.ne[dim] = count;
+    return r;
+}
+
+gdn_status gdn_gated_delta_net_dispatch(gdn_backend *backend, const gdn_gated_delta_net_params *params,
+                                        const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape)
+{
+    int64_t chunk = 0;
+    gdn_status st = chunk_of(backend, params, shape, &chunk);
+    if (st != GDN_OK)
+        return st;
+    if (chunk == 0)
+        return backend->ops->gated_delta_net(backend, params, args, shape);
+    if ((st = check_index_on_host(backend, args, shape)) != GDN_OK)
+        return st;
+    /* Tokens 0 .. n-1 in chunks, leaving the state in the oldest snapshot's slot; then the
+     * last N tokens token by token from there, in place, writing the N snapshots. */
+    const int64_t N = shape->n_write, n = shape->T - N;
+    gdn_tensor final = args->states;
+    final.data = (char *)args->states.data + (size_t)(N - 1) * args->states.nb[4];
+    final.n_dims = 4;
+    final.ne[4] = 1;
+    const gdn_tensor *final_index = shape->write_indexed ? &args->states_index : NULL;
+    st = backend->ops->gated_delta_net_chunked(backend, params, args, shape, n, chunk, &final, final_index);
+    if (st != GDN_OK)
+        return st;
+    gdn_gated_delta_net_args tail = *args;
+    tail.q = token_range(&args->q, 2, n, N);
+    tail.k = token_range(&args->k, 2, n, N);
+    tail.v = token_range(&args->v, 2, n, N);
+    tail.o = token_range(&args->o, 2, n, N);
+    tail.g = token_range(&args->g, 1, n, N);
+    tail.beta = token_range(&args->beta, 1, n, N);
+    tail.state = final;
+    tail.state_index = shape->write_indexed ? args->states_index : (gdn_tensor){0};
+    gdn_gated_delta_net_params serial = *params;
+    serial.chunk = -1;
+    serial.state_ready = 0; /* the state was just written by the chunked kernels */
+    gdn_gdn_shape tail_shape;
+    if ((st = gdn_gated_delta_net_check(&serial, &tail, GDN_DTYPE_F32, &tail_shape)) != GDN_OK)
+        return st;
+    return backend->ops->gated_delta_net(backend, &serial, &tail, &tail_shape);
 }
 
 gdn_status gdn_gated_delta_net_replay(gdn_backend *backend, const gdn_gated_delta_net_params *params,

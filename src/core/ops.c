@@ -592,7 +592,7 @@ gdn_status gdn_op_run(gdn_backend *backend, const gdn_op_call *call)
             return st;
         if (backend->ops->gated_delta_net == NULL)
             return gdn_fail(GDN_ERROR_UNSUPPORTED, "%s: not implemented on backend %s", op, backend->name);
-        st = backend->ops->gated_delta_net(backend, &call->params.gated_delta_net, &args, &shape);
+        st = gdn_gated_delta_net_dispatch(backend, &call->params.gated_delta_net, &args, &shape);
         if (st == GDN_OK)
             gdn_backend_count_gdn(backend, &args, &shape);
         return st;

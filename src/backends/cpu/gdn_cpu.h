@@ -82,6 +82,12 @@ typedef struct gdn_cpu_kernels {
     void (*load_bf16)(float *dst, const uint16_t *src, int64_t n);
     /* dst[0..n) <- the upper halves of the n floats at src, which the kernels made BF16-exact. */
     void (*store_bf16)(uint16_t *dst, const float *src, int64_t n);
+    /* The chunked form's matrix products (gdn_cpu_chunk.c): C[m][n] += sum_k A(m,k) B[k][n] for
+     * m < M, n < N (a multiple of 16), k < K; A(m,k) = A[m a_rs + k a_cs], B and C rows ldb and
+     * ldc floats apart. Per element the sum over k runs in order into an accumulator that starts
+     * at 0 and is then added to C. */
+    void (*gemm)(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_rs, int64_t a_cs, const float *B,
+                 int64_t ldb, float *C, int64_t ldc);
 } gdn_cpu_kernels;
 
 extern const gdn_cpu_kernels gdn_cpu_kernels_scalar;
@@ -108,6 +114,12 @@ typedef struct gdn_cpu_context {
 /* The gated_delta_net entry of gdn_cpu_backend_ops (arguments validated by the caller). */
 gdn_status gdn_cpu_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_net_params *params,
                                    const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape);
+
+/* The gated_delta_net_chunked entry of gdn_cpu_backend_ops (backend.h); gdn_cpu_chunk.c. */
+gdn_status gdn_cpu_gated_delta_net_chunked(gdn_backend *backend, const gdn_gated_delta_net_params *params,
+                                           const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape,
+                                           int64_t n, int64_t chunk, const gdn_tensor *final,
+                                           const gdn_tensor *final_index);
 
 /* The run_op entry of gdn_cpu_backend_ops: every op of the op table except GATED_DELTA_NET
  * (call validated by gdn_op_check); ops_cpu.c. */

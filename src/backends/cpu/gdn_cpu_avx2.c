@@ -357,9 +357,49 @@ GDN_CPU_AVX2 static void gdn_cpu_store_bf16_avx2(uint16_t *dst, const float *src
     }
 }
 
+/* The chunked form's products: tiles of 4 rows x 16 columns (8 accumulators) where 4 rows
+ * remain, then single rows. */
+GDN_CPU_AVX2 static void gdn_cpu_gemm_avx2(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_rs,
+                                          int64_t a_cs, const float *B, int64_t ldb, float *C, int64_t ldc)
+{
+    int64_t m = 0;
+    for (; m + 4 <= M; m += 4)
+        for (int64_t n0 = 0; n0 < N; n0 += 16) {
+            __m256 c[4][2];
+            for (int r = 0; r < 4; r++)
+                c[r][0] = c[r][1] = _mm256_setzero_ps();
+            const float *a = A + m * a_rs;
+            for (int64_t k = 0; k < K; k++) {
+                const __m256 b0 = _mm256_loadu_ps(B + k * ldb + n0), b1 = _mm256_loadu_ps(B + k * ldb + n0 + 8);
+                for (int r = 0; r < 4; r++) {
+                    const __m256 x = _mm256_broadcast_ss(a + r * a_rs + k * a_cs);
+                    c[r][0] = _mm256_fmadd_ps(x, b0, c[r][0]);
+                    c[r][1] = _mm256_fmadd_ps(x, b1, c[r][1]);
+                }
+            }
+            for (int r = 0; r < 4; r++) {
+                float *y = C + (m + r) * ldc + n0;
+                _mm256_storeu_ps(y, _mm256_add_ps(_mm256_loadu_ps(y), c[r][0]));
+                _mm256_storeu_ps(y + 8, _mm256_add_ps(_mm256_loadu_ps(y + 8), c[r][1]));
+            }
+        }
+    for (; m < M; m++)
+        for (int64_t n0 = 0; n0 < N; n0 += 16) {
+            __m256 c0 = _mm256_setzero_ps(), c1 = _mm256_setzero_ps();
+            for (int64_t k = 0; k < K; k++) {
+                const __m256 x = _mm256_broadcast_ss(A + m * a_rs + k * a_cs);
+                c0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(B + k * ldb + n0), c0);
+                c1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(B + k * ldb + n0 + 8), c1);
+            }
+            float *y = C + m * ldc + n0;
+            _mm256_storeu_ps(y, _mm256_add_ps(_mm256_loadu_ps(y), c0));
+            _mm256_storeu_ps(y + 8, _mm256_add_ps(_mm256_loadu_ps(y + 8), c1));
+        }
+}
+
 const gdn_cpu_kernels gdn_cpu_kernels_avx2 = {
     "avx2", 32, gdn_cpu_token_avx2, gdn_cpu_fold_avx2, gdn_cpu_store_avx2, gdn_cpu_fence_avx2,
-    gdn_cpu_copy_stream_avx2, gdn_cpu_load_bf16_avx2, gdn_cpu_store_bf16_avx2,
+    gdn_cpu_copy_stream_avx2, gdn_cpu_load_bf16_avx2, gdn_cpu_store_bf16_avx2, gdn_cpu_gemm_avx2,
 };
 #else
 /* Not x86: nothing to build here (ISO C wants a non-empty file). */

@@ -333,9 +333,41 @@ GDN_CPU_AVX512 static void gdn_cpu_store_bf16_avx512(uint16_t *dst, const float 
     }
 }
 
+/* The chunked form's products: tiles of 8 rows x 16 columns (8 accumulators) where 8 rows
+ * remain, then single rows. */
+GDN_CPU_AVX512 static void gdn_cpu_gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_rs,
+                                              int64_t a_cs, const float *B, int64_t ldb, float *C, int64_t ldc)
+{
+    int64_t m = 0;
+    for (; m + 8 <= M; m += 8)
+        for (int64_t n0 = 0; n0 < N; n0 += 16) {
+            __m512 c[8];
+            for (int r = 0; r < 8; r++)
+                c[r] = _mm512_setzero_ps();
+            const float *a = A + m * a_rs;
+            for (int64_t k = 0; k < K; k++) {
+                const __m512 b = _mm512_loadu_ps(B + k * ldb + n0);
+                for (int r = 0; r < 8; r++)
+                    c[r] = _mm512_fmadd_ps(_mm512_set1_ps(a[r * a_rs + k * a_cs]), b, c[r]);
+            }
+            for (int r = 0; r < 8; r++) {
+                float *y = C + (m + r) * ldc + n0;
+                _mm512_storeu_ps(y, _mm512_add_ps(_mm512_loadu_ps(y), c[r]));
+            }
+        }
+    for (; m < M; m++)
+        for (int64_t n0 = 0; n0 < N; n0 += 16) {
+            __m512 c = _mm512_setzero_ps();
+            for (int64_t k = 0; k < K; k++)
+                c = _mm512_fmadd_ps(_mm512_set1_ps(A[m * a_rs + k * a_cs]), _mm512_loadu_ps(B + k * ldb + n0), c);
+            float *y = C + m * ldc + n0;
+            _mm512_storeu_ps(y, _mm512_add_ps(_mm512_loadu_ps(y), c));
+        }
+}
+
 const gdn_cpu_kernels gdn_cpu_kernels_avx512 = {
     "avx512", 64, gdn_cpu_token_avx512, gdn_cpu_fold_avx512, gdn_cpu_store_avx512, gdn_cpu_fence_avx512,
-    gdn_cpu_copy_stream_avx512, gdn_cpu_load_bf16_avx512, gdn_cpu_store_bf16_avx512,
+    gdn_cpu_copy_stream_avx512, gdn_cpu_load_bf16_avx512, gdn_cpu_store_bf16_avx512, gdn_cpu_gemm_avx512,
 };
 #else
 /* Not x86: nothing to build here (ISO C wants a non-empty file). */

@@ -3,6 +3,7 @@
 #include "gdn_cpu.h"
 #include "ops_cpu.h" /* gdn_cpu_bf16_to_f32, gdn_cpu_f32_to_bf16: the one BF16 rounding rule */
 
+#include <math.h>
 #include <string.h>
 
 /* Dot products keep 4 partial sums (element i goes to lane i % 4), added as (p0 + p1) +
@@ -105,7 +106,26 @@ static void gdn_cpu_store_bf16_scalar(uint16_t *dst, const float *src, int64_t n
     }
 }
 
+static void gdn_cpu_gemm_scalar(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_rs, int64_t a_cs,
+                                const float *B, int64_t ldb, float *C, int64_t ldc)
+{
+    float acc[16];
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n0 = 0; n0 < N; n0 += 16) {
+            for (int j = 0; j < 16; j++)
+                acc[j] = 0.0f;
+            for (int64_t k = 0; k < K; k++) {
+                const float a = A[m * a_rs + k * a_cs];
+                const float *b = B + k * ldb + n0;
+                for (int j = 0; j < 16; j++)
+                    acc[j] = fmaf(a, b[j], acc[j]);
+            }
+            for (int j = 0; j < 16; j++)
+                C[m * ldc + n0 + j] += acc[j];
+        }
+}
+
 const gdn_cpu_kernels gdn_cpu_kernels_scalar = {
     "scalar", 64, gdn_cpu_token_scalar, gdn_cpu_fold_scalar, gdn_cpu_store_scalar, NULL, NULL,
-    gdn_cpu_load_bf16_scalar, gdn_cpu_store_bf16_scalar,
+    gdn_cpu_load_bf16_scalar, gdn_cpu_store_bf16_scalar, gdn_cpu_gemm_scalar,
 };

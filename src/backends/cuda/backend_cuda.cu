@@ -95,6 +95,8 @@ static void context_release(gdn_cuda_context *context)
         (void)cudaStreamSynchronize(context->stream);
     if (context->index_check != NULL)
         (void)cudaFree(context->index_check);
+    if (context->chunk_scratch != NULL)
+        (void)cudaFree(context->chunk_scratch);
     if (context->timer_end != NULL)
         (void)cudaEventDestroy(context->timer_end);
     if (context->timer_begin != NULL)
@@ -152,6 +154,7 @@ static gdn_status cuda_init(gdn_backend *backend, const gdn_backend_options *opt
     const char *check = getenv("GDN_CUDA_INDEX_CHECK");
     backend->gdn_check_in_kernel_max_b =
         check != NULL && strcmp(check, "kernel") == 0 ? 0 : GDN_CUDA_CHECK_IN_KERNEL_MAX_B;
+    backend->chunk_min_tokens = GDN_CUDA_CHUNK_MIN_TOKENS;
     snprintf(backend->name, sizeof backend->name, "cuda (%.100s, sm_%d%d)", context->device_name,
              context->cc_major, context->cc_minor);
     return GDN_OK;
@@ -328,6 +331,7 @@ extern "C" const gdn_backend_ops gdn_cuda_backend_ops = {
     cuda_timer_start, /* timer_start */
     cuda_timer_stop,  /* timer_stop */
     gdn_cuda_gated_delta_net, /* gated_delta_net */
+    gdn_cuda_gated_delta_net_chunked, /* gated_delta_net_chunked (gdn_cuda_chunk.cu) */
     gdn_cuda_run_op,          /* run_op: the op table's other ops (ops_cuda.cu) */
     cuda_supports_op,         /* supports_op */
     cuda_record_begin,        /* record_begin */

@@ -24,6 +24,8 @@ typedef struct gdn_cuda_context {
                                 GDN_CUDA_DEPENDENT_LAUNCH=0 in the environment turns it off */
     int64_t *index_check;    /* device, 4 values: get_rows' and gated_delta_net's verdicts on their
                                 indices (ops_cuda_data.cu uses the first 2, gdn_cuda.cu all 4) */
+    void *chunk_scratch;       /* device: the chunked form's per-chunk factors (gdn_cuda_chunk.cu), */
+    size_t chunk_scratch_bytes; /* grown on demand, never while the stream is being recorded */
 } gdn_cuda_context;
 
 /* Up to this B an indexed gated_delta_net call checks its index inside its kernel (every block: B^2/2
@@ -49,6 +51,14 @@ gdn_status gdn_cuda_gated_delta_net_probe(void);
 gdn_status gdn_cuda_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_net_params *params,
                                     const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape);
 
+/* The gated_delta_net_chunked entry of the table (gdn_cuda_chunk.cu): the chunked form. */
+gdn_status gdn_cuda_gated_delta_net_chunked(gdn_backend *backend, const gdn_gated_delta_net_params *params,
+                                            const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape,
+                                            int64_t n, int64_t chunk, const gdn_tensor *final,
+                                            const gdn_tensor *final_index);
+
+/* From this T on, gated_delta_net with chunk 0 takes the chunked form (measured: docs/PERF.md). */
+#define GDN_CUDA_CHUNK_MIN_TOKENS 128
 
 /* ---------------------------------------------------------------------------------------------
  * The op table on CUDA (ops_cuda.cu, ops_cuda_elementwise.cu, ops_cuda_data.cu,

@@ -1,0 +1,249 @@
+/* gdn_cpu_chunk.c: the chunked form of the Gated DeltaNet op on the CPU (include/gdn.h, "The
+ * chunked form"). One task per (sequence, value head) keeps that head's state transposed, ST[i][j]
+ * = S[j][i] (Dk rows of Dv floats), in a thread-local buffer for all its chunks, so that every
+ * product of a chunk is a row-broadcast matrix product over contiguous rows (the level's gemm
+ * kernel). Per chunk of C tokens (the last one padded with tokens whose k, q, v, beta and g are 0:
+ * they change neither the state nor any output):
+ *     KS = K ST, QS = Q ST                       (C x Dv: S0 k_t and S0 q_t of every token)
+ *     Akk = K K^T, Aqk = Q K^T                   (C x C)
+ *     d_t = beta_t (v_t - e^gamma_t KS_t) - sum_{s<t} beta_t e^(gamma_t - gamma_s) Akk_ts d_s
+ *     o_t = e^gamma_t QS_t + sum_{s<=t} e^(gamma_t - gamma_s) Aqk_ts d_s     (q holds the scale)
+ *     ST  = e^gamma_C ST + sum_s e^(gamma_C - gamma_s) k_s d_s^T
+ * where gamma_t is the running sum of g over the chunk. Every exponent is <= 0. The deltas are
+ * solved row by row (forward substitution), each row a one-row product over the rows before it.
+ * Which thread runs a task never changes its result; the SIMD level does (its gemm's order). */
+#include "gdn_cpu.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct gdn_cpu_chunk_job {
+    const gdn_gated_delta_net_args *args;
+    const gdn_gdn_shape *shape;
+    const gdn_cpu_kernels *kernels;
+    const gdn_tensor *final, *final_index;
+    gdn_broadcast broadcast;
+    int l2norm;
+    int64_t n, C;           /* tokens run in chunks, tokens per chunk */
+    atomic_llong next_task; /* tasks b * Hv + h */
+    struct gdn_cpu_chunk_buffers *buffers; /* one set per thread of the pool */
+} gdn_cpu_chunk_job;
+
+/* A thread's buffers, all 64-byte aligned (sizes for head dimension D, chunk C). */
+struct gdn_cpu_chunk_buffers {
+    float *st;      /* [D][D] the state, transposed */
+    float *k, *q;   /* [C][D] the chunk's k (normalised when asked) and q (normalised, scaled) */
+    float *kt;      /* [D][C] k transposed, for K K^T and Q K^T */
+    float *d;       /* [C][D] the right-hand sides, then the deltas */
+    float *ks, *qs; /* [C][D] K ST and Q ST; qs then holds the outputs */
+    float *akk, *aqk; /* [C][C] */
+    float *gamma, *beta; /* [C] */
+    void *block;
+};
+typedef struct gdn_cpu_chunk_buffers gdn_cpu_chunk_buffers;
+
+static int chunk_buffers_alloc(gdn_cpu_chunk_buffers *buf, int64_t D, int64_t C)
+{
+    const size_t floats[] = {(size_t)(D * D), (size_t)(C * D), (size_t)(C * D), (size_t)(D * C), (size_t)(C * D),
+                             (size_t)(C * D), (size_t)(C * D), (size_t)(C * C), (size_t)(C * C), (size_t)C,
+                             (size_t)C};
+    float **ptrs[] = {&buf->st, &buf->k, &buf->q, &buf->kt, &buf->d, &buf->ks, &buf->qs, &buf->akk, &buf->aqk,
+                      &buf->gamma, &buf->beta};
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof floats / sizeof floats[0]; i++)
+        total += (floats[i] * sizeof(float) + 63) / 64 * 64;
+    buf->block = aligned_alloc(64, total);
+    if (buf->block == NULL)
+        return 0;
+    char *p = buf->block;
+    for (size_t i = 0; i < sizeof floats / sizeof floats[0]; i++) {
+        *ptrs[i] = (float *)p;
+        p += (floats[i] * sizeof(float) + 63) / 64 * 64;
+    }
+    return 1;
+}
+
+static inline const char *chunk_at(const gdn_tensor *t, int64_t i0, int64_t i1, int64_t i2, int64_t i3)
+{
+    return (const char *)t->data + (size_t)i0 * t->nb[0] + (size_t)i1 * t->nb[1] + (size_t)i2 * t->nb[2] +
+           (size_t)i3 * t->nb[3];
+}
+
+static inline float chunk_load(const gdn_tensor *t, int64_t i0, int64_t i1, int64_t i2, int64_t i3)
+{
+    float x;
+    memcpy(&x, chunk_at(t, i0, i1, i2, i3), sizeof x);
+    return x;
+}
+
+/* x <- x / sqrt(|x|^2 + 1e-6) (fla's and Hugging Face's form), the sum in double. */
+static void chunk_l2_normalise(float *x, int64_t n)
+{
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        sum += (double)x[i] * (double)x[i];
+    const double inverse = 1.0 / sqrt(sum + 1e-6);
+    for (int64_t i = 0; i < n; i++)
+        x[i] = (float)((double)x[i] * inverse);
+}
+
+/* Read tokens t0 .. t0+count-1 of sequence b, value head h into the chunk buffers (rows beyond
+ * count zeroed, gamma held), with gamma the running sum of g. */
+static void chunk_load_inputs(const gdn_cpu_chunk_job *job, gdn_cpu_chunk_buffers *buf, int64_t b, int64_t h,
+                              int64_t t0, int64_t count)
+{
+    const gdn_gated_delta_net_args *a = job->args;
+    const int64_t D = job->shape->D, C = job->C;
+    const int64_t hk = gdn_qk_head(job->broadcast, h, job->shape->Hk, job->shape->Hv);
+    const float scale = job->shape->scale;
+    float gamma = 0.0f;
+    for (int64_t t = 0; t < C; t++) {
+        float *k = buf->k + t * D, *q = buf->q + t * D, *d = buf->d + t * D;
+        if (t >= count) {
+            memset(k, 0, (size_t)D * sizeof *k);
+            memset(q, 0, (size_t)D * sizeof *q);
+            memset(d, 0, (size_t)D * sizeof *d);
+            buf->beta[t] = 0.0f;
+            buf->gamma[t] = gamma;
+            continue;
+        }
+        for (int64_t i = 0; i < D; i++) {
+            k[i] = chunk_load(&a->k, i, hk, t0 + t, b);
+            q[i] = chunk_load(&a->q, i, hk, t0 + t, b);
+            d[i] = chunk_load(&a->v, i, h, t0 + t, b); /* v for now: the right-hand side below */
+        }
+        if (job->l2norm) {
+            chunk_l2_normalise(k, D);
+            chunk_l2_normalise(q, D);
+        }
+        for (int64_t i = 0; i < D; i++)
+            q[i] *= scale;
+        gamma += chunk_load(&a->g, h, t0 + t, b, 0);
+        buf->gamma[t] = gamma;
+        buf->beta[t] = chunk_load(&a->beta, h, t0 + t, b, 0);
+    }
+    for (int64_t t = 0; t < C; t++)
+        for (int64_t i = 0; i < D; i++)
+            buf->kt[i * C + t] = buf->k[t * D + i];
+}
+
+/* One chunk of one head: outputs of its first `count` tokens to o, the state advanced. */
+static void chunk_run(const gdn_cpu_chunk_job *job, gdn_cpu_chunk_buffers *buf, int64_t b, int64_t h, int64_t t0,
+                      int64_t count)
+{
+    const gdn_cpu_kernels *kern = job->kernels;
+    const int64_t D = job->shape->D, C = job->C;
+    chunk_load_inputs(job, buf, b, h, t0, count);
+    memset(buf->ks, 0, (size_t)(C * D) * sizeof(float));
+    memset(buf->qs, 0, (size_t)(C * D) * sizeof(float));
+    memset(buf->akk, 0, (size_t)(C * C) * sizeof(float));
+    memset(buf->aqk, 0, (size_t)(C * C) * sizeof(float));
+    kern->gemm(C, D, D, buf->k, D, 1, buf->st, D, buf->ks, D);
+    kern->gemm(C, D, D, buf->q, D, 1, buf->st, D, buf->qs, D);
+    kern->gemm(C, C, D, buf->k, D, 1, buf->kt, C, buf->akk, C);
+    kern->gemm(C, C, D, buf->q, D, 1, buf->kt, C, buf->aqk, C);
+
+    /* Right-hand sides, the strictly lower factors (negated, so the solve only adds) and the
+     * output factors (zero above the diagonal). */
+    for (int64_t t = 0; t < C; t++) {
+        const float decay = expf(buf->gamma[t]), beta = buf->beta[t];
+        float *d = buf->d + t * D, *ks = buf->ks + t * D, *qs = buf->qs + t * D;
+        for (int64_t j = 0; j < D; j++) {
+            d[j] = beta * (d[j] - decay * ks[j]);
+            qs[j] *= decay;
+        }
+        for (int64_t s = 0; s < C; s++) {
+            const float rel = s <= t ? expf(buf->gamma[t] - buf->gamma[s]) : 0.0f;
+            buf->akk[t * C + s] = s < t ? -beta * rel * buf->akk[t * C + s] : 0.0f;
+            buf->aqk[t * C + s] *= rel;
+        }
+    }
+    /* Forward substitution: row t adds its factors times the deltas already solved. */
+    for (int64_t t = 1; t < C; t++)
+        kern->gemm(1, D, t, buf->akk + t * C, C, 1, buf->d, D, buf->d + t * D, D);
+    /* Outputs: qs += Aqk D. */
+    kern->gemm(C, D, C, buf->aqk, C, 1, buf->d, D, buf->qs, D);
+    const gdn_gated_delta_net_args *a = job->args;
+    for (int64_t t = 0; t < count; t++)
+        for (int64_t j = 0; j < D; j++)
+            memcpy((char *)chunk_at(&a->o, j, h, t0 + t, b), &buf->qs[t * D + j], sizeof(float));
+    /* State: ST = e^gamma_C ST + Ktilde^T D, Ktilde[t] = e^(gamma_C - gamma_t) k_t (kept in k). */
+    const float last = buf->gamma[C - 1], decay = expf(last);
+    for (int64_t t = 0; t < C; t++) {
+        const float f = expf(last - buf->gamma[t]);
+        for (int64_t i = 0; i < D; i++)
+            buf->k[t * D + i] *= f;
+    }
+    for (int64_t x = 0; x < D * D; x++)
+        buf->st[x] *= decay;
+    kern->gemm(D, D, C, buf->k, 1, D, buf->d, D, buf->st, D);
+}
+
+static void chunk_task(const gdn_cpu_chunk_job *job, gdn_cpu_chunk_buffers *buf, int64_t task)
+{
+    const gdn_gated_delta_net_args *a = job->args;
+    const gdn_gdn_shape *shape = job->shape;
+    const int64_t D = shape->D, b = task / shape->Hv, h = task % shape->Hv;
+    int32_t slot = (int32_t)b, out = (int32_t)b; /* index values checked by the caller */
+    if (shape->indexed)
+        memcpy(&slot, chunk_at(&a->state_index, b, 0, 0, 0), sizeof slot);
+    if (job->final_index != NULL)
+        memcpy(&out, chunk_at(job->final_index, b, 0, 0, 0), sizeof out);
+    for (int64_t j = 0; j < D; j++)
+        for (int64_t i = 0; i < D; i++)
+            buf->st[i * D + j] = chunk_load(&a->state, i, j, h, slot);
+    for (int64_t t0 = 0; t0 < job->n; t0 += job->C)
+        chunk_run(job, buf, b, h, t0, job->n - t0 < job->C ? job->n - t0 : job->C);
+    for (int64_t j = 0; j < D; j++)
+        for (int64_t i = 0; i < D; i++)
+            memcpy((char *)chunk_at(job->final, i, j, h, out), &buf->st[i * D + j], sizeof(float));
+}
+
+static void chunk_worker(void *ctx, int thread_index, int n_threads)
+{
+    (void)n_threads;
+    gdn_cpu_chunk_job *job = ctx;
+    const int64_t n_tasks = job->shape->B * job->shape->Hv;
+    for (;;) {
+        const int64_t task = atomic_fetch_add_explicit(&job->next_task, 1, memory_order_relaxed);
+        if (task >= n_tasks)
+            break;
+        chunk_task(job, &job->buffers[thread_index], task);
+    }
+}
+
+gdn_status gdn_cpu_gated_delta_net_chunked(gdn_backend *backend, const gdn_gated_delta_net_params *params,
+                                           const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape,
+                                           int64_t n, int64_t chunk, const gdn_tensor *final,
+                                           const gdn_tensor *final_index)
+{
+    const gdn_cpu_context *context = backend->context;
+    gdn_cpu_chunk_job job;
+    job.args = args;
+    job.shape = shape;
+    job.kernels = context->kernels;
+    job.final = final;
+    job.final_index = final_index;
+    job.broadcast = params->broadcast;
+    job.l2norm = params->l2norm;
+    job.n = n;
+    job.C = chunk;
+    atomic_init(&job.next_task, 0);
+    /* Every thread's buffers before any work, so that a failure writes nothing. */
+    const int n_threads = gdn_cpu_threadpool_size(context->pool);
+    job.buffers = calloc((size_t)n_threads, sizeof *job.buffers);
+    int ok = job.buffers != NULL;
+    for (int i = 0; ok && i < n_threads; i++)
+        ok = chunk_buffers_alloc(&job.buffers[i], shape->D, chunk);
+    if (ok)
+        gdn_cpu_threadpool_run(context->pool, chunk_worker, &job);
+    for (int i = 0; job.buffers != NULL && i < n_threads; i++)
+        free(job.buffers[i].block);
+    free(job.buffers);
+    if (!ok)
+        return gdn_fail(GDN_ERROR_OUT_OF_MEMORY, "gated_delta_net: no memory for the chunked form's buffers "
+                        "(%lld floats per thread)", (long long)(shape->D * shape->D + 8 * chunk * shape->D));
+    return GDN_OK;
+}
