@@ -308,7 +308,8 @@ typedef struct gdn_gated_delta_net_args {
 
 /* The smallest T from which the backend chooses the chunked form by itself (params.chunk 0):
  * where it measured the chunked form faster than token by token for one Qwen3.6 GDN layer
- * (docs/PERF.md). 0 when the backend has no chunked form. */
+ * (docs/PERF.md). 0 when it never does (no chunked form, or one not yet faster everywhere:
+ * CUDA for now; ask for it with params.chunk). */
 int64_t gdn_backend_chunk_min_tokens(const gdn_backend *backend);
 
 /* Run the op on `backend`. Validates every shape, dtype, stride and overlap first; on failure

@@ -296,8 +296,11 @@ int gdn_cmd_bench_prefill(int argc, char **argv)
     const int64_t min_t = gdn_backend_chunk_min_tokens(backend);
     if (!cfg.json) {
         printf("gdn bench --prefill: one GDN layer of Qwen3.6-35B-A3B (Hk=%d Hv=%d D=%d, fp32 state), chunk %d\n"
-               "backend: %s; chunked form chosen by itself from T >= %lld\n\n", Hk, Hv, D, cfg.chunk,
-               gdn_backend_name(backend), (long long)min_t);
+               "backend: %s; ", Hk, Hv, D, cfg.chunk, gdn_backend_name(backend));
+        if (min_t > 0)
+            printf("the chunked form is chosen by itself from T >= %lld\n\n", (long long)min_t);
+        else
+            printf("the chunked form is never chosen by itself (chunk 0 runs token by token)\n\n");
         printf("%6s %3s %13s %13s %14s %14s %8s %7s%s\n", "T", "B", "serial ms", "chunked ms", "serial tok/s",
                "chunked tok/s", "speedup", "auto", cfg.check ? "   o err serial/chunked   state err serial/chunked" : "");
     }

@@ -88,11 +88,12 @@ __device__ __forceinline__ void split(Frag &hi, Frag &lo)
  * at `b`; A(m, k) is a[m lda + k] (row-major) or a[k lda + m] (col-major), B(k, n) is
  * b[k ldb + n] (row-major) or b[n ldb + k] (col-major). Three TF32 products per step, small
  * terms first. */
-template <class FA, class FB, bool A_ROW, bool B_ROW>
-__device__ __forceinline__ void mma_acc(frag_acc &acc, const float *a, int lda, const float *b, int ldb, int K)
+template <class FA, class FB, bool A_ROW, bool B_ROW, int K>
+__device__ __forceinline__ void mma_acc(frag_acc &acc, const float *a, int lda, const float *b, int ldb)
 {
     FA a_hi, a_lo;
     FB b_hi, b_lo;
+#pragma unroll
     for (int k = 0; k < K; k += 8) {
         wmma::load_matrix_sync(a_hi, A_ROW ? a + k : a + (size_t)k * lda, lda);
         wmma::load_matrix_sync(b_hi, B_ROW ? b + (size_t)k * ldb : b + k, ldb);
@@ -107,7 +108,7 @@ __device__ __forceinline__ void mma_acc(frag_acc &acc, const float *a, int lda, 
 /* The chunk's k and q (normalised when asked, q scaled) into Ks, Qs [C][pitch<D>], beta and the
  * running sum gamma of g into bet, gam [C]; tokens at or beyond a.n are zeros (they change
  * nothing). One warp per token. Both kernels call this, so both see the same floats. */
-template <int D, int C>
+template <int D, int C, bool WANT_K = true>
 __device__ void load_chunk(const chunk_args &a, float *Ks, float *Qs, float *gam, float *bet, int b, int h,
                            long long t0)
 {
@@ -120,7 +121,7 @@ __device__ void load_chunk(const chunk_args &a, float *Ks, float *Qs, float *gam
 #pragma unroll
         for (int e = 0; e < (D + 31) / 32; e++) {
             const int i = lane + 32 * e;
-            kx[e] = valid && i < D ? load(a.k, i, hk, t0 + t, b) : 0.0f;
+            kx[e] = WANT_K && valid && i < D ? load(a.k, i, hk, t0 + t, b) : 0.0f;
             qx[e] = valid && i < D ? load(a.q, i, hk, t0 + t, b) : 0.0f;
             kk = fmaf(kx[e], kx[e], kk);
             qq = fmaf(qx[e], qx[e], qq);
@@ -136,7 +137,8 @@ __device__ void load_chunk(const chunk_args &a, float *Ks, float *Qs, float *gam
         for (int e = 0; e < (D + 31) / 32; e++) {
             const int i = lane + 32 * e;
             if (i < D) {
-                Ks[t * LD + i] = kx[e] * ik;
+                if (WANT_K)
+                    Ks[t * LD + i] = kx[e] * ik;
                 Qs[t * LD + i] = qx[e] * iq;
             }
         }
@@ -176,29 +178,48 @@ __device__ void load_chunk(const chunk_args &a, float *Ks, float *Qs, float *gam
     __syncthreads();
 }
 
+/* The scratch of one chunk of one head (floats, each part 32-byte aligned for wmma):
+ *   W'  [C][D]  -Tinv diag(beta e^gamma) K          U  [C][D]  Tinv diag(beta) V, then the deltas
+ *   Kd  [C][D]  e^(gamma_C - gamma_t) k_t           P  [C][C]  the output factors
+ *   gam [C]                                         H  [D][D]  the state before the chunk, [j][i] */
+template <int D, int C>
+struct chunk_layout {
+    static constexpr size_t W = 0, U = (size_t)C * D, KD = 2 * (size_t)C * D, P = 3 * (size_t)C * D;
+    static constexpr size_t GAM = P + (size_t)C * C, H = GAM + C, FLOATS = H + (size_t)D * D;
+};
+
 template <int D, int C>
 __host__ __device__ constexpr size_t prep_floats()
 {
-    return 2 * (size_t)C * pitch<D>() + 3 * (size_t)C * pitch<C>() + 2 * C;
+    return 2 * (size_t)C * pitch<D>() + 2 * (size_t)C * pitch<C>() + 2 * C;
+}
+
+template <int D, int C>
+__device__ __forceinline__ float *chunk_scratch(const chunk_args &a, int b, int h, long long c)
+{
+    return a.scratch + (((size_t)b * a.Hv + h) * a.c_count + c) * chunk_layout<D, C>::FLOATS;
 }
 
 template <int D, int C>
 __global__ void __launch_bounds__(kThreads) chunk_prep_kernel(chunk_args a)
 {
-    constexpr int LD = pitch<D>(), LC = pitch<C>(), NT = C / 16;
+    using L = chunk_layout<D, C>;
+    constexpr int LD = pitch<D>(), LC = pitch<C>(), NT = C / 16, ND = D / 16;
     extern __shared__ __align__(128) float smem[];
-    float *Ks = smem, *Qs = Ks + C * LD, *F = Qs + C * LD, *P = F + C * LC, *Tn = P + C * LC;
-    float *gam = Tn + C * LC, *bet = gam + C;
+    /* Tn takes P's place once P is in the scratch (two blocks fit an SM). */
+    float *Ks = smem, *Xs = Ks + C * LD, *F = Xs + C * LD, *P = F + C * LC, *Tn = P;
+    float *gam = P + C * LC, *bet = gam + C;
     const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32;
-    load_chunk<D, C>(a, Ks, Qs, gam, bet, b, h, (a.c_first + c) * C);
+    const long long t0 = (a.c_first + c) * C;
+    float *out = chunk_scratch<D, C>(a, b, h, c);
+    load_chunk<D, C>(a, Ks, Xs, gam, bet, b, h, t0);
 
     /* Akk into F, Aqk into P: B = K^T, i.e. K read col-major. */
     for (int tile = warp; tile < 2 * NT * NT; tile += kWarps) {
         const int which = tile / (NT * NT), tm = tile % (NT * NT) / NT, tn = tile % NT;
         frag_acc acc;
         wmma::fill_fragment(acc, 0.0f);
-        mma_acc<frag_a_row, frag_b_col, true, false>(acc, (which ? Qs : Ks) + tm * 16 * LD, LD, Ks + tn * 16 * LD, LD,
-                                                     D);
+        mma_acc<frag_a_row, frag_b_col, true, false, D>(acc, (which ? Xs : Ks) + tm * 16 * LD, LD, Ks + tn * 16 * LD, LD);
         wmma::store_matrix_sync((which ? P : F) + tm * 16 * LC + tn * 16, acc, LC, wmma::mem_row_major);
     }
     __syncthreads();
@@ -207,7 +228,18 @@ __global__ void __launch_bounds__(kThreads) chunk_prep_kernel(chunk_args a)
         const float rel = s <= t ? expf(gam[t] - gam[s]) : 0.0f;
         F[t * LC + s] = s < t ? -bet[t] * rel * F[t * LC + s] : 0.0f;
         P[t * LC + s] *= rel;
+        out[L::P + x] = P[t * LC + s];
     }
+    /* Kd, then K scaled by beta e^gamma and V by beta (Q is no longer needed) in place. */
+    for (int x = threadIdx.x; x < C * D; x += kThreads) {
+        const int t = x / D, i = x % D;
+        const float k = Ks[t * LD + i];
+        out[L::KD + x] = k * expf(gam[C - 1] - gam[t]);
+        Ks[t * LD + i] = k * (bet[t] * expf(gam[t]));
+        Xs[t * LD + i] = t0 + t < a.n ? bet[t] * load(a.v, i, h, t0 + t, b) : 0.0f;
+    }
+    if (threadIdx.x < C)
+        out[L::GAM + threadIdx.x] = gam[threadIdx.x];
     __syncthreads();
     /* Tinv column by column: x_t = [t == col] + sum_{col <= s < t} F[t][s] x_s, PARTS lanes per
      * column (adjacent lanes of one warp), each summing every PARTS-th s, then a fixed tree. */
@@ -225,30 +257,34 @@ __global__ void __launch_bounds__(kThreads) chunk_prep_kernel(chunk_args a)
         __syncwarp();
     }
     __syncthreads();
-    float *out = a.scratch + (((size_t)b * a.Hv + h) * a.c_count + c) * (2 * C * C + C);
-    for (int x = threadIdx.x; x < C * C; x += kThreads) {
-        out[x] = Tn[x / C * LC + x % C];
-        out[C * C + x] = P[x / C * LC + x % C];
+    /* W' = -Tinv (beta e^gamma K), U = Tinv (beta V), stored straight to the scratch. */
+    for (int tile = warp; tile < 2 * NT * ND; tile += kWarps) {
+        const int which = tile / (NT * ND), tm = tile % (NT * ND) / ND, tn = tile % ND;
+        frag_acc acc;
+        wmma::fill_fragment(acc, 0.0f);
+        mma_acc<frag_a_row, frag_b_row, true, true, C>(acc, Tn + tm * 16 * LC, LC, (which ? Xs : Ks) + tn * 16, LD);
+        if (!which)
+            for (int e = 0; e < acc.num_elements; e++)
+                acc.x[e] = -acc.x[e];
+        wmma::store_matrix_sync(out + (which ? L::U : L::W) + tm * 16 * D + tn * 16, acc, D, wmma::mem_row_major);
     }
-    if (threadIdx.x < C)
-        out[2 * C * C + threadIdx.x] = gam[threadIdx.x];
 }
 
 template <int D, int C, int JB>
 __host__ __device__ constexpr size_t scan_floats()
 {
-    return (size_t)JB * pitch<D>() + 2 * (size_t)C * pitch<D>() + 2 * (size_t)C * pitch<C>() +
-           4 * (size_t)C * pitch<JB>() + 3 * C;
+    return (size_t)JB * pitch<D>() + 2 * (size_t)C * pitch<D>() + (size_t)C * pitch<JB>();
 }
 
+/* The chunks of a window in order, for JB state rows: per chunk the state goes to H, then the
+ * deltas Dl = U + W' S^T replace U's columns, then S = e^gamma_C S + Dl^T Kd. */
 template <int D, int C, int JB>
 __global__ void __launch_bounds__(kThreads) chunk_scan_kernel(chunk_args a)
 {
-    constexpr int LD = pitch<D>(), LC = pitch<C>(), LJ = pitch<JB>();
+    using L = chunk_layout<D, C>;
+    constexpr int LD = pitch<D>(), LJ = pitch<JB>(), NT = C / 16, NJ = JB / 16, NI = D / 16;
     extern __shared__ __align__(128) float smem[];
-    float *S = smem, *Ks = S + JB * LD, *Qs = Ks + C * LD, *Tn = Qs + C * LD, *P = Tn + C * LC;
-    float *X = P + C * LC, *Y = X + C * LJ, *Vs = Y + C * LJ, *Dl = Vs + C * LJ;
-    float *gam = Dl + C * LJ, *bet = gam + C, *fac = bet + C;
+    float *S = smem, *Ws = S + JB * LD, *Kds = Ws + C * LD, *Dl = Kds + C * LD;
     const int j0 = blockIdx.x * JB, h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32;
 
     int slot = b, out_slot = b;
@@ -260,74 +296,38 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_kernel(chunk_args a)
     const int from_slot = a.first_window ? slot : out_slot;
     for (int x = threadIdx.x; x < JB * D; x += kThreads)
         S[x / D * LD + x % D] = load(from, x % D, j0 + x / D, h, from_slot);
+    __syncthreads();
 
     for (long long c = 0; c < a.c_count; c++) {
-        const long long t0 = (a.c_first + c) * C;
-        load_chunk<D, C>(a, Ks, Qs, gam, bet, b, h, t0); /* ends with __syncthreads */
-        const float *in = a.scratch + (((size_t)b * a.Hv + h) * a.c_count + c) * (2 * C * C + C);
-        for (int x = threadIdx.x; x < C * C; x += kThreads) {
-            Tn[x / C * LC + x % C] = in[x];
-            P[x / C * LC + x % C] = in[C * C + x];
+        float *in = chunk_scratch<D, C>(a, b, h, c);
+        for (int x = threadIdx.x; x < JB * D; x += kThreads)
+            in[L::H + (size_t)j0 * D + x] = S[x / D * LD + x % D];
+        for (int x = threadIdx.x; x < C * D; x += kThreads) {
+            Ws[x / D * LD + x % D] = in[L::W + x];
+            Kds[x / D * LD + x % D] = in[L::KD + x];
         }
-        for (int x = threadIdx.x; x < C * JB; x += kThreads) {
-            const int t = x / JB, j = x % JB;
-            Vs[t * LJ + j] = t0 + t < a.n ? load(a.v, j0 + j, h, t0 + t, b) : 0.0f;
-        }
+        for (int x = threadIdx.x; x < C * JB; x += kThreads)
+            Dl[x / JB * LJ + x % JB] = in[L::U + (size_t)(x / JB) * D + j0 + x % JB];
+        const float decay = expf(in[L::GAM + C - 1]);
         __syncthreads();
-        /* KS into X, QS into Y: B = S^T, S read col-major. */
-        constexpr int NT = C / 16, NJ = JB / 16;
-        for (int tile = warp; tile < 2 * NT * NJ; tile += kWarps) {
-            const int which = tile / (NT * NJ), tm = tile % (NT * NJ) / NJ, tn = tile % NJ;
-            frag_acc acc;
-            wmma::fill_fragment(acc, 0.0f);
-            mma_acc<frag_a_row, frag_b_col, true, false>(acc, (which ? Qs : Ks) + tm * 16 * LD, LD, S + tn * 16 * LD,
-                                                         LD, D);
-            wmma::store_matrix_sync((which ? Y : X) + tm * 16 * LJ + tn * 16, acc, LJ, wmma::mem_row_major);
-        }
-        __syncthreads();
-        for (int x = threadIdx.x; x < C * JB; x += kThreads) {
-            const int t = x / JB, j = x % JB;
-            const float decay = expf(gam[t]);
-            X[t * LJ + j] = bet[t] * (Vs[t * LJ + j] - decay * X[t * LJ + j]);
-            Y[t * LJ + j] *= decay;
-        }
-        if (threadIdx.x < C)
-            fac[threadIdx.x] = expf(gam[C - 1] - gam[threadIdx.x]);
-        __syncthreads();
-        for (int tile = warp; tile < NT * NJ; tile += kWarps) { /* Dl = Tinv R */
+        for (int tile = warp; tile < NT * NJ; tile += kWarps) {
             const int tm = tile / NJ, tn = tile % NJ;
             frag_acc acc;
-            wmma::fill_fragment(acc, 0.0f);
-            mma_acc<frag_a_row, frag_b_row, true, true>(acc, Tn + tm * 16 * LC, LC, X + tn * 16, LJ, C);
+            wmma::load_matrix_sync(acc, Dl + tm * 16 * LJ + tn * 16, LJ, wmma::mem_row_major);
+            mma_acc<frag_a_row, frag_b_col, true, false, D>(acc, Ws + tm * 16 * LD, LD, S + tn * 16 * LD, LD);
             wmma::store_matrix_sync(Dl + tm * 16 * LJ + tn * 16, acc, LJ, wmma::mem_row_major);
         }
         __syncthreads();
-        for (int tile = warp; tile < NT * NJ; tile += kWarps) { /* O = e^gamma QS + P Dl, in Y */
-            const int tm = tile / NJ, tn = tile % NJ;
-            frag_acc acc;
-            wmma::load_matrix_sync(acc, Y + tm * 16 * LJ + tn * 16, LJ, wmma::mem_row_major);
-            mma_acc<frag_a_row, frag_b_row, true, true>(acc, P + tm * 16 * LC, LC, Dl + tn * 16, LJ, C);
-            wmma::store_matrix_sync(Y + tm * 16 * LJ + tn * 16, acc, LJ, wmma::mem_row_major);
-        }
-        /* The state's decay and the keys' factors, while the outputs are formed. */
-        const float decay = expf(gam[C - 1]);
+        for (int x = threadIdx.x; x < C * JB; x += kThreads)
+            in[L::U + (size_t)(x / JB) * D + j0 + x % JB] = Dl[x / JB * LJ + x % JB];
         for (int x = threadIdx.x; x < JB * D; x += kThreads)
             S[x / D * LD + x % D] *= decay;
-        for (int x = threadIdx.x; x < C * D; x += kThreads)
-            Ks[x / D * LD + x % D] *= fac[x / D];
         __syncthreads();
-        for (int x = threadIdx.x; x < C * JB; x += kThreads) {
-            const int t = x / JB, j = x % JB;
-            if (t0 + t < a.n)
-                *at(a.o, j0 + j, h, t0 + t, b) = Y[t * LJ + j];
-        }
-        /* S += Dl^T Kt: A = Dl^T (Dl read col-major), B = Kt row-major. */
-        constexpr int NS = JB / 16, NI = D / 16;
-        for (int tile = warp; tile < NS * NI; tile += kWarps) {
+        for (int tile = warp; tile < NJ * NI; tile += kWarps) { /* S += Dl^T Kd */
             const int tm = tile / NI, tn = tile % NI;
             frag_acc acc;
             wmma::load_matrix_sync(acc, S + tm * 16 * LD + tn * 16, LD, wmma::mem_row_major);
-            mma_acc<frag_a_col, frag_b_row, false, true>(acc, Dl + tm * 16, LJ, Ks + tn * 16, LD, C);
+            mma_acc<frag_a_col, frag_b_row, false, true, C>(acc, Dl + tm * 16, LJ, Kds + tn * 16, LD);
             wmma::store_matrix_sync(S + tm * 16 * LD + tn * 16, acc, LD, wmma::mem_row_major);
         }
         __syncthreads();
@@ -336,9 +336,75 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_kernel(chunk_args a)
         *at(a.final, x % D, j0 + x / D, h, out_slot) = S[x / D * LD + x % D];
 }
 
+/* Output columns per block of the output kernel (32 at D = 256, to fit shared memory). */
+template <int D>
+__host__ __device__ constexpr int out_columns()
+{
+    return D < 64 ? D : D >= 256 ? 32 : 64;
+}
+
+template <int D, int C>
+__host__ __device__ constexpr size_t out_floats()
+{
+    constexpr int OB = out_columns<D>();
+    return (size_t)C * pitch<D>() + (size_t)OB * pitch<D>() + (size_t)C * pitch<C>() + (size_t)C * pitch<OB>() +
+           2 * C;
+}
+
+/* Outputs of one chunk, OB columns: O = (e^gamma Q) H^T + P Dl. */
+template <int D, int C>
+__global__ void __launch_bounds__(kThreads) chunk_out_kernel(chunk_args a)
+{
+    using L = chunk_layout<D, C>;
+    constexpr int OB = out_columns<D>(), LD = pitch<D>(), LC = pitch<C>(), LO = pitch<OB>();
+    constexpr int NT = C / 16, NO = OB / 16;
+    extern __shared__ __align__(128) float smem[];
+    /* The outputs are staged in Qs once every tile has been computed (two blocks fit an SM). */
+    float *Qs = smem, *Hs = Qs + C * LD, *P = Hs + OB * LD, *Dl = P + C * LC, *Os = Qs;
+    float *gam = Dl + C * LO, *bet = gam + C;
+    const int c = blockIdx.x, h = blockIdx.y % a.Hv, j0 = blockIdx.y / a.Hv * OB, b = blockIdx.z;
+    const int warp = threadIdx.x / 32;
+    const long long t0 = (a.c_first + c) * C;
+    const float *in = chunk_scratch<D, C>(a, b, h, c);
+    load_chunk<D, C, false>(a, nullptr, Qs, gam, bet, b, h, t0);
+    for (int x = threadIdx.x; x < C * D; x += kThreads)
+        Qs[x / D * LD + x % D] *= expf(gam[x / D]);
+    for (int x = threadIdx.x; x < OB * D; x += kThreads)
+        Hs[x / D * LD + x % D] = in[L::H + (size_t)j0 * D + x];
+    for (int x = threadIdx.x; x < C * C; x += kThreads)
+        P[x / C * LC + x % C] = in[L::P + x];
+    for (int x = threadIdx.x; x < C * OB; x += kThreads)
+        Dl[x / OB * LO + x % OB] = in[L::U + (size_t)(x / OB) * D + j0 + x % OB];
+    __syncthreads();
+    constexpr int PER_WARP = (NT * NO + kWarps - 1) / kWarps;
+    frag_acc acc[PER_WARP];
+#pragma unroll
+    for (int r = 0; r < PER_WARP; r++) {
+        const int tile = warp + r * kWarps, tm = tile / NO, tn = tile % NO;
+        if (tile >= NT * NO)
+            break;
+        wmma::fill_fragment(acc[r], 0.0f);
+        mma_acc<frag_a_row, frag_b_col, true, false, D>(acc[r], Qs + tm * 16 * LD, LD, Hs + tn * 16 * LD, LD);
+        mma_acc<frag_a_row, frag_b_row, true, true, C>(acc[r], P + tm * 16 * LC, LC, Dl + tn * 16, LO);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < PER_WARP; r++) {
+        const int tile = warp + r * kWarps, tm = tile / NO, tn = tile % NO;
+        if (tile < NT * NO)
+            wmma::store_matrix_sync(Os + tm * 16 * LO + tn * 16, acc[r], LO, wmma::mem_row_major);
+    }
+    __syncthreads();
+    for (int x = threadIdx.x; x < C * OB; x += kThreads) {
+        const int t = x / OB, j = x % OB;
+        if (t0 + t < a.n)
+            *at(a.o, j0 + j, h, t0 + t, b) = Os[t * LO + j];
+    }
+}
+
 /* State rows per scan block: 32 (16 at D = 256, to fit shared memory; D itself when smaller). */
 template <int D>
-constexpr int rows_per_block()
+__host__ __device__ constexpr int rows_per_block()
 {
     return D >= 256 ? 16 : D < 32 ? D : 32;
 }
@@ -377,20 +443,26 @@ gdn_status grow_scratch(gdn_cuda_context *context, size_t bytes)
     return st;
 }
 
+template <class Kernel>
+gdn_status allow_smem(Kernel kernel, size_t bytes)
+{
+    return gdn_cuda_check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes),
+                          "chunked form: kernel shared memory");
+}
+
 template <int D, int C>
 gdn_status run(gdn_cuda_context *context, chunk_args a, long long B)
 {
-    constexpr int JB = rows_per_block<D>();
+    constexpr int JB = rows_per_block<D>(), OB = out_columns<D>();
     const size_t prep_smem = prep_floats<D, C>() * sizeof(float), scan_smem = scan_floats<D, C, JB>() * sizeof(float);
-    gdn_status st = gdn_cuda_check(cudaFuncSetAttribute(chunk_prep_kernel<D, C>,
-                                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)prep_smem),
-                                   "chunked form: prep kernel shared memory");
+    const size_t out_smem = out_floats<D, C>() * sizeof(float);
+    gdn_status st = allow_smem(chunk_prep_kernel<D, C>, prep_smem);
     if (st == GDN_OK)
-        st = gdn_cuda_check(cudaFuncSetAttribute(chunk_scan_kernel<D, C, JB>,
-                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)scan_smem),
-                            "chunked form: scan kernel shared memory");
+        st = allow_smem(chunk_scan_kernel<D, C, JB>, scan_smem);
+    if (st == GDN_OK)
+        st = allow_smem(chunk_out_kernel<D, C>, out_smem);
     const long long chunks = (a.n + C - 1) / C;
-    const size_t per_chunk = (size_t)B * a.Hv * (2 * C * C + C) * sizeof(float);
+    const size_t per_chunk = (size_t)B * a.Hv * chunk_layout<D, C>::FLOATS * sizeof(float);
     long long window = (long long)(kScratchBytes / per_chunk);
     window = window < 1 ? 1 : window > chunks ? chunks : window;
     if (st == GDN_OK)
@@ -400,12 +472,18 @@ gdn_status run(gdn_cuda_context *context, chunk_args a, long long B)
         a.c_first = first;
         a.c_count = chunks - first < window ? chunks - first : window;
         a.first_window = first == 0;
-        chunk_prep_kernel<D, C><<<dim3((unsigned)a.c_count, a.Hv, (unsigned)B), kThreads, prep_smem, context->stream>>>(a);
+        const dim3 per_chunk_grid((unsigned)a.c_count, a.Hv, (unsigned)B);
+        chunk_prep_kernel<D, C><<<per_chunk_grid, kThreads, prep_smem, context->stream>>>(a);
         st = gdn_cuda_check(cudaGetLastError(), "chunked form: prep kernel launch");
         if (st != GDN_OK)
             break;
         chunk_scan_kernel<D, C, JB><<<dim3(D / JB, a.Hv, (unsigned)B), kThreads, scan_smem, context->stream>>>(a);
         st = gdn_cuda_check(cudaGetLastError(), "chunked form: scan kernel launch");
+        if (st != GDN_OK)
+            break;
+        const dim3 out_grid((unsigned)a.c_count, a.Hv * (D / OB), (unsigned)B);
+        chunk_out_kernel<D, C><<<out_grid, kThreads, out_smem, context->stream>>>(a);
+        st = gdn_cuda_check(cudaGetLastError(), "chunked form: output kernel launch");
     }
     return st;
 }
@@ -433,9 +511,9 @@ gdn_status gdn_cuda_gated_delta_net_chunked(gdn_backend *backend, const gdn_gate
     gdn_status status = gdn_cuda_use_device(context);
     if (status != GDN_OK)
         return status;
-    if (shape->B > 65535 || shape->Hv > 65535)
-        return gdn_fail(GDN_ERROR_UNSUPPORTED, "gated_delta_net: the chunked form's grid takes B, Hv <= 65535 "
-                        "(B=%lld, Hv=%lld)", (long long)shape->B, (long long)shape->Hv);
+    if (shape->B > 65535 || shape->Hv * 4 > 65535)
+        return gdn_fail(GDN_ERROR_UNSUPPORTED, "gated_delta_net: the chunked form's grid takes B <= 65535 and "
+                        "Hv <= 16383 (B=%lld, Hv=%lld)", (long long)shape->B, (long long)shape->Hv);
     chunk_args a;
     a.q = view_of(&args->q);
     a.k = view_of(&args->k);
