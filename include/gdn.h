@@ -287,13 +287,20 @@ typedef struct gdn_gated_delta_net_params {
                               * backend just before this call (the previous op) writes neither
                               * `state` nor `state_index`, so CUDA may start reading the state
                               * while that work still runs; the results are the same */
-    int32_t chunk;           /* the chunked form (above): 0 (default) lets the backend choose it
-                              * when T is at least the length from which it measured it faster
-                              * (gdn_backend_chunk_min_tokens); -1 never; 16, 32 or 64: always
-                              * (where T > n_snapshots), with chunks of this many tokens */
+    int32_t chunk;           /* the chunked form (above): 0 (default) lets the backend choose it,
+                              * with chunks of 32 tokens, when T is at least the length from
+                              * which it measured it faster (gdn_backend_chunk_min_tokens); -1
+                              * never; 16, 32 or 64: always (where T > n_snapshots), with chunks
+                              * of this many tokens */
+    int32_t chunk_tf32;      /* the chunked form's matrix products: 0 (default) at about FP32
+                              * accuracy (CPU: FP32; CUDA: each product as three TF32 products on
+                              * tensor cores); 1 lets CUDA take one TF32 product (10-bit
+                              * mantissa inputs, FP32 accumulation): faster, with the error in
+                              * docs/PERF.md (about 5e-4 of max |o|). The CPU ignores it. */
 } gdn_gated_delta_net_params;
 
-/* Defaults: n_snapshots 1, tiled, scale 0 (1/sqrt(Dk)), l2norm 0, state_ready 0, chunk 0. */
+/* Defaults: n_snapshots 1, tiled, scale 0 (1/sqrt(Dk)), l2norm 0, state_ready 0, chunk 0,
+ * chunk_tf32 0. */
 gdn_gated_delta_net_params gdn_gated_delta_net_params_default(void);
 
 typedef struct gdn_gated_delta_net_args {

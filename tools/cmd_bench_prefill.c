@@ -24,7 +24,9 @@ static const char usage[] =
     "  --backend cpu|cuda   backend (default: cuda when a GPU is present, else cpu)\n"
     "  --tokens LIST        prompt lengths (default cuda 512,4096,16384; cpu 512,4096)\n"
     "  --batch LIST         sequences per call (default cuda 1,8; cpu 1)\n"
-    "  --chunk C            tokens per chunk: 16, 32 or 64 (default 64)\n"
+    "  --chunk C            tokens per chunk: 16, 32 or 64 (default 32, what chunk 0 takes)\n"
+    "  --tf32               the chunked form's products in one TF32 pass (params.chunk_tf32; CUDA\n"
+    "                       only, the CPU ignores it) instead of about FP32 accuracy\n"
     "  --reps N             timed calls per form, median reported (default: about 1 s, 3..20)\n"
     "  --check              also compare sequence 0's outputs and final state of both forms with\n"
     "                       the float64 recurrence, computed on the host (seconds for T = 16384):\n"
@@ -36,7 +38,7 @@ enum { Hk = 16, Hv = 32, D = 128 };
 typedef struct prefill_config {
     const char *backend_name;
     int64_t tokens[16], batches[16];
-    int n_tokens, n_batches, chunk, reps, check, json;
+    int n_tokens, n_batches, chunk, reps, check, json, tf32;
 } prefill_config;
 
 /* The buffers of one row: B sequences of T tokens, one state slot each (updated in place). */
@@ -116,6 +118,7 @@ static int time_form(gdn_backend *backend, const prefill_config *cfg, const pref
     gdn_gated_delta_net_params params = gdn_gated_delta_net_params_default();
     params.l2norm = 1;
     params.chunk = chunk;
+    params.chunk_tf32 = cfg->tf32;
     const gdn_gated_delta_net_args a = args_of(p, B, T);
     double times[20];
     int reps = cfg->reps;
@@ -176,6 +179,7 @@ static int check_row(gdn_backend *backend, const prefill_config *cfg, const pref
     ok = ok && gdn_backend_download(backend, state0, p->state, n_s * sizeof(float)) == GDN_OK;
     gdn_gated_delta_net_params params = gdn_gated_delta_net_params_default();
     params.l2norm = 1;
+    params.chunk_tf32 = cfg->tf32;
     if (ok) { /* the reference, sequence 0 alone */
         const int64_t ne_qk[4] = {D, Hk, T, 1}, ne_v[4] = {D, Hv, T, 1}, ne_gate[3] = {Hv, T, 1};
         const int64_t ne_s[4] = {D, D, Hv, 1}, ne_states[5] = {D, D, Hv, 1, 1};
@@ -229,7 +233,7 @@ static int parse_list(const char *text, int64_t *out, int *n, long max)
 static int parse_args(int argc, char **argv, prefill_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
-    cfg->chunk = 64;
+    cfg->chunk = 32;
     for (int i = 1; i < argc; i++) {
         const char *opt = argv[i];
         if (strcmp(opt, "--prefill") == 0)
@@ -238,8 +242,8 @@ static int parse_args(int argc, char **argv, prefill_config *cfg)
             fputs(usage, stdout);
             exit(0);
         }
-        if (strcmp(opt, "--json") == 0 || strcmp(opt, "--check") == 0) {
-            *(opt[2] == 'j' ? &cfg->json : &cfg->check) = 1;
+        if (strcmp(opt, "--json") == 0 || strcmp(opt, "--check") == 0 || strcmp(opt, "--tf32") == 0) {
+            *(opt[2] == 'j' ? &cfg->json : opt[2] == 'c' ? &cfg->check : &cfg->tf32) = 1;
             continue;
         }
         if (i + 1 >= argc) {
@@ -295,14 +299,15 @@ int gdn_cmd_bench_prefill(int argc, char **argv)
     }
     const int64_t min_t = gdn_backend_chunk_min_tokens(backend);
     if (!cfg.json) {
-        printf("gdn bench --prefill: one GDN layer of Qwen3.6-35B-A3B (Hk=%d Hv=%d D=%d, fp32 state), chunk %d\n"
-               "backend: %s; ", Hk, Hv, D, cfg.chunk, gdn_backend_name(backend));
+        printf("gdn bench --prefill: one GDN layer of Qwen3.6-35B-A3B (Hk=%d Hv=%d D=%d, fp32 state), chunk %d%s\n"
+               "backend: %s; ", Hk, Hv, D, cfg.chunk, cfg.tf32 ? ", TF32 products" : "", gdn_backend_name(backend));
         if (min_t > 0)
             printf("the chunked form is chosen by itself from T >= %lld\n\n", (long long)min_t);
         else
             printf("the chunked form is never chosen by itself (chunk 0 runs token by token)\n\n");
         printf("%6s %3s %13s %13s %14s %14s %8s %7s%s\n", "T", "B", "serial ms", "chunked ms", "serial tok/s",
-               "chunked tok/s", "speedup", "auto", cfg.check ? "   o err serial/chunked   state err serial/chunked" : "");
+               "chunked tok/s", "speedup", "auto",
+               cfg.check ? "   o err serial/chunked   state err serial/chunked" : "");
     }
     int status = 0;
     for (int ti = 0; ti < cfg.n_tokens; ti++)
@@ -323,10 +328,11 @@ int gdn_cmd_bench_prefill(int argc, char **argv)
             const double tok = (double)(B * T);
             const char *chosen = min_t > 0 && T >= min_t ? "chunked" : "serial";
             if (cfg.json) {
-                printf("{\"mode\":\"prefill\",\"backend\":\"%s\",\"T\":%lld,\"B\":%lld,\"chunk\":%d,"
+                printf("{\"mode\":\"prefill\",\"backend\":\"%s\",\"T\":%lld,\"B\":%lld,\"chunk\":%d,\"tf32\":%s,"
                        "\"serial_ms\":%.4f,\"chunked_ms\":%.4f,\"serial_tokens_per_s\":%.1f,"
                        "\"chunked_tokens_per_s\":%.1f,\"speedup\":%.3f,\"auto\":\"%s\"",
-                       cuda ? "cuda" : "cpu", (long long)T, (long long)B, cfg.chunk, ms[0], ms[1], tok / ms[0] * 1e3,
+                       cuda ? "cuda" : "cpu", (long long)T, (long long)B, cfg.chunk, cfg.tf32 ? "true" : "false",
+                       ms[0], ms[1], tok / ms[0] * 1e3,
                        tok / ms[1] * 1e3, ms[0] / ms[1], chosen);
                 if (cfg.check)
                     printf(",\"serial_o_max_rel\":%.3g,\"serial_o_rel_l2\":%.3g,\"serial_state_max_rel\":%.3g,"

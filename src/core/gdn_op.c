@@ -16,6 +16,7 @@ gdn_gated_delta_net_params gdn_gated_delta_net_params_default(void)
     p.l2norm = 0;
     p.state_ready = 0;
     p.chunk = 0;
+    p.chunk_tf32 = 0;
     return p;
 }
 
@@ -60,6 +61,9 @@ static gdn_status check_params(const char *op, const gdn_gated_delta_net_params 
         params->chunk != 64)
         return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: chunk=%d, expected 0 (the backend chooses), -1 (never) or "
                         "16, 32, 64 (tokens per chunk)", op, (int)params->chunk);
+    if (params->chunk_tf32 != 0 && params->chunk_tf32 != 1)
+        return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "%s: chunk_tf32=%d, expected 0 or 1", op,
+                        (int)params->chunk_tf32);
     return GDN_OK;
 }
 
@@ -461,7 +465,7 @@ static gdn_status chunk_of(const gdn_backend *backend, const gdn_gated_delta_net
               "scratch memory)";
     if (params->chunk == 0) {
         if (why == NULL && backend->chunk_min_tokens > 0 && shape->T >= backend->chunk_min_tokens)
-            *chunk = 64;
+            *chunk = 32; /* the fastest of 16, 32 and 64 on both backends (docs/PERF.md) */
         return GDN_OK;
     }
     if (why != NULL)

@@ -1,24 +1,28 @@
 /* gdn_cuda_chunk.cu: the chunked form of the Gated DeltaNet op on CUDA (include/gdn.h, "The
  * chunked form"), with the chunk's matrix products on tensor cores.
  *
- * Two kernels per window of chunks:
+ * Three kernels per window of chunks (the window bounds the scratch), the split fla makes:
  *   prep (one block per chunk, head and sequence; all chunks in parallel): the chunk's k and q
  *     (normalised and scaled as the op asks), gamma (running sum of g), Akk = K K^T and
- *     Aqk = Q K^T on tensor cores, then the factors
+ *     Aqk = Q K^T on tensor cores, the factors
  *         F[t][s] = -beta_t e^(gamma_t - gamma_s) Akk[t][s]  (s < t),
  *         P[t][s] = e^(gamma_t - gamma_s) Aqk[t][s]          (s <= t),
- *     and Tinv = (I - F)^-1 by forward substitution (column by column, four lanes a column),
- *     stored to the scratch with gamma: none of it depends on the state.
- *   scan (one block per JB state rows of a head and sequence; chunks in order): per chunk
- *         KS = K S^T, QS = Q S^T           R = beta (V - e^gamma KS)
- *         Dl = Tinv R                      O = e^gamma QS + P Dl
- *         S  = e^gamma_C S + Dl^T (e^(gamma_C - gamma) K)
- *     with the JB rows of S in shared memory throughout, written back after the window.
+ *     Tinv = (I - F)^-1 by forward substitution (column by column, 256/C lanes a column), and
+ *     W' = -Tinv diag(beta e^gamma) K, U = Tinv diag(beta) V, Kd = e^(gamma_C - gamma) K, all
+ *     stored to the scratch: none of it depends on the state.
+ *   scan (one block per JB state rows of a head and sequence; the window's chunks in order): per
+ *     chunk the state S goes to the scratch (H), the deltas Dl = U + W' S^T replace U, then
+ *     S = e^gamma_C S + Dl^T Kd; the JB rows of S stay in shared memory.
+ *   out (one block per chunk, head, sequence and OB output columns; all chunks in parallel):
+ *     O = (e^gamma Q) H^T + P Dl.
+ * The deltas solve (I - F) Dl = diag(beta) (V - e^gamma K S^T), which is the recurrence's
+ * d_t + beta_t sum_{s<t} e^(gamma_t - gamma_s) (k_t . k_s) d_s = beta_t (v_t - e^gamma_t S k_t).
  *
- * Precision: every product runs as three TF32 products (x = hi + lo, each a TF32 value; hi*hi +
- * hi*lo + lo*hi, accumulated in FP32), which keeps about FP32 accuracy (the lo*lo term is below
- * FP32 rounding) at three tensor-core passes per product; the measured error against float64 is
- * in docs/PERF.md. Results are deterministic (fixed tiles, fixed order) and do not depend on B. */
+ * Precision: by default every product runs as three TF32 products (x = hi + lo, each a TF32
+ * value; lo*hi + hi*lo + hi*hi, accumulated in FP32), which keeps about FP32 accuracy (the lo*lo
+ * term is below FP32 rounding) at three tensor-core passes per product; with params.chunk_tf32
+ * one pass (hi*hi: TF32 inputs, FP32 accumulation). The measured errors against float64 are in
+ * docs/PERF.md. Results are deterministic (fixed tiles, fixed order) and do not depend on B. */
 #include "cuda_internal.h"
 
 #include <mma.h>
@@ -29,7 +33,7 @@ using namespace nvcuda;
 
 constexpr int kThreads = 256, kWarps = kThreads / 32;
 /* Scratch for the chunked form: at most this many bytes (windows of chunks beyond it). */
-constexpr size_t kScratchBytes = size_t(256) << 20;
+constexpr size_t kScratchBytes = size_t(512) << 20;
 
 struct chunk_view {
     char *data;
@@ -66,6 +70,34 @@ __host__ __device__ constexpr int pitch()
     return N + 4;
 }
 
+/* A ROWS x COLS block of floats (COLS a multiple of 4, rows 16-byte aligned) moved by the whole
+ * block in float4s: every load of a thread issued before its first store, so one memory latency
+ * covers the block. */
+template <int ROWS, int COLS>
+struct block_regs {
+    static constexpr int V = COLS / 4, N = ROWS * V, PER = (N + kThreads - 1) / kThreads;
+    float4 r[PER];
+
+    __device__ __forceinline__ void load(const float *src, size_t ld)
+    {
+#pragma unroll
+        for (int k = 0; k < PER; k++) {
+            const int x = threadIdx.x + k * kThreads;
+            if (N % kThreads == 0 || x < N)
+                r[k] = *(const float4 *)(src + (size_t)(x / V) * ld + (x % V) * 4);
+        }
+    }
+    __device__ __forceinline__ void store(float *dst, size_t ld) const
+    {
+#pragma unroll
+        for (int k = 0; k < PER; k++) {
+            const int x = threadIdx.x + k * kThreads;
+            if (N % kThreads == 0 || x < N)
+                *(float4 *)(dst + (size_t)(x / V) * ld + (x % V) * 4) = r[k];
+        }
+    }
+};
+
 using frag_a_row = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major>;
 using frag_a_col = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major>;
 using frag_b_row = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major>;
@@ -88,7 +120,7 @@ __device__ __forceinline__ void split(Frag &hi, Frag &lo)
  * at `b`; A(m, k) is a[m lda + k] (row-major) or a[k lda + m] (col-major), B(k, n) is
  * b[k ldb + n] (row-major) or b[n ldb + k] (col-major). Three TF32 products per step, small
  * terms first. */
-template <class FA, class FB, bool A_ROW, bool B_ROW, int K>
+template <class FA, class FB, bool A_ROW, bool B_ROW, int K, bool SPLIT>
 __device__ __forceinline__ void mma_acc(frag_acc &acc, const float *a, int lda, const float *b, int ldb)
 {
     FA a_hi, a_lo;
@@ -99,8 +131,10 @@ __device__ __forceinline__ void mma_acc(frag_acc &acc, const float *a, int lda, 
         wmma::load_matrix_sync(b_hi, B_ROW ? b + (size_t)k * ldb : b + k, ldb);
         split(a_hi, a_lo);
         split(b_hi, b_lo);
-        wmma::mma_sync(acc, a_lo, b_hi, acc);
-        wmma::mma_sync(acc, a_hi, b_lo, acc);
+        if (SPLIT) {
+            wmma::mma_sync(acc, a_lo, b_hi, acc);
+            wmma::mma_sync(acc, a_hi, b_lo, acc);
+        }
         wmma::mma_sync(acc, a_hi, b_hi, acc);
     }
 }
@@ -115,7 +149,11 @@ __device__ void load_chunk(const chunk_args &a, float *Ks, float *Qs, float *gam
     constexpr int LD = pitch<D>();
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int hk = a.interleaved ? h / (a.Hv / a.Hk) : h % a.Hk;
-    for (int t = warp; t < C; t += kWarps) {
+#pragma unroll
+    for (int r = 0; r < (C + kWarps - 1) / kWarps; r++) {
+        const int t = warp + r * kWarps;
+        if (t >= C)
+            break;
         const bool valid = t0 + t < a.n;
         float kx[(D + 31) / 32], qx[(D + 31) / 32], kk = 0.0f, qq = 0.0f;
 #pragma unroll
@@ -191,7 +229,7 @@ struct chunk_layout {
 template <int D, int C>
 __host__ __device__ constexpr size_t prep_floats()
 {
-    return 2 * (size_t)C * pitch<D>() + 2 * (size_t)C * pitch<C>() + 2 * C;
+    return 2 * (size_t)C * pitch<D>() + 2 * (size_t)C * pitch<C>() + 4 * C;
 }
 
 template <int D, int C>
@@ -200,7 +238,7 @@ __device__ __forceinline__ float *chunk_scratch(const chunk_args &a, int b, int 
     return a.scratch + (((size_t)b * a.Hv + h) * a.c_count + c) * chunk_layout<D, C>::FLOATS;
 }
 
-template <int D, int C>
+template <int D, int C, bool SPLIT>
 __global__ void __launch_bounds__(kThreads) chunk_prep_kernel(chunk_args a)
 {
     using L = chunk_layout<D, C>;
@@ -208,7 +246,7 @@ __global__ void __launch_bounds__(kThreads) chunk_prep_kernel(chunk_args a)
     extern __shared__ __align__(128) float smem[];
     /* Tn takes P's place once P is in the scratch (two blocks fit an SM). */
     float *Ks = smem, *Xs = Ks + C * LD, *F = Xs + C * LD, *P = F + C * LC, *Tn = P;
-    float *gam = P + C * LC, *bet = gam + C;
+    float *gam = P + C * LC, *bet = gam + C, *fac_kd = bet + C, *fac_k = fac_kd + C;
     const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32;
     const long long t0 = (a.c_first + c) * C;
     float *out = chunk_scratch<D, C>(a, b, h, c);
@@ -219,7 +257,8 @@ __global__ void __launch_bounds__(kThreads) chunk_prep_kernel(chunk_args a)
         const int which = tile / (NT * NT), tm = tile % (NT * NT) / NT, tn = tile % NT;
         frag_acc acc;
         wmma::fill_fragment(acc, 0.0f);
-        mma_acc<frag_a_row, frag_b_col, true, false, D>(acc, (which ? Xs : Ks) + tm * 16 * LD, LD, Ks + tn * 16 * LD, LD);
+        const float *rows = (which ? Xs : Ks) + tm * 16 * LD;
+        mma_acc<frag_a_row, frag_b_col, true, false, D, SPLIT>(acc, rows, LD, Ks + tn * 16 * LD, LD);
         wmma::store_matrix_sync((which ? P : F) + tm * 16 * LC + tn * 16, acc, LC, wmma::mem_row_major);
     }
     __syncthreads();
@@ -230,16 +269,22 @@ __global__ void __launch_bounds__(kThreads) chunk_prep_kernel(chunk_args a)
         P[t * LC + s] *= rel;
         out[L::P + x] = P[t * LC + s];
     }
+    if (threadIdx.x < C) {
+        const int t = threadIdx.x;
+        out[L::GAM + t] = gam[t];
+        /* the per-token factors, once each (the loop below would take 2 C D exponentials) */
+        fac_kd[t] = expf(gam[C - 1] - gam[t]);
+        fac_k[t] = bet[t] * expf(gam[t]);
+    }
+    __syncthreads();
     /* Kd, then K scaled by beta e^gamma and V by beta (Q is no longer needed) in place. */
     for (int x = threadIdx.x; x < C * D; x += kThreads) {
         const int t = x / D, i = x % D;
         const float k = Ks[t * LD + i];
-        out[L::KD + x] = k * expf(gam[C - 1] - gam[t]);
-        Ks[t * LD + i] = k * (bet[t] * expf(gam[t]));
+        out[L::KD + x] = k * fac_kd[t];
+        Ks[t * LD + i] = k * fac_k[t];
         Xs[t * LD + i] = t0 + t < a.n ? bet[t] * load(a.v, i, h, t0 + t, b) : 0.0f;
     }
-    if (threadIdx.x < C)
-        out[L::GAM + threadIdx.x] = gam[threadIdx.x];
     __syncthreads();
     /* Tinv column by column: x_t = [t == col] + sum_{col <= s < t} F[t][s] x_s, PARTS lanes per
      * column (adjacent lanes of one warp), each summing every PARTS-th s, then a fixed tree. */
@@ -262,7 +307,8 @@ __global__ void __launch_bounds__(kThreads) chunk_prep_kernel(chunk_args a)
         const int which = tile / (NT * ND), tm = tile % (NT * ND) / ND, tn = tile % ND;
         frag_acc acc;
         wmma::fill_fragment(acc, 0.0f);
-        mma_acc<frag_a_row, frag_b_row, true, true, C>(acc, Tn + tm * 16 * LC, LC, (which ? Xs : Ks) + tn * 16, LD);
+        const float *cols = (which ? Xs : Ks) + tn * 16;
+        mma_acc<frag_a_row, frag_b_row, true, true, C, SPLIT>(acc, Tn + tm * 16 * LC, LC, cols, LD);
         if (!which)
             for (int e = 0; e < acc.num_elements; e++)
                 acc.x[e] = -acc.x[e];
@@ -278,7 +324,7 @@ __host__ __device__ constexpr size_t scan_floats()
 
 /* The chunks of a window in order, for JB state rows: per chunk the state goes to H, then the
  * deltas Dl = U + W' S^T replace U's columns, then S = e^gamma_C S + Dl^T Kd. */
-template <int D, int C, int JB>
+template <int D, int C, int JB, bool SPLIT>
 __global__ void __launch_bounds__(kThreads) chunk_scan_kernel(chunk_args a)
 {
     using L = chunk_layout<D, C>;
@@ -298,28 +344,46 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_kernel(chunk_args a)
         S[x / D * LD + x % D] = load(from, x % D, j0 + x / D, h, from_slot);
     __syncthreads();
 
+    /* Chunk c + 1's W', Kd and U are loaded into registers while chunk c computes. */
+    block_regs<C, D> w, kd;
+    block_regs<C, JB> u;
+    {
+        const float *first = chunk_scratch<D, C>(a, b, h, 0);
+        w.load(first + L::W, D);
+        kd.load(first + L::KD, D);
+        u.load(first + L::U + j0, D);
+    }
     for (long long c = 0; c < a.c_count; c++) {
         float *in = chunk_scratch<D, C>(a, b, h, c);
-        for (int x = threadIdx.x; x < JB * D; x += kThreads)
-            in[L::H + (size_t)j0 * D + x] = S[x / D * LD + x % D];
-        for (int x = threadIdx.x; x < C * D; x += kThreads) {
-            Ws[x / D * LD + x % D] = in[L::W + x];
-            Kds[x / D * LD + x % D] = in[L::KD + x];
+        {
+            block_regs<JB, D> state;
+            state.load(S, LD);
+            state.store(in + L::H + (size_t)j0 * D, D);
         }
-        for (int x = threadIdx.x; x < C * JB; x += kThreads)
-            Dl[x / JB * LJ + x % JB] = in[L::U + (size_t)(x / JB) * D + j0 + x % JB];
+        w.store(Ws, LD);
+        kd.store(Kds, LD);
+        u.store(Dl, LJ);
         const float decay = expf(in[L::GAM + C - 1]);
         __syncthreads();
+        if (c + 1 < a.c_count) {
+            const float *next = chunk_scratch<D, C>(a, b, h, c + 1);
+            w.load(next + L::W, D);
+            kd.load(next + L::KD, D);
+            u.load(next + L::U + j0, D);
+        }
         for (int tile = warp; tile < NT * NJ; tile += kWarps) {
             const int tm = tile / NJ, tn = tile % NJ;
             frag_acc acc;
             wmma::load_matrix_sync(acc, Dl + tm * 16 * LJ + tn * 16, LJ, wmma::mem_row_major);
-            mma_acc<frag_a_row, frag_b_col, true, false, D>(acc, Ws + tm * 16 * LD, LD, S + tn * 16 * LD, LD);
+            mma_acc<frag_a_row, frag_b_col, true, false, D, SPLIT>(acc, Ws + tm * 16 * LD, LD, S + tn * 16 * LD, LD);
             wmma::store_matrix_sync(Dl + tm * 16 * LJ + tn * 16, acc, LJ, wmma::mem_row_major);
         }
         __syncthreads();
-        for (int x = threadIdx.x; x < C * JB; x += kThreads)
-            in[L::U + (size_t)(x / JB) * D + j0 + x % JB] = Dl[x / JB * LJ + x % JB];
+        {
+            block_regs<C, JB> dl;
+            dl.load(Dl, LJ);
+            dl.store(in + L::U + j0, D);
+        }
         for (int x = threadIdx.x; x < JB * D; x += kThreads)
             S[x / D * LD + x % D] *= decay;
         __syncthreads();
@@ -327,7 +391,7 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_kernel(chunk_args a)
             const int tm = tile / NI, tn = tile % NI;
             frag_acc acc;
             wmma::load_matrix_sync(acc, S + tm * 16 * LD + tn * 16, LD, wmma::mem_row_major);
-            mma_acc<frag_a_col, frag_b_row, false, true, C>(acc, Dl + tm * 16, LJ, Kds + tn * 16, LD);
+            mma_acc<frag_a_col, frag_b_row, false, true, C, SPLIT>(acc, Dl + tm * 16, LJ, Kds + tn * 16, LD);
             wmma::store_matrix_sync(S + tm * 16 * LD + tn * 16, acc, LD, wmma::mem_row_major);
         }
         __syncthreads();
@@ -352,7 +416,7 @@ __host__ __device__ constexpr size_t out_floats()
 }
 
 /* Outputs of one chunk, OB columns: O = (e^gamma Q) H^T + P Dl. */
-template <int D, int C>
+template <int D, int C, bool SPLIT>
 __global__ void __launch_bounds__(kThreads) chunk_out_kernel(chunk_args a)
 {
     using L = chunk_layout<D, C>;
@@ -367,14 +431,22 @@ __global__ void __launch_bounds__(kThreads) chunk_out_kernel(chunk_args a)
     const long long t0 = (a.c_first + c) * C;
     const float *in = chunk_scratch<D, C>(a, b, h, c);
     load_chunk<D, C, false>(a, nullptr, Qs, gam, bet, b, h, t0);
+    if (threadIdx.x < C)
+        bet[threadIdx.x] = expf(gam[threadIdx.x]); /* beta is not needed here: e^gamma in its place */
+    __syncthreads();
     for (int x = threadIdx.x; x < C * D; x += kThreads)
-        Qs[x / D * LD + x % D] *= expf(gam[x / D]);
-    for (int x = threadIdx.x; x < OB * D; x += kThreads)
-        Hs[x / D * LD + x % D] = in[L::H + (size_t)j0 * D + x];
-    for (int x = threadIdx.x; x < C * C; x += kThreads)
-        P[x / C * LC + x % C] = in[L::P + x];
-    for (int x = threadIdx.x; x < C * OB; x += kThreads)
-        Dl[x / OB * LO + x % OB] = in[L::U + (size_t)(x / OB) * D + j0 + x % OB];
+        Qs[x / D * LD + x % D] *= bet[x / D];
+    {
+        block_regs<OB, D> hr;
+        block_regs<C, C> pr;
+        block_regs<C, OB> dr;
+        hr.load(in + L::H + (size_t)j0 * D, D);
+        pr.load(in + L::P, C);
+        dr.load(in + L::U + j0, D);
+        hr.store(Hs, LD);
+        pr.store(P, LC);
+        dr.store(Dl, LO);
+    }
     __syncthreads();
     constexpr int PER_WARP = (NT * NO + kWarps - 1) / kWarps;
     frag_acc acc[PER_WARP];
@@ -384,8 +456,8 @@ __global__ void __launch_bounds__(kThreads) chunk_out_kernel(chunk_args a)
         if (tile >= NT * NO)
             break;
         wmma::fill_fragment(acc[r], 0.0f);
-        mma_acc<frag_a_row, frag_b_col, true, false, D>(acc[r], Qs + tm * 16 * LD, LD, Hs + tn * 16 * LD, LD);
-        mma_acc<frag_a_row, frag_b_row, true, true, C>(acc[r], P + tm * 16 * LC, LC, Dl + tn * 16, LO);
+        mma_acc<frag_a_row, frag_b_col, true, false, D, SPLIT>(acc[r], Qs + tm * 16 * LD, LD, Hs + tn * 16 * LD, LD);
+        mma_acc<frag_a_row, frag_b_row, true, true, C, SPLIT>(acc[r], P + tm * 16 * LC, LC, Dl + tn * 16, LO);
     }
     __syncthreads();
 #pragma unroll
@@ -450,17 +522,17 @@ gdn_status allow_smem(Kernel kernel, size_t bytes)
                           "chunked form: kernel shared memory");
 }
 
-template <int D, int C>
+template <int D, int C, bool SPLIT>
 gdn_status run(gdn_cuda_context *context, chunk_args a, long long B)
 {
     constexpr int JB = rows_per_block<D>(), OB = out_columns<D>();
     const size_t prep_smem = prep_floats<D, C>() * sizeof(float), scan_smem = scan_floats<D, C, JB>() * sizeof(float);
     const size_t out_smem = out_floats<D, C>() * sizeof(float);
-    gdn_status st = allow_smem(chunk_prep_kernel<D, C>, prep_smem);
+    gdn_status st = allow_smem(chunk_prep_kernel<D, C, SPLIT>, prep_smem);
     if (st == GDN_OK)
-        st = allow_smem(chunk_scan_kernel<D, C, JB>, scan_smem);
+        st = allow_smem(chunk_scan_kernel<D, C, JB, SPLIT>, scan_smem);
     if (st == GDN_OK)
-        st = allow_smem(chunk_out_kernel<D, C>, out_smem);
+        st = allow_smem(chunk_out_kernel<D, C, SPLIT>, out_smem);
     const long long chunks = (a.n + C - 1) / C;
     const size_t per_chunk = (size_t)B * a.Hv * chunk_layout<D, C>::FLOATS * sizeof(float);
     long long window = (long long)(kScratchBytes / per_chunk);
@@ -473,28 +545,29 @@ gdn_status run(gdn_cuda_context *context, chunk_args a, long long B)
         a.c_count = chunks - first < window ? chunks - first : window;
         a.first_window = first == 0;
         const dim3 per_chunk_grid((unsigned)a.c_count, a.Hv, (unsigned)B);
-        chunk_prep_kernel<D, C><<<per_chunk_grid, kThreads, prep_smem, context->stream>>>(a);
+        chunk_prep_kernel<D, C, SPLIT><<<per_chunk_grid, kThreads, prep_smem, context->stream>>>(a);
         st = gdn_cuda_check(cudaGetLastError(), "chunked form: prep kernel launch");
         if (st != GDN_OK)
             break;
-        chunk_scan_kernel<D, C, JB><<<dim3(D / JB, a.Hv, (unsigned)B), kThreads, scan_smem, context->stream>>>(a);
+        const dim3 scan_grid(D / JB, a.Hv, (unsigned)B);
+        chunk_scan_kernel<D, C, JB, SPLIT><<<scan_grid, kThreads, scan_smem, context->stream>>>(a);
         st = gdn_cuda_check(cudaGetLastError(), "chunked form: scan kernel launch");
         if (st != GDN_OK)
             break;
         const dim3 out_grid((unsigned)a.c_count, a.Hv * (D / OB), (unsigned)B);
-        chunk_out_kernel<D, C><<<out_grid, kThreads, out_smem, context->stream>>>(a);
+        chunk_out_kernel<D, C, SPLIT><<<out_grid, kThreads, out_smem, context->stream>>>(a);
         st = gdn_cuda_check(cudaGetLastError(), "chunked form: output kernel launch");
     }
     return st;
 }
 
 template <int D>
-gdn_status run_for_chunk(gdn_cuda_context *context, const chunk_args &a, long long B, int64_t chunk)
+gdn_status run_for_chunk(gdn_cuda_context *context, const chunk_args &a, long long B, int64_t chunk, bool tf32)
 {
     switch (chunk) {
-    case 16: return run<D, 16>(context, a, B);
-    case 32: return run<D, 32>(context, a, B);
-    case 64: return run<D, 64>(context, a, B);
+    case 16: return tf32 ? run<D, 16, false>(context, a, B) : run<D, 16, true>(context, a, B);
+    case 32: return tf32 ? run<D, 32, false>(context, a, B) : run<D, 32, true>(context, a, B);
+    case 64: return tf32 ? run<D, 64, false>(context, a, B) : run<D, 64, true>(context, a, B);
     default:
         return gdn_fail(GDN_ERROR_UNSUPPORTED, "gated_delta_net: chunk=%lld has no CUDA kernel", (long long)chunk);
     }
@@ -536,12 +609,13 @@ gdn_status gdn_cuda_gated_delta_net_chunked(gdn_backend *backend, const gdn_gate
     a.c_first = a.c_count = 0;
     a.first_window = 1;
     a.scratch = nullptr;
+    const bool tf32 = params->chunk_tf32 != 0;
     switch (shape->D) {
-    case 16: return run_for_chunk<16>(context, a, shape->B, chunk);
-    case 32: return run_for_chunk<32>(context, a, shape->B, chunk);
-    case 64: return run_for_chunk<64>(context, a, shape->B, chunk);
-    case 128: return run_for_chunk<128>(context, a, shape->B, chunk);
-    case 256: return run_for_chunk<256>(context, a, shape->B, chunk);
+    case 16: return run_for_chunk<16>(context, a, shape->B, chunk, tf32);
+    case 32: return run_for_chunk<32>(context, a, shape->B, chunk, tf32);
+    case 64: return run_for_chunk<64>(context, a, shape->B, chunk, tf32);
+    case 128: return run_for_chunk<128>(context, a, shape->B, chunk, tf32);
+    case 256: return run_for_chunk<256>(context, a, shape->B, chunk, tf32);
     default:
         return gdn_fail(GDN_ERROR_UNSUPPORTED, "gated_delta_net: D=%lld has no chunked CUDA kernel",
                         (long long)shape->D);
