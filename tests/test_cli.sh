@@ -205,6 +205,20 @@ then ok; else fail "gdn bench --scheme: $(cat "$work/op4.json" "$work/op12.json"
 "$gdn" bench --stack --backend cpu --passes sideways >/dev/null 2>&1 && fail "bad --passes accepted" || ok
 "$gdn" bench --stack --backend cpu --scheme sideways >/dev/null 2>&1 && fail "bad --scheme accepted" || ok
 "$gdn" bench --stack --help >"$work/help" 2>&1 && grep -q -- '--passes' "$work/help" && ok || fail "gdn bench --stack --help"
+# gdn bench --prefill: one JSON row per (T, B), both forms timed, errors against float64 small
+"$gdn" bench --prefill --help >"$work/help" 2>&1 && grep -q -- '--chunk' "$work/help" && ok || fail "gdn bench --prefill --help"
+if "$gdn" bench --prefill --backend cpu --tokens 40,100 --reps 1 --check --json >"$work/prefill.json" 2>"$work/err" &&
+  python3 - "$work/prefill.json" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+assert [(r["T"], r["B"]) for r in rows] == [(40, 1), (100, 1)], rows
+for r in rows:
+    assert r["serial_ms"] > 0 and r["chunked_ms"] > 0 and r["chunk"] == 32, r
+    assert r["serial_o_max_rel"] < 1e-5 and r["chunked_o_max_rel"] < 1e-4 and r["chunked_state_max_rel"] < 1e-4, r
+    assert r["auto"] == ("chunked" if r["T"] >= 128 else "serial"), r
+PY
+then ok; else fail "gdn bench --prefill: $(cat "$work/prefill.json" "$work/err")"; fi
+"$gdn" bench --prefill --backend cpu --chunk 48 >/dev/null 2>&1 && fail "bad --chunk accepted" || ok
 
 # gdn check spec: speculative decoding with rollback against sequential decoding, bit for bit,
 # on the CPU (every acceptance pattern) and on CUDA where present.
