@@ -12,7 +12,8 @@ Each OUTDIR/gdn_golden_<name>.safetensors holds the op's inputs in the layout of
   expected_states  [N,B,Hv,Dv,Dk]        newest first: the state after the last T-s tokens,
                                          from the same function run on each prefix
   expected_o_chunk [B,T,Hv,Dv]           torch_chunk_gated_delta_rule (a second algorithm)
-transformers computes in float32, so the expected values carry float32 rounding.
+transformers computes in float32, so the expected values carry float32 rounding. The prefill_*
+cases are long enough for the op's own chunked form, which test_golden also runs.
 """
 import os
 import sys
@@ -30,6 +31,9 @@ CASES = [
     ("tiled_plain", 1, 4, 2, 6, 64, 4, "tiled", 0),
     ("decode_d128", 3, 1, 1, 2, 128, 1, "interleaved", 1),
     ("k_above_t", 1, 7, 2, 2, 16, 9, "tiled", 1),
+    # long enough for the op's chunked form (prefill): several chunks, then the last K token by token
+    ("prefill_t200", 1, 200, 2, 4, 64, 2, "interleaved", 1),
+    ("prefill_t150", 2, 150, 1, 2, 32, 1, "tiled", 1),
 ]
 
 

@@ -13,11 +13,14 @@ static const char *golden_files[] = {
     "gdn_golden_tiled_plain.safetensors",
     "gdn_golden_decode_d128.safetensors",
     "gdn_golden_k_above_t.safetensors",
+    "gdn_golden_prefill_t200.safetensors",
+    "gdn_golden_prefill_t150.safetensors",
 };
 
 /* Both sides are float32 computations of the same function (transformers in torch, ours), each
- * within ~1e-6 relative of the exact result, so 2e-5 relative (L2 over the tensor) is ample.
- * The chunked algorithm rounds differently (a triangular solve per chunk): 1e-4. */
+ * within ~1e-6 relative of the exact result, so 2e-5 relative (L2 over the tensor) is ample; our
+ * chunked form included (~5e-6 measured, docs/PERF.md). transformers' chunked algorithm rounds
+ * differently (a triangular solve per chunk): 1e-4. */
 #define TOL_RECURRENT 2e-5
 #define TOL_CHUNKED 1e-4
 
@@ -67,8 +70,9 @@ static gdn_status read_params(const gdn_safetensors *f, gdn_gated_delta_net_para
     return GDN_OK;
 }
 
-/* Run the golden file's inputs through one backend and compare with its expected outputs. */
-static void run_golden(const test_backend *tb, const char *name, const gdn_safetensors *f)
+/* Run the golden file's inputs through one backend and compare with its expected outputs;
+ * `chunk` is params.chunk (0: the backend's choice; 32: the chunked form; -1: token by token). */
+static void run_golden(const test_backend *tb, const char *name, const gdn_safetensors *f, int chunk)
 {
     static const char *input_names[6] = {"q", "k", "v", "g", "beta", "state"};
     gdn_tensor in[6], expected_o, expected_states, expected_chunk;
@@ -82,6 +86,7 @@ static void run_golden(const test_backend *tb, const char *name, const gdn_safet
     CHECK(ok, "%s: missing tensors or metadata", name);
     if (!ok)
         return;
+    p.chunk = chunk;
 
     /* Stage inputs and outputs on the backend (guarded buffers). */
     test_buffer bufs[8];
@@ -103,7 +108,8 @@ static void run_golden(const test_backend *tb, const char *name, const gdn_safet
     if (st == GDN_OK && o && s) {
         int guards = test_buffer_download(&bufs[6], o) && test_buffer_download(&bufs[7], s);
         CHECK(guards, "%s %s: guard region overwritten", tb->label, name);
-        printf("  %s %s\n", tb->label, name);
+        const char *form = chunk > 0 ? " (chunked form)" : chunk < 0 ? " (token by token)" : "";
+        printf("  %s %s%s\n", tb->label, name, form);
         compare("o", name, &expected_o, o, &expected_o, TOL_RECURRENT);
         compare("states", name, &expected_states, s, &expected_states, TOL_RECURRENT);
         compare("o (vs chunked)", name, &expected_chunk, o, &expected_chunk, TOL_CHUNKED);
@@ -152,8 +158,15 @@ int main(int argc, char **argv)
             continue;
         const char *source = gdn_safetensors_metadata(f, "source");
         printf("%s (%s)\n", golden_files[i], source ? source : "no source recorded");
-        for (int b = 0; b < n; b++)
-            run_golden(&backends[b], golden_files[i], f);
+        gdn_tensor q;
+        const int prefill = gdn_safetensors_get(f, "q", &q) == GDN_OK && q.ne[2] > 64;
+        for (int b = 0; b < n; b++) {
+            run_golden(&backends[b], golden_files[i], f, 0);
+            if (prefill) { /* both forms, whatever the backend would choose */
+                run_golden(&backends[b], golden_files[i], f, -1);
+                run_golden(&backends[b], golden_files[i], f, 32);
+            }
+        }
         gdn_safetensors_free(f);
     }
     test_backends_close(backends, n);
