@@ -35,6 +35,28 @@ else
   fail "gdn op --backend cuda: $(cat "$work/err")"
 fi
 
+# a prompt of 200 tokens: the CPU takes the chunked form by itself, and both forms match the
+# transformers recurrence (metadata chunk -1 and 32 derived from the golden file)
+prefill=$golden_dir/gdn_golden_prefill_t200.safetensors
+if "$gdn" op gated_delta_net --in "$prefill" --out "$work/prefill.safetensors" --backend cpu &&
+  "$test_golden" --compare "$work/prefill.safetensors" "$prefill"; then ok; else fail "gdn op on a prefill golden file"; fi
+python3 - "$prefill" "$work" <<'PY'
+import json, struct, sys
+raw = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+header = json.loads(raw[8:8 + n])
+for chunk in ("-1", "32"):
+    header["__metadata__"]["chunk"] = chunk
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    open(f"{sys.argv[2]}/prefill_chunk{chunk}.safetensors", "wb").write(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+PY
+for chunk in -1 32; do
+  if "$gdn" op gated_delta_net --in "$work/prefill_chunk$chunk.safetensors" --out "$work/p$chunk.safetensors" \
+      --backend cpu && "$test_golden" --compare "$work/p$chunk.safetensors" "$prefill"; then ok
+  else fail "gdn op with metadata chunk=$chunk"; fi
+done
+
 # bad input: derived files written with python's standard library only
 python3 - "$golden" "$work" <<'PY'
 import json, struct, sys
@@ -62,7 +84,8 @@ write("missing_q", header, {k: v for k, v in tensors.items() if k != "q"})
 t = dict(tensors); t["q"] = ("I32",) + t["q"][1:]; write("q_i32", header, t)
 t = dict(tensors); s = t["q"][1]; t["q"] = ("F32", [s[1], s[0]] + s[2:], t["q"][2]); write("q_swapped", header, t)
 t = dict(tensors); s = t["g"][1]; t["g"] = ("F32", [s[0] * s[1], s[2]], t["g"][2]); write("g_2dims", header, t)
-for key, value in [("K", "zero"), ("K", "0"), ("broadcast", "diagonal"), ("l2norm", "2"), ("scale", "-1")]:
+for key, value in [("K", "zero"), ("K", "0"), ("broadcast", "diagonal"), ("l2norm", "2"), ("scale", "-1"),
+                   ("chunk", "48")]:
     h = dict(header); h["__metadata__"] = dict(meta, **{key: value}); write(f"meta_{key}_{value}", h, tensors)
 open(f"{work}/garbage.safetensors", "wb").write(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
 # the state stored as BF16 (nearest even): a good input whose outputs follow (checked below)

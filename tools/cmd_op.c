@@ -19,6 +19,9 @@ static const char usage[] =
     "             h / (Hv/Hk)\n"
     "  scale      multiplier of S q, a positive number (default 1/sqrt(Dk))\n"
     "  l2norm     0 | 1 (default 0): L2-normalise q and k inside the op\n"
+    "  chunk      0 | -1 | 16 | 32 | 64 (default 0): the chunked (prefill) form: 0 lets the\n"
+    "             backend choose it for long T (the CPU from T = 128; include/gdn.h), -1 never,\n"
+    "             16/32/64 always, with chunks of that many tokens\n"
     "OUT receives o [B,T,Hv,Dv] and states [min(T,K),B,Hv,Dv,Dk], newest first (states[0] is the\n"
     "state after the last token), states in the dtype of state (BF16: rounded after every token).\n"
     "Requires Dk = Dv in {16,32,64,128,256} and Hv a multiple of Hk.\n"
@@ -71,6 +74,14 @@ static int read_params(const gdn_safetensors *file, const char *path, gdn_gated_
             return 0;
         }
         p->l2norm = text[0] == '1';
+    }
+    if ((text = gdn_safetensors_metadata(file, "chunk")) != NULL) {
+        long chunk;
+        if (!gdn_tool_parse_int(text, -1, 64, &chunk) || (chunk > 0 && chunk != 16 && chunk != 32 && chunk != 64)) {
+            fprintf(stderr, "gdn op: %s: metadata chunk='%s', expected 0, -1, 16, 32 or 64\n", path, text);
+            return 0;
+        }
+        p->chunk = (int32_t)chunk;
     }
     return 1;
 }
