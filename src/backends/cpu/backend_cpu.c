@@ -115,7 +115,7 @@ static gdn_status gdn_cpu_init(gdn_backend *backend, const gdn_backend_options *
     context->simd = simd;
     context->kernels = gdn_cpu_kernels_for(simd);
     /* From this T on, chunk 0 takes the chunked form (32-token chunks): on a 2-core EPYC VM
-     * (AVX2) it was 0.86x the token-by-token op at T = 64, 1.08x at 128, 1.30x at 256 and 1.41x
+     * (AVX2) it was 0.92x the token-by-token op at T = 64, 1.13x at 128, 1.40x at 256 and 1.6x
      * from 512 on (docs/PERF.md). */
     backend->chunk_min_tokens = 128;
     context->stream_threshold = gdn_cpu_l2_bytes() * (size_t)n_threads;

@@ -78,6 +78,18 @@ static inline float chunk_load(const gdn_tensor *t, int64_t i0, int64_t i1, int6
     return x;
 }
 
+/* Row (i1, i2, i3) of a [.., D] view into dst[0..D): one copy where the row is packed. */
+static inline void chunk_load_row(float *dst, const gdn_tensor *t, int64_t i1, int64_t i2, int64_t i3, int64_t D)
+{
+    const char *row = chunk_at(t, 0, i1, i2, i3);
+    if (t->nb[0] == sizeof(float)) {
+        memcpy(dst, row, (size_t)D * sizeof(float));
+        return;
+    }
+    for (int64_t i = 0; i < D; i++)
+        memcpy(&dst[i], row + (size_t)i * t->nb[0], sizeof(float));
+}
+
 /* x <- x / sqrt(|x|^2 + 1e-6) (fla's and Hugging Face's form), the sum in double. */
 static void chunk_l2_normalise(float *x, int64_t n)
 {
@@ -109,11 +121,9 @@ static void chunk_load_inputs(const gdn_cpu_chunk_job *job, gdn_cpu_chunk_buffer
             buf->gamma[t] = gamma;
             continue;
         }
-        for (int64_t i = 0; i < D; i++) {
-            k[i] = chunk_load(&a->k, i, hk, t0 + t, b);
-            q[i] = chunk_load(&a->q, i, hk, t0 + t, b);
-            d[i] = chunk_load(&a->v, i, h, t0 + t, b); /* v for now: the right-hand side below */
-        }
+        chunk_load_row(k, &a->k, hk, t0 + t, b, D);
+        chunk_load_row(q, &a->q, hk, t0 + t, b, D);
+        chunk_load_row(d, &a->v, h, t0 + t, b, D); /* v for now: the right-hand side below */
         if (job->l2norm) {
             chunk_l2_normalise(k, D);
             chunk_l2_normalise(q, D);
@@ -166,9 +176,14 @@ static void chunk_run(const gdn_cpu_chunk_job *job, gdn_cpu_chunk_buffers *buf, 
     /* Outputs: qs += Aqk D. */
     kern->gemm(C, D, C, buf->aqk, C, 1, buf->d, D, buf->qs, D);
     const gdn_gated_delta_net_args *a = job->args;
-    for (int64_t t = 0; t < count; t++)
-        for (int64_t j = 0; j < D; j++)
-            memcpy((char *)chunk_at(&a->o, j, h, t0 + t, b), &buf->qs[t * D + j], sizeof(float));
+    for (int64_t t = 0; t < count; t++) {
+        char *row = (char *)chunk_at(&a->o, 0, h, t0 + t, b);
+        if (a->o.nb[0] == sizeof(float))
+            memcpy(row, &buf->qs[t * D], (size_t)D * sizeof(float));
+        else
+            for (int64_t j = 0; j < D; j++)
+                memcpy(row + (size_t)j * a->o.nb[0], &buf->qs[t * D + j], sizeof(float));
+    }
     /* State: ST = e^gamma_C ST + Ktilde^T D, Ktilde[t] = e^(gamma_C - gamma_t) k_t (kept in k). */
     const float last = buf->gamma[C - 1], decay = expf(last);
     for (int64_t t = 0; t < C; t++) {
