@@ -175,6 +175,24 @@ static int build_gdn_states(gdn_graph *g, const gdn_tensor_id *leaf, gdn_tensor_
     return build_gdn(g, leaf, outs, n_outs, 0);
 }
 
+/* S3 as a prefill: T = 70 tokens in the chunked form (16-token chunks), its 3 snapshots copied
+ * into the cache pool (the pass hands the GDN node the pool's view, so the chunked form writes
+ * its oldest snapshot slot there and the last tokens run in place from it). */
+static int build_gdn_prefill(gdn_graph *g, const gdn_tensor_id *leaf, gdn_tensor_id *outs, int *n_outs)
+{
+    gdn_op_params p;
+    memset(&p, 0, sizeof p);
+    p.gated_delta_net = gdn_gated_delta_net_params_default();
+    p.gated_delta_net.n_snapshots = 3;
+    p.gated_delta_net.chunk = 16;
+    gdn_tensor_id o = inter(g, "o", 4, 16, 2, 70, 2, 1), states = inter(g, "states", 5, 16, 16, 2, 2, 3);
+    outs[(*n_outs)++] = o;
+    return add_node(g, GDN_OP_GATED_DELTA_NET, &p, 6, 2, leaf[0], leaf[1], leaf[2], leaf[3], leaf[4], leaf[5], o,
+                    states) &&
+           add_node(g, GDN_OP_CPY, NULL, 1, 1, states, cache_states_view(g, leaf[6])) &&
+           gdn_graph_mark_output(g, o) == GDN_OK;
+}
+
 static int build_gdn_both(gdn_graph *g, const gdn_tensor_id *leaf, gdn_tensor_id *outs, int *n_outs)
 {
     return build_gdn(g, leaf, outs, n_outs, 1);
@@ -367,6 +385,15 @@ static void reference_matmul_add(const run *r)
     {"state", GDN_DTYPE_F32, 4, {16, 16, 2, 2, 1, 1}, GDN_GRAPH_INPUT, DIST_STATE},             \
     {"ssm_pool", GDN_DTYPE_F32, 5, {16, 16, 2, 3, 3, 1}, GDN_GRAPH_PERSISTENT, DIST_STATE}
 
+#define GDN_PREFILL_LEAVES                                                                      \
+    {"q", GDN_DTYPE_F32, 4, {16, 1, 70, 2, 1, 1}, GDN_GRAPH_INPUT, DIST_NORMAL},                \
+    {"k", GDN_DTYPE_F32, 4, {16, 1, 70, 2, 1, 1}, GDN_GRAPH_INPUT, DIST_K},                     \
+    {"v", GDN_DTYPE_F32, 4, {16, 2, 70, 2, 1, 1}, GDN_GRAPH_INPUT, DIST_NORMAL},                \
+    {"g", GDN_DTYPE_F32, 3, {2, 70, 2, 1, 1, 1}, GDN_GRAPH_INPUT, DIST_DECAY},                  \
+    {"beta", GDN_DTYPE_F32, 3, {2, 70, 2, 1, 1, 1}, GDN_GRAPH_INPUT, DIST_BETA},                \
+    {"state", GDN_DTYPE_F32, 4, {16, 16, 2, 2, 1, 1}, GDN_GRAPH_INPUT, DIST_STATE},             \
+    {"ssm_pool", GDN_DTYPE_F32, 5, {16, 16, 2, 3, 3, 1}, GDN_GRAPH_PERSISTENT, DIST_STATE}
+
 static const scenario scenarios[] = {
     {"rms_norm -> mul -> silu -> cpy into a cache slot",
      {X_LEAF, {"w", GDN_DTYPE_F32, 1, {37, 1, 1, 1, 1, 1}, GDN_GRAPH_INPUT, DIST_WEIGHT}, CACHE_LEAF},
@@ -410,6 +437,8 @@ static const scenario scenarios[] = {
       {"x", GDN_DTYPE_F32, 2, {37, 5, 1, 1, 1, 1}, GDN_GRAPH_INPUT, DIST_NORMAL},
       {"out", GDN_DTYPE_F32, 3, {19, 5, 4, 1, 1, 1}, GDN_GRAPH_PERSISTENT, DIST_NORMAL}},
      build_matmul_slice, 2, 1, 2, 1, 0, "does not declare a strided destination 0", 1, NULL},
+    {"gated_delta_net prefill (chunked form, T=70) states -> cpy into the cache pool", {GDN_PREFILL_LEAVES},
+     build_gdn_prefill, 2, 1, 1, 0, 2 * 3072 * 4, NULL, 0, NULL},
 };
 #define N_SCENARIOS ((int)(sizeof scenarios / sizeof scenarios[0]))
 
