@@ -324,6 +324,23 @@ int64_t gdn_backend_chunk_min_tokens(const gdn_backend *backend);
 gdn_status gdn_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_net_params *params,
                                const gdn_gated_delta_net_args *args);
 
+/* Variable-length batches: n_seq sequences of different lengths in one call (the prefill of
+ * several prompts). The tokens of all sequences lie one after another:
+ *     q, k     [1, Ttot, Hk, Dk]       v, o  [1, Ttot, Hv, Dv]       g, beta  [1, Ttot, Hv]
+ * and sequence b owns tokens offsets[b] .. offsets[b+1]-1: `offsets` holds n_seq + 1 values in
+ * host memory, offsets[0] = 0, strictly increasing, offsets[n_seq] = Ttot. state is
+ * [n_seq, Hv, Dv, Dk] (or a pool with state_index [n_seq]); states is [N, n_seq, Hv, Dv, Dk]
+ * with N = min(K, the longest sequence) (or a pool with states_index [n_seq]); sequence b writes
+ * its min(length, K) newest snapshots to states[0..] of its slot and leaves the others of its
+ * slot as they were. The rules of gdn_gated_delta_net apply per sequence (dtypes, strides, the
+ * in-place rule; index values as if every sequence wrote N snapshots). Each sequence runs as a
+ * call of the op on its own tokens (token by token or chunked by its own length, as params say),
+ * one after another: the results are those of n_seq calls, without batching them into one
+ * kernel. Everything is validated before the first sequence runs, so bad input writes nothing;
+ * index values in device memory are read on the host (a sync on CUDA). */
+gdn_status gdn_gated_delta_net_varlen(gdn_backend *backend, const gdn_gated_delta_net_params *params,
+                                      const gdn_gated_delta_net_args *args, const int32_t *offsets, int64_t n_seq);
+
 /* ------------------------------------------------------------------------------------------
  * The replay form of the Gated DeltaNet op (the replay scheme of speculative decoding)
  *

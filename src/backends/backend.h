@@ -72,6 +72,12 @@ struct gdn_backend {
 void gdn_backend_count_op(gdn_backend *backend, const gdn_op_call *call);
 void gdn_backend_count_gdn(gdn_backend *backend, const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape);
 
+/* gdn_gated_delta_net_check_index on index values that may be in device memory: read to the host
+ * through the backend (a sync on CUDA), then checked (gdn_op.c). The chunked form and varlen
+ * batches check this way before anything runs. */
+gdn_status gdn_gated_delta_net_check_index_host(gdn_backend *backend, const gdn_gated_delta_net_args *args,
+                                                const gdn_gdn_shape *shape);
+
 /* Run a validated gated_delta_net call (shape from gdn_gated_delta_net_check; not the replay
  * form): token by token through the backend's entry, or in the chunked form where params and
  * the backend choose it (gdn_op.c). Counts nothing. */

@@ -475,10 +475,8 @@ static gdn_status chunk_of(const gdn_backend *backend, const gdn_gated_delta_net
     return GDN_OK;
 }
 
-/* Check the index values of a chunked call on the host (they may be in device memory): the
- * chunked kernels then trust them. */
-static gdn_status check_index_on_host(gdn_backend *backend, const gdn_gated_delta_net_args *args,
-                                      const gdn_gdn_shape *shape)
+gdn_status gdn_gated_delta_net_check_index_host(gdn_backend *backend, const gdn_gated_delta_net_args *args,
+                                                const gdn_gdn_shape *shape)
 {
     if (!shape->indexed && !shape->write_indexed)
         return GDN_OK;
@@ -523,7 +521,7 @@ gdn_status gdn_gated_delta_net_dispatch(gdn_backend *backend, const gdn_gated_de
         return st;
     if (chunk == 0)
         return backend->ops->gated_delta_net(backend, params, args, shape);
-    if ((st = check_index_on_host(backend, args, shape)) != GDN_OK)
+    if ((st = gdn_gated_delta_net_check_index_host(backend, args, shape)) != GDN_OK)
         return st;
     /* Tokens 0 .. n-1 in chunks, leaving the state in the oldest snapshot's slot; then the
      * last N tokens token by token from there, in place, writing the N snapshots. */
