@@ -376,23 +376,17 @@ static void reference_matmul_add(const run *r)
 #define X_LEAF {"x", GDN_DTYPE_F32, 2, {37, 3, 1, 1, 1, 1}, GDN_GRAPH_INPUT, DIST_NORMAL}
 #define X2_LEAF {"x2", GDN_DTYPE_F32, 2, {37, 3, 1, 1, 1, 1}, GDN_GRAPH_INPUT, DIST_NORMAL}
 #define CACHE_LEAF {"cache", GDN_DTYPE_F32, 3, {37, 3, 5, 1, 1, 1}, GDN_GRAPH_PERSISTENT, DIST_NORMAL}
-#define GDN_LEAVES                                                                              \
-    {"q", GDN_DTYPE_F32, 4, {16, 1, 4, 2, 1, 1}, GDN_GRAPH_INPUT, DIST_NORMAL},                 \
-    {"k", GDN_DTYPE_F32, 4, {16, 1, 4, 2, 1, 1}, GDN_GRAPH_INPUT, DIST_K},                      \
-    {"v", GDN_DTYPE_F32, 4, {16, 2, 4, 2, 1, 1}, GDN_GRAPH_INPUT, DIST_NORMAL},                 \
-    {"g", GDN_DTYPE_F32, 3, {2, 4, 2, 1, 1, 1}, GDN_GRAPH_INPUT, DIST_DECAY},                   \
-    {"beta", GDN_DTYPE_F32, 3, {2, 4, 2, 1, 1, 1}, GDN_GRAPH_INPUT, DIST_BETA},                 \
+/* The GDN scenarios' leaves for T tokens (D 16, Hk 1, Hv 2, B 2; a cache pool of 3 slots x 3 groups). */
+#define GDN_LEAVES_T(T)                                                                         \
+    {"q", GDN_DTYPE_F32, 4, {16, 1, T, 2, 1, 1}, GDN_GRAPH_INPUT, DIST_NORMAL},                 \
+    {"k", GDN_DTYPE_F32, 4, {16, 1, T, 2, 1, 1}, GDN_GRAPH_INPUT, DIST_K},                      \
+    {"v", GDN_DTYPE_F32, 4, {16, 2, T, 2, 1, 1}, GDN_GRAPH_INPUT, DIST_NORMAL},                 \
+    {"g", GDN_DTYPE_F32, 3, {2, T, 2, 1, 1, 1}, GDN_GRAPH_INPUT, DIST_DECAY},                   \
+    {"beta", GDN_DTYPE_F32, 3, {2, T, 2, 1, 1, 1}, GDN_GRAPH_INPUT, DIST_BETA},                 \
     {"state", GDN_DTYPE_F32, 4, {16, 16, 2, 2, 1, 1}, GDN_GRAPH_INPUT, DIST_STATE},             \
     {"ssm_pool", GDN_DTYPE_F32, 5, {16, 16, 2, 3, 3, 1}, GDN_GRAPH_PERSISTENT, DIST_STATE}
-
-#define GDN_PREFILL_LEAVES                                                                      \
-    {"q", GDN_DTYPE_F32, 4, {16, 1, 70, 2, 1, 1}, GDN_GRAPH_INPUT, DIST_NORMAL},                \
-    {"k", GDN_DTYPE_F32, 4, {16, 1, 70, 2, 1, 1}, GDN_GRAPH_INPUT, DIST_K},                     \
-    {"v", GDN_DTYPE_F32, 4, {16, 2, 70, 2, 1, 1}, GDN_GRAPH_INPUT, DIST_NORMAL},                \
-    {"g", GDN_DTYPE_F32, 3, {2, 70, 2, 1, 1, 1}, GDN_GRAPH_INPUT, DIST_DECAY},                  \
-    {"beta", GDN_DTYPE_F32, 3, {2, 70, 2, 1, 1, 1}, GDN_GRAPH_INPUT, DIST_BETA},                \
-    {"state", GDN_DTYPE_F32, 4, {16, 16, 2, 2, 1, 1}, GDN_GRAPH_INPUT, DIST_STATE},             \
-    {"ssm_pool", GDN_DTYPE_F32, 5, {16, 16, 2, 3, 3, 1}, GDN_GRAPH_PERSISTENT, DIST_STATE}
+#define GDN_LEAVES GDN_LEAVES_T(4)
+#define GDN_PREFILL_LEAVES GDN_LEAVES_T(70)
 
 static const scenario scenarios[] = {
     {"rms_norm -> mul -> silu -> cpy into a cache slot",
