@@ -503,15 +503,6 @@ gdn_status gdn_gated_delta_net_check_index_host(gdn_backend *backend, const gdn_
     return st;
 }
 
-/* View `t` from token `first`, `count` tokens long, along its token dim `dim`. */
-static gdn_tensor token_range(const gdn_tensor *t, int dim, int64_t first, int64_t count)
-{
-    gdn_tensor r = *t;
-    r.data = (char *)t->data + (size_t)first * t->nb[dim];
-    r.ne[dim] = count;
-    return r;
-}
-
 gdn_status gdn_gated_delta_net_dispatch(gdn_backend *backend, const gdn_gated_delta_net_params *params,
                                         const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape)
 {
@@ -535,12 +526,12 @@ gdn_status gdn_gated_delta_net_dispatch(gdn_backend *backend, const gdn_gated_de
     if (st != GDN_OK)
         return st;
     gdn_gated_delta_net_args tail = *args;
-    tail.q = token_range(&args->q, 2, n, N);
-    tail.k = token_range(&args->k, 2, n, N);
-    tail.v = token_range(&args->v, 2, n, N);
-    tail.o = token_range(&args->o, 2, n, N);
-    tail.g = token_range(&args->g, 1, n, N);
-    tail.beta = token_range(&args->beta, 1, n, N);
+    tail.q = gdn_view_range(&args->q, 2, n, N);
+    tail.k = gdn_view_range(&args->k, 2, n, N);
+    tail.v = gdn_view_range(&args->v, 2, n, N);
+    tail.o = gdn_view_range(&args->o, 2, n, N);
+    tail.g = gdn_view_range(&args->g, 1, n, N);
+    tail.beta = gdn_view_range(&args->beta, 1, n, N);
     tail.state = final;
     tail.state_index = shape->write_indexed ? args->states_index : (gdn_tensor){0};
     gdn_gated_delta_net_params serial = *params;

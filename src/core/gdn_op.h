@@ -58,6 +58,15 @@ gdn_gdn_fold gdn_gated_delta_net_fold_of(const gdn_gated_delta_net_replay_args *
 gdn_status gdn_gated_delta_net_check_index(const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape,
                                            int *in_place);
 
+/* Elements [first, first + count) of `t` along dim `dim` (a view of the same memory). */
+static inline gdn_tensor gdn_view_range(const gdn_tensor *t, int dim, int64_t first, int64_t count)
+{
+    gdn_tensor r = *t;
+    r.data = (char *)t->data + (size_t)first * t->nb[dim];
+    r.ne[dim] = count;
+    return r;
+}
+
 /* Value head h -> q/k head. */
 static inline int64_t gdn_qk_head(gdn_broadcast broadcast, int64_t h, int64_t Hk, int64_t Hv)
 {

@@ -11,15 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Elements [first, first + count) of `t` along `dim`. */
-static gdn_tensor range_of(const gdn_tensor *t, int dim, int64_t first, int64_t count)
-{
-    gdn_tensor r = *t;
-    r.data = (char *)t->data + (size_t)first * t->nb[dim];
-    r.ne[dim] = count;
-    return r;
-}
-
 /* The offsets: n_seq + 1 values, 0 first, strictly increasing, `total` last. */
 static gdn_status check_offsets(const int32_t *offsets, int64_t n_seq, int64_t total, int64_t *longest)
 {
@@ -29,8 +20,8 @@ static gdn_status check_offsets(const int32_t *offsets, int64_t n_seq, int64_t t
     *longest = 0;
     for (int64_t b = 0; b < n_seq; b++) {
         if (offsets[b + 1] <= offsets[b])
-            return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net_varlen: offsets[%lld]=%d after offsets[%lld]=%d: "
-                            "sequence %lld would have no token (offsets must increase strictly)", (long long)b + 1,
+            return gdn_fail(GDN_ERROR_INVALID_ARGUMENT, "gated_delta_net_varlen: offsets[%lld]=%d after "
+                            "offsets[%lld]=%d: sequence %lld would have no token (offsets must increase strictly)", (long long)b + 1,
                             (int)offsets[b + 1], (long long)b, (int)offsets[b], (long long)b);
         const int64_t length = (int64_t)offsets[b + 1] - offsets[b];
         *longest = length > *longest ? length : *longest;
@@ -128,21 +119,21 @@ gdn_status gdn_gated_delta_net_varlen(gdn_backend *backend, const gdn_gated_delt
         const int64_t first = offsets[b], length = (int64_t)offsets[b + 1] - offsets[b];
         gdn_gated_delta_net_args *s = &sub[b];
         *s = *args;
-        s->q = range_of(&args->q, 2, first, length);
-        s->k = range_of(&args->k, 2, first, length);
-        s->v = range_of(&args->v, 2, first, length);
-        s->o = range_of(&args->o, 2, first, length);
-        s->g = range_of(&args->g, 1, first, length);
-        s->beta = range_of(&args->beta, 1, first, length);
+        s->q = gdn_view_range(&args->q, 2, first, length);
+        s->k = gdn_view_range(&args->k, 2, first, length);
+        s->v = gdn_view_range(&args->v, 2, first, length);
+        s->o = gdn_view_range(&args->o, 2, first, length);
+        s->g = gdn_view_range(&args->g, 1, first, length);
+        s->beta = gdn_view_range(&args->beta, 1, first, length);
         if (indexed)
-            s->state_index = range_of(&args->state_index, 0, b, 1);
+            s->state_index = gdn_view_range(&args->state_index, 0, b, 1);
         else
-            s->state = range_of(&args->state, 3, b, 1);
-        s->states = range_of(&args->states, 4, 0, length < K ? length : K);
+            s->state = gdn_view_range(&args->state, 3, b, 1);
+        s->states = gdn_view_range(&args->states, 4, 0, length < K ? length : K);
         if (write_indexed)
-            s->states_index = range_of(&args->states_index, 0, b, 1);
+            s->states_index = gdn_view_range(&args->states_index, 0, b, 1);
         else
-            s->states = range_of(&s->states, 3, b, 1);
+            s->states = gdn_view_range(&s->states, 3, b, 1);
         st = gdn_gated_delta_net_check(params, s, GDN_DTYPE_F32, &shape[b]);
         if (st != GDN_OK) {
             char why[512];
