@@ -1,39 +1,42 @@
 /* gdn_cuda_chunk.cu: the chunked form of the Gated DeltaNet op on CUDA (include/gdn.h, "The
  * chunked form"), with the chunk's matrix products on tensor cores.
  *
- * Three kernels per window of chunks (the window bounds the scratch), the split fla makes:
+ * Two kernels per window of chunks (the window bounds the scratch):
  *   prep (one block per chunk, head and sequence; all chunks in parallel): the chunk's k and q
  *     (normalised and scaled as the op asks), gamma (running sum of g), Akk = K K^T and
  *     Aqk = Q K^T on tensor cores, the factors
  *         F[t][s] = -beta_t e^(gamma_t - gamma_s) Akk[t][s]  (s < t),
  *         P[t][s] = e^(gamma_t - gamma_s) Aqk[t][s]          (s <= t),
  *     Tinv = (I - F)^-1 by forward substitution (column by column, 256/C lanes a column), and
- *     W' = -Tinv diag(beta e^gamma) K, U = Tinv diag(beta) V, Kd = e^(gamma_C - gamma) K, all
- *     stored to the scratch: none of it depends on the state.
+ *     W' = -Tinv diag(beta e^gamma) K, U = Tinv diag(beta) V, Kd = e^(gamma_C - gamma) K,
+ *     Qe = diag(e^gamma) Q, all stored to the scratch: none of it depends on the state.
  *   scan (one block per JB state rows of a head and sequence; the window's chunks in order): per
- *     chunk the state S goes to the scratch (H), the deltas Dl = U + W' S^T replace U, then
- *     S = e^gamma_C S + Dl^T Kd; the JB rows of S stay in shared memory.
- *   out (one block per chunk, head, sequence and OB output columns; all chunks in parallel):
- *     O = (e^gamma Q) H^T + P Dl.
+ *     chunk the deltas Dl = U + W' S^T and Oq = Qe S^T in one product over the rows [W'; Qe],
+ *     then the outputs O = Oq + P Dl and the new state S = e^gamma_C S + Dl^T Kd; the JB rows of
+ *     S stay in shared memory, and a block writes the outputs of its JB columns. Fusing the
+ *     outputs into the scan keeps the per-chunk states out of memory (fla stores them, D^2
+ *     floats a chunk, and reads them again in a third kernel).
  * The deltas solve (I - F) Dl = diag(beta) (V - e^gamma K S^T), which is the recurrence's
  * d_t + beta_t sum_{s<t} e^(gamma_t - gamma_s) (k_t . k_s) d_s = beta_t (v_t - e^gamma_t S k_t).
  *
- * Precision: by default every product runs as three TF32 products (x = hi + lo, each a TF32
- * value; lo*hi + hi*lo + hi*hi, accumulated in FP32), which keeps about FP32 accuracy (the lo*lo
- * term is below FP32 rounding) at three tensor-core passes per product; with params.chunk_tf32
- * one pass (hi*hi: TF32 inputs, FP32 accumulation). The measured errors against float64 are in
- * docs/PERF.md. Results are deterministic (fixed tiles, fixed order) and do not depend on B. */
+ * Products: PTX mma.m16n8k8 with TF32 inputs and FP32 accumulation, fragments loaded from
+ * shared memory by hand. By default every product runs as three TF32 products (x = hi + lo with
+ * hi = x rounded to TF32 and lo = x - hi, exact; lo*hi + hi*lo + hi*hi, accumulated in FP32),
+ * which keeps about FP32 accuracy (the lo*lo term and the tensor cores' truncation of lo to TF32
+ * are below 2^-21 of a term); with params.chunk_tf32 one pass (hi*hi: inputs rounded to TF32,
+ * to nearest, ties away from zero). The measured errors against float64 are in docs/PERF.md.
+ * Results are deterministic (fixed tiles, fixed order) and do not depend on B. */
 #include "cuda_internal.h"
 
-#include <mma.h>
+#include <stdint.h>
 
 namespace {
-
-using namespace nvcuda;
 
 constexpr int kThreads = 256, kWarps = kThreads / 32;
 /* Scratch for the chunked form: at most this many bytes (windows of chunks beyond it). */
 constexpr size_t kScratchBytes = size_t(512) << 20;
+/* Shared memory one block may take on sm_90 (227 KB). */
+constexpr size_t kMaxSmem = 232448;
 
 struct chunk_view {
     char *data;
@@ -49,7 +52,7 @@ struct chunk_args {
     long long n;                /* tokens run in chunks */
     long long c_first, c_count; /* this window's chunks */
     int first_window;           /* 1: the state comes from `state`; 0: from `final` (the last window's) */
-    float *scratch;             /* [B][Hv][c_count][2 C*C + C]: Tinv, P, gamma */
+    float *scratch;             /* [B][Hv][c_count][chunk_layout::FLOATS] */
 };
 
 __device__ __forceinline__ float load(const chunk_view &v, long long i0, long long i1, long long i2, long long i3)
@@ -62,10 +65,19 @@ __device__ __forceinline__ float *at(const chunk_view &v, long long i0, long lon
     return (float *)(v.data + i0 * v.nb[0] + i1 * v.nb[1] + i2 * v.nb[2] + i3 * v.nb[3]);
 }
 
-/* Shared-memory row pitches (floats): a multiple of 4 (wmma's rule for 32-bit elements) that
- * shifts consecutive rows by 4 banks. */
+/* Shared-memory row pitches (floats). A fragment load of a lane (g, t) = (lane / 4, lane % 4)
+ * reads either two consecutive floats at row g, column 2t of a tile ("row" arrays: a float2 per
+ * lane; a pitch of 8 mod 32 puts each half-warp's 16 float2s in distinct banks), or one float at
+ * row 2t (or 2t + 1), column g ("k-major" arrays: a pitch of 4 mod 32 puts 8t + g in distinct
+ * banks). Both keep rows 16-byte aligned for the float4 staging. */
 template <int N>
-__host__ __device__ constexpr int pitch()
+__host__ __device__ constexpr int row_pitch()
+{
+    return N + 8;
+}
+
+template <int N>
+__host__ __device__ constexpr int kmajor_pitch()
 {
     return N + 4;
 }
@@ -98,55 +110,106 @@ struct block_regs {
     }
 };
 
-using frag_a_row = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major>;
-using frag_a_col = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major>;
-using frag_b_row = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major>;
-using frag_b_col = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major>;
-using frag_acc = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
-
-/* hi <- TF32(x), lo <- TF32(x - hi), element by element. */
-template <class Frag>
-__device__ __forceinline__ void split(Frag &hi, Frag &lo)
+/* x rounded to TF32 (10-bit mantissa; to nearest, ties away from zero, as cvt.rna.tf32 does,
+ * without its NaN and overflow tests: two instructions instead of four). */
+__device__ __forceinline__ uint32_t tf32_hi(float x)
 {
-#pragma unroll
-    for (int e = 0; e < hi.num_elements; e++) {
-        const float x = hi.x[e], h = wmma::__float_to_tf32(x);
-        hi.x[e] = h;
-        lo.x[e] = wmma::__float_to_tf32(x - h);
-    }
+    return (__float_as_uint(x) + 0x1000u) & 0xffffe000u;
 }
 
-/* acc += A B over k in [0, K) (a multiple of 8): A's tile rows start at `a` and B's tile columns
- * at `b`; A(m, k) is a[m lda + k] (row-major) or a[k lda + m] (col-major), B(k, n) is
- * b[k ldb + n] (row-major) or b[n ldb + k] (col-major). Three TF32 products per step, small
- * terms first. */
-template <class FA, class FB, bool A_ROW, bool B_ROW, int K, bool SPLIT>
-__device__ __forceinline__ void mma_acc(frag_acc &acc, const float *a, int lda, const float *b, int ldb)
+/* d += a b for one 16 x 8 tile, k = 8 (PTX mma.m16n8k8, A row-major, B column-major). */
+__device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2])
 {
-    FA a_hi, a_lo;
-    FB b_hi, b_lo;
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+/* acc[n] += A B_n over k in [0, K) (K a multiple of 8) for NN tiles of 16 x 8 side by side:
+ * A(m, k) = a[m AM + k AK] for m < 16, B_n(k, x) = b[k BK + (8 n + x) BN] for x < 8. Lane
+ * (g, t) holds the products' k = 2t and 2t + 1 of every 8 (the fragments' k = t and t + 4; A
+ * and B take the same order, so the sums are the same), so a row-major A and a column-major B
+ * load float2s. With SPLIT, three TF32 products per step, small terms first. */
+template <int K, int NN, bool SPLIT, int AM, int AK, int BK, int BN>
+__device__ __forceinline__ void mma_rows(float (&acc)[NN][4], const float *a, const float *b)
+{
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const float *ap = a + g * AM + 2 * t * AK, *bp = b + 2 * t * BK + g * BN;
 #pragma unroll
     for (int k = 0; k < K; k += 8) {
-        wmma::load_matrix_sync(a_hi, A_ROW ? a + k : a + (size_t)k * lda, lda);
-        wmma::load_matrix_sync(b_hi, B_ROW ? b + (size_t)k * ldb : b + k, ldb);
-        split(a_hi, a_lo);
-        split(b_hi, b_lo);
-        if (SPLIT) {
-            wmma::mma_sync(acc, a_lo, b_hi, acc);
-            wmma::mma_sync(acc, a_hi, b_lo, acc);
+        float x[4];
+        if (AK == 1) {
+            const float2 r0 = *(const float2 *)(ap + k), r1 = *(const float2 *)(ap + 8 * AM + k);
+            x[0] = r0.x, x[1] = r1.x, x[2] = r0.y, x[3] = r1.y;
+        } else {
+            x[0] = ap[k * AK], x[1] = ap[8 * AM + k * AK], x[2] = ap[(k + 1) * AK], x[3] = ap[8 * AM + (k + 1) * AK];
         }
-        wmma::mma_sync(acc, a_hi, b_hi, acc);
+        uint32_t a_hi[4], a_lo[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            a_hi[e] = tf32_hi(x[e]);
+            a_lo[e] = __float_as_uint(x[e] - __uint_as_float(a_hi[e]));
+        }
+#pragma unroll
+        for (int n = 0; n < NN; n++) {
+            const float *q = bp + 8 * n * BN + k * BK;
+            float y[2];
+            if (BK == 1) {
+                const float2 r = *(const float2 *)q;
+                y[0] = r.x, y[1] = r.y;
+            } else {
+                y[0] = q[0], y[1] = q[BK];
+            }
+            uint32_t b_hi[2], b_lo[2];
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                b_hi[e] = tf32_hi(y[e]);
+                b_lo[e] = __float_as_uint(y[e] - __uint_as_float(b_hi[e]));
+            }
+            if (SPLIT) {
+                mma_tf32(acc[n], a_lo, b_hi);
+                mma_tf32(acc[n], a_hi, b_lo);
+            }
+            mma_tf32(acc[n], a_hi, b_hi);
+        }
     }
 }
 
-/* The chunk's k and q (normalised when asked, q scaled) into Ks, Qs [C][pitch<D>], beta and the
- * running sum gamma of g into bet, gam [C]; tokens at or beyond a.n are zeros (they change
- * nothing). One warp per token. Both kernels call this, so both see the same floats. */
-template <int D, int C, bool WANT_K = true>
+/* A lane's four accumulator elements of a 16 x 8 tile: (g, 2t), (g, 2t + 1), (g + 8, 2t),
+ * (g + 8, 2t + 1), from and to row-major floats with pitch LDP (scaled on the way in). */
+template <int LDP>
+__device__ __forceinline__ void tile_load(float (&c)[4], const float *p, float scale)
+{
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const float2 r0 = *(const float2 *)(p + g * LDP + 2 * t), r1 = *(const float2 *)(p + (g + 8) * LDP + 2 * t);
+    c[0] = r0.x * scale, c[1] = r0.y * scale, c[2] = r1.x * scale, c[3] = r1.y * scale;
+}
+
+template <int LDP>
+__device__ __forceinline__ void tile_store(float *p, const float (&c)[4], float scale)
+{
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    *(float2 *)(p + g * LDP + 2 * t) = make_float2(c[0] * scale, c[1] * scale);
+    *(float2 *)(p + (g + 8) * LDP + 2 * t) = make_float2(c[2] * scale, c[3] * scale);
+}
+
+template <int NN>
+__device__ __forceinline__ void tiles_zero(float (&acc)[NN][4])
+{
+#pragma unroll
+    for (int n = 0; n < NN; n++)
+        acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+}
+
+/* The chunk's k and q (normalised when asked, q scaled) into Ks, Qs [C][row_pitch<D>], beta and
+ * the running sum gamma of g into bet, gam [C]; tokens at or beyond a.n are zeros (they change
+ * nothing). One warp per token. */
+template <int D, int C>
 __device__ void load_chunk(const chunk_args &a, float *Ks, float *Qs, float *gam, float *bet, int b, int h,
                            long long t0)
 {
-    constexpr int LD = pitch<D>();
+    constexpr int LD = row_pitch<D>();
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int hk = a.interleaved ? h / (a.Hv / a.Hk) : h % a.Hk;
 #pragma unroll
@@ -159,7 +222,7 @@ __device__ void load_chunk(const chunk_args &a, float *Ks, float *Qs, float *gam
 #pragma unroll
         for (int e = 0; e < (D + 31) / 32; e++) {
             const int i = lane + 32 * e;
-            kx[e] = WANT_K && valid && i < D ? load(a.k, i, hk, t0 + t, b) : 0.0f;
+            kx[e] = valid && i < D ? load(a.k, i, hk, t0 + t, b) : 0.0f;
             qx[e] = valid && i < D ? load(a.q, i, hk, t0 + t, b) : 0.0f;
             kk = fmaf(kx[e], kx[e], kk);
             qq = fmaf(qx[e], qx[e], qq);
@@ -175,8 +238,7 @@ __device__ void load_chunk(const chunk_args &a, float *Ks, float *Qs, float *gam
         for (int e = 0; e < (D + 31) / 32; e++) {
             const int i = lane + 32 * e;
             if (i < D) {
-                if (WANT_K)
-                    Ks[t * LD + i] = kx[e] * ik;
+                Ks[t * LD + i] = kx[e] * ik;
                 Qs[t * LD + i] = qx[e] * iq;
             }
         }
@@ -216,20 +278,20 @@ __device__ void load_chunk(const chunk_args &a, float *Ks, float *Qs, float *gam
     __syncthreads();
 }
 
-/* The scratch of one chunk of one head (floats, each part 32-byte aligned for wmma):
- *   W'  [C][D]  -Tinv diag(beta e^gamma) K          U  [C][D]  Tinv diag(beta) V, then the deltas
- *   Kd  [C][D]  e^(gamma_C - gamma_t) k_t           P  [C][C]  the output factors
- *   gam [C]                                         H  [D][D]  the state before the chunk, [j][i] */
+/* The scratch of one chunk of one head (floats; every part starts at an even offset):
+ *   W'  [C][D]  -Tinv diag(beta e^gamma) K          U   [C][D]  Tinv diag(beta) V
+ *   Kd  [C][D]  e^(gamma_C - gamma_t) k_t           Qe  [C][D]  e^gamma_t q_t
+ *   P   [C][C]  the output factors                  gam [C] */
 template <int D, int C>
 struct chunk_layout {
-    static constexpr size_t W = 0, U = (size_t)C * D, KD = 2 * (size_t)C * D, P = 3 * (size_t)C * D;
-    static constexpr size_t GAM = P + (size_t)C * C, H = GAM + C, FLOATS = H + (size_t)D * D;
+    static constexpr size_t W = 0, U = (size_t)C * D, KD = 2 * (size_t)C * D, QE = 3 * (size_t)C * D;
+    static constexpr size_t P = 4 * (size_t)C * D, GAM = P + (size_t)C * C, FLOATS = GAM + C;
 };
 
 template <int D, int C>
 __host__ __device__ constexpr size_t prep_floats()
 {
-    return 2 * (size_t)C * pitch<D>() + 2 * (size_t)C * pitch<C>() + 4 * C;
+    return 2 * (size_t)C * row_pitch<D>() + 2 * (size_t)C * row_pitch<C>() + 5 * C;
 }
 
 template <int D, int C>
@@ -242,24 +304,25 @@ template <int D, int C, bool SPLIT>
 __global__ void __launch_bounds__(kThreads) chunk_prep_kernel(chunk_args a)
 {
     using L = chunk_layout<D, C>;
-    constexpr int LD = pitch<D>(), LC = pitch<C>(), NT = C / 16, ND = D / 16;
+    constexpr int LD = row_pitch<D>(), LC = row_pitch<C>(), NT = C / 16, ND = D / 16;
     extern __shared__ __align__(128) float smem[];
     /* Tn takes P's place once P is in the scratch (two blocks fit an SM). */
     float *Ks = smem, *Xs = Ks + C * LD, *F = Xs + C * LD, *P = F + C * LC, *Tn = P;
-    float *gam = P + C * LC, *bet = gam + C, *fac_kd = bet + C, *fac_k = fac_kd + C;
+    float *gam = P + C * LC, *bet = gam + C, *fac_kd = bet + C, *fac_k = fac_kd + C, *fac_q = fac_k + C;
     const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32;
     const long long t0 = (a.c_first + c) * C;
     float *out = chunk_scratch<D, C>(a, b, h, c);
     load_chunk<D, C>(a, Ks, Xs, gam, bet, b, h, t0);
 
-    /* Akk into F, Aqk into P: B = K^T, i.e. K read col-major. */
-    for (int tile = warp; tile < 2 * NT * NT; tile += kWarps) {
-        const int which = tile / (NT * NT), tm = tile % (NT * NT) / NT, tn = tile % NT;
-        frag_acc acc;
-        wmma::fill_fragment(acc, 0.0f);
-        const float *rows = (which ? Xs : Ks) + tm * 16 * LD;
-        mma_acc<frag_a_row, frag_b_col, true, false, D, SPLIT>(acc, rows, LD, Ks + tn * 16 * LD, LD);
-        wmma::store_matrix_sync((which ? P : F) + tm * 16 * LC + tn * 16, acc, LC, wmma::mem_row_major);
+    /* Akk into F, Aqk into P (B = K^T: K's rows are B's columns), 16 x 16 per warp and turn. */
+    for (int item = warp; item < 2 * NT * NT; item += kWarps) {
+        const int which = item / (NT * NT), tm = item % (NT * NT) / NT, tn = item % NT;
+        float acc[2][4];
+        tiles_zero(acc);
+        mma_rows<D, 2, SPLIT, LD, 1, 1, LD>(acc, (which ? Xs : Ks) + tm * 16 * LD, Ks + tn * 16 * LD);
+        float *dst = (which ? P : F) + tm * 16 * LC + tn * 16;
+        tile_store<LC>(dst, acc[0], 1.0f);
+        tile_store<LC>(dst + 8, acc[1], 1.0f);
     }
     __syncthreads();
     for (int x = threadIdx.x; x < C * C; x += kThreads) {
@@ -272,16 +335,18 @@ __global__ void __launch_bounds__(kThreads) chunk_prep_kernel(chunk_args a)
     if (threadIdx.x < C) {
         const int t = threadIdx.x;
         out[L::GAM + t] = gam[t];
-        /* the per-token factors, once each (the loop below would take 2 C D exponentials) */
+        /* the per-token factors, once each (the loop below would take 3 C D exponentials) */
         fac_kd[t] = expf(gam[C - 1] - gam[t]);
-        fac_k[t] = bet[t] * expf(gam[t]);
+        fac_q[t] = expf(gam[t]);
+        fac_k[t] = bet[t] * fac_q[t];
     }
     __syncthreads();
-    /* Kd, then K scaled by beta e^gamma and V by beta (Q is no longer needed) in place. */
+    /* Kd and Qe to the scratch, then K scaled by beta e^gamma and V by beta in place. */
     for (int x = threadIdx.x; x < C * D; x += kThreads) {
         const int t = x / D, i = x % D;
         const float k = Ks[t * LD + i];
         out[L::KD + x] = k * fac_kd[t];
+        out[L::QE + x] = Xs[t * LD + i] * fac_q[t];
         Ks[t * LD + i] = k * fac_k[t];
         Xs[t * LD + i] = t0 + t < a.n ? bet[t] * load(a.v, i, h, t0 + t, b) : 0.0f;
     }
@@ -303,35 +368,46 @@ __global__ void __launch_bounds__(kThreads) chunk_prep_kernel(chunk_args a)
     }
     __syncthreads();
     /* W' = -Tinv (beta e^gamma K), U = Tinv (beta V), stored straight to the scratch. */
-    for (int tile = warp; tile < 2 * NT * ND; tile += kWarps) {
-        const int which = tile / (NT * ND), tm = tile % (NT * ND) / ND, tn = tile % ND;
-        frag_acc acc;
-        wmma::fill_fragment(acc, 0.0f);
-        const float *cols = (which ? Xs : Ks) + tn * 16;
-        mma_acc<frag_a_row, frag_b_row, true, true, C, SPLIT>(acc, Tn + tm * 16 * LC, LC, cols, LD);
-        if (!which)
-            for (int e = 0; e < acc.num_elements; e++)
-                acc.x[e] = -acc.x[e];
-        wmma::store_matrix_sync(out + (which ? L::U : L::W) + tm * 16 * D + tn * 16, acc, D, wmma::mem_row_major);
+    for (int item = warp; item < 2 * NT * ND; item += kWarps) {
+        const int which = item / (NT * ND), tm = item % (NT * ND) / ND, tn = item % ND;
+        float acc[2][4];
+        tiles_zero(acc);
+        mma_rows<C, 2, SPLIT, LC, 1, LD, 1>(acc, Tn + tm * 16 * LC, (which ? Xs : Ks) + tn * 16);
+        float *dst = out + (which ? L::U : L::W) + tm * 16 * D + tn * 16;
+        tile_store<D>(dst, acc[0], which ? 1.0f : -1.0f);
+        tile_store<D>(dst + 8, acc[1], which ? 1.0f : -1.0f);
     }
 }
 
+/* Shared memory of the scan (floats): S [JB][row], W' [C][row], Qe then Kd [C][row] (Qe is done
+ * with before Kd is needed; sharing the buffer lets D = 256 with C = 64 fit), Dl [C][k-major],
+ * Oq [C][row], P [C][row]. */
 template <int D, int C, int JB>
 __host__ __device__ constexpr size_t scan_floats()
 {
-    return (size_t)JB * pitch<D>() + 2 * (size_t)C * pitch<D>() + (size_t)C * pitch<JB>();
+    return (size_t)(JB + 2 * C) * row_pitch<D>() + (size_t)C * (kmajor_pitch<JB>() + row_pitch<JB>() + row_pitch<C>());
 }
 
-/* The chunks of a window in order, for JB state rows: per chunk the state goes to H, then the
- * deltas Dl = U + W' S^T replace U's columns, then S = e^gamma_C S + Dl^T Kd. */
+/* The chunks of a window in order, for JB state rows j0.. of a head: per chunk
+ *   1. [Dl; Oq] = [U; 0] + [W'; Qe] S^T            (2C x JB, over D)
+ *   2. O = Oq + P Dl, stored                      (C x JB, over C)
+ *      S = e^gamma_C S + Dl^T Kd                  (JB x D, over C; beside 2, on other warps)
+ * W', Qe, U and P of the next chunk are loaded into registers while a chunk computes (where
+ * they fit in 64 floats a thread), Kd while step 1 runs. */
 template <int D, int C, int JB, bool SPLIT>
-__global__ void __launch_bounds__(kThreads) chunk_scan_kernel(chunk_args a)
+__global__ void __launch_bounds__(kThreads, 2) chunk_scan_kernel(chunk_args a)
 {
     using L = chunk_layout<D, C>;
-    constexpr int LD = pitch<D>(), LJ = pitch<JB>(), NT = C / 16, NJ = JB / 16, NI = D / 16;
+    constexpr int LD = row_pitch<D>(), LK = kmajor_pitch<D>(), LJ = kmajor_pitch<JB>(), LO = row_pitch<JB>();
+    constexpr int LC = row_pitch<C>();
+    /* step 1: 16-row tiles of [W'; Qe] by 16 columns; step 2: 16 x 16; step 4: 16 x (8 NN4) */
+    constexpr int M1 = 2 * C / 16, N1 = JB / 16, M2 = C / 16, N2 = JB / 16;
+    constexpr int NN4 = D >= 32 ? 4 : D / 8, M4 = JB / 16, N4 = D / (8 * NN4);
+    constexpr bool AHEAD = (2 * C * D + C * JB + C * C) / kThreads <= 48;
     extern __shared__ __align__(128) float smem[];
-    float *S = smem, *Ws = S + JB * LD, *Kds = Ws + C * LD, *Dl = Kds + C * LD;
+    float *S = smem, *Ws = S + JB * LD, *QK = Ws + C * LD, *Dl = QK + C * LD, *Os = Dl + C * LJ, *P = Os + C * LO;
     const int j0 = blockIdx.x * JB, h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
 
     int slot = b, out_slot = b;
     if (a.state_index != nullptr)
@@ -342,136 +418,96 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_kernel(chunk_args a)
     const int from_slot = a.first_window ? slot : out_slot;
     for (int x = threadIdx.x; x < JB * D; x += kThreads)
         S[x / D * LD + x % D] = load(from, x % D, j0 + x / D, h, from_slot);
-    __syncthreads();
 
-    /* Chunk c + 1's W', Kd and U are loaded into registers while chunk c computes. */
-    block_regs<C, D> w, kd;
+    block_regs<C, D> w, q, kd;
     block_regs<C, JB> u;
-    {
+    block_regs<C, C> p;
+    if (AHEAD) {
         const float *first = chunk_scratch<D, C>(a, b, h, 0);
         w.load(first + L::W, D);
-        kd.load(first + L::KD, D);
+        q.load(first + L::QE, D);
         u.load(first + L::U + j0, D);
+        p.load(first + L::P, C);
     }
     for (long long c = 0; c < a.c_count; c++) {
-        float *in = chunk_scratch<D, C>(a, b, h, c);
-        {
-            block_regs<JB, D> state;
-            state.load(S, LD);
-            state.store(in + L::H + (size_t)j0 * D, D);
+        const float *in = chunk_scratch<D, C>(a, b, h, c);
+        if (!AHEAD) {
+            w.load(in + L::W, D);
+            q.load(in + L::QE, D);
+            u.load(in + L::U + j0, D);
+            p.load(in + L::P, C);
         }
         w.store(Ws, LD);
-        kd.store(Kds, LD);
+        q.store(QK, LD);
         u.store(Dl, LJ);
+        p.store(P, LC);
         const float decay = expf(in[L::GAM + C - 1]);
         __syncthreads();
-        if (c + 1 < a.c_count) {
+        kd.load(in + L::KD, D);
+        if (AHEAD && c + 1 < a.c_count) {
             const float *next = chunk_scratch<D, C>(a, b, h, c + 1);
             w.load(next + L::W, D);
-            kd.load(next + L::KD, D);
+            q.load(next + L::QE, D);
             u.load(next + L::U + j0, D);
+            p.load(next + L::P, C);
         }
-        for (int tile = warp; tile < NT * NJ; tile += kWarps) {
-            const int tm = tile / NJ, tn = tile % NJ;
-            frag_acc acc;
-            wmma::load_matrix_sync(acc, Dl + tm * 16 * LJ + tn * 16, LJ, wmma::mem_row_major);
-            mma_acc<frag_a_row, frag_b_col, true, false, D, SPLIT>(acc, Ws + tm * 16 * LD, LD, S + tn * 16 * LD, LD);
-            wmma::store_matrix_sync(Dl + tm * 16 * LJ + tn * 16, acc, LJ, wmma::mem_row_major);
+        for (int item = warp; item < M1 * N1; item += kWarps) { /* 1 */
+            const int tm = item / N1, tn = item % N1;
+            const bool delta = tm < C / 16;
+            float acc[2][4];
+            if (delta) {
+                tile_load<LJ>(acc[0], Dl + tm * 16 * LJ + tn * 16, 1.0f);
+                tile_load<LJ>(acc[1], Dl + tm * 16 * LJ + tn * 16 + 8, 1.0f);
+            } else {
+                tiles_zero(acc);
+            }
+            const float *rows = delta ? Ws + tm * 16 * LD : QK + (tm - C / 16) * 16 * LD;
+            mma_rows<D, 2, SPLIT, LD, 1, 1, LD>(acc, rows, S + tn * 16 * LD);
+            float *dst = delta ? Dl + tm * 16 * LJ + tn * 16 : Os + (tm - C / 16) * 16 * LO + tn * 16;
+            if (delta) {
+                tile_store<LJ>(dst, acc[0], 1.0f);
+                tile_store<LJ>(dst + 8, acc[1], 1.0f);
+            } else {
+                tile_store<LO>(dst, acc[0], 1.0f);
+                tile_store<LO>(dst + 8, acc[1], 1.0f);
+            }
         }
         __syncthreads();
-        {
-            block_regs<C, JB> dl;
-            dl.load(Dl, LJ);
-            dl.store(in + L::U + j0, D);
-        }
-        for (int x = threadIdx.x; x < JB * D; x += kThreads)
-            S[x / D * LD + x % D] *= decay;
+        kd.store(QK, LK);
         __syncthreads();
-        for (int tile = warp; tile < NJ * NI; tile += kWarps) { /* S += Dl^T Kd */
-            const int tm = tile / NI, tn = tile % NI;
-            frag_acc acc;
-            wmma::load_matrix_sync(acc, S + tm * 16 * LD + tn * 16, LD, wmma::mem_row_major);
-            mma_acc<frag_a_col, frag_b_row, false, true, C, SPLIT>(acc, Dl + tm * 16, LJ, Kds + tn * 16, LD);
-            wmma::store_matrix_sync(S + tm * 16 * LD + tn * 16, acc, LD, wmma::mem_row_major);
+        for (int item = warp; item < M4 * N4 + M2 * N2; item += kWarps) {
+            if (item < M4 * N4) { /* the state's rows tm, columns tn of NN4 tiles */
+                const int tm = item / N4, tn = item % N4;
+                float acc[NN4][4];
+                float *rows = S + tm * 16 * LD + tn * 8 * NN4;
+#pragma unroll
+                for (int n = 0; n < NN4; n++)
+                    tile_load<LD>(acc[n], rows + 8 * n, decay);
+                mma_rows<C, NN4, SPLIT, 1, LJ, LK, 1>(acc, Dl + tm * 16, QK + tn * 8 * NN4);
+#pragma unroll
+                for (int n = 0; n < NN4; n++)
+                    tile_store<LD>(rows + 8 * n, acc[n], 1.0f);
+            } else { /* outputs: tokens tm, columns tn */
+                const int tm = (item - M4 * N4) / N2, tn = (item - M4 * N4) % N2;
+                float acc[2][4];
+                tile_load<LO>(acc[0], Os + tm * 16 * LO + tn * 16, 1.0f);
+                tile_load<LO>(acc[1], Os + tm * 16 * LO + tn * 16 + 8, 1.0f);
+                mma_rows<C, 2, SPLIT, LC, 1, LJ, 1>(acc, P + tm * 16 * LC, Dl + tn * 16);
+                const long long t0 = (a.c_first + c) * C + tm * 16;
+#pragma unroll
+                for (int n = 0; n < 2; n++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int row = g + (e & 2 ? 8 : 0), col = j0 + tn * 16 + n * 8 + 2 * t4 + (e & 1);
+                        if (t0 + row < a.n)
+                            *at(a.o, col, h, t0 + row, b) = acc[n][e];
+                    }
+            }
         }
         __syncthreads();
     }
     for (int x = threadIdx.x; x < JB * D; x += kThreads)
         *at(a.final, x % D, j0 + x / D, h, out_slot) = S[x / D * LD + x % D];
-}
-
-/* Output columns per block of the output kernel (32 at D = 256, to fit shared memory). */
-template <int D>
-__host__ __device__ constexpr int out_columns()
-{
-    return D < 64 ? D : D >= 256 ? 32 : 64;
-}
-
-template <int D, int C>
-__host__ __device__ constexpr size_t out_floats()
-{
-    constexpr int OB = out_columns<D>();
-    return (size_t)C * pitch<D>() + (size_t)OB * pitch<D>() + (size_t)C * pitch<C>() + (size_t)C * pitch<OB>() +
-           2 * C;
-}
-
-/* Outputs of one chunk, OB columns: O = (e^gamma Q) H^T + P Dl. */
-template <int D, int C, bool SPLIT>
-__global__ void __launch_bounds__(kThreads) chunk_out_kernel(chunk_args a)
-{
-    using L = chunk_layout<D, C>;
-    constexpr int OB = out_columns<D>(), LD = pitch<D>(), LC = pitch<C>(), LO = pitch<OB>();
-    constexpr int NT = C / 16, NO = OB / 16;
-    extern __shared__ __align__(128) float smem[];
-    /* The outputs are staged in Qs once every tile has been computed (two blocks fit an SM). */
-    float *Qs = smem, *Hs = Qs + C * LD, *P = Hs + OB * LD, *Dl = P + C * LC, *Os = Qs;
-    float *gam = Dl + C * LO, *bet = gam + C;
-    const int c = blockIdx.x, h = blockIdx.y % a.Hv, j0 = blockIdx.y / a.Hv * OB, b = blockIdx.z;
-    const int warp = threadIdx.x / 32;
-    const long long t0 = (a.c_first + c) * C;
-    const float *in = chunk_scratch<D, C>(a, b, h, c);
-    load_chunk<D, C, false>(a, nullptr, Qs, gam, bet, b, h, t0);
-    if (threadIdx.x < C)
-        bet[threadIdx.x] = expf(gam[threadIdx.x]); /* beta is not needed here: e^gamma in its place */
-    __syncthreads();
-    for (int x = threadIdx.x; x < C * D; x += kThreads)
-        Qs[x / D * LD + x % D] *= bet[x / D];
-    {
-        block_regs<OB, D> hr;
-        block_regs<C, C> pr;
-        block_regs<C, OB> dr;
-        hr.load(in + L::H + (size_t)j0 * D, D);
-        pr.load(in + L::P, C);
-        dr.load(in + L::U + j0, D);
-        hr.store(Hs, LD);
-        pr.store(P, LC);
-        dr.store(Dl, LO);
-    }
-    __syncthreads();
-    constexpr int PER_WARP = (NT * NO + kWarps - 1) / kWarps;
-    frag_acc acc[PER_WARP];
-#pragma unroll
-    for (int r = 0; r < PER_WARP; r++) {
-        const int tile = warp + r * kWarps, tm = tile / NO, tn = tile % NO;
-        if (tile >= NT * NO)
-            break;
-        wmma::fill_fragment(acc[r], 0.0f);
-        mma_acc<frag_a_row, frag_b_col, true, false, D, SPLIT>(acc[r], Qs + tm * 16 * LD, LD, Hs + tn * 16 * LD, LD);
-        mma_acc<frag_a_row, frag_b_row, true, true, C, SPLIT>(acc[r], P + tm * 16 * LC, LC, Dl + tn * 16, LO);
-    }
-    __syncthreads();
-#pragma unroll
-    for (int r = 0; r < PER_WARP; r++) {
-        const int tile = warp + r * kWarps, tm = tile / NO, tn = tile % NO;
-        if (tile < NT * NO)
-            wmma::store_matrix_sync(Os + tm * 16 * LO + tn * 16, acc[r], LO, wmma::mem_row_major);
-    }
-    __syncthreads();
-    for (int x = threadIdx.x; x < C * OB; x += kThreads) {
-        const int t = x / OB, j = x % OB;
-        if (t0 + t < a.n)
-            *at(a.o, j0 + j, h, t0 + t, b) = Os[t * LO + j];
-    }
 }
 
 /* State rows per scan block: 32 (16 at D = 256, to fit shared memory; D itself when smaller). */
@@ -525,14 +561,12 @@ gdn_status allow_smem(Kernel kernel, size_t bytes)
 template <int D, int C, bool SPLIT>
 gdn_status run(gdn_cuda_context *context, chunk_args a, long long B)
 {
-    constexpr int JB = rows_per_block<D>(), OB = out_columns<D>();
-    const size_t prep_smem = prep_floats<D, C>() * sizeof(float), scan_smem = scan_floats<D, C, JB>() * sizeof(float);
-    const size_t out_smem = out_floats<D, C>() * sizeof(float);
+    constexpr int JB = rows_per_block<D>();
+    constexpr size_t prep_smem = prep_floats<D, C>() * sizeof(float), scan_smem = scan_floats<D, C, JB>() * sizeof(float);
+    static_assert(prep_smem <= kMaxSmem && scan_smem <= kMaxSmem, "chunked form: shared memory");
     gdn_status st = allow_smem(chunk_prep_kernel<D, C, SPLIT>, prep_smem);
     if (st == GDN_OK)
         st = allow_smem(chunk_scan_kernel<D, C, JB, SPLIT>, scan_smem);
-    if (st == GDN_OK)
-        st = allow_smem(chunk_out_kernel<D, C, SPLIT>, out_smem);
     const long long chunks = (a.n + C - 1) / C;
     const size_t per_chunk = (size_t)B * a.Hv * chunk_layout<D, C>::FLOATS * sizeof(float);
     long long window = (long long)(kScratchBytes / per_chunk);
@@ -552,11 +586,6 @@ gdn_status run(gdn_cuda_context *context, chunk_args a, long long B)
         const dim3 scan_grid(D / JB, a.Hv, (unsigned)B);
         chunk_scan_kernel<D, C, JB, SPLIT><<<scan_grid, kThreads, scan_smem, context->stream>>>(a);
         st = gdn_cuda_check(cudaGetLastError(), "chunked form: scan kernel launch");
-        if (st != GDN_OK)
-            break;
-        const dim3 out_grid((unsigned)a.c_count, a.Hv * (D / OB), (unsigned)B);
-        chunk_out_kernel<D, C, SPLIT><<<out_grid, kThreads, out_smem, context->stream>>>(a);
-        st = gdn_cuda_check(cudaGetLastError(), "chunked form: output kernel launch");
     }
     return st;
 }
