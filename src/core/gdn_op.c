@@ -465,7 +465,7 @@ static gdn_status chunk_of(const gdn_backend *backend, const gdn_gated_delta_net
               "scratch memory)";
     if (params->chunk == 0) {
         if (why == NULL && backend->chunk_min_tokens > 0 && shape->T >= backend->chunk_min_tokens)
-            *chunk = 32; /* the fastest of 16, 32 and 64 on both backends (docs/PERF.md) */
+            *chunk = 32; /* the CPU's fastest of 16, 32 and 64; within 3% of CUDA's (16) (docs/PERF.md) */
         return GDN_OK;
     }
     if (why != NULL)

@@ -57,10 +57,10 @@ gdn_status gdn_cuda_gated_delta_net_chunked(gdn_backend *backend, const gdn_gate
                                             int64_t n, int64_t chunk, const gdn_tensor *final,
                                             const gdn_tensor *final_index);
 
-/* From this T on, gated_delta_net with chunk 0 takes the chunked form; 0: never by itself. The
- * first CUDA chunked kernels beat token by token only at small B (1.6x at B = 1, T = 4096 on an
- * H100, but 0.64x at B = 8: docs/PERF.md), and the choice is by T alone, so it is asked for. */
-#define GDN_CUDA_CHUNK_MIN_TOKENS 0
+/* From this T on, gated_delta_net with chunk 0 takes the chunked form; 0: never by itself.
+ * Measured on an H100 (docs/PERF.md, 2026-11-24): the chunked form is 0.85-0.96x token by token
+ * at T = 32 and 1.05-1.32x at T = 64, for B = 1, 8 and 64, and gains with T from there. */
+#define GDN_CUDA_CHUNK_MIN_TOKENS 64
 
 /* ---------------------------------------------------------------------------------------------
  * The op table on CUDA (ops_cuda.cu, ops_cuda_elementwise.cu, ops_cuda_data.cu,
