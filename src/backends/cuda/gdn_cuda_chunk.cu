@@ -392,8 +392,9 @@ __host__ __device__ constexpr size_t scan_floats()
  *   1. [Dl; Oq] = [U; 0] + [W'; Qe] S^T            (2C x JB, over D)
  *   2. O = Oq + P Dl, stored                      (C x JB, over C)
  *      S = e^gamma_C S + Dl^T Kd                  (JB x D, over C; beside 2, on other warps)
- * W', Qe, U and P of the next chunk are loaded into registers while a chunk computes (where
- * they fit in 64 floats a thread), Kd while step 1 runs. */
+ * Where they fit in 64 floats a thread, W', Qe, U, P and (KD_AHEAD) Kd of the next chunk are
+ * loaded into registers while a chunk computes (at B = 1 the scan's few blocks wait on these
+ * loads); else Kd is loaded while step 1 runs. */
 template <int D, int C, int JB, bool SPLIT>
 __global__ void __launch_bounds__(kThreads, 2) chunk_scan_kernel(chunk_args a)
 {
@@ -403,7 +404,10 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_scan_kernel(chunk_args a)
     /* step 1: 16-row tiles of [W'; Qe] by 16 columns; step 2: 16 x 16; step 4: 16 x (8 NN4) */
     constexpr int M1 = 2 * C / 16, N1 = JB / 16, M2 = C / 16, N2 = JB / 16;
     constexpr int NN4 = D >= 32 ? 4 : D / 8, M4 = JB / 16, N4 = D / (8 * NN4);
-    constexpr bool AHEAD = (2 * C * D + C * JB + C * C) / kThreads <= 48;
+    constexpr bool AHEAD = (3 * C * D + C * JB + C * C) / kThreads <= 64;
+    /* Kd a chunk ahead too: 5% faster with SPLIT at B = 1 T = 4096 on an H100, but 11% slower in
+     * the one-pass kernel (docs/PERF.md; the cause was not found), which loads it during step 1. */
+    constexpr bool KD_AHEAD = AHEAD && SPLIT;
     extern __shared__ __align__(128) float smem[];
     float *S = smem, *Ws = S + JB * LD, *QK = Ws + C * LD, *Dl = QK + C * LD, *Os = Dl + C * LJ, *P = Os + C * LO;
     const int j0 = blockIdx.x * JB, h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32;
@@ -428,6 +432,8 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_scan_kernel(chunk_args a)
         q.load(first + L::QE, D);
         u.load(first + L::U + j0, D);
         p.load(first + L::P, C);
+        if (KD_AHEAD)
+            kd.load(first + L::KD, D);
     }
     for (long long c = 0; c < a.c_count; c++) {
         const float *in = chunk_scratch<D, C>(a, b, h, c);
@@ -443,7 +449,8 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_scan_kernel(chunk_args a)
         p.store(P, LC);
         const float decay = expf(in[L::GAM + C - 1]);
         __syncthreads();
-        kd.load(in + L::KD, D);
+        if (!KD_AHEAD)
+            kd.load(in + L::KD, D);
         if (AHEAD && c + 1 < a.c_count) {
             const float *next = chunk_scratch<D, C>(a, b, h, c + 1);
             w.load(next + L::W, D);
@@ -474,6 +481,8 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_scan_kernel(chunk_args a)
         }
         __syncthreads();
         kd.store(QK, LK);
+        if (KD_AHEAD && c + 1 < a.c_count)
+            kd.load(chunk_scratch<D, C>(a, b, h, c + 1) + L::KD, D);
         __syncthreads();
         for (int item = warp; item < M4 * N4 + M2 * N2; item += kWarps) {
             if (item < M4 * N4) { /* the state's rows tm, columns tn of NN4 tiles */
