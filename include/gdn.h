@@ -315,8 +315,7 @@ typedef struct gdn_gated_delta_net_args {
 
 /* The smallest T from which the backend chooses the chunked form by itself (params.chunk 0):
  * where it measured the chunked form faster than token by token for one Qwen3.6 GDN layer
- * (docs/PERF.md). 0 when it never does (no chunked form, or one not yet faster everywhere:
- * CUDA for now; ask for it with params.chunk). */
+ * (docs/PERF.md): 128 on the CPU (B = 1), 64 on CUDA (B = 1, 8 and 64). 0 when it never does. */
 int64_t gdn_backend_chunk_min_tokens(const gdn_backend *backend);
 
 /* Run the op on `backend`. Validates every shape, dtype, stride and overlap first; on failure
