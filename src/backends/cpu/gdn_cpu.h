@@ -112,6 +112,11 @@ typedef struct gdn_cpu_context {
 } gdn_cpu_context;
 
 /* The gated_delta_net entry of gdn_cpu_backend_ops (arguments validated by the caller). */
+/* x <- x / sqrt(|x|^2 + 1e-6), the l2norm of fla and Hugging Face, for n a multiple of 4. The sum
+ * of squares runs in double in a fixed order, so every task that needs this (token, k-head)
+ * vector computes the same floats, in both forms of the op. */
+void gdn_cpu_l2_normalise(float *x, int64_t n);
+
 gdn_status gdn_cpu_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_net_params *params,
                                    const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape);
 

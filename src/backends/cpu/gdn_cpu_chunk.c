@@ -90,17 +90,6 @@ static inline void chunk_load_row(float *dst, const gdn_tensor *t, int64_t i1, i
         memcpy(&dst[i], row + (size_t)i * t->nb[0], sizeof(float));
 }
 
-/* x <- x / sqrt(|x|^2 + 1e-6) (fla's and Hugging Face's form), the sum in double. */
-static void chunk_l2_normalise(float *x, int64_t n)
-{
-    double sum = 0.0;
-    for (int64_t i = 0; i < n; i++)
-        sum += (double)x[i] * (double)x[i];
-    const double inverse = 1.0 / sqrt(sum + 1e-6);
-    for (int64_t i = 0; i < n; i++)
-        x[i] = (float)((double)x[i] * inverse);
-}
-
 /* Read tokens t0 .. t0+count-1 of sequence b, value head h into the chunk buffers (rows beyond
  * count zeroed, gamma held), with gamma the running sum of g. */
 static void chunk_load_inputs(const gdn_cpu_chunk_job *job, gdn_cpu_chunk_buffers *buf, int64_t b, int64_t h,
@@ -125,8 +114,8 @@ static void chunk_load_inputs(const gdn_cpu_chunk_job *job, gdn_cpu_chunk_buffer
         chunk_load_row(q, &a->q, hk, t0 + t, b, D);
         chunk_load_row(d, &a->v, h, t0 + t, b, D); /* v for now: the right-hand side below */
         if (job->l2norm) {
-            chunk_l2_normalise(k, D);
-            chunk_l2_normalise(q, D);
+            gdn_cpu_l2_normalise(k, D);
+            gdn_cpu_l2_normalise(q, D);
         }
         for (int64_t i = 0; i < D; i++)
             q[i] *= scale;
