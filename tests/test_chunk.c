@@ -266,7 +266,9 @@ static void check_rejections(const test_backend *tb)
     }
 }
 
-/* The CPU backend: the thread count must not change a bit of a chunked call. */
+/* The CPU backend: the thread count must not change a bit of a chunked call. With one thread a
+ * task takes the three value heads of a q/k head (two tasks a thread or more), with three one
+ * value head, so this also compares the two groupings. */
 static void check_threads(void)
 {
     gdn_backend_options one = {1, 0}, three = {3, 0};
