@@ -291,7 +291,7 @@ struct chunk_layout {
 template <int D, int C>
 __host__ __device__ constexpr size_t prep_floats()
 {
-    return 2 * (size_t)C * row_pitch<D>() + 2 * (size_t)C * row_pitch<C>() + 5 * C;
+    return 2 * (size_t)C * row_pitch<D>() + 2 * (size_t)C * row_pitch<C>() + 5 * C + (size_t)C * row_pitch<16>();
 }
 
 template <int D, int C>
@@ -309,6 +309,7 @@ __global__ void __launch_bounds__(kThreads) chunk_prep_kernel(chunk_args a)
     /* Tn takes P's place once P is in the scratch (two blocks fit an SM). */
     float *Ks = smem, *Xs = Ks + C * LD, *F = Xs + C * LD, *P = F + C * LC, *Tn = P;
     float *gam = P + C * LC, *bet = gam + C, *fac_kd = bet + C, *fac_k = fac_kd + C, *fac_q = fac_k + C;
+    float *Xb = fac_q + C; /* [C / 16][16][row_pitch<16>]: Tinv's block sums */
     const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32;
     const long long t0 = (a.c_first + c) * C;
     float *out = chunk_scratch<D, C>(a, b, h, c);
@@ -351,11 +352,16 @@ __global__ void __launch_bounds__(kThreads) chunk_prep_kernel(chunk_args a)
         Xs[t * LD + i] = t0 + t < a.n ? bet[t] * load(a.v, i, h, t0 + t, b) : 0.0f;
     }
     __syncthreads();
-    /* Tinv column by column: x_t = [t == col] + sum_{col <= s < t} F[t][s] x_s, PARTS lanes per
-     * column (adjacent lanes of one warp), each summing every PARTS-th s, then a fixed tree. */
-    constexpr int PARTS = kThreads / C;
-    const int col = threadIdx.x / PARTS, part = threadIdx.x % PARTS;
-    for (int t = 0; t < C; t++) {
+    /* Tinv = (I - F)^-1 by 16 x 16 blocks. The diagonal blocks, all at once, column by column
+     * within each: x_t = [t == col] + sum_{col <= s < t} F[t][s] x_s, PARTS lanes per column
+     * (adjacent lanes of one warp), each summing every PARTS-th s, then a fixed tree; 16 steps
+     * instead of C. Then block row by block row, T_ij = T_ii (sum_{j <= k < i} F_ik T_kj), on
+     * tensor cores in three passes whatever SPLIT (Tinv multiplies every delta). */
+    constexpr int PARTS = kThreads / C, NB = C / 16, LX = row_pitch<16>();
+    const int col = threadIdx.x / PARTS, part = threadIdx.x % PARTS, base = col / 16 * 16;
+    for (int t = part; t < base; t += PARTS)
+        Tn[t * LC + col] = 0.0f;
+    for (int t = base; t < base + 16; t++) {
         float sum = 0.0f;
         for (int s = col + part; s < t; s += PARTS)
             sum = fmaf(F[t * LC + s], Tn[s * LC + col], sum);
@@ -367,6 +373,25 @@ __global__ void __launch_bounds__(kThreads) chunk_prep_kernel(chunk_args a)
         __syncwarp();
     }
     __syncthreads();
+    for (int i = 1; i < NB; i++) {
+        for (int j = warp; j < i; j += kWarps) {
+            float acc[2][4];
+            tiles_zero(acc);
+            for (int k = j; k < i; k++)
+                mma_rows<16, 2, true, LC, 1, LC, 1>(acc, F + i * 16 * LC + k * 16, Tn + k * 16 * LC + j * 16);
+            tile_store<LX>(Xb + j * 16 * LX, acc[0], 1.0f);
+            tile_store<LX>(Xb + j * 16 * LX + 8, acc[1], 1.0f);
+        }
+        __syncthreads();
+        for (int j = warp; j < i; j += kWarps) {
+            float acc[2][4];
+            tiles_zero(acc);
+            mma_rows<16, 2, true, LC, 1, LX, 1>(acc, Tn + i * 16 * LC + i * 16, Xb + j * 16 * LX);
+            tile_store<LC>(Tn + i * 16 * LC + j * 16, acc[0], 1.0f);
+            tile_store<LC>(Tn + i * 16 * LC + j * 16 + 8, acc[1], 1.0f);
+        }
+        __syncthreads();
+    }
     /* W' = -Tinv (beta e^gamma K), U = Tinv (beta V), stored straight to the scratch. */
     for (int item = warp; item < 2 * NT * ND; item += kWarps) {
         const int which = item / (NT * ND), tm = item % (NT * ND) / ND, tn = item % ND;
