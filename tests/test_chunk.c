@@ -276,22 +276,25 @@ static void check_threads(void)
     CHECK(gdn_backend_init(&pair[0].backend, GDN_BACKEND_CPU, &one) == GDN_OK &&
               gdn_backend_init(&pair[1].backend, GDN_BACKEND_CPU, &three) == GDN_OK,
           "cpu backends with 1 and 3 threads: %s", gdn_error_detail());
-    const op_case c = {2, 140, 2, 6, 64, 2, GDN_BROADCAST_TILED, 1, 0.f, LAYOUT_CONTIGUOUS, 0};
-    gdn_gated_delta_net_params p = case_params(&c);
-    p.chunk = 64;
-    unsigned char *r[2][2] = {{NULL, NULL}, {NULL, NULL}};
-    gdn_tensor ov, sv;
-    int ok = pair[0].backend && pair[1].backend;
-    for (int i = 0; ok && i < 2; i++)
-        ok = run_download(&pair[i], &c, &p, 99, &r[i][0], &r[i][1], &ov, &sv);
-    CHECK(ok, "chunked thread invariance: %s", gdn_error_detail());
-    if (ok)
-        CHECK(same_bits(&ov, r[0][0], &ov, r[1][0]) && same_bits(&sv, r[0][1], &sv, r[1][1]),
-              "cpu: a chunked call differs between 1 and 3 threads");
-    for (int i = 0; i < 2; i++) {
-        free(r[i][0]), free(r[i][1]);
-        gdn_backend_free(pair[i].backend);
+    for (int rule = 0; rule < 2; rule++) { /* both q/k head to value head rules */
+        const op_case c = {2, 140, 2, 6, 64, 2, rule ? GDN_BROADCAST_INTERLEAVED : GDN_BROADCAST_TILED, 1, 0.f,
+                           LAYOUT_CONTIGUOUS, 0};
+        gdn_gated_delta_net_params p = case_params(&c);
+        p.chunk = 64;
+        unsigned char *r[2][2] = {{NULL, NULL}, {NULL, NULL}};
+        gdn_tensor ov, sv;
+        int ok = pair[0].backend && pair[1].backend;
+        for (int i = 0; ok && i < 2; i++)
+            ok = run_download(&pair[i], &c, &p, 99, &r[i][0], &r[i][1], &ov, &sv);
+        CHECK(ok, "chunked thread invariance: %s", gdn_error_detail());
+        if (ok)
+            CHECK(same_bits(&ov, r[0][0], &ov, r[1][0]) && same_bits(&sv, r[0][1], &sv, r[1][1]),
+                  "cpu: a chunked call differs between 1 and 3 threads (%s)", rule ? "interleaved" : "tiled");
+        for (int i = 0; i < 2; i++)
+            free(r[i][0]), free(r[i][1]);
     }
+    for (int i = 0; i < 2; i++)
+        gdn_backend_free(pair[i].backend);
 }
 
 int main(void)
