@@ -7,7 +7,8 @@
  *     Aqk = Q K^T on tensor cores, the factors
  *         F[t][s] = -beta_t e^(gamma_t - gamma_s) Akk[t][s]  (s < t),
  *         P[t][s] = e^(gamma_t - gamma_s) Aqk[t][s]          (s <= t),
- *     Tinv = (I - F)^-1 by forward substitution (column by column, 256/C lanes a column), and
+ *     Tinv = (I - F)^-1 by 16 x 16 blocks (forward substitution inside the diagonal blocks,
+ *     tensor-core products below them), and
  *     W' = -Tinv diag(beta e^gamma) K, U = Tinv diag(beta) V, Kd = e^(gamma_C - gamma) K,
  *     Qe = diag(e^gamma) Q, all stored to the scratch: none of it depends on the state.
  *   scan (one block per JB state rows of a head and sequence; the window's chunks in order): per
