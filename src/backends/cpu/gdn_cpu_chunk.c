@@ -5,8 +5,8 @@
  * buffer for all its chunks, so that every product of a chunk is a row-broadcast matrix product
  * over contiguous rows (the level's gemm kernel). The chunk's k, q, K K^T and Q K^T are computed
  * once for the task's heads (an eighth of the FLOPs at D = 128, C = 32), and give the same floats
- * however the heads are grouped. Per chunk of C tokens (the last one padded with tokens whose k, q, v, beta and g are 0:
- * they change neither the state nor any output):
+ * however the heads are grouped. Per chunk of C tokens (the last one padded with tokens whose k,
+ * q, v, beta and g are 0: they change neither the state nor any output):
  *     KS = K ST, QS = Q ST                       (C x Dv: S0 k_t and S0 q_t of every token)
  *     Akk = K K^T, Aqk = Q K^T                   (C x C)
  *     d_t = beta_t (v_t - e^gamma_t KS_t) - sum_{s<t} beta_t e^(gamma_t - gamma_s) Akk_ts d_s
@@ -277,8 +277,9 @@ gdn_status gdn_cpu_gated_delta_net_chunked(gdn_backend *backend, const gdn_gated
     for (int i = 0; job.buffers != NULL && i < n_threads; i++)
         free(job.buffers[i].block);
     free(job.buffers);
+    const int64_t floats = job.heads * shape->D * shape->D + 7 * chunk * shape->D + 4 * chunk * chunk + 2 * chunk;
     if (!ok)
         return gdn_fail(GDN_ERROR_OUT_OF_MEMORY, "gated_delta_net: no memory for the chunked form's buffers "
-                        "(%lld floats per thread)", (long long)(job.heads * shape->D * shape->D + 8 * chunk * shape->D));
+                        "(%lld floats per thread)", (long long)floats);
     return GDN_OK;
 }

@@ -597,7 +597,8 @@ template <int D, int C, bool SPLIT>
 gdn_status run(gdn_cuda_context *context, chunk_args a, long long B)
 {
     constexpr int JB = rows_per_block<D>();
-    constexpr size_t prep_smem = prep_floats<D, C>() * sizeof(float), scan_smem = scan_floats<D, C, JB>() * sizeof(float);
+    constexpr size_t prep_smem = prep_floats<D, C>() * sizeof(float);
+    constexpr size_t scan_smem = scan_floats<D, C, JB>() * sizeof(float);
     static_assert(prep_smem <= kMaxSmem && scan_smem <= kMaxSmem, "chunked form: shared memory");
     gdn_status st = allow_smem(chunk_prep_kernel<D, C, SPLIT>, prep_smem);
     if (st == GDN_OK)
