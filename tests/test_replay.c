@@ -31,6 +31,11 @@ static const replay_case cases[] = {
     {3, 3, 3, 3, 16, 7, GDN_BROADCAST_INTERLEAVED, 0, LAYOUT_PADDED},
     {3, 3, 2, 6, 32, 5, GDN_BROADCAST_TILED, 1, LAYOUT_SPACED_INNER},
     {3, 3, 2, 4, 128, 7, GDN_BROADCAST_TILED, 1, LAYOUT_CONTIGUOUS},       /* the models' D */
+    /* 3 x 48 and 3 x 80 heads of D = 128: the CUDA kernel's wide shape (a grid of at least 1024
+     * warps, 8 per head), which stages tokens in shared memory; the cases above run its thin
+     * shape. 80 heads (480 blocks) take its 4-blocks-per-SM form on a GPU of 100 to 132 SMs. */
+    {3, 4, 16, 48, 128, 9, GDN_BROADCAST_TILED, 0, LAYOUT_CONTIGUOUS},
+    {3, 2, 16, 80, 128, 5, GDN_BROADCAST_INTERLEAVED, 1, LAYOUT_CONTIGUOUS},
 };
 
 /* Layouts and the tensor buffers behind them: tests/harness.h. */
@@ -253,6 +258,8 @@ static const spec_case spec_cases[] = {
     {1, 1, 3, 16, 2, 0, GDN_BROADCAST_TILED, 0},        /* decode */
     {1, 1, 3, 16, 5, 1, GDN_BROADCAST_INTERLEAVED, 1},
     {4, 2, 4, 128, 11, 1, GDN_BROADCAST_TILED, 1},      /* MTP-like verify at the models' D */
+    {4, 16, 48, 128, 8, 0, GDN_BROADCAST_TILED, 0},     /* the CUDA wide shape (see cases) */
+    {4, 16, 80, 128, 8, 0, GDN_BROADCAST_INTERLEAVED, 1}, /* ... at 4 blocks per SM */
 };
 
 enum { SPEC_B = 3, SPEC_S = 4, SPEC_STEPS = 60 };

@@ -91,8 +91,8 @@ namespace {
  * branch: with a branch (and even with the flag but the other statements reordered) the compiler
  * allocated the other form's registers differently and B >= 8 lost 3-7%; the EARLY = false form
  * keeps the statement order it was tuned with. */
-template <int D, int R, bool VECTOR, bool REPLAY, bool BF16, bool EARLY>
-__global__ void __launch_bounds__(kWarpsPerBlock *kWarpSize, !REPLAY && BF16 ? kMinBlocksPerSMBf16 : kMinBlocksPerSM)
+template <int D, int R, bool VECTOR, bool REPLAY, bool BF16, bool EARLY, int MIN_BLOCKS>
+__global__ void __launch_bounds__(kWarpsPerBlock *kWarpSize, MIN_BLOCKS)
 gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
 {
     using C = gdn_cuda_config<D, R>;
@@ -173,6 +173,91 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
     if constexpr (!EARLY) {
         state = thread_rows(a.state.data + slot * a.state.nb[3] + at.h * a.state.nb[2], a.state, at);
         load_rows<D, R, VECTOR, BF16>(S, state, a.state);
+    }
+
+    /* Replay in the wide shape on the vector path stages every token's inputs in shared memory one
+     * token ahead (gdn_cuda_stage): the ring tokens being folded, then the new tokens, item n in
+     * buffer n % 2 of the warp's pair. Each row writer lane stores its own row's o and delta (one
+     * store, not one predicated store per row). Measured 5-6% faster for replay T = 4 at B >= 8;
+     * the same staging made the snapshot form 5-8% slower at T = 4 (docs/PERF.md), so that form
+     * keeps its direct loads below. */
+    using SL = gdn_cuda_stage<D, R>;
+    constexpr bool STAGE = REPLAY && VECTOR && !C::PREFETCH;
+    __shared__ __align__(16) float stage_all[STAGE ? kWarpsPerBlock * 2 * SL::FLOATS : 4];
+    if constexpr (STAGE) {
+        float *stage = stage_all + (threadIdx.x / kWarpSize) * 2 * SL::FLOATS;
+        const int group_row = (lane / C::LANES) * C::ROWS; /* the thread's first row in the warp's */
+        gdn_cuda_token_ptrs tokens = token_ptrs<false>(a, at, at.b); /* the next new token to stage */
+        const gdn_cuda_token_ptrs ring_at = token_ptrs<true>(a, at, slot);
+        const int count = fold_count;
+        long long ring_next = fold_start; /* the next ring position to stage */
+        auto stage_new = [&](float *buf) {
+            stage_token<D, R, false>(buf, a, tokens, 0, lane, at.lane, group_row);
+            advance_tokens(tokens, a);
+        };
+        if (count > 0) {
+            stage_token<D, R, true>(stage, a, ring_at, ring_next, lane, at.lane, group_row);
+            ring_next = ring_next + 1 == a.L ? 0 : ring_next + 1;
+        } else {
+            stage_new(stage);
+        }
+        cp_async_commit();
+#pragma unroll 1
+        for (int n = 0; n < count; n++) {
+            float *next = stage + ((n + 1) & 1) * SL::FLOATS;
+            __syncwarp(); /* every lane has read the buffer about to be refilled */
+            if (n + 1 < count) {
+                stage_token<D, R, true>(next, a, ring_at, ring_next, lane, at.lane, group_row);
+                ring_next = ring_next + 1 == a.L ? 0 : ring_next + 1;
+            } else {
+                stage_new(next); /* T >= 1 */
+            }
+            cp_async_commit();
+            cp_async_wait_all_but_newest();
+            __syncwarp(); /* every lane's copies of item n have landed */
+            gdn_cuda_token<D, R> ring;
+            read_staged<D, R, true>(ring, stage + (n & 1) * SL::FLOATS, at.lane, group_row);
+            fold_rows<D, R, BF16>(S, ring, a.l2norm);
+        }
+        if (count > 0 && fold_commit != 0)
+            store_rows<D, R, VECTOR, BF16>(state, a.state, S);
+        long long ring_pos = fold_start + count; /* where the new tokens go: count + T <= L */
+        if (ring_pos >= a.L)
+            ring_pos -= a.L;
+        const bool head_writer = warp_in_head == 0 && lane == 0;
+        const bool k_writer = warp_in_head == 0 && lane < C::LANES &&
+                              (a.interleaved ? at.h % (a.Hv / a.Hk) == 0 : at.h < a.Hk);
+        /* Lane r < ROWS of a group writes o and the delta of row row0 + r (all lanes hold the same
+         * values): one store each through a pointer of its own, walked by the token stride. */
+        const bool row_writer = at.lane < C::ROWS;
+        char *o = a.o.data + at.b * a.o.nb[3] + at.h * a.o.nb[1] + (long long)(at.row0 + at.lane) * a.o.nb[0];
+#pragma unroll 1
+        for (long long t = 0; t < a.T; t++) {
+            const int buf = (int)((count + t) & 1);
+            __syncwarp();
+            if (t + 1 < a.T)
+                stage_new(stage + (buf ^ 1) * SL::FLOATS);
+            cp_async_commit();
+            cp_async_wait_all_but_newest();
+            __syncwarp();
+            gdn_cuda_token<D, R> current;
+            read_staged<D, R, false>(current, stage + buf * SL::FLOATS, at.lane, group_row);
+            float out[C::ROWS], delta[C::ROWS];
+            update_rows<D, R, BF16>(S, current, a.l2norm, a.scale, out, delta);
+            float my_out = out[0], my_delta = delta[0];
+#pragma unroll
+            for (int r = 1; r < C::ROWS; r++) {
+                my_out = at.lane == r ? out[r] : my_out;
+                my_delta = at.lane == r ? delta[r] : my_delta;
+            }
+            append_ring_row<D, R, VECTOR>(a, at, ring_at, current, my_delta, row_writer, ring_pos, head_writer,
+                                          k_writer);
+            ring_pos = ring_pos + 1 == a.L ? 0 : ring_pos + 1;
+            if (row_writer)
+                *reinterpret_cast<float *>(o) = my_out;
+            o += a.o.nb[2];
+        }
+        return;
     }
 
     /* The first token's inputs, in flight with the state loads; in the wide replay shape they
@@ -334,7 +419,8 @@ gdn_status launch_index_check(const gdn_cuda_gdn_args &a, const gdn_cuda_launch 
                           "gated_delta_net index check kernel launch");
 }
 
-template <int D, int R, bool VECTOR, bool REPLAY, bool BF16, bool EARLY>
+template <int D, int R, bool VECTOR, bool REPLAY, bool BF16, bool EARLY,
+          int MIN_BLOCKS = !REPLAY && BF16 ? kMinBlocksPerSMBf16 : kMinBlocksPerSM>
 gdn_status launch(const gdn_cuda_gdn_args &a, const gdn_cuda_launch &how)
 {
     using C = gdn_cuda_config<D, R>;
@@ -349,8 +435,8 @@ gdn_status launch(const gdn_cuda_gdn_args &a, const gdn_cuda_launch &how)
     config.stream = how.stream;
     config.attrs = &attribute;
     config.numAttrs = how.dependent ? 1 : 0;
-    return gdn_cuda_check(cudaLaunchKernelEx(&config, gdn_cuda_gated_delta_net_kernel<D, R, VECTOR, REPLAY, BF16, EARLY>,
-                                             a),
+    auto kernel = gdn_cuda_gated_delta_net_kernel<D, R, VECTOR, REPLAY, BF16, EARLY, MIN_BLOCKS>;
+    return gdn_cuda_check(cudaLaunchKernelEx(&config, kernel, a),
                           REPLAY ? "gated_delta_net_replay kernel launch" : "gated_delta_net kernel launch");
 }
 
@@ -367,6 +453,14 @@ gdn_status launch_rows(const gdn_cuda_gdn_args &a, bool vector, const gdn_cuda_l
                             (thin ? gdn_cuda_config<D, THIN>::WARPS_PER_HEAD : gdn_cuda_config<D, WIDE>::WARPS_PER_HEAD);
     const long long blocks = (warps + kWarpsPerBlock - 1) / kWarpsPerBlock;
     const long long wave = (long long)how.sm_count * (!REPLAY && BF16 ? kMinBlocksPerSMBf16 : kMinBlocksPerSM);
+    /* Replay in the wide shape: 4 blocks per SM (128 registers, a few spilled) where that fits
+     * the grid in one wave and 3 do not (B = 7, 8 at Qwen3.6's 32 heads on an H100): one wave
+     * at 4 per SM measured faster than two at 3 (B = 8: 27.4 -> 21.7 us), many waves slower
+     * (B = 64: 126 -> 136 us, docs/PERF.md). */
+    const long long wave4 = (long long)how.sm_count * kOneWaveBlocksPerSM;
+    if (REPLAY && !thin && vector && blocks > wave && blocks <= wave4)
+        return a.state_ready ? launch<D, WIDE, true, REPLAY, BF16, true, kOneWaveBlocksPerSM>(a, how)
+                             : launch<D, WIDE, true, REPLAY, BF16, false, kOneWaveBlocksPerSM>(a, how);
     const bool early = a.state_ready && vector && blocks <= wave && (a.T == 1 || REPLAY);
     if (thin)
         return early    ? launch<D, THIN, true, REPLAY, BF16, true>(a, how)
@@ -393,7 +487,8 @@ gdn_status gdn_cuda_gated_delta_net_probe(void)
 {
     cudaFuncAttributes attributes;
     return gdn_cuda_check(cudaFuncGetAttributes(&attributes,
-                                                gdn_cuda_gated_delta_net_kernel<128, 4, true, false, false, false>),
+                                                gdn_cuda_gated_delta_net_kernel<128, 4, true, false, false, false,
+                                                                                kMinBlocksPerSM>),
                           "cudaFuncGetAttributes (is there a kernel image for this device?)");
 }
 

@@ -38,6 +38,9 @@ constexpr int kMinBlocksPerSM = GDN_CUDA_MIN_BLOCKS;
 #define GDN_CUDA_MIN_BLOCKS_BF16 4
 #endif
 constexpr int kMinBlocksPerSMBf16 = GDN_CUDA_MIN_BLOCKS_BF16;
+/* The replay kernel's wide shape where 4 blocks per SM fit its grid in one wave and 3 do not
+ * (gdn_cuda.cu, launch_rows). */
+constexpr int kOneWaveBlocksPerSM = 4;
 /* State floats per thread in the wide shape. 32 (2 rows at D=128, 4 blocks per SM) measured 27%
  * slower at B=64 T=4: more warps, but more instructions per state element. */
 constexpr int kWideFloats = 64;
@@ -344,6 +347,98 @@ __device__ __forceinline__ void load_token(gdn_cuda_token<D, R> &in, const gdn_c
     }
 }
 
+/* Staged token inputs (replay's wide shape on the vector path, STAGE in the kernel). Each warp copies
+ * the next token's inputs into a buffer of its own in shared memory with cp.async while the
+ * current token computes, then reads them from there: the whole q and k of the head (every group
+ * of the warp reads the same vectors), v of the warp's rows, g and beta. The wide shape has no
+ * registers to hold a second token, and the L1 prefetch hint it used instead left each token
+ * waiting on its loads (docs/PERF.md). Per warp, no block barrier: two buffers, a
+ * __syncwarp before a buffer is refilled and one after its copies have landed. The values are
+ * the same floats either way, so staging changes no result. */
+template <int D, int R>
+struct gdn_cuda_stage {
+    using C = gdn_cuda_config<D, R>;
+    static constexpr int Q = 0, K = D, V = 2 * D, G = 2 * D + C::ROWS_PER_WARP, BETA = G + 1;
+    static constexpr int FLOATS = (BETA + 1 + 3) / 4 * 4; /* one buffer, a whole number of float4s */
+    static_assert(C::ROWS_PER_WARP <= kWarpSize, "one lane copies v of one row");
+    static_assert(D % 4 == 0 && (2 * D / 4) % kWarpSize == 0 || 2 * D / 4 < kWarpSize, "q and k split over lanes");
+};
+
+__device__ __forceinline__ void cp_async16(float *to, const char *from)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"((unsigned)__cvta_generic_to_shared(to)),
+                 "l"(from)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async4(float *to, const char *from)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"((unsigned)__cvta_generic_to_shared(to)),
+                 "l"(from)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+/* Every copy group but the newest has landed (in this lane). */
+__device__ __forceinline__ void cp_async_wait_all_but_newest() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+
+/* Copy token t (RING: ring position t) into buffer `buf`, each lane its share: float4 i of [q; k]
+ * for i = lane, lane + 32, ... (RING: of k only), v of row `lane` of the warp's rows, g (lane 0)
+ * and beta (lane 1). p are the thread's token pointers (token_ptrs: its lane's slice of q and k,
+ * v of its first row); `lane` is the lane in the warp and `group_row` the thread's first row
+ * within the warp's rows. Vector path only: q and k rows are 16-byte aligned and contiguous. */
+template <int D, int R, bool RING>
+__device__ __forceinline__ void stage_token(float *buf, const gdn_cuda_gdn_args &a, const gdn_cuda_token_ptrs &p,
+                                            long long t, int lane, int slice_lane, int group_row)
+{
+    using C = gdn_cuda_config<D, R>;
+    using SL = gdn_cuda_stage<D, R>;
+    const gdn_cuda_view &kv = RING ? a.ring_k : a.k, &vv = RING ? a.ring_v : a.v;
+    const gdn_cuda_view &gv = RING ? a.ring_g : a.g;
+    const char *k = p.k + t * kv.nb[2] - 16LL * slice_lane; /* element 0 of the head's k */
+    constexpr int PARTS = (RING ? 1 : 2) * D / 4;
+#pragma unroll
+    for (int i = 0; i < (PARTS + kWarpSize - 1) / kWarpSize; i++) {
+        const int part = i * kWarpSize + lane;
+        if (PARTS % kWarpSize == 0 || part < PARTS) {
+            if (RING)
+                cp_async16(buf + SL::K + 4 * part, k + 16LL * part);
+            else if (part < D / 4)
+                cp_async16(buf + SL::Q + 4 * part, p.q + t * a.q.nb[2] + 16LL * (part - slice_lane));
+            else
+                cp_async16(buf + SL::K + 4 * (part - D / 4), k + 16LL * (part - D / 4));
+        }
+    }
+    if (lane < C::ROWS_PER_WARP)
+        cp_async4(buf + SL::V + lane, p.v + t * vv.nb[2] + (long long)(lane - group_row) * vv.nb[0]);
+    if (lane == 0)
+        cp_async4(buf + SL::G, p.g + t * gv.nb[1]);
+    if (!RING && lane == 1)
+        cp_async4(buf + SL::BETA, p.beta + t * a.beta.nb[1]);
+}
+
+/* A staged token from `buf` into `in` as load_token would give it (the thread's slice of q and
+ * k, v of its rows from group_row on, g, beta; RING: no q, beta 0). */
+template <int D, int R, bool RING>
+__device__ __forceinline__ void read_staged(gdn_cuda_token<D, R> &in, const float *buf, int slice_lane, int group_row)
+{
+    using C = gdn_cuda_config<D, R>;
+    using SL = gdn_cuda_stage<D, R>;
+#pragma unroll
+    for (int c = 0; c < C::CHUNKS; c++) {
+        const int e = 4 * (c * C::LANES + slice_lane);
+        if (!RING) {
+            const float4 qc = *reinterpret_cast<const float4 *>(buf + SL::Q + e);
+            in.q[4 * c + 0] = qc.x, in.q[4 * c + 1] = qc.y, in.q[4 * c + 2] = qc.z, in.q[4 * c + 3] = qc.w;
+        }
+        const float4 kc = *reinterpret_cast<const float4 *>(buf + SL::K + e);
+        in.k[4 * c + 0] = kc.x, in.k[4 * c + 1] = kc.y, in.k[4 * c + 2] = kc.z, in.k[4 * c + 3] = kc.w;
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        in.v[r] = buf[SL::V + group_row + r];
+    in.g = buf[SL::G];
+    in.beta = RING ? 0.0f : buf[SL::BETA];
+}
+
 /* BF16 state storage: every state float rounded to BF16 (to nearest, ties to even; two at a time
  * with one cvt.rn.bf16x2.f32) and widened back, after every token (include/gdn.h says why). */
 template <int D, int R>
@@ -483,6 +578,28 @@ __device__ __forceinline__ void append_ring(const gdn_cuda_gdn_args &a, const gd
     for (int r = 0; r < C::ROWS; r++)
         if (at.lane == r)
             *reinterpret_cast<float *>(v + r * a.ring_v.nb[0]) = delta[r];
+    if (head_writer)
+        *reinterpret_cast<float *>(p.g + pos * a.ring_g.nb[1]) = in.g;
+    if (k_writer) {
+        char *k = p.k + pos * a.ring_k.nb[2];
+#pragma unroll
+        for (int c = 0; c < C::CHUNKS; c++)
+            store4<VECTOR>(k + chunk_offset<D, VECTOR>(c, a.ring_k.nb[0]), a.ring_k.nb[0],
+                           make_float4(in.k[4 * c + 0], in.k[4 * c + 1], in.k[4 * c + 2], in.k[4 * c + 3]));
+    }
+}
+
+/* As append_ring, with each row writer lane holding its own row's delta (`mine`, for row
+ * row0 + at.lane): one store instead of one predicated store per row. */
+template <int D, int R, bool VECTOR>
+__device__ __forceinline__ void append_ring_row(const gdn_cuda_gdn_args &a, const gdn_cuda_place &at,
+                                                const gdn_cuda_token_ptrs &p, const gdn_cuda_token<D, R> &in,
+                                                float mine, bool row_writer, long long pos, bool head_writer,
+                                                bool k_writer)
+{
+    using C = gdn_cuda_config<D, R>;
+    if (row_writer)
+        *reinterpret_cast<float *>(p.v + pos * a.ring_v.nb[2] + at.lane * a.ring_v.nb[0]) = mine;
     if (head_writer)
         *reinterpret_cast<float *>(p.g + pos * a.ring_g.nb[1]) = in.g;
     if (k_writer) {
