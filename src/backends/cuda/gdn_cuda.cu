@@ -175,17 +175,21 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
         load_rows<D, R, VECTOR, BF16>(S, state, a.state);
     }
 
-    /* Replay in the wide shape on the vector path stages every token's inputs in shared memory one
-     * token ahead (gdn_cuda_stage): the ring tokens being folded, then the new tokens, item n in
-     * buffer n % 2 of the warp's pair. Each row writer lane stores its own row's o and delta (one
-     * store, not one predicated store per row). Measured 5-6% faster for replay T = 4 at B >= 8;
-     * the same staging made the snapshot form 5-8% slower at T = 4 (docs/PERF.md), so that form
-     * keeps its direct loads below. */
+    /* Replay in the wide shape on the vector path stages every token's inputs in shared memory
+     * ahead of use (gdn_cuda_stage): the ring tokens being folded, then the new tokens, item n in
+     * buffer n % NBUF of the warp's. A fold is too short to cover one copy's latency, hence
+     * several in flight. Each row writer lane stores its own row's o and delta (one store, not
+     * one predicated store per row). Measured 10% faster for replay T = 4 at B >= 16; the same
+     * staging made the snapshot form 5-8% slower at T = 4 (docs/PERF.md), so that form keeps
+     * its direct loads below. */
     using SL = gdn_cuda_stage<D, R>;
     constexpr bool STAGE = REPLAY && VECTOR && !C::PREFETCH;
-    __shared__ __align__(16) float stage_all[STAGE ? kWarpsPerBlock * 2 * SL::FLOATS : 4];
+    /* Buffers per warp: tokens are staged NBUF - 1 ahead. The one-wave form (4 blocks per SM,
+     * registers spilled) measured 3% slower with four buffers than with two (docs/PERF.md). */
+    constexpr int NBUF = MIN_BLOCKS == kOneWaveBlocksPerSM ? 2 : kStageBuffers;
+    __shared__ __align__(16) float stage_all[STAGE ? kWarpsPerBlock * NBUF * SL::FLOATS : 4];
     if constexpr (STAGE) {
-        float *stage = stage_all + (threadIdx.x / kWarpSize) * 2 * SL::FLOATS;
+        float *stage = stage_all + (threadIdx.x / kWarpSize) * NBUF * SL::FLOATS;
         const int group_row = (lane / C::LANES) * C::ROWS; /* the thread's first row in the warp's */
         gdn_cuda_token_ptrs tokens = token_ptrs<false>(a, at, at.b); /* the next new token to stage */
         const gdn_cuda_token_ptrs ring_at = token_ptrs<true>(a, at, slot);
@@ -195,28 +199,30 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
             stage_token<D, R, false>(buf, a, tokens, 0, lane, at.lane, group_row);
             advance_tokens(tokens, a);
         };
-        if (count > 0) {
-            stage_token<D, R, true>(stage, a, ring_at, ring_next, lane, at.lane, group_row);
-            ring_next = ring_next + 1 == a.L ? 0 : ring_next + 1;
-        } else {
-            stage_new(stage);
-        }
-        cp_async_commit();
-#pragma unroll 1
-        for (int n = 0; n < count; n++) {
-            float *next = stage + ((n + 1) & 1) * SL::FLOATS;
-            __syncwarp(); /* every lane has read the buffer about to be refilled */
-            if (n + 1 < count) {
-                stage_token<D, R, true>(next, a, ring_at, ring_next, lane, at.lane, group_row);
+        /* Item n (n < items) into buffer n % NBUF, then one commit (empty past the last item, so
+         * that group n is always item n). */
+        const long long items = count + a.T;
+        auto stage_item = [&](long long n) {
+            float *buf = stage + (n & (NBUF - 1)) * SL::FLOATS;
+            if (n < count) {
+                stage_token<D, R, true>(buf, a, ring_at, ring_next, lane, at.lane, group_row);
                 ring_next = ring_next + 1 == a.L ? 0 : ring_next + 1;
-            } else {
-                stage_new(next); /* T >= 1 */
+            } else if (n < items) {
+                stage_new(buf);
             }
             cp_async_commit();
-            cp_async_wait_all_but_newest();
+        };
+#pragma unroll
+        for (int n = 0; n < NBUF - 1; n++)
+            stage_item(n);
+#pragma unroll 1
+        for (int n = 0; n < count; n++) {
+            __syncwarp(); /* every lane has read the buffer about to be refilled (item n - 1's) */
+            stage_item(n + NBUF - 1);
+            cp_async_wait<NBUF - 1>();
             __syncwarp(); /* every lane's copies of item n have landed */
             gdn_cuda_token<D, R> ring;
-            read_staged<D, R, true>(ring, stage + (n & 1) * SL::FLOATS, at.lane, group_row);
+            read_staged<D, R, true>(ring, stage + (n & (NBUF - 1)) * SL::FLOATS, at.lane, group_row);
             fold_rows<D, R, BF16>(S, ring, a.l2norm);
         }
         if (count > 0 && fold_commit != 0)
@@ -233,15 +239,15 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
         char *o = a.o.data + at.b * a.o.nb[3] + at.h * a.o.nb[1] + (long long)(at.row0 + at.lane) * a.o.nb[0];
 #pragma unroll 1
         for (long long t = 0; t < a.T; t++) {
-            const int buf = (int)((count + t) & 1);
+            const long long n = count + t;
             __syncwarp();
-            if (t + 1 < a.T)
-                stage_new(stage + (buf ^ 1) * SL::FLOATS);
+            if (t + NBUF - 1 < a.T) /* item n + NBUF - 1 is a new token */
+                stage_new(stage + ((n + NBUF - 1) & (NBUF - 1)) * SL::FLOATS);
             cp_async_commit();
-            cp_async_wait_all_but_newest();
+            cp_async_wait<NBUF - 1>();
             __syncwarp();
             gdn_cuda_token<D, R> current;
-            read_staged<D, R, false>(current, stage + buf * SL::FLOATS, at.lane, group_row);
+            read_staged<D, R, false>(current, stage + (n & (NBUF - 1)) * SL::FLOATS, at.lane, group_row);
             float out[C::ROWS], delta[C::ROWS];
             update_rows<D, R, BF16>(S, current, a.l2norm, a.scale, out, delta);
             float my_out = out[0], my_delta = delta[0];

@@ -377,8 +377,13 @@ __device__ __forceinline__ void cp_async4(float *to, const char *from)
                  : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-/* Every copy group but the newest has landed (in this lane). */
-__device__ __forceinline__ void cp_async_wait_all_but_newest() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+/* Every copy group but the PENDING newest has landed (in this lane). */
+template <int PENDING> __device__ __forceinline__ void cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory");
+}
+/* Staging buffers per warp (a power of two): tokens are copied this many minus one ahead. */
+constexpr int kStageBuffers = 4;
 
 /* Copy token t (RING: ring position t) into buffer `buf`, each lane its share: float4 i of [q; k]
  * for i = lane, lane + 32, ... (RING: of k only), v of row `lane` of the warp's rows, g (lane 0)
