@@ -59,6 +59,7 @@ struct gdn_backend {
      * the index unless B <= this (then every block checks it); set by the backend's init, read
      * by the kernel launch and by the launch counter. 0 elsewhere. */
     int64_t gdn_check_in_kernel_max_b;
+    int64_t gdn_replay_check_in_kernel_max_b; /* the same for gated_delta_net_replay calls */
     /* The chunked form: the smallest T from which params.chunk 0 chooses it (0: never), set by
      * the backend's init; and whether ops are being recorded (set by the core's record calls),
      * when an index in device memory cannot be read on the host. */

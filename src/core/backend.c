@@ -229,7 +229,7 @@ static uint64_t written_bytes(const gdn_op_call *call, int d)
 
 /* The CUDA backend launches a bounds-check kernel before the gather of get_rows
  * (ops_cuda_data.cu) and before an indexed gated_delta_net kernel of more than
- * gdn_check_in_kernel_max_b sequences (gdn_cuda.cu). */
+ * gdn_check_in_kernel_max_b sequences (gdn_replay_check_in_kernel_max_b for replay; gdn_cuda.cu). */
 static uint64_t check_launches(const gdn_backend *backend)
 {
     return backend->kind == GDN_BACKEND_CUDA ? 1u : 0u;
@@ -289,7 +289,9 @@ void gdn_backend_count_gdn(gdn_backend *backend, const gdn_gated_delta_net_args 
         bytes += view_bytes(&args->states_index);
     c->op_calls++;
     c->gdn_calls++;
-    const int own_check = (shape->indexed || shape->write_indexed) && shape->B > backend->gdn_check_in_kernel_max_b;
+    const int64_t in_kernel_max_b =
+        shape->replay != NULL ? backend->gdn_replay_check_in_kernel_max_b : backend->gdn_check_in_kernel_max_b;
+    const int own_check = (shape->indexed || shape->write_indexed) && shape->B > in_kernel_max_b;
     c->launches += 1u + (own_check ? check_launches(backend) : 0u);
     c->bytes += bytes;
     c->cache_bytes += state_read + states_written;

@@ -152,8 +152,9 @@ static gdn_status cuda_init(gdn_backend *backend, const gdn_backend_options *opt
     }
     backend->context = context;
     const char *check = getenv("GDN_CUDA_INDEX_CHECK");
-    backend->gdn_check_in_kernel_max_b =
-        check != NULL && strcmp(check, "kernel") == 0 ? 0 : GDN_CUDA_CHECK_IN_KERNEL_MAX_B;
+    const int own_kernel = check != NULL && strcmp(check, "kernel") == 0;
+    backend->gdn_check_in_kernel_max_b = own_kernel ? 0 : GDN_CUDA_CHECK_IN_KERNEL_MAX_B;
+    backend->gdn_replay_check_in_kernel_max_b = own_kernel ? 0 : GDN_CUDA_REPLAY_CHECK_IN_KERNEL_MAX_B;
     backend->chunk_min_tokens = GDN_CUDA_CHUNK_MIN_TOKENS;
     snprintf(backend->name, sizeof backend->name, "cuda (%.100s, sm_%d%d)", context->device_name,
              context->cc_major, context->cc_minor);

@@ -33,6 +33,11 @@ typedef struct gdn_cuda_context {
  * one-block check kernel first. GDN_CUDA_INDEX_CHECK=kernel sets gdn_check_in_kernel_max_b to 0
  * (the tests run both paths). */
 #define GDN_CUDA_CHECK_IN_KERNEL_MAX_B 16
+/* The same for replay calls. Measured on an H100 (replay T=4, Qwen3.6 shapes, docs/PERF.md): the
+ * check inside the kernel is faster at B = 1 and 8 (8.9 / 22.0 us against 9.9 / 23.8), the
+ * separate kernel at B = 16 (38.9 against 41.4 us: there every block's B^2 slot comparisons and
+ * its barrier cost more than a launch). */
+#define GDN_CUDA_REPLAY_CHECK_IN_KERNEL_MAX_B 8
 
 /* GDN_OK when `error` is cudaSuccess; otherwise records "cuda: <what> failed: <name> (<text>)"
  * with gdn_fail, clears the runtime's last-error slot (so a non-sticky error is not reported

@@ -543,7 +543,8 @@ gdn_status gdn_cuda_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_
     /* Small B: each block checks the index itself (a few hundred comparisons) instead of a
      * one-block kernel launched before the op (GDN_CUDA_CHECK_IN_KERNEL_MAX_B). */
     const bool any_index = shape->indexed || shape->write_indexed;
-    a.check_in_kernel = any_index && shape->B <= backend->gdn_check_in_kernel_max_b;
+    a.check_in_kernel = any_index && shape->B <= (shape->replay != nullptr ? backend->gdn_replay_check_in_kernel_max_b
+                                                                            : backend->gdn_check_in_kernel_max_b);
     a.state_ready = params->state_ready != 0;
     a.index_check = context->index_check;
     const gdn_gated_delta_net_replay_args *replay = shape->replay;
