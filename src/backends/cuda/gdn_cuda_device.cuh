@@ -595,7 +595,9 @@ __device__ __forceinline__ void append_ring(const gdn_cuda_gdn_args &a, const gd
 }
 
 /* As append_ring, with each row writer lane holding its own row's delta (`mine`, for row
- * row0 + at.lane): one store instead of one predicated store per row. */
+ * row0 + at.lane): one store instead of one predicated store per row. The g and k writes repeat
+ * append_ring's on purpose: sharing them through one helper changed the staged kernels' register
+ * allocation and made replay 0.6-1% slower at B >= 64 (H100, docs/PERF.md). */
 template <int D, int R, bool VECTOR>
 __device__ __forceinline__ void append_ring_row(const gdn_cuda_gdn_args &a, const gdn_cuda_place &at,
                                                 const gdn_cuda_token_ptrs &p, const gdn_cuda_token<D, R> &in,
