@@ -82,7 +82,10 @@
  * it appends k, g and the deltas to the ring (each value by one thread: a row's delta by the
  * lane that writes o for it, g by lane 0 of the head's first warp, k by group 0 of the first
  * warp of the first value head of its q/k head). The check kernel also checks the fold entries
- * and that no two sequences share a slot. Measured times: docs/PERF.md. */
+ * and that no two sequences share a slot. In the wide shape on the vector path the replay kernel
+ * stages its tokens in shared memory a few ahead (see STAGE in the kernel), and where 4 blocks
+ * per SM fit its grid in one wave and 3 do not it runs that form (launch_rows). Measured times:
+ * docs/PERF.md. */
 #include "gdn_cuda_device.cuh"
 
 namespace {
