@@ -344,22 +344,26 @@ gdn_status gdn_gated_delta_net_varlen(gdn_backend *backend, const gdn_gated_delt
  * The replay form of the Gated DeltaNet op (the replay scheme of speculative decoding)
  *
  * Each sequence keeps one committed state (a pool slot) and a ring of its latest tokens: for
- * each token its k as given (before any in-op l2norm), its gate g and its delta
- *     delta = beta (v - (exp(g) S)^T k^)     (k^ = k / sqrt(|k|^2 + 1e-6) with l2norm, else k)
- * the Dv-vector by which the token moved the state: S' = exp(g) S + k^ delta^T. One call first
- * folds the tokens accepted since the last commit into the state, then computes the outputs of
- * T new tokens without storing any state after them, and appends the new tokens to the ring (so
- * the next call can fold those that are accepted). Per sequence b, with slot = state_index[b]
- * and {start, count, commit} = fold[b]:
+ * each token the rank-one update by which it moved the state and its decay,
+ *     S' = decay S + k^ delta^T,   decay = exp(g),   delta = beta (v - (decay S)^T k^)
+ * (k^ = k / sqrt(|k|^2 + 1e-6) with l2norm, else k). The ring keeps decay in ring_g and the update
+ * as a pair (ring_k, ring_v) with ring_k ring_v^T = k^ delta^T, split as the backend applies it:
+ * the CPU keeps k^ and delta, CUDA keeps k as given and delta / sqrt(|k|^2 + 1e-6) (with l2norm).
+ * So a fold needs no dot product, no norm and no exponential. One call first folds the tokens
+ * accepted since the last commit into the state, then computes the outputs of T new tokens
+ * without storing any state after them, and appends the new tokens to the ring (so the next call
+ * can fold those that are accepted). Per sequence b, with slot = state_index[b] and {start,
+ * count, commit} = fold[b]:
  *     S <- state[slot]
- *     for i in 0 .. count-1:   p = (start + i) mod L;  S <- exp(ring_g[p]) S + k^(ring_k[p]) ring_v[p]^T
+ *     for i in 0 .. count-1:   p = (start + i) mod L;  S <- ring_g[p] S + ring_k[p] ring_v[p]^T
  *     if commit != 0:          state[slot] <- S
- *     for t in 0 .. T-1:       S <- update(S, new token t), its delta d_t;  o[b, t] <- scale * S q_t
- *     for t in 0 .. T-1:       ring position (start + count + t) mod L <- k_t, d_t, g_t
+ *     for t in 0 .. T-1:       S <- update(S, new token t);  o[b, t] <- scale * S q_t
+ *     for t in 0 .. T-1:       ring position (start + count + t) mod L <- token t's pair and decay
  * update() is the per-token update of gdn_gated_delta_net (l2norm, gates and broadcast rule as
- * for any token). A folded token applies the delta its own update computed when it was new, from
- * the same state on the accepted path, so folding needs no dot product and no v or beta, and
- * gives the very floats that update gave.
+ * for any token). A folded token applies the floats its own update computed when it was new,
+ * from the same state on the accepted path, so folding needs no v or beta and gives the very
+ * floats that update gave. The rings are written and read by one backend: the split differs
+ * between backends, so rings do not move from one to another.
  *
  * Shapes (outermost first; any byte strides; F32 unless said):
  *     q, k     [B, T, Hk, Dk]      the T new tokens, as for gdn_gated_delta_net
@@ -370,9 +374,9 @@ gdn_status gdn_gated_delta_net_varlen(gdn_backend *backend, const gdn_gated_delt
  *                                  gdn_gated_delta_net's BF16 state storage)
  *     state_index  [B] I32         sequence b owns pool slot state_index[b] and ring slot
  *                                  state_index[b]; every value in 0..S-1, no two equal
- *     ring_k   [S, L, Hk, Dk]      per-slot rings, read and written: k as given,
- *     ring_v   [S, L, Hv, Dv]      the deltas,
- *     ring_g   [S, L, Hv]          the gates
+ *     ring_k   [S, L, Hk, Dk]      per-slot rings, read and written: the two factors of
+ *     ring_v   [S, L, Hv, Dv]      each token's update (one ring_k entry per q/k head),
+ *     ring_g   [S, L, Hv]          the decays
  *     fold     [B, 3] I32          per sequence {start, count, commit}: 0 <= start < L,
  *                                  count >= 0, count + T <= L (otherwise the append would
  *                                  overwrite tokens being folded)
@@ -397,7 +401,7 @@ typedef struct gdn_gated_delta_net_replay_args {
     gdn_tensor q, k, v, g, beta;       /* the new tokens: inputs, borrowed */
     gdn_tensor state;                  /* committed-state pool: read and written, borrowed */
     gdn_tensor state_index;            /* input, borrowed */
-    gdn_tensor ring_k, ring_v, ring_g; /* token rings (k, delta, g): read and written, borrowed */
+    gdn_tensor ring_k, ring_v, ring_g; /* token rings (update factors, decay): read and written, borrowed */
     gdn_tensor fold;                   /* input, borrowed */
     gdn_tensor o;                      /* output, borrowed */
 } gdn_gated_delta_net_replay_args;
@@ -471,7 +475,7 @@ typedef struct gdn_cache gdn_cache;
 
 typedef enum gdn_cache_scheme {
     GDN_CACHE_SNAPSHOT = 0, /* K state groups per sequence, ggml-compatible order */
-    GDN_CACHE_REPLAY = 1,   /* one committed state plus a ring of the latest tokens (k, delta, g) */
+    GDN_CACHE_REPLAY = 1,   /* one committed state plus a ring of the latest tokens (their updates) */
 } gdn_cache_scheme;
 
 typedef struct gdn_cache_config {
@@ -535,9 +539,10 @@ typedef struct gdn_cache_seq_info {
 } gdn_cache_seq_info;
 gdn_status gdn_cache_seq_info_get(const gdn_cache *cache, int32_t seq, gdn_cache_seq_info *info);
 
-/* Replay scheme: layer l's rings (k {D, Hk, L+K, n_seqs}, delta {D, Hv, L+K, n_seqs}, g {Hv,
- * L+K, n_seqs}) and the step's fold array ([n][3] I32 {start, count, commit}, the
- * gdn_gated_delta_net_replay argument). The state pool has one group (K = 1 in its shape). */
+/* Replay scheme: layer l's rings (the update factors k {D, Hk, L+K, n_seqs} and v {D, Hv, L+K,
+ * n_seqs}, the decays {Hv, L+K, n_seqs}) and the step's fold array ([n][3] I32 {start, count,
+ * commit}), the gdn_gated_delta_net_replay arguments. The state pool has one group (K = 1 in its
+ * shape). */
 gdn_status gdn_cache_layer_rings(const gdn_cache *cache, int32_t layer, gdn_tensor *ring_k, gdn_tensor *ring_v,
                                  gdn_tensor *ring_g);
 gdn_status gdn_cache_step_fold(const gdn_cache *cache, gdn_tensor *fold);

@@ -236,25 +236,41 @@ int test_tensor_upload(test_tensor *tb, gdn_backend *backend)
            test_buffer_upload(&tb->device, tb->host_bytes, tb->bytes);
 }
 
-void test_compare_output(const char *what, const char *label, int case_index, const test_tensor *tb,
-                         const gdn_tensor *ref, double tol_rel_l2, double tol_max)
+unsigned char *test_download_view(const char *what, const char *label, int case_index, const test_tensor *tb)
 {
     unsigned char *got = malloc(tb->bytes), *mark = calloc(tb->bytes, 1);
     if (!got || !mark) {
         CHECK(0, "out of memory");
         free(got);
         free(mark);
-        return;
+        return NULL;
     }
     CHECK(test_buffer_download(&tb->device, got), "%s case %d %s: guard region overwritten", label, case_index,
           what);
+    int64_t idx[GDN_MAX_DIMS] = {0};
+    const size_t elem = gdn_dtype_size(tb->host.dtype);
+    do
+        memset(mark + test_offset_of(&tb->host, idx), 1, elem);
+    while (test_next_index(&tb->host, idx));
+    size_t stray = 0;
+    for (size_t i = 0; i < tb->bytes; i++)
+        stray += !mark[i] && got[i] != 0xFF;
+    CHECK(stray == 0, "%s case %d %s: %zu bytes written outside the view", label, case_index, what, stray);
+    free(mark);
+    return got;
+}
+
+void test_compare_output(const char *what, const char *label, int case_index, const test_tensor *tb,
+                         const gdn_tensor *ref, double tol_rel_l2, double tol_max)
+{
+    unsigned char *got = test_download_view(what, label, case_index, tb);
+    if (got == NULL)
+        return;
     double diff2 = 0, ref2 = 0, max_diff = 0, max_ref = 0;
     int64_t idx[GDN_MAX_DIMS] = {0};
     do {
-        const size_t off = test_offset_of(&tb->host, idx);
         float x;
-        memcpy(&x, got + off, sizeof x);
-        memset(mark + off, 1, sizeof x);
+        memcpy(&x, got + test_offset_of(&tb->host, idx), sizeof x);
         const double r = *(const double *)((const char *)ref->data + test_offset_of(ref, idx));
         const double d = fabs((double)x - r);
         if (!(d <= max_diff))
@@ -263,13 +279,8 @@ void test_compare_output(const char *what, const char *label, int case_index, co
         ref2 += r * r;
         max_ref = fabs(r) > max_ref ? fabs(r) : max_ref;
     } while (test_next_index(&tb->host, idx));
-    size_t stray = 0;
-    for (size_t i = 0; i < tb->bytes; i++)
-        stray += !mark[i] && got[i] != 0xFF;
     const double rel = sqrt(diff2 / (ref2 > 0 ? ref2 : 1)), rel_max = max_diff / (max_ref > 0 ? max_ref : 1);
     CHECK(rel < tol_rel_l2 && rel_max < tol_max, "%s case %d %s: rel L2 error %.3g, max error %.3g", label,
           case_index, what, rel, rel_max);
-    CHECK(stray == 0, "%s case %d %s: %zu bytes written outside the view", label, case_index, what, stray);
     free(got);
-    free(mark);
 }

@@ -90,6 +90,10 @@ int test_tensor_upload(test_tensor *tb, gdn_backend *backend);
 /* The backend's view: the host view's strides, data in the guarded backend buffer. */
 gdn_tensor test_device_view(const test_tensor *tb);
 
+/* tb's backend buffer downloaded (malloc'd; NULL when out of memory), with checks labelled
+ * "<label> case <i> <what>" that its guards and every byte outside the view are still 0xFF. */
+unsigned char *test_download_view(const char *what, const char *label, int case_index, const test_tensor *tb);
+
 /* Every view element of tb's backend buffer close to `ref` (an F64 view of the same counts):
  * relative L2 error below tol_rel_l2 and largest error over largest |ref| below tol_max; every
  * other byte (gaps and guards) still 0xFF. Labels the checks "<label> case <i> <what>". */

@@ -7,6 +7,7 @@
 #include "core/graph.h"
 #include "core/ops.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,8 +37,10 @@ static void fill(test_tensor *t, test_rng *rng, int which)
             continue;
         }
         float v = (float)test_rng_normal(rng) * 0.3f;
-        if (which == G || which == RING_G)
+        if (which == G)
             v = (float)test_rng_uniform(rng, -2.0, -0.01);
+        if (which == RING_G) /* decays */
+            v = (float)exp(test_rng_uniform(rng, -2.0, -0.01));
         if (which == BETA)
             v = (float)test_rng_uniform(rng, 0.0, 1.0);
         memcpy(p, &v, 4);

@@ -78,7 +78,7 @@ enum { Hk = 16, Hv = 32, D = 128 };
 /* One layer's buffers on the backend. */
 typedef struct layer_buffers {
     void *q, *k, *v, *g, *beta, *o, *states;
-    void *ring_k, *ring_v, *ring_g; /* replay (k, delta, g); states is then the pool of B slots */
+    void *ring_k, *ring_v, *ring_g; /* replay (update factors, decays); states is then the pool of B slots */
 } layer_buffers;
 
 /* The replay row's steady state: every step keeps `accept` of its T tokens; the ring of Lp =
@@ -369,7 +369,7 @@ static int bench_row(gdn_backend *backend, const bench_config *cfg, int64_t B, i
                  gdn_backend_alloc(backend, rg, &L[s].ring_g) == GDN_OK &&
                  fill(backend, L[s].ring_k, rk, -0.15f, 0.15f, 10 * s + 7) &&
                  fill(backend, L[s].ring_v, rv, -1, 1, 10 * s + 8) &&
-                 fill(backend, L[s].ring_g, rg, -2.0f, -0.01f, 10 * s + 9);
+                 fill(backend, L[s].ring_g, rg, 0.135f, 0.99f, 10 * s + 9); /* decays exp(g), g in [-2, -0.01] */
         }
     }
     if (!ok)

@@ -5,7 +5,7 @@
  *   spec:       every step verifies T tokens per sequence in one call and accepts the first a
  *               of them (the acceptance pattern), over a snapshot cache (K = T state groups
  *               per slot: the next step reads group T-a, no data moves) or a replay cache (one
- *               committed state and a ring of token inputs: the next step folds the kept
+ *               committed state and a ring of token updates: the next step folds the kept
  *               tokens into the state, committing them when the ring would overflow); either
  *               keeps Kconv-1+T window columns per slot and reads the window at offset a;
  *   sequential: the accepted tokens decoded one at a time (T = 1 steps, one sequence per call).
@@ -36,7 +36,7 @@ static const char usage[] =
     "options:\n"
     "  --backend cpu|cuda   backend (default: cuda when a GPU is present, else cpu)\n"
     "  --scheme snapshot|replay  the spec run's cache scheme (default snapshot: K state groups\n"
-    "                       per slot; replay: one committed state and a ring of token inputs)\n"
+    "                       per slot; replay: one committed state and a ring of token updates)\n"
     "  --ring L             replay: tokens of history the ring keeps (default T)\n"
     "  --state f32|bf16     how both runs store the state (default f32; bf16 rounds it after\n"
     "                       every token, so it too must match bit for bit)\n"

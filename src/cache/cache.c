@@ -1,8 +1,8 @@
 /* cache.c: the recurrent-state cache for speculative decoding (include/gdn.h, DESIGN.md
  * section 5). Device memory: one block holding, per layer, the state pool [S][G][Hv][D][D]
  * (G = K groups for the snapshot scheme, 1 for replay), the conv pool [S][Kconv-1+K][C] and,
- * for replay, the rings of k, delta and g [S][P][Hk*D], [S][P][Hv*D], [S][P][Hv] (P = L + K
- * entries); the state pool F32 or BF16 (config.state_dtype), the rest F32;
+ * for replay, the rings (update factors and decays) [S][P][Hk*D], [S][P][Hv*D], [S][P][Hv]
+ * (P = L + K entries); the state pool F32 or BF16 (config.state_dtype), the rest F32;
  * then the step rows [2][S], the fold array [S][3] and the step's slots [S] (I32).
  * Host bookkeeping per sequence: in use, the group and window column its committed state is
  * at, for replay the ring start and the tokens in the ring since the last commit, and the T of

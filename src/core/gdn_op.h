@@ -88,8 +88,9 @@ gdn_status gdn_gated_delta_net_reference(const gdn_gated_delta_net_params *param
 
 /* The float64 reference of the replay form: the pool and o are F64 (the committed states are
  * kept in float64; `storage` BF16 rounds the state to BF16 after every token, folded ones too,
- * as a backend with a BF16 pool does), the rings F32 (k and g copied exactly, the deltas rounded
- * to float). Host only. */
+ * as a backend with a BF16 pool does), the rings F32 (k^, the deltas and the decays, each the
+ * nearest float; a backend may split the rank-one update k^ delta^T differently, include/gdn.h).
+ * Host only. */
 gdn_status gdn_gated_delta_net_replay_reference(const gdn_gated_delta_net_params *params,
                                                 const gdn_gated_delta_net_replay_args *args, gdn_dtype storage);
 

@@ -90,10 +90,9 @@ static void reference_token(double *S, int64_t D, const double *q, const double 
     }
 }
 
-/* A folded ring token: S <- exp(g) S + k delta^T (row j += delta[j] k). */
-static void reference_fold(double *S, int64_t D, const double *k, const double *delta, double g)
+/* A folded ring token: S <- decay S + k delta^T (row j += delta[j] k). */
+static void reference_fold(double *S, int64_t D, const double *k, const double *delta, double decay)
 {
-    const double decay = exp(g);
     for (int64_t j = 0; j < D; j++)
         for (int64_t i = 0; i < D; i++)
             S[j * D + i] = S[j * D + i] * decay + delta[j] * k[i];
@@ -187,7 +186,7 @@ gdn_status gdn_gated_delta_net_replay_reference(const gdn_gated_delta_net_params
                     S[j * D + i] = *(const double *)at(&args->state, i, j, h, slot, 0);
             for (int64_t n = 0; n < fold.count; n++) {
                 const int64_t pos = (fold.start + n) % L;
-                load_vector(k, &args->ring_k, D, hk, pos, slot, params->l2norm);
+                load_vector(k, &args->ring_k, D, hk, pos, slot, 0); /* k^, normalised when appended */
                 load_vector(v, &args->ring_v, D, h, pos, slot, 0); /* the token's delta */
                 reference_fold(S, D, k, v, load_f32(&args->ring_g, h, pos, slot, 0));
                 round_state(S, D, storage);
@@ -209,22 +208,30 @@ gdn_status gdn_gated_delta_net_replay_reference(const gdn_gated_delta_net_params
             }
         }
     }
-    /* The rings: token t's k as given, its delta and its gate at position (start + count + t) mod L. */
+    /* The rings: token t's k^ (normalised as the update applied it), its delta and its decay exp(g)
+     * at position (start + count + t) mod L, each the nearest float. */
     for (int64_t b = 0; b < shape.B; b++) {
         const int64_t slot = *(const int32_t *)at(&args->state_index, b, 0, 0, 0, 0);
         const gdn_gdn_fold fold = gdn_gated_delta_net_fold_of(args, b);
         for (int64_t t = 0; t < shape.T; t++) {
             const int64_t pos = (fold.start + fold.count + t) % L;
+            for (int64_t hk = 0; hk < shape.Hk; hk++) {
+                load_vector(k, &args->k, D, hk, t, b, params->l2norm);
+                for (int64_t i = 0; i < D; i++) {
+                    const float x = (float)k[i];
+                    memcpy(at(&args->ring_k, i, hk, pos, slot, 0), &x, sizeof x);
+                }
+            }
             for (int64_t i = 0; i < D; i++) {
-                for (int64_t hk = 0; hk < shape.Hk; hk++)
-                    memcpy(at(&args->ring_k, i, hk, pos, slot, 0), at(&args->k, i, hk, t, b, 0), sizeof(float));
                 for (int64_t h = 0; h < shape.Hv; h++) {
                     const float d = (float)deltas[((b * shape.T + t) * shape.Hv + h) * D + i];
                     memcpy(at(&args->ring_v, i, h, pos, slot, 0), &d, sizeof d);
                 }
             }
-            for (int64_t h = 0; h < shape.Hv; h++)
-                memcpy(at(&args->ring_g, h, pos, slot, 0, 0), at(&args->g, h, t, b, 0, 0), sizeof(float));
+            for (int64_t h = 0; h < shape.Hv; h++) {
+                const float decay = (float)exp(load_f32(&args->g, h, t, b, 0));
+                memcpy(at(&args->ring_g, h, pos, slot, 0, 0), &decay, sizeof decay);
+            }
         }
     }
     free(S);

@@ -3,7 +3,9 @@
  * (kept in an L1-resident buffer between tokens) and writes the snapshots. The per-row
  * arithmetic lives in the per-SIMD-level kernels (gdn_cpu_scalar.c, gdn_cpu_avx2.c,
  * gdn_cpu_avx512.c). The replay form (shape->replay) is a mode of the same task: the ring
- * tokens are folded through the same kernel call as new tokens before the token loop. A BF16
+ * tokens are folded through the level's fold kernel before the token loop. Each ring token
+ * holds k^ (k after the in-op l2norm, as the update applied it), the rows' deltas and the
+ * decay exp(g), so a fold needs neither a norm nor an exponential. A BF16
  * state (shape->storage) is widened into the L1 buffer, updated there in F32 and rounded to
  * BF16 after every token; snapshots and commits store the rounded rows as BF16. */
 #include "gdn_cpu.h"
@@ -168,12 +170,13 @@ static int gdn_cpu_can_stream(const gdn_cpu_job *job, const char *dst, int64_t s
            (uintptr_t)dst % align == 0 && states->nb[1] % align == 0;
 }
 
-/* Replay: apply ring tokens start .. start+count-1 (mod L) of `slot` to the task's rows through
- * the level's fold kernel, up to GDN_CPU_FOLD_MAX tokens a pass, each with its stored delta (the
- * write of its update, no dot product). With `commit` the state after them is written back to
- * the pool slot: the last pass writes straight into it where its rows are packed F32 (the lines
- * were just read), else the rows are copied there. A BF16 state is rounded after every folded
- * token, as after a new one. On return token->in holds the rows after the fold. */
+/* Replay: apply ring tokens start .. start+count-1 (mod L) of `slot` to the task's rows through the
+ * level's fold kernel, up to GDN_CPU_FOLD_MAX tokens a pass, each with its stored k^, deltas and
+ * decay (the write of its update: no dot product, norm or exponential). With `commit` the state
+ * after them is written back to the pool slot: the last pass writes straight into it where its rows
+ * are packed F32 (the lines were just read), else the rows are copied there. A BF16 state is
+ * rounded after every folded token, as after a new one. On return token->in holds the rows after
+ * the fold. */
 static void gdn_cpu_fold(const gdn_cpu_job *job, gdn_cpu_token *token, gdn_cpu_scratch *scratch, int64_t h,
                          int64_t hk, int64_t j0, int64_t slot, gdn_gdn_fold fold)
 {
@@ -188,11 +191,7 @@ static void gdn_cpu_fold(const gdn_cpu_job *job, gdn_cpu_token *token, gdn_cpu_s
             const int64_t pos = (fold.start + n + f) % L;
             float *kf = scratch->fold_k + (int64_t)f * D;
             gdn_cpu_gather(kf, gdn_cpu_at(&replay->ring_k, 0, hk, pos, slot, 0), replay->ring_k.nb[0], D);
-            if (job->l2norm)
-                gdn_cpu_l2_normalise(kf, D);
-            float g;
-            memcpy(&g, gdn_cpu_at(&replay->ring_g, h, pos, slot, 0, 0), sizeof g);
-            scratch->fold_decay[f] = expf(g);
+            memcpy(&scratch->fold_decay[f], gdn_cpu_at(&replay->ring_g, h, pos, slot, 0, 0), sizeof(float));
             gdn_cpu_gather(scratch->fold_v + (int64_t)f * R, gdn_cpu_at(&replay->ring_v, j0, h, pos, slot, 0),
                            replay->ring_v.nb[0], R);
         }
@@ -216,17 +215,17 @@ static void gdn_cpu_fold(const gdn_cpu_job *job, gdn_cpu_token *token, gdn_cpu_s
         gdn_cpu_write_rows(job, pool, gdn_cpu_at(pool, 0, j0, h, slot, 0), scratch->rows, 0);
 }
 
-/* Replay: new token t's k (as given) and g go to ring position `pos` of `slot`, by the task of
- * rows 0 (k by that of the first value head that reads q/k head hk); its deltas are appended by
- * each task after the update (gdn_cpu_run_task). Called before k is normalised. */
-static void gdn_cpu_append(const gdn_cpu_job *job, const gdn_cpu_scratch *scratch, int64_t b, int64_t h,
-                           int64_t hk, int64_t j0, int64_t slot, int64_t t, int64_t pos)
+/* Replay: new token t's k^ (scratch->k, normalised where the op normalises) and its decay go to
+ * ring position `pos` of `slot`, by the task of rows 0 (k^ by that of the first value head that
+ * reads q/k head hk); its deltas are appended by each task after the update (gdn_cpu_run_task). */
+static void gdn_cpu_append(const gdn_cpu_job *job, const gdn_cpu_scratch *scratch, int64_t h, int64_t hk,
+                           int64_t j0, int64_t slot, float decay, int64_t pos)
 {
     const gdn_gated_delta_net_replay_args *replay = job->shape->replay;
     const gdn_gdn_shape *shape = job->shape;
     if (j0 != 0)
         return;
-    memcpy(gdn_cpu_at(&replay->ring_g, h, pos, slot, 0, 0), gdn_cpu_at(&replay->g, h, t, b, 0, 0), sizeof(float));
+    memcpy(gdn_cpu_at(&replay->ring_g, h, pos, slot, 0, 0), &decay, sizeof decay);
     if (gdn_qk_head_first(job->broadcast, h, shape->Hk, shape->Hv))
         gdn_cpu_scatter(gdn_cpu_at(&replay->ring_k, 0, hk, pos, slot, 0), replay->ring_k.nb[0], scratch->k, shape->D);
 }
@@ -298,8 +297,6 @@ static void gdn_cpu_run_task(const gdn_cpu_job *job, int64_t task, gdn_cpu_scrat
         gdn_cpu_gather(scratch->q, gdn_cpu_at(&args->q, 0, hk, t, b, 0), args->q.nb[0], D);
         gdn_cpu_gather(scratch->k, gdn_cpu_at(&args->k, 0, hk, t, b, 0), args->k.nb[0], D);
         gdn_cpu_gather(scratch->v, gdn_cpu_at(&args->v, j0, h, t, b, 0), args->v.nb[0], R);
-        if (shape->replay != NULL)
-            gdn_cpu_append(job, scratch, b, h, hk, j0, slot, t, (fold.start + fold.count + t) % shape->L);
         if (job->l2norm) {
             gdn_cpu_l2_normalise(scratch->q, D);
             gdn_cpu_l2_normalise(scratch->k, D);
@@ -308,6 +305,8 @@ static void gdn_cpu_run_task(const gdn_cpu_job *job, int64_t task, gdn_cpu_scrat
         memcpy(&g, gdn_cpu_at(&args->g, h, t, b, 0, 0), sizeof g);
         memcpy(&token.beta, gdn_cpu_at(&args->beta, h, t, b, 0, 0), sizeof token.beta);
         token.decay = expf(g);
+        if (shape->replay != NULL)
+            gdn_cpu_append(job, scratch, h, hk, j0, slot, token.decay, (fold.start + fold.count + t) % shape->L);
 
         const int64_t s = shape->T - 1 - t; /* snapshot index, newest first */
         char *snapshot = s < shape->n_write ? gdn_cpu_at(states, 0, j0, h, to, s) : NULL;

@@ -75,17 +75,18 @@
  *
  * Replay (gdn_gated_delta_net_replay): the same kernel with REPLAY = true. After the state loads,
  * each thread folds the ring tokens fold[b] names into its registers with fold_rows: each ring
- * token holds the deltas its own update computed when it was new, so folding is the write of
- * that update again (row = exp(g) row + d k: two operations per element, no dot product, no
- * shuffle) and gives the same floats. It stores the rows back to the pool slot when fold[b] says
- * commit, then runs the new tokens as always, with no snapshots; after each new token's update
- * it appends k, g and the deltas to the ring (each value by one thread: a row's delta by the
- * lane that writes o for it, g by lane 0 of the head's first warp, k by group 0 of the first
- * warp of the first value head of its q/k head). The check kernel also checks the fold entries
- * and that no two sequences share a slot. In the wide shape on the vector path the replay kernel
- * stages its tokens in shared memory a few ahead (see STAGE in the kernel), and where 4 blocks
- * per SM fit its grid in one wave and 3 do not it runs that form (launch_rows). Measured times:
- * docs/PERF.md. */
+ * token holds k as given and the coefficients (a row's d = delta nk) and decay exp(g) its own
+ * update computed when it was new, so folding is the write of that update again (row = decay
+ * row + d k: two operations per element, no dot product, no shuffle, no norm of k, no
+ * exponential) and gives the same floats. It stores the rows back to the pool slot when fold[b]
+ * says commit, then runs the new tokens as always, with no snapshots; after each new token's
+ * update it appends k, the coefficients and the decay to the ring (each value by one thread: a
+ * row's coefficient by the lane that writes o for it, the decay by lane 0 of the head's first
+ * warp, k by group 0 of the first warp of the first value head of its q/k head). The check
+ * kernel also checks the fold entries and that no two sequences share a slot. In the wide shape
+ * on the vector path the replay kernel stages its tokens in shared memory a few ahead (see STAGE
+ * in the kernel), and where 4 blocks per SM fit its grid in one wave and 3 do not it runs that
+ * form (launch_rows). Measured times: docs/PERF.md. */
 #include "gdn_cuda_device.cuh"
 
 namespace {
@@ -226,7 +227,7 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
             __syncwarp(); /* every lane's copies of item n have landed */
             gdn_cuda_token<D, R> ring;
             read_staged<D, R, true>(ring, stage + (n & (NBUF - 1)) * SL::FLOATS, at.lane, group_row);
-            fold_rows<D, R, BF16>(S, ring, a.l2norm);
+            fold_rows<D, R, BF16>(S, ring);
         }
         if (count > 0 && fold_commit != 0)
             store_rows<D, R, VECTOR, BF16>(state, a.state, S);
@@ -251,16 +252,16 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
             __syncwarp();
             gdn_cuda_token<D, R> current;
             read_staged<D, R, false>(current, stage + (n & (NBUF - 1)) * SL::FLOATS, at.lane, group_row);
-            float out[C::ROWS], delta[C::ROWS];
-            update_rows<D, R, BF16>(S, current, a.l2norm, a.scale, out, delta);
-            float my_out = out[0], my_delta = delta[0];
+            float out[C::ROWS], coef[C::ROWS], decay;
+            update_rows<D, R, BF16>(S, current, a.l2norm, a.scale, out, coef, decay);
+            float my_out = out[0], my_coef = coef[0];
 #pragma unroll
             for (int r = 1; r < C::ROWS; r++) {
                 my_out = at.lane == r ? out[r] : my_out;
-                my_delta = at.lane == r ? delta[r] : my_delta;
+                my_coef = at.lane == r ? coef[r] : my_coef;
             }
-            append_ring_row<D, R, VECTOR>(a, at, ring_at, current, my_delta, row_writer, ring_pos, head_writer,
-                                          k_writer);
+            append_ring_row<D, R, VECTOR>(a, at, ring_at, current, my_coef, decay, row_writer, ring_pos,
+                                          head_writer, k_writer);
             ring_pos = ring_pos + 1 == a.L ? 0 : ring_pos + 1;
             if (row_writer)
                 *reinterpret_cast<float *>(o) = my_out;
@@ -283,8 +284,8 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
     const long long to = a.states_index != nullptr ? index_at(a.states_index, a.states_index_nb, at.b) : at.b;
     char *states = thread_rows(a.states.data + to * a.states.nb[3] + at.h * a.states.nb[2], a.states, at);
 
-    /* Replay: fold ring tokens start .. start+count-1 (mod L) into the registers, each through
-     * update_rows like a new token (no output), then commit. The new tokens go to the ring from
+    /* Replay: fold ring tokens start .. start+count-1 (mod L) into the registers (fold_rows: the
+     * write of each token's update again), then commit. The new tokens go to the ring from
      * position start + count on. */
     gdn_cuda_token_ptrs ring_at = tokens; /* replay: the rings of the slot */
     long long ring_pos = 0;
@@ -307,7 +308,7 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
                     load_token<D, R, VECTOR, true>(ring_next, a, ring_at, pos);
                 if (!C::PREFETCH && more)
                     load_token<D, R, VECTOR, true, true>(ring_next, a, ring_at, pos);
-                fold_rows<D, R, BF16>(S, ring, a.l2norm);
+                fold_rows<D, R, BF16>(S, ring);
                 if (C::PREFETCH && more)
                     ring = ring_next;
             }
@@ -331,10 +332,10 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
         if (has_next)
             C::PREFETCH ? load_token<D, R, VECTOR, false>(next, a, tokens, 1)
                         : load_token<D, R, VECTOR, false, true>(next, a, tokens, 1);
-        float out[C::ROWS], delta[C::ROWS];
-        update_rows<D, R, BF16>(S, current, a.l2norm, a.scale, out, delta);
-        if (REPLAY) { /* k and g as loaded (update_rows does not change them), and the deltas */
-            append_ring<D, R, VECTOR>(a, at, ring_at, current, delta, ring_pos, head_writer, k_writer);
+        float out[C::ROWS], coef[C::ROWS], decay;
+        update_rows<D, R, BF16>(S, current, a.l2norm, a.scale, out, coef, decay);
+        if (REPLAY) { /* k as loaded (update_rows does not change it), the coefficients and the decay */
+            append_ring<D, R, VECTOR>(a, at, ring_at, current, coef, decay, ring_pos, head_writer, k_writer);
             ring_pos = ring_pos + 1 == a.L ? 0 : ring_pos + 1;
         }
 

@@ -83,9 +83,9 @@ struct gdn_cuda_gdn_args {
     int check_in_kernel;                   /* 1: every block checks the index itself (small B) */
     int state_ready;                       /* 1: load the state before waiting on the previous grid */
     int64_t *index_check;                  /* the context's 4-value device buffer */
-    /* Replay only (fold NULL otherwise): rings of k, delta and g [S,L,Hk,D], [S,L,Hv,D], [S,L,Hv]
-     * of slot index[b], read at the fold's positions and appended to; fold [B,3] I32 {start,
-     * count, commit} with element strides fold_nb[0], fold_nb[1]. */
+    /* Replay only (fold NULL otherwise): rings of k, coefficients and decays [S,L,Hk,D],
+     * [S,L,Hv,D], [S,L,Hv] of slot index[b], read at the fold's positions and appended to; fold
+     * [B,3] I32 {start, count, commit} with element strides fold_nb[0], fold_nb[1]. */
     gdn_cuda_view ring_k, ring_v, ring_g;
     const char *fold;
     long long fold_nb[2];
@@ -301,8 +301,8 @@ __device__ __forceinline__ void advance_tokens(gdn_cuda_token_ptrs &p, const gdn
     p.beta += a.beta.nb[1];
 }
 
-/* Token t (new tokens: q, k, v, g, beta) or, with RING, ring position t (k, the deltas in v, g;
- * no q: a ring token gives no output) from the thread's pointers p. HINT: only
+/* Token t (new tokens: q, k, v, g, beta) or, with RING, ring position t (k, the coefficients in v,
+ * the decay in g; no q: a ring token gives no output) from the thread's pointers p. HINT: only
  * prefetch those lines into L1 (`in` untouched), so that the load of that token one step later
  * hits L1 instead of waiting on L2 behind the state traffic: the wide shape has no registers to
  * load a token ahead. */
@@ -470,13 +470,14 @@ __device__ __forceinline__ void round_rows(float (&S)[R][gdn_cuda_config<D, R>::
  * dot products and their shuffle trees are independent, so a token is one reduction deep instead
  * of two (the output no longer waits for the new row); k . q costs ELEMS fmas per thread, shared
  * by its rows. Without l2norm nk = nq = 1 and the multiplies by 1 are exact.
- * delta[r] = beta (v - sk) (before nk): what the replay ring keeps of the token; the row's new
- * value is fold_rows's expression, so a fold writes the same floats. BF16: the rows are rounded
- * after o is taken (round_rows). */
+ * coef[r] = beta (v - sk) nk, the row's coefficient of k as given, and decay = exp(g): what the
+ * replay ring keeps of the token (with k as given); the row's new value is fold_rows's
+ * expression of those floats, so a fold writes the same floats. BF16: the rows are rounded after
+ * o is taken (round_rows). */
 template <int D, int R, bool BF16>
 __device__ __forceinline__ void update_rows(float (&S)[R][gdn_cuda_config<D, R>::ELEMS],
                                             const gdn_cuda_token<D, R> &in, int l2norm, float scale, float (&out)[R],
-                                            float (&delta)[R])
+                                            float (&coef)[R], float &decay)
 {
     using C = gdn_cuda_config<D, R>;
     float nk = 1.0f, q_scale = scale;
@@ -484,7 +485,7 @@ __device__ __forceinline__ void update_rows(float (&S)[R][gdn_cuda_config<D, R>:
         nk = inverse_norm<C::LANES, C::ELEMS>(in.k);
         q_scale = __fmul_rn(scale, inverse_norm<C::LANES, C::ELEMS>(in.q));
     }
-    const float decay = expf(in.g);
+    decay = expf(in.g);
 
     float sk[C::ROWS], sq[C::ROWS];
 #pragma unroll
@@ -500,8 +501,8 @@ __device__ __forceinline__ void update_rows(float (&S)[R][gdn_cuda_config<D, R>:
     }
 #pragma unroll
     for (int r = 0; r < C::ROWS; r++) {
-        delta[r] = __fmul_rn(in.beta, __fsub_rn(in.v[r], __fmul_rn(__fmul_rn(sk[r], decay), nk)));
-        const float d = __fmul_rn(delta[r], nk);
+        const float d = __fmul_rn(__fmul_rn(in.beta, __fsub_rn(in.v[r], __fmul_rn(__fmul_rn(sk[r], decay), nk))), nk);
+        coef[r] = d;
         out[r] = __fmul_rn(__fmaf_rn(d, kq, __fmul_rn(sq[r], decay)), q_scale);
 #pragma unroll
         for (int i = 0; i < C::ELEMS; i++)
@@ -511,23 +512,19 @@ __device__ __forceinline__ void update_rows(float (&S)[R][gdn_cuda_config<D, R>:
         round_rows<D, R>(S);
 }
 
-/* A folded replay token: in.v holds the deltas its update_rows computed when it was new, from
- * the same state, so row = exp(g) row + (delta nk) k here is that update's write, the very same
- * floats, with no dot product (nk from the same k by the same code), rounded as it was. */
+/* A folded replay token: in.v holds the coefficients and in.g the decay its update_rows computed
+ * when it was new, from the same state, so row = decay row + coef k here is that update's write,
+ * the very same floats, with no dot product, norm or exponential, rounded as it was. */
 template <int D, int R, bool BF16>
 __device__ __forceinline__ void fold_rows(float (&S)[R][gdn_cuda_config<D, R>::ELEMS],
-                                          const gdn_cuda_token<D, R> &in, int l2norm)
+                                          const gdn_cuda_token<D, R> &in)
 {
     using C = gdn_cuda_config<D, R>;
-    const float nk = l2norm ? inverse_norm<C::LANES, C::ELEMS>(in.k) : 1.0f;
-    const float decay = expf(in.g);
 #pragma unroll
-    for (int r = 0; r < C::ROWS; r++) {
-        const float d = __fmul_rn(in.v[r], nk);
+    for (int r = 0; r < C::ROWS; r++)
 #pragma unroll
         for (int i = 0; i < C::ELEMS; i++)
-            S[r][i] = __fmaf_rn(d, in.k[i], __fmul_rn(S[r][i], decay));
-    }
+            S[r][i] = __fmaf_rn(in.v[r], in.k[i], __fmul_rn(S[r][i], in.g));
     if (BF16)
         round_rows<D, R>(S);
 }
@@ -565,26 +562,27 @@ __device__ __forceinline__ void store_rows(char *rows, const gdn_cuda_view &to,
                                  make_float4(S[r][4 * c + 0], S[r][4 * c + 1], S[r][4 * c + 2], S[r][4 * c + 3]));
 }
 
-/* Replay: the new token `in` (as loaded; update_rows does not change it) and its deltas to ring
- * position `pos` through the ring pointers p of the sequence's slot. Each value has one writer:
- * delta[row0 + r] the lane r that writes o for the row (every lane of the group holds the same
- * value), g `head_writer` (lane 0 of the head's first warp), k `k_writer` (the lanes of group 0
- * of the first warp of the first value head that reads q/k head hk). From registers: copying
- * from the inputs after the token loop instead measured slower (a dependent load at the end of
- * every warp's life). */
+/* Replay: the new token `in` (as loaded; update_rows does not change it: its k goes to the ring as
+ * given), its coefficients and its decay to ring position `pos` through the ring pointers p of the
+ * sequence's slot. Each value has one writer: coef[row0 + r] the lane r that writes o for the row
+ * (every lane of the group holds the same value), the decay `head_writer` (lane 0 of the head's
+ * first warp), k `k_writer` (the lanes of group 0 of the first warp of the first value head that
+ * reads q/k head hk). From registers: copying from the inputs after the token loop instead measured
+ * slower (a dependent load at the end of every warp's life). */
 template <int D, int R, bool VECTOR>
 __device__ __forceinline__ void append_ring(const gdn_cuda_gdn_args &a, const gdn_cuda_place &at,
                                             const gdn_cuda_token_ptrs &p, const gdn_cuda_token<D, R> &in,
-                                            const float (&delta)[R], long long pos, bool head_writer, bool k_writer)
+                                            const float (&coef)[R], float decay, long long pos, bool head_writer,
+                                            bool k_writer)
 {
     using C = gdn_cuda_config<D, R>;
     char *v = p.v + pos * a.ring_v.nb[2];
 #pragma unroll
     for (int r = 0; r < C::ROWS; r++)
         if (at.lane == r)
-            *reinterpret_cast<float *>(v + r * a.ring_v.nb[0]) = delta[r];
+            *reinterpret_cast<float *>(v + r * a.ring_v.nb[0]) = coef[r];
     if (head_writer)
-        *reinterpret_cast<float *>(p.g + pos * a.ring_g.nb[1]) = in.g;
+        *reinterpret_cast<float *>(p.g + pos * a.ring_g.nb[1]) = decay;
     if (k_writer) {
         char *k = p.k + pos * a.ring_k.nb[2];
 #pragma unroll
@@ -594,21 +592,21 @@ __device__ __forceinline__ void append_ring(const gdn_cuda_gdn_args &a, const gd
     }
 }
 
-/* As append_ring, with each row writer lane holding its own row's delta (`mine`, for row
+/* As append_ring, with each row writer lane holding its own row's coefficient (`mine`, for row
  * row0 + at.lane): one store instead of one predicated store per row. The g and k writes repeat
  * append_ring's on purpose: sharing them through one helper changed the staged kernels' register
  * allocation and made replay 0.6-1% slower at B >= 64 (H100, docs/PERF.md). */
 template <int D, int R, bool VECTOR>
 __device__ __forceinline__ void append_ring_row(const gdn_cuda_gdn_args &a, const gdn_cuda_place &at,
                                                 const gdn_cuda_token_ptrs &p, const gdn_cuda_token<D, R> &in,
-                                                float mine, bool row_writer, long long pos, bool head_writer,
-                                                bool k_writer)
+                                                float mine, float decay, bool row_writer, long long pos,
+                                                bool head_writer, bool k_writer)
 {
     using C = gdn_cuda_config<D, R>;
     if (row_writer)
         *reinterpret_cast<float *>(p.v + pos * a.ring_v.nb[2] + at.lane * a.ring_v.nb[0]) = mine;
     if (head_writer)
-        *reinterpret_cast<float *>(p.g + pos * a.ring_g.nb[1]) = in.g;
+        *reinterpret_cast<float *>(p.g + pos * a.ring_g.nb[1]) = decay;
     if (k_writer) {
         char *k = p.k + pos * a.ring_k.nb[2];
 #pragma unroll
