@@ -204,6 +204,28 @@ __device__ __forceinline__ float group_sum(float x)
     return x;
 }
 
+/* The sums over the LANES lanes of a group of N = LANES values, one sum per lane: lane l of the
+ * group gets the sum of x[l]. Each level halves the values a lane keeps (the upper half where
+ * the lane's bit for that offset is set) and adds its partner's copy of them, with the offsets
+ * of group_sum in the same order, so every sum is the very float group_sum gives (the same pairs
+ * added at every level; addition is commutative), in 2N - 2 selects, N - 1 shuffles and N - 1
+ * adds instead of N log2(N) shuffles and adds. */
+template <int LANES>
+__device__ __forceinline__ float group_scatter_sum(float (&x)[LANES], int slice_lane)
+{
+#pragma unroll
+    for (int offset = LANES / 2, n = LANES; offset >= 1; offset /= 2, n /= 2) {
+        const bool upper = (slice_lane & offset) != 0;
+#pragma unroll
+        for (int i = 0; i < n / 2; i++) {
+            const float send = upper ? x[i] : x[i + n / 2];
+            const float keep = upper ? x[i + n / 2] : x[i];
+            x[i] = __fadd_rn(keep, __shfl_xor_sync(kFullMask, send, offset));
+        }
+    }
+    return x[0];
+}
+
 /* Sum over i of x[i] y[i] of one lane's slice: one chain of fmas in order of i. (Two interleaved
  * partial sums, for more independent work per warp, measured no faster at B=64 T=4.) */
 template <int ELEMS>
@@ -470,6 +492,9 @@ __device__ __forceinline__ void round_rows(float (&S)[R][gdn_cuda_config<D, R>::
  * dot products and their shuffle trees are independent, so a token is one reduction deep instead
  * of two (the output no longer waits for the new row); k . q costs ELEMS fmas per thread, shared
  * by its rows. Without l2norm nk = nq = 1 and the multiplies by 1 are exact.
+ * Where a group's lanes number twice its rows (D = 128 wide), the 2 ROWS sums are taken with
+ * group_scatter_sum (the same floats as group_sum, in fewer instructions) and lane r computes
+ * row r's coefficient and output; out[r] is then meaningful in lane r, the row's writer, only.
  * coef[r] = beta (v - sk) nk, the row's coefficient of k as given, and decay = exp(g): what the
  * replay ring keeps of the token (with k as given); the row's new value is fold_rows's
  * expression of those floats, so a fold writes the same floats. BF16: the rows are rounded after
@@ -487,27 +512,46 @@ __device__ __forceinline__ void update_rows(float (&S)[R][gdn_cuda_config<D, R>:
     }
     decay = expf(in.g);
 
-    float sk[C::ROWS], sq[C::ROWS];
+    /* x[r] = row r . k, x[ROWS + r] = row r . q: this lane's partial sums. */
+    float x[2 * C::ROWS];
 #pragma unroll
     for (int r = 0; r < C::ROWS; r++) {
-        sk[r] = lane_dot<C::ELEMS>(S[r], in.k);
-        sq[r] = lane_dot<C::ELEMS>(S[r], in.q);
+        x[r] = lane_dot<C::ELEMS>(S[r], in.k);
+        x[C::ROWS + r] = lane_dot<C::ELEMS>(S[r], in.q);
     }
     const float kq = group_sum<C::LANES>(lane_dot<C::ELEMS>(in.k, in.q));
+    if constexpr (2 * C::ROWS == C::LANES) {
+        /* One value per lane of the group (D = 128 wide: 8 sums over 8 lanes): lane r computes
+         * row r's coefficient and output, then every lane fetches the coefficients. */
+        const int slice_lane = (int)(threadIdx.x % C::LANES);
+        const float total = group_scatter_sum<C::LANES>(x, slice_lane); /* x[slice_lane]'s sum */
+        const float sq = __shfl_xor_sync(kFullMask, total, C::ROWS);   /* lane r < ROWS: row r . q */
+        float v = in.v[0];
 #pragma unroll
-    for (int r = 0; r < C::ROWS; r++) {
-        sk[r] = group_sum<C::LANES>(sk[r]);
-        sq[r] = group_sum<C::LANES>(sq[r]);
+        for (int r = 1; r < C::ROWS; r++)
+            v = slice_lane == r ? in.v[r] : v;
+        const float d = __fmul_rn(__fmul_rn(in.beta, __fsub_rn(v, __fmul_rn(__fmul_rn(total, decay), nk))), nk);
+        const float o = __fmul_rn(__fmaf_rn(d, kq, __fmul_rn(sq, decay)), q_scale);
+#pragma unroll
+        for (int r = 0; r < C::ROWS; r++) {
+            coef[r] = __shfl_sync(kFullMask, d, r, C::LANES);
+            out[r] = o; /* meaningful in lane r */
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < 2 * C::ROWS; i++)
+            x[i] = group_sum<C::LANES>(x[i]);
+#pragma unroll
+        for (int r = 0; r < C::ROWS; r++) {
+            coef[r] = __fmul_rn(__fmul_rn(in.beta, __fsub_rn(in.v[r], __fmul_rn(__fmul_rn(x[r], decay), nk))), nk);
+            out[r] = __fmul_rn(__fmaf_rn(coef[r], kq, __fmul_rn(x[C::ROWS + r], decay)), q_scale);
+        }
     }
 #pragma unroll
-    for (int r = 0; r < C::ROWS; r++) {
-        const float d = __fmul_rn(__fmul_rn(in.beta, __fsub_rn(in.v[r], __fmul_rn(__fmul_rn(sk[r], decay), nk))), nk);
-        coef[r] = d;
-        out[r] = __fmul_rn(__fmaf_rn(d, kq, __fmul_rn(sq[r], decay)), q_scale);
+    for (int r = 0; r < C::ROWS; r++)
 #pragma unroll
         for (int i = 0; i < C::ELEMS; i++)
-            S[r][i] = __fmaf_rn(d, in.k[i], __fmul_rn(S[r][i], decay));
-    }
+            S[r][i] = __fmaf_rn(coef[r], in.k[i], __fmul_rn(S[r][i], decay));
     if (BF16)
         round_rows<D, R>(S);
 }
