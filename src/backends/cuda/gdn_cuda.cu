@@ -147,7 +147,7 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
      * whole grid writes nothing. */
     if (a.index != nullptr || a.states_index != nullptr) {
         if (a.check_in_kernel) {
-            __shared__ long long scratch[kWarpsPerBlock * kWarpSize];
+            __shared__ long long scratch[kWarpsPerBlock]; /* block_min: a slot per warp */
             if (!index_verdict<kWarpsPerBlock * kWarpSize>(a, scratch, blockIdx.x == 0))
                 return;
         } else if (a.index_check[0] >= 0) {

@@ -681,25 +681,30 @@ __device__ void state_range(const char *base, const long long *nb, long long D, 
     *hi = *lo + (unsigned long long)((D - 1) * nb[0] + (D - 1) * nb[1] + (Hv - 1) * nb[2] + esize);
 }
 
-/* Block-wide minimum of `value` over THREADS threads (every thread gets it). */
+/* Block-wide minimum of `value` over THREADS threads (every thread gets it): a shuffle butterfly
+ * per warp, then each thread takes the minimum of the warps' results, two barriers in all. (A
+ * tree over shared memory took log2(THREADS) + 2 barriers, and the replay kernel's in-kernel
+ * verdict calls this three times before its first token.) */
 template <int THREADS>
 __device__ long long block_min(long long value, long long *scratch)
 {
-    scratch[threadIdx.x] = value;
-    __syncthreads();
-    for (int half = THREADS / 2; half > 0; half >>= 1) {
-        if ((int)threadIdx.x < half && scratch[threadIdx.x + half] < scratch[threadIdx.x])
-            scratch[threadIdx.x] = scratch[threadIdx.x + half];
-        __syncthreads();
+    static_assert(THREADS % kWarpSize == 0 && THREADS / kWarpSize <= kWarpSize, "whole warps, one scratch slot each");
+#pragma unroll
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+        const long long other = __shfl_xor_sync(kFullMask, value, offset);
+        value = other < value ? other : value;
     }
-    const long long result = scratch[0];
+    if (threadIdx.x % kWarpSize == 0)
+        scratch[threadIdx.x / kWarpSize] = value;
     __syncthreads();
+    long long result = scratch[0];
+#pragma unroll
+    for (int w = 1; w < THREADS / kWarpSize; w++)
+        result = scratch[w] < result ? scratch[w] : result;
+    __syncthreads(); /* every thread has read scratch before the next call writes it */
     return result;
 }
 
-/* The verdict on the index and fold values, computed by one whole block of THREADS threads
- * (scratch: THREADS values of shared memory): true when all are valid. With `report`, thread 0
- * stores the verdict in index_check (as described above, {-1, 0, -1, -1} when valid). */
 /* Index value b of an I32 index view (a broadcast load per thread). */
 __device__ __forceinline__ int index_at(const char *index, long long nb, long long b)
 {
@@ -721,7 +726,7 @@ __device__ long long first_equal_pair(const char *index, long long nb, long long
 }
 
 /* The verdict on the index, snapshot index and fold values, computed by one whole block of
- * THREADS threads (scratch: THREADS values of shared memory): true when all are valid. With
+ * THREADS threads (scratch: THREADS / 32 values of shared memory): true when all are valid. With
  * `report`, thread 0 stores the verdict in index_check (as described above, {-1, 0, -1, -1}
  * when valid). Every condition that decides a block_min is the same in all threads. */
 template <int THREADS>
@@ -822,7 +827,7 @@ __global__ void __launch_bounds__(kCheckThreads) gdn_cuda_index_check_kernel(con
     asm volatile("griddepcontrol.wait;" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;" :::);
 #endif
-    __shared__ long long scratch[kCheckThreads];
+    __shared__ long long scratch[kCheckThreads / kWarpSize]; /* block_min: a slot per warp */
     index_verdict<kCheckThreads>(a, scratch, true);
 }
 
