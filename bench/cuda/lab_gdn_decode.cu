@@ -15,11 +15,12 @@
  *        4 state floats a thread: bytes in flight come from occupancy alone, and every row pays
  *        its own q/k loads and two 5-step shuffle trees (the library's mapping before 2026-11-24).
  *   v2   8 lanes a row, 4 rows a thread (64 floats, 16 float4 loads in flight a thread), 3-step
- *        shuffles: the library's wide shape (gdn_cuda.cu, used when B*Hv*8 >= 1024 warps).
+ *        shuffles: the library's wide shape (gdn_cuda.cu: at T = 1 when B*Hv*8 > 256 warps;
+ *        launch_rows has the rule for T > 1).
  *   v3   8 lanes a row, 2 rows a thread (32 floats): twice v2's warps on fewer registers; the
  *        library measured it 27% slower at T = 4 (more instructions an element), T = 1 has one.
  *   v4   8 lanes a row, 1 row a thread (16 floats): 4x v2's warps for thin grids; the library's
- *        shape when B*Hv*8 < 1024 warps (B < 4 here).
+ *        shape at T = 1 when B*Hv*8 <= 256 warps (B = 1 here; B < 4 when this lab was measured).
  *   lib  the library's kernel through gdn_gated_delta_net (rows a thread chosen by B, both dot
  *        products on the old row, explicitly rounded arithmetic): the promoted winner.
  * v2..v4 are one template (rows a thread) with the same per-row arithmetic; v0..v4 compute the

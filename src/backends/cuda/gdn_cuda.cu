@@ -393,10 +393,17 @@ constexpr int wide_rows()
     return D / groups < by_lanes ? D / groups : by_lanes;
 }
 
-/* Below this many warps in the wide shape the grid is too thin to cover memory latency on a
- * large GPU: 128 heads of D=128 (B<4 at Hv=32) on an H100. */
+/* The thin shape (one row a thread, four times the warps) for grids of at most this many warps
+ * in the wide shape at T = 1: 32 heads of D = 128 (B = 1 at Qwen3.6's Hv = 32), where a call is
+ * all latency; twice as many for the recurrent op with T > 1 (its snapshots are stored by four
+ * times the warps); never for replay with T > 1, whose folds and new tokens repeat every
+ * per-token cost in each of the four times as many warps. Measured on an H100 (docs/PERF.md,
+ * "thin shape"): the earlier limit of 1024 for all (B < 4) made replay T=4 at B = 2 twice as slow
+ * as wide (16.2 against 8.2 us) and F32 decode at B = 2, 3 9% slower; thin still wins T=4 with 4
+ * snapshots at B = 1 (6.26 against 7.06 us) and B = 2 (9.09 against 9.30; BF16 7.21 against
+ * 8.39), and replay T=1 at B = 1 (4.11 against 4.64). */
 #ifndef GDN_CUDA_THIN_GRID_WARPS
-#define GDN_CUDA_THIN_GRID_WARPS 1024
+#define GDN_CUDA_THIN_GRID_WARPS 256
 #endif
 constexpr long long kThinGridWarps = GDN_CUDA_THIN_GRID_WARPS;
 #ifndef GDN_CUDA_THIN_ROWS
@@ -454,7 +461,8 @@ template <int D, bool REPLAY, bool BF16>
 gdn_status launch_rows(const gdn_cuda_gdn_args &a, bool vector, const gdn_cuda_launch &how)
 {
     constexpr int WIDE = wide_rows<D>(), THIN = kThinRows < WIDE ? kThinRows : WIDE;
-    const bool thin = (long long)a.B * a.Hv * gdn_cuda_config<D, WIDE>::WARPS_PER_HEAD < kThinGridWarps;
+    const long long thin_limit = a.T == 1 ? kThinGridWarps : REPLAY ? 0 : 2 * kThinGridWarps;
+    const bool thin = (long long)a.B * a.Hv * gdn_cuda_config<D, WIDE>::WARPS_PER_HEAD <= thin_limit;
     /* The state_ready form where it was measured to pay (docs/PERF.md): a grid that fits in one
      * wave of blocks (later waves start after the previous kernel has ended anyway), decode or
      * replay (T = 4 with 4 snapshots at B = 1 lost 6%). Only for 16-byte views: the strided
