@@ -182,8 +182,8 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
     /* Replay in the wide shape on the vector path stages every token's inputs in shared memory
      * ahead of use (gdn_cuda_stage): the ring tokens being folded, then the new tokens, item n in
      * buffer n % NBUF of the warp's. A fold is too short to cover one copy's latency, hence
-     * several in flight. Each row writer lane stores its own row's o and delta (one store, not
-     * one predicated store per row). Measured 10% faster for replay T = 4 at B >= 16; the same
+     * several in flight. Each row writer lane stores its own row's o and coefficient (one store,
+     * not one predicated store per row). Measured 10% faster for replay T = 4 at B >= 16; the same
      * staging made the snapshot form 5-8% slower at T = 4 (docs/PERF.md), so that form keeps
      * its direct loads below. */
     using SL = gdn_cuda_stage<D, R>;
@@ -237,8 +237,9 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
         const bool head_writer = warp_in_head == 0 && lane == 0;
         const bool k_writer = warp_in_head == 0 && lane < C::LANES &&
                               (a.interleaved ? at.h % (a.Hv / a.Hk) == 0 : at.h < a.Hk);
-        /* Lane r < ROWS of a group writes o and the delta of row row0 + r (all lanes hold the same
-         * values): one store each through a pointer of its own, walked by the token stride. */
+        /* Lane r < ROWS of a group writes o and the coefficient of row row0 + r (update_rows
+         * leaves them there): one store each through a pointer of its own, walked by the token
+         * stride. */
         const bool row_writer = at.lane < C::ROWS;
         char *o = a.o.data + at.b * a.o.nb[3] + at.h * a.o.nb[1] + (long long)(at.row0 + at.lane) * a.o.nb[0];
 #pragma unroll 1
@@ -339,7 +340,7 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
             ring_pos = ring_pos + 1 == a.L ? 0 : ring_pos + 1;
         }
 
-        /* o[b, t, h, row0 + r] from lane r of the group (all lanes hold the same value). */
+        /* o[b, t, h, row0 + r] from lane r of the group (update_rows leaves it there). */
 #pragma unroll
         for (int r = 0; r < C::ROWS; r++)
             if (at.lane == r)

@@ -481,8 +481,8 @@ __device__ __forceinline__ void round_rows(float (&S)[R][gdn_cuda_config<D, R>::
         }
 }
 
-/* The per-token update of this thread's rows; out[r] = o for row row0 + r (same in all lanes of
- * the group). The arithmetic order here is the exactness contract: change it only knowing that
+/* The per-token update of this thread's rows; out[r] = o for row row0 + r (in lane r of the
+ * group, the row's writer; see below). The arithmetic order here is the exactness contract: change it only knowing that
  * results then change bit-wise (and stay consistent across T, B and both access paths).
  * Both dot products are taken on the row as it was before the token, in one pass, and expanded:
  *     sk = (row . k) exp(g) nk;  d = beta (v - sk);
