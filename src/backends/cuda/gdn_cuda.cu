@@ -91,6 +91,21 @@
 
 namespace {
 
+/* Rows per thread. The arithmetic of a row does not depend on it (a row's lane slice and
+ * reduction tree depend on D only), so it may follow the batch without changing a bit: few heads
+ * (B*Hv small, latency-bound) get one row per thread and more warps in flight; many heads get
+ * the wide shape, 64 state floats per thread (at most LANES rows: lane r writes o for row r),
+ * which keeps many bytes in flight per thread for bandwidth and gives the token loop the most
+ * arithmetic per shuffle. */
+template <int D>
+__host__ __device__ constexpr int wide_rows()
+{
+    constexpr int lanes = lanes_per_row<D>(), elems = D / lanes, groups = kWarpSize / lanes;
+    constexpr int by_registers = kWideFloats / elems > 0 ? kWideFloats / elems : 1;
+    constexpr int by_lanes = lanes < by_registers ? lanes : by_registers;
+    return D / groups < by_lanes ? D / groups : by_lanes;
+}
+
 /* EARLY: the state_ready form (state loads before the wait). A template flag, not a run-time
  * branch: with a branch (and even with the flag but the other statements reordered) the compiler
  * allocated the other form's registers differently and B >= 8 lost 3-7%; the EARLY = false form
@@ -100,6 +115,9 @@ __global__ void __launch_bounds__(kWarpsPerBlock *kWarpSize, MIN_BLOCKS)
 gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
 {
     using C = gdn_cuda_config<D, R>;
+    /* State stores evict-first (store_rows) in the latency-bound shapes: thin, and replay's
+     * one-wave form. */
+    constexpr bool STREAM = R < wide_rows<D>() || (REPLAY && MIN_BLOCKS == kOneWaveBlocksPerSM);
     const int lane = threadIdx.x % kWarpSize;
     /* 32-bit index math: the host checked that the warp count fits in an int. */
     const int warp = (int)(blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarpSize);
@@ -230,7 +248,7 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
             fold_rows<D, R, BF16>(S, ring);
         }
         if (count > 0 && fold_commit != 0)
-            store_rows<D, R, VECTOR, BF16>(state, a.state, S);
+            store_rows<D, R, VECTOR, BF16, STREAM>(state, a.state, S);
         long long ring_pos = fold_start + count; /* where the new tokens go: count + T <= L */
         if (ring_pos >= a.L)
             ring_pos -= a.L;
@@ -314,7 +332,7 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
                     ring = ring_next;
             }
             if (fold_commit != 0)
-                store_rows<D, R, VECTOR, BF16>(state, a.state, S);
+                store_rows<D, R, VECTOR, BF16, STREAM>(state, a.state, S);
         }
         ring_pos = pos;
         head_writer = warp_in_head == 0 && lane == 0;
@@ -348,7 +366,7 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
 
         const long long s = a.T - 1 - t; /* snapshot index, newest first */
         if (!REPLAY && s < a.n_write)
-            store_rows<D, R, VECTOR, BF16>(states + s * a.states.nb[4], a.states, S);
+            store_rows<D, R, VECTOR, BF16, STREAM>(states + s * a.states.nb[4], a.states, S);
         if (C::PREFETCH && has_next)
             current = next;
         advance_tokens(tokens, a);
@@ -379,20 +397,6 @@ int is_vectorisable(const gdn_tensor *t, int n_dims)
     return 1;
 }
 
-/* Rows per thread. The arithmetic of a row does not depend on it (a row's lane slice and
- * reduction tree depend on D only), so it may follow the batch without changing a bit: few heads
- * (B*Hv small, latency-bound) get one row per thread and more warps in flight; many heads get
- * the wide shape, 64 state floats per thread (at most LANES rows: lane r writes o for row r),
- * which keeps many bytes in flight per thread for bandwidth and gives the token loop the most
- * arithmetic per shuffle. */
-template <int D>
-constexpr int wide_rows()
-{
-    constexpr int lanes = lanes_per_row<D>(), elems = D / lanes, groups = kWarpSize / lanes;
-    constexpr int by_registers = kWideFloats / elems > 0 ? kWideFloats / elems : 1;
-    constexpr int by_lanes = lanes < by_registers ? lanes : by_registers;
-    return D / groups < by_lanes ? D / groups : by_lanes;
-}
 
 /* The thin shape (one row a thread, four times the warps) for grids of at most this many warps
  * in the wide shape at T = 1: 32 heads of D = 128 (B = 1 at Qwen3.6's Hv = 32), where a call is

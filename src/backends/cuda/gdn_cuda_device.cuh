@@ -165,13 +165,18 @@ __device__ __forceinline__ float4 load4_state(const char *p, long long nb0)
 }
 
 /* Four floats to the state. BF16: the values are BF16-exact already (round_rows ran after the
- * token), so keeping the upper halves is exact; VECTOR: one 8-byte access. */
-template <bool VECTOR, bool BF16 = false>
+ * token), so keeping the upper halves is exact; VECTOR: one 8-byte access. STREAM (vector path):
+ * a streaming store (st.global.cs, evict-first), see store_rows. */
+template <bool VECTOR, bool BF16 = false, bool STREAM = false>
 __device__ __forceinline__ void store4(char *p, long long nb0, float4 x)
 {
     if (BF16) {
         const unsigned e0 = __float_as_uint(x.x) >> 16, e1 = __float_as_uint(x.y) >> 16;
         const unsigned e2 = __float_as_uint(x.z) >> 16, e3 = __float_as_uint(x.w) >> 16;
+        if (VECTOR && STREAM) {
+            __stcs(reinterpret_cast<uint2 *>(p), make_uint2(e0 | (e1 << 16), e2 | (e3 << 16)));
+            return;
+        }
         if (VECTOR) {
             *reinterpret_cast<uint2 *>(p) = make_uint2(e0 | (e1 << 16), e2 | (e3 << 16));
             return;
@@ -180,6 +185,10 @@ __device__ __forceinline__ void store4(char *p, long long nb0, float4 x)
         *reinterpret_cast<unsigned short *>(p + nb0) = (unsigned short)e1;
         *reinterpret_cast<unsigned short *>(p + 2 * nb0) = (unsigned short)e2;
         *reinterpret_cast<unsigned short *>(p + 3 * nb0) = (unsigned short)e3;
+        return;
+    }
+    if (VECTOR && STREAM) {
+        __stcs(reinterpret_cast<float4 *>(p), x);
         return;
     }
     if (VECTOR) {
@@ -591,8 +600,14 @@ __device__ __forceinline__ void load_rows(float (&S)[R][gdn_cuda_config<D, R>::E
         }
 }
 
-/* This thread's rows of a state to `rows` (thread_rows of a pool slot's head or a snapshot's). */
-template <int D, int R, bool VECTOR, bool BF16>
+/* This thread's rows of a state to `rows` (thread_rows of a pool slot's head or a snapshot's).
+ * STREAM: as streaming stores (st.global.cs: evict-first in L2). A state written is not read
+ * again before the next step, by which time every layer's states have passed through L2, so
+ * keeping its lines only crowds out what the next calls read. On an H100 (docs/PERF.md,
+ * "streaming state stores") the latency-bound shapes gained (F32 decode B=1 2.80 -> 2.50 us,
+ * T=4 K=4 B=1 6.25 -> 5.28, replay T=4 B=8 20.0 -> 19.7) and the bandwidth-bound ones lost 0.6%
+ * (decode B >= 64), so the kernel asks for them in the former only. */
+template <int D, int R, bool VECTOR, bool BF16, bool STREAM = false>
 __device__ __forceinline__ void store_rows(char *rows, const gdn_cuda_view &to,
                                            const float (&S)[R][gdn_cuda_config<D, R>::ELEMS])
 {
@@ -602,7 +617,7 @@ __device__ __forceinline__ void store_rows(char *rows, const gdn_cuda_view &to,
     for (int r = 0; r < C::ROWS; r++)
 #pragma unroll
         for (int c = 0; c < C::CHUNKS; c++)
-            store4<VECTOR, BF16>(rows + r * to.nb[1] + chunk_offset<D, VECTOR, ESIZE>(c, to.nb[0]), to.nb[0],
+            store4<VECTOR, BF16, STREAM>(rows + r * to.nb[1] + chunk_offset<D, VECTOR, ESIZE>(c, to.nb[0]), to.nb[0],
                                  make_float4(S[r][4 * c + 0], S[r][4 * c + 1], S[r][4 * c + 2], S[r][4 * c + 3]));
 }
 
