@@ -83,9 +83,9 @@
  * update it appends k, the coefficients and the decay to the ring (each value by one thread: a
  * row's coefficient by the lane that writes o for it, the decay by lane 0 of the head's first
  * warp, k by group 0 of the first warp of the first value head of its q/k head). The check
- * kernel also checks the fold entries and that no two sequences share a slot. In the wide shape
- * on the vector path the replay kernel stages its tokens in shared memory a few ahead (see STAGE
- * in the kernel), and where 4 blocks per SM fit its grid in one wave and 3 do not it runs that
+ * kernel also checks the fold entries and that no two sequences share a slot. On the vector path
+ * the replay kernel stages its tokens in shared memory a few ahead (see STAGE in the kernel; the
+ * thin shape only with T > 1), and where 4 blocks per SM fit its grid in one wave and 3 do not it runs that
  * form (launch_rows). Measured times: docs/PERF.md. */
 #include "gdn_cuda_device.cuh"
 
@@ -110,7 +110,7 @@ __host__ __device__ constexpr int wide_rows()
  * branch: with a branch (and even with the flag but the other statements reordered) the compiler
  * allocated the other form's registers differently and B >= 8 lost 3-7%; the EARLY = false form
  * keeps the statement order it was tuned with. */
-template <int D, int R, bool VECTOR, bool REPLAY, bool BF16, bool EARLY, int MIN_BLOCKS>
+template <int D, int R, bool VECTOR, bool REPLAY, bool BF16, bool EARLY, int MIN_BLOCKS, bool STAGE_THIN>
 __global__ void __launch_bounds__(kWarpsPerBlock *kWarpSize, MIN_BLOCKS)
 gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
 {
@@ -197,15 +197,18 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
         load_rows<D, R, VECTOR, BF16>(S, state, a.state);
     }
 
-    /* Replay in the wide shape on the vector path stages every token's inputs in shared memory
-     * ahead of use (gdn_cuda_stage): the ring tokens being folded, then the new tokens, item n in
-     * buffer n % NBUF of the warp's. A fold is too short to cover one copy's latency, hence
-     * several in flight. Each row writer lane stores its own row's o and coefficient (one store,
-     * not one predicated store per row). Measured 10% faster for replay T = 4 at B >= 16; the same
+    /* Replay on the vector path stages every token's inputs in shared memory ahead of use
+     * (gdn_cuda_stage): the ring tokens being folded, then the new tokens, item n in buffer
+     * n % NBUF of the warp's. A fold is too short to cover one copy's latency, hence several in
+     * flight. Each row writer lane stores its own row's o and coefficient (one store, not one
+     * predicated store per row). Measured 10% faster for replay T = 4 at B >= 16; the same
      * staging made the snapshot form 5-8% slower at T = 4 (docs/PERF.md), so that form keeps
-     * its direct loads below. */
+     * its direct loads below. The thin shape stages only with T > 1 (STAGE_THIN, its own
+     * kernel): at B = 1 that measured 8% faster at T = 4 and 8% slower at T = 1 (docs/PERF.md,
+     * "thin staged replay"); the wide shapes of small D, whose tokens fit registers (PREFETCH),
+     * keep their direct loads. */
     using SL = gdn_cuda_stage<D, R>;
-    constexpr bool STAGE = REPLAY && VECTOR && !C::PREFETCH;
+    constexpr bool STAGE = REPLAY && VECTOR && (!C::PREFETCH || STAGE_THIN);
     /* Buffers per warp: tokens are staged NBUF - 1 ahead. The one-wave form (4 blocks per SM,
      * registers spilled) measured 3% slower with four buffers than with two (docs/PERF.md). */
     constexpr int NBUF = MIN_BLOCKS == kOneWaveBlocksPerSM ? 2 : kStageBuffers;
@@ -399,14 +402,15 @@ int is_vectorisable(const gdn_tensor *t, int n_dims)
 
 
 /* The thin shape (one row a thread, four times the warps) for grids of at most this many warps
- * in the wide shape at T = 1: 32 heads of D = 128 (B = 1 at Qwen3.6's Hv = 32), where a call is
- * all latency; twice as many for the recurrent op with T > 1 (its snapshots are stored by four
- * times the warps); never for replay with T > 1, whose folds and new tokens repeat every
- * per-token cost in each of the four times as many warps. Measured on an H100 (docs/PERF.md,
- * "thin shape"): the earlier limit of 1024 for all (B < 4) made replay T=4 at B = 2 twice as slow
- * as wide (16.2 against 8.2 us) and F32 decode at B = 2, 3 9% slower; thin still wins T=4 with 4
- * snapshots at B = 1 (6.26 against 7.06 us) and B = 2 (9.09 against 9.30; BF16 7.21 against
- * 8.39), and replay T=1 at B = 1 (4.11 against 4.64). */
+ * in the wide shape at T = 1 and in replay: 32 heads of D = 128 (B = 1 at Qwen3.6's Hv = 32),
+ * where a call is all latency; twice as many for the recurrent op with T > 1 (its snapshots are
+ * stored by four times the warps). Measured on an H100 (docs/PERF.md, "thin shape"): the earlier
+ * limit of 1024 for all (B < 4) made replay T=4 at B = 2 twice as slow as wide (16.2 against 8.2
+ * us: its folds and new tokens repeat every per-token cost in four times the warps) and F32
+ * decode at B = 2, 3 9% slower; thin still wins T=4 with 4 snapshots at B = 1 (6.26 against 7.06
+ * us) and B = 2 (9.09 against 9.30; BF16 7.21 against 8.39), and replay T=1 at B = 1 (4.11
+ * against 4.64); replay T=4 at B = 1 once its tokens are staged (6.30 against 6.86, "thin staged
+ * replay"). */
 #ifndef GDN_CUDA_THIN_GRID_WARPS
 #define GDN_CUDA_THIN_GRID_WARPS 256
 #endif
@@ -442,7 +446,7 @@ gdn_status launch_index_check(const gdn_cuda_gdn_args &a, const gdn_cuda_launch 
 }
 
 template <int D, int R, bool VECTOR, bool REPLAY, bool BF16, bool EARLY,
-          int MIN_BLOCKS = !REPLAY && BF16 ? kMinBlocksPerSMBf16 : kMinBlocksPerSM>
+          int MIN_BLOCKS = !REPLAY && BF16 ? kMinBlocksPerSMBf16 : kMinBlocksPerSM, bool STAGE_THIN = false>
 gdn_status launch(const gdn_cuda_gdn_args &a, const gdn_cuda_launch &how)
 {
     using C = gdn_cuda_config<D, R>;
@@ -457,7 +461,7 @@ gdn_status launch(const gdn_cuda_gdn_args &a, const gdn_cuda_launch &how)
     config.stream = how.stream;
     config.attrs = &attribute;
     config.numAttrs = how.dependent ? 1 : 0;
-    auto kernel = gdn_cuda_gated_delta_net_kernel<D, R, VECTOR, REPLAY, BF16, EARLY, MIN_BLOCKS>;
+    auto kernel = gdn_cuda_gated_delta_net_kernel<D, R, VECTOR, REPLAY, BF16, EARLY, MIN_BLOCKS, STAGE_THIN>;
     return gdn_cuda_check(cudaLaunchKernelEx(&config, kernel, a),
                           REPLAY ? "gated_delta_net_replay kernel launch" : "gated_delta_net kernel launch");
 }
@@ -466,7 +470,7 @@ template <int D, bool REPLAY, bool BF16>
 gdn_status launch_rows(const gdn_cuda_gdn_args &a, bool vector, const gdn_cuda_launch &how)
 {
     constexpr int WIDE = wide_rows<D>(), THIN = kThinRows < WIDE ? kThinRows : WIDE;
-    const long long thin_limit = a.T == 1 ? kThinGridWarps : REPLAY ? 0 : 2 * kThinGridWarps;
+    const long long thin_limit = a.T == 1 || REPLAY ? kThinGridWarps : 2 * kThinGridWarps;
     const bool thin = (long long)a.B * a.Hv * gdn_cuda_config<D, WIDE>::WARPS_PER_HEAD <= thin_limit;
     /* The state_ready form where it was measured to pay (docs/PERF.md): a grid that fits in one
      * wave of blocks (later waves start after the previous kernel has ended anyway), decode or
@@ -485,6 +489,11 @@ gdn_status launch_rows(const gdn_cuda_gdn_args &a, bool vector, const gdn_cuda_l
         return a.state_ready ? launch<D, WIDE, true, REPLAY, BF16, true, kOneWaveBlocksPerSM>(a, how)
                              : launch<D, WIDE, true, REPLAY, BF16, false, kOneWaveBlocksPerSM>(a, how);
     const bool early = a.state_ready && vector && blocks <= wave && (a.T == 1 || REPLAY);
+    /* Replay in the thin shape with T > 1 stages its tokens (STAGE_THIN in the kernel). */
+    if constexpr (REPLAY)
+        if (thin && vector && a.T > 1)
+            return early ? launch<D, THIN, true, true, BF16, true, kMinBlocksPerSM, true>(a, how)
+                         : launch<D, THIN, true, true, BF16, false, kMinBlocksPerSM, true>(a, how);
     if (thin)
         return early    ? launch<D, THIN, true, REPLAY, BF16, true>(a, how)
                : vector ? launch<D, THIN, true, REPLAY, BF16, false>(a, how)
@@ -511,7 +520,7 @@ gdn_status gdn_cuda_gated_delta_net_probe(void)
     cudaFuncAttributes attributes;
     return gdn_cuda_check(cudaFuncGetAttributes(&attributes,
                                                 gdn_cuda_gated_delta_net_kernel<128, 4, true, false, false, false,
-                                                                                kMinBlocksPerSM>),
+                                                                                kMinBlocksPerSM, false>),
                           "cudaFuncGetAttributes (is there a kernel image for this device?)");
 }
 
