@@ -115,9 +115,10 @@ static gdn_status gdn_cpu_init(gdn_backend *backend, const gdn_backend_options *
     context->simd = simd;
     context->kernels = gdn_cpu_kernels_for(simd);
     /* From this T on, chunk 0 takes the chunked form (32-token chunks): on a 2-core EPYC VM
-     * (AVX2) it was 0.92x the token-by-token op at T = 64, 1.13x at 128, 1.40x at 256 and 1.6x
-     * from 512 on (docs/PERF.md). */
-    backend->chunk_min_tokens = 128;
+     * (AVX2) it was 1.25-1.6x the token-by-token op at T = 96 for B = 1 and 4 in every one of
+     * seven alternated rounds, 1.4x at 128 and 1.6-2.2x from 512 on; at T = 64 and 80 it won by
+     * 1.0-2.0x with a spread too wide to rely on (docs/PERF.md, "CPU chunk threshold"). */
+    backend->chunk_min_tokens = 96;
     context->stream_threshold = gdn_cpu_l2_bytes() * (size_t)n_threads;
     backend->context = context;
     snprintf(backend->name, sizeof backend->name, "cpu (%s, %d thread%s)", context->kernels->name,
