@@ -26,7 +26,10 @@ while [ $# -gt 0 ]; do
   *) echo "side_by_side_cpu.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
-[ -n "$llama" ] && [ -x "$llama" ] || { echo "side_by_side_cpu.sh: --llama BIN (an executable) is required" >&2; exit 2; }
+if [ -z "$llama" ] || [ ! -x "$llama" ]; then
+  echo "side_by_side_cpu.sh: --llama BIN (an executable) is required" >&2
+  exit 2
+fi
 case $rounds in '' | *[!0-9]* | 0) echo "side_by_side_cpu.sh: --rounds wants a positive integer" >&2; exit 2 ;; esac
 if [ ! -x build-cpu/gdn ]; then
   cmake -S . -B build-cpu -DGDN_CUDA=OFF -DCMAKE_BUILD_TYPE=Release >build-cpu.log 2>&1 &&

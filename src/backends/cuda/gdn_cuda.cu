@@ -85,8 +85,8 @@
  * warp, k by group 0 of the first warp of the first value head of its q/k head). The check
  * kernel also checks the fold entries and that no two sequences share a slot. On the vector path
  * the replay kernel stages its tokens in shared memory a few ahead (see STAGE in the kernel; the
- * thin shape only with T > 1), and where 4 blocks per SM fit its grid in one wave and 3 do not it runs that
- * form (launch_rows). Measured times: docs/PERF.md. */
+ * thin shape only with T > 1), and where 4 blocks per SM fit its grid in one wave and 3 do not
+ * it runs that form (launch_rows). Measured times: docs/PERF.md. */
 #include "gdn_cuda_device.cuh"
 
 namespace {
@@ -400,7 +400,6 @@ int is_vectorisable(const gdn_tensor *t, int n_dims)
     return 1;
 }
 
-
 /* The thin shape (one row a thread, four times the warps) for grids of at most this many warps
  * in the wide shape at T = 1 and in replay: 32 heads of D = 128 (B = 1 at Qwen3.6's Hv = 32),
  * where a call is all latency; twice as many for the recurrent op with T > 1 (its snapshots are
@@ -409,7 +408,7 @@ int is_vectorisable(const gdn_tensor *t, int n_dims)
  * us: its folds and new tokens repeat every per-token cost in four times the warps) and F32
  * decode at B = 2, 3 9% slower; thin still wins T=4 with 4 snapshots at B = 1 (6.26 against 7.06
  * us) and B = 2 (9.09 against 9.30; BF16 7.21 against 8.39), and replay T=1 at B = 1 (4.11
- * against 4.64); replay T=4 at B = 1 once its tokens are staged (6.30 against 6.86, "thin staged
+ * against 4.64); replay T=4 at B = 1 once its tokens are staged (6.24 against 6.84, "thin staged
  * replay"). */
 #ifndef GDN_CUDA_THIN_GRID_WARPS
 #define GDN_CUDA_THIN_GRID_WARPS 256
