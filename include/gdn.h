@@ -285,8 +285,9 @@ typedef struct gdn_gated_delta_net_params {
     int32_t l2norm;          /* 1: L2-normalise q and k inside the op (see above) */
     int32_t state_ready;     /* a hint, 0 by default: 1 promises that the work queued on the
                               * backend just before this call (the previous op) writes neither
-                              * `state` nor `state_index`, so CUDA may start reading the state
-                              * while that work still runs; the results are the same */
+                              * `state` nor `state_index` (replay: nor `fold`, `ring_k`, `ring_v`
+                              * or `ring_g`), so CUDA may start reading them while that work still
+                              * runs; the results are the same */
     int32_t chunk;           /* the chunked form (above): 0 (default) lets the backend choose it,
                               * with chunks of 32 tokens, when T is at least the length from
                               * which it measured it faster (gdn_backend_chunk_min_tokens); -1

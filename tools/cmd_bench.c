@@ -221,7 +221,7 @@ static token_views token_views_of(const layer_buffers *b, int64_t B, int64_t T)
 
 /* The state_ready hint (gdn.h): the call before each one (the previous layer's, or the last
  * layer's of the step before) uses another buffer set, so it writes neither this state nor its
- * index. */
+ * index, nor (replay) these rings; the fold arrays are uploaded once, before the row. */
 static int state_ready(const bench_config *cfg, int sets)
 {
     return !cfg->no_state_ready && sets >= 2 && (cfg->layers - 1) % sets != 0;

@@ -215,8 +215,9 @@ static gdn_status concrete_view(const gdn_graph *graph, gdn_tensor_id id, gdn_te
 }
 
 /* 1 if node `prev` (-1: work queued before the graph, unknown) writes nothing of the GDN node's
- * state source or its index: the op's state_ready hint (include/gdn.h), which lets CUDA read the
- * state while that node's kernel still runs. Its destinations and in-place sources count. */
+ * state source or its index (replay: nor its rings and fold array): the op's state_ready hint
+ * (include/gdn.h), which lets CUDA read them while that node's kernel still runs. Its
+ * destinations and in-place sources count. */
 static int state_ready(const gdn_graph *graph, int32_t prev, const gdn_graph_node *node)
 {
     if (prev < 0)
@@ -224,8 +225,11 @@ static int state_ready(const gdn_graph *graph, int32_t prev, const gdn_graph_nod
     const gdn_graph_node *before = &graph->nodes[prev];
     const uint32_t inout = gdn_op_traits_of(before->kind)->inout_src;
     /* Sources 5 (the state) and 6 (its index, when the node reads through one: always for
-     * replay, and for the GDN op when it has a source beyond its six and its destination index) */
-    const int n_read = node->n_src - (node->indexed_dst != 0) > 6 ? 7 : 6;
+     * replay, and for the GDN op when it has a source beyond its six and its destination
+     * index); replay's 7 .. 10 (ring_k, ring_v, ring_g, fold) */
+    const int n_read = node->kind == GDN_OP_GATED_DELTA_NET_REPLAY ? 11
+                       : node->n_src - (node->indexed_dst != 0) > 6 ? 7
+                                                                     : 6;
     for (int r = 5; r < n_read; r++)
         for (int w = 0; w < before->n_dst + before->n_src; w++) {
             if (w >= before->n_dst && !((inout >> (w - before->n_dst)) & 1u))

@@ -137,65 +137,15 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
      * the trigger lets the next kernel start the same way (so every kernel before the previous
      * one has completed when this grid starts). Nothing is read before the wait, except with
      * state_ready (the caller's promise that the previous kernel writes neither the state nor
-     * its index): then the state rows are loaded first, so that their DRAM latency overlaps the
-     * previous kernel; a slot outside the pool is not read (the index verdict below then stops
-     * the grid). On older GPUs (or launches without the attribute) both are no-ops. */
+     * its index, nor replay's fold array and rings): then the state rows are loaded first, so
+     * that their DRAM latency overlaps the previous kernel, and in some replay forms the fold
+     * entry and the first ring tokens to fold too (FOLD_BEFORE_WAIT below); a slot or fold entry
+     * out of range is not used to read (the index verdict below then stops the grid). On older
+     * GPUs (or launches without the attribute) both are no-ops. */
     float S[C::ROWS][C::ELEMS];
     long long slot; /* the slot this sequence starts from: its own, or index[b] of the pool */
     char *state;
-    if constexpr (EARLY) { /* the other form keeps the statement order it was tuned with */
-        slot = at.b;
-        state = nullptr;
-        if (head < a.B * a.Hv) { /* whole warps only (the last block may be partly empty) */
-            if (a.index != nullptr)
-                slot = *reinterpret_cast<const int *>(a.index + at.b * a.index_nb);
-            if (slot >= 0 && slot < a.S) {
-                state = thread_rows(a.state.data + slot * a.state.nb[3] + at.h * a.state.nb[2], a.state, at);
-                load_rows<D, R, VECTOR, BF16>(S, state, a.state);
-            }
-        }
-    }
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;" :::);
-#endif
-
-    /* The index verdict: the check kernel's, or (small B: one launch fewer) each block's own,
-     * computed by all its threads before any returns; block 0 reports it. On any bad value the
-     * whole grid writes nothing. */
-    if (a.index != nullptr || a.states_index != nullptr) {
-        if (a.check_in_kernel) {
-            __shared__ long long scratch[kWarpsPerBlock]; /* block_min: a slot per warp */
-            if (!index_verdict<kWarpsPerBlock * kWarpSize>(a, scratch, blockIdx.x == 0))
-                return;
-        } else if (a.index_check[0] >= 0) {
-            return;
-        }
-    }
-    if (head >= a.B * a.Hv)
-        return; /* whole warps only: shuffles stay full-mask */
-
-    /* Without state_ready, the slot (one broadcast load per warp) and the state now. */
-    if constexpr (!EARLY) {
-        slot = at.b;
-        if (a.index != nullptr)
-            slot = *reinterpret_cast<const int *>(a.index + at.b * a.index_nb);
-    }
-    /* Replay: this sequence's fold entry, read beside the index so that its latency overlaps the
-     * state loads. */
-    int fold_start = 0, fold_count = 0, fold_commit = 0;
-    if (REPLAY) {
-        const char *fold = a.fold + at.b * a.fold_nb[1];
-        fold_start = *reinterpret_cast<const int *>(fold);
-        fold_count = *reinterpret_cast<const int *>(fold + a.fold_nb[0]);
-        fold_commit = *reinterpret_cast<const int *>(fold + 2 * a.fold_nb[0]);
-    }
-
-    /* This thread's rows of the initial state, all loads in flight at once. */
-    if constexpr (!EARLY) {
-        state = thread_rows(a.state.data + slot * a.state.nb[3] + at.h * a.state.nb[2], a.state, at);
-        load_rows<D, R, VECTOR, BF16>(S, state, a.state);
-    }
+    int fold_start = 0, fold_count = 0, fold_commit = 0; /* replay: this sequence's fold entry */
 
     /* Replay on the vector path stages every token's inputs in shared memory ahead of use
      * (gdn_cuda_stage): the ring tokens being folded, then the new tokens, item n in buffer
@@ -213,13 +163,120 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
      * registers spilled) measured 3% slower with four buffers than with two (docs/PERF.md). */
     constexpr int NBUF = MIN_BLOCKS == kOneWaveBlocksPerSM ? 2 : kStageBuffers;
     __shared__ __align__(16) float stage_all[STAGE ? kWarpsPerBlock * NBUF * SL::FLOATS : 4];
+    /* With state_ready, the staged forms that measured faster so (docs/PERF.md, "replay's first
+     * ring tokens before the wait") read the fold entry and stage the first ring tokens before
+     * the wait: the thin shape (B = 1, T > 1) and the one-wave form (B = 7, 8). Not the wide
+     * shape at 3 blocks per SM (B = 2 .. 6: 4% faster at B = 2, 3 and 6 with T = 4, but 3% slower
+     * at B = 4, 10% at T = 1), nor without staging (T = 1 at B = 1: 3% slower). */
+    constexpr bool FOLD_BEFORE_WAIT = EARLY && STAGE && (R < wide_rows<D>() || MIN_BLOCKS == kOneWaveBlocksPerSM);
+    int staged = 0; /* items staged before the wait: ring tokens only (the new ones may be the
+                     * previous kernel's output) */
+
+    if constexpr (EARLY) { /* the other form keeps the statement order it was tuned with */
+        slot = at.b;
+        state = nullptr;
+        if (head < a.B * a.Hv) { /* whole warps only (the last block may be partly empty) */
+            if (a.index != nullptr)
+                slot = *reinterpret_cast<const int *>(a.index + at.b * a.index_nb);
+            const bool slot_ok = slot >= 0 && slot < a.S;
+            if (slot_ok) {
+                state = thread_rows(a.state.data + slot * a.state.nb[3] + at.h * a.state.nb[2], a.state, at);
+                load_rows<D, R, VECTOR, BF16>(S, state, a.state);
+            }
+            if (FOLD_BEFORE_WAIT) {
+                const char *fold = a.fold + at.b * a.fold_nb[1];
+                fold_start = *reinterpret_cast<const int *>(fold);
+                fold_count = *reinterpret_cast<const int *>(fold + a.fold_nb[0]);
+                fold_commit = *reinterpret_cast<const int *>(fold + 2 * a.fold_nb[0]);
+            }
+            if (FOLD_BEFORE_WAIT && slot_ok && fold_start >= 0 && fold_start < a.L && fold_count >= 0 &&
+                fold_count <= a.L - a.T) {
+                float *stage = stage_all + (threadIdx.x / kWarpSize) * NBUF * SL::FLOATS;
+                const int group_row = (lane / C::LANES) * C::ROWS;
+                const gdn_cuda_token_ptrs ring_at = token_ptrs<true>(a, at, slot);
+                long long pos = fold_start;
+#pragma unroll
+                for (int n = 0; n < NBUF - 1; n++)
+                    if (n < fold_count) {
+                        stage_token<D, R, true>(stage + n * SL::FLOATS, a, ring_at, pos, lane, at.lane, group_row);
+                        cp_async_commit();
+                        pos = pos + 1 == a.L ? 0 : pos + 1;
+                        staged = n + 1;
+                    }
+            }
+        }
+    }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+
+    /* The first token's inputs, in flight with the state loads; in the wide replay shape they
+     * would stay live through the fold (registers), so there the token loop loads them. */
+    constexpr bool LOAD_FIRST_EARLY = C::PREFETCH || !REPLAY;
+    /* The recurrent op's state_ready form (latency-bound: one wave of blocks) issues the first
+     * token's loads right after the wait, ahead of the index verdict's branches, loads and
+     * barriers: decode B = 1, 2 4% faster (docs/PERF.md). Not in the 4-blocks-per-SM forms (128
+     * registers), where the token held across the verdict spilled (BF16 decode: 20 -> 164
+     * bytes), nor in replay (T = 1 at B = 1: 4% slower). */
+    constexpr bool TOKEN_BEFORE_VERDICT = EARLY && !REPLAY && MIN_BLOCKS == kMinBlocksPerSM;
+    gdn_cuda_token_ptrs tokens;   /* new tokens: at token t in the token loop */
+    gdn_cuda_token<D, R> current; /* the token being computed (direct loads) */
+    if (TOKEN_BEFORE_VERDICT && head < a.B * a.Hv) {
+        tokens = token_ptrs<false>(a, at, at.b);
+        load_token<D, R, VECTOR, false>(current, a, tokens, 0);
+    }
+
+    /* The index verdict: the check kernel's, or (small B: one launch fewer) each block's own,
+     * computed by all its threads before any returns; block 0 reports it. On any bad value the
+     * whole grid writes nothing (and no copy staged before the wait outlives the block). */
+    if (a.index != nullptr || a.states_index != nullptr) {
+        if (a.check_in_kernel) {
+            __shared__ long long scratch[kWarpsPerBlock]; /* block_min: a slot per warp */
+            if (!index_verdict<kWarpsPerBlock * kWarpSize>(a, scratch, blockIdx.x == 0)) {
+                if constexpr (FOLD_BEFORE_WAIT)
+                    cp_async_wait<0>();
+                return;
+            }
+        } else if (a.index_check[0] >= 0) {
+            if constexpr (FOLD_BEFORE_WAIT)
+                cp_async_wait<0>();
+            return;
+        }
+    }
+    if (head >= a.B * a.Hv)
+        return; /* whole warps only: shuffles stay full-mask */
+
+    /* Without state_ready, the slot (one broadcast load per warp) and the state now. */
+    if constexpr (!EARLY) {
+        slot = at.b;
+        if (a.index != nullptr)
+            slot = *reinterpret_cast<const int *>(a.index + at.b * a.index_nb);
+    }
+    /* Replay: this sequence's fold entry, read beside the index so that its latency overlaps the
+     * state loads. */
+    if (!FOLD_BEFORE_WAIT && REPLAY) {
+        const char *fold = a.fold + at.b * a.fold_nb[1];
+        fold_start = *reinterpret_cast<const int *>(fold);
+        fold_count = *reinterpret_cast<const int *>(fold + a.fold_nb[0]);
+        fold_commit = *reinterpret_cast<const int *>(fold + 2 * a.fold_nb[0]);
+    }
+
+    /* This thread's rows of the initial state, all loads in flight at once. */
+    if constexpr (!EARLY) {
+        state = thread_rows(a.state.data + slot * a.state.nb[3] + at.h * a.state.nb[2], a.state, at);
+        load_rows<D, R, VECTOR, BF16>(S, state, a.state);
+    }
+
     if constexpr (STAGE) {
         float *stage = stage_all + (threadIdx.x / kWarpSize) * NBUF * SL::FLOATS;
         const int group_row = (lane / C::LANES) * C::ROWS; /* the thread's first row in the warp's */
-        gdn_cuda_token_ptrs tokens = token_ptrs<false>(a, at, at.b); /* the next new token to stage */
+        tokens = token_ptrs<false>(a, at, at.b); /* the next new token to stage */
         const gdn_cuda_token_ptrs ring_at = token_ptrs<true>(a, at, slot);
         const int count = fold_count;
-        long long ring_next = fold_start; /* the next ring position to stage */
+        long long ring_next = fold_start + staged; /* the next ring position to stage */
+        if (FOLD_BEFORE_WAIT && ring_next >= a.L)
+            ring_next -= a.L;
         auto stage_new = [&](float *buf) {
             stage_token<D, R, false>(buf, a, tokens, 0, lane, at.lane, group_row);
             advance_tokens(tokens, a);
@@ -239,7 +296,8 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
         };
 #pragma unroll
         for (int n = 0; n < NBUF - 1; n++)
-            stage_item(n);
+            if (n >= staged)
+                stage_item(n);
 #pragma unroll 1
         for (int n = 0; n < count; n++) {
             __syncwarp(); /* every lane has read the buffer about to be refilled (item n - 1's) */
@@ -272,17 +330,17 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
             cp_async_commit();
             cp_async_wait<NBUF - 1>();
             __syncwarp();
-            gdn_cuda_token<D, R> current;
-            read_staged<D, R, false>(current, stage + (n & (NBUF - 1)) * SL::FLOATS, at.lane, group_row);
+            gdn_cuda_token<D, R> token;
+            read_staged<D, R, false>(token, stage + (n & (NBUF - 1)) * SL::FLOATS, at.lane, group_row);
             float out[C::ROWS], coef[C::ROWS], decay;
-            update_rows<D, R, BF16>(S, current, a.l2norm, a.scale, out, coef, decay);
+            update_rows<D, R, BF16>(S, token, a.l2norm, a.scale, out, coef, decay);
             float my_out = out[0], my_coef = coef[0];
 #pragma unroll
             for (int r = 1; r < C::ROWS; r++) {
                 my_out = at.lane == r ? out[r] : my_out;
                 my_coef = at.lane == r ? coef[r] : my_coef;
             }
-            append_ring_row<D, R, VECTOR>(a, at, ring_at, current, my_coef, decay, row_writer, ring_pos,
+            append_ring_row<D, R, VECTOR>(a, at, ring_at, token, my_coef, decay, row_writer, ring_pos,
                                           head_writer, k_writer);
             ring_pos = ring_pos + 1 == a.L ? 0 : ring_pos + 1;
             if (row_writer)
@@ -292,15 +350,14 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
         return;
     }
 
-    /* The first token's inputs, in flight with the state loads; in the wide replay shape they
-     * would stay live through the fold (registers), so there the token loop loads them. */
-    constexpr bool LOAD_FIRST_EARLY = C::PREFETCH || !REPLAY;
-    gdn_cuda_token_ptrs tokens = token_ptrs<false>(a, at, at.b); /* at token t in the token loop */
-    gdn_cuda_token<D, R> current;
-    if (LOAD_FIRST_EARLY)
-        load_token<D, R, VECTOR, false>(current, a, tokens, 0);
-    else
-        load_token<D, R, VECTOR, false, true>(current, a, tokens, 0);
+    /* The first token's inputs, in flight with the state loads (or loaded before the verdict). */
+    if constexpr (!TOKEN_BEFORE_VERDICT) {
+        tokens = token_ptrs<false>(a, at, at.b);
+        if (LOAD_FIRST_EARLY)
+            load_token<D, R, VECTOR, false>(current, a, tokens, 0);
+        else
+            load_token<D, R, VECTOR, false, true>(current, a, tokens, 0);
+    }
     char *o = a.o.data + at.b * a.o.nb[3] + at.h * a.o.nb[1] + (long long)at.row0 * a.o.nb[0];
     /* The snapshot slot it writes: its own, or states_index[b]. */
     const long long to = a.states_index != nullptr ? index_at(a.states_index, a.states_index_nb, at.b) : at.b;
