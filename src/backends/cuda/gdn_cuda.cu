@@ -165,10 +165,12 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
     __shared__ __align__(16) float stage_all[STAGE ? kWarpsPerBlock * NBUF * SL::FLOATS : 4];
     /* With state_ready, the staged forms that measured faster so (docs/PERF.md, "replay's first
      * ring tokens before the wait") read the fold entry and stage the first ring tokens before
-     * the wait: the thin shape (B = 1, T > 1) and the one-wave form (B = 7, 8). Not the wide
-     * shape at 3 blocks per SM (B = 2 .. 6: 4% faster at B = 2, 3 and 6 with T = 4, but 3% slower
-     * at B = 4, 10% at T = 1), nor without staging (T = 1 at B = 1: 3% slower). */
-    constexpr bool FOLD_BEFORE_WAIT = EARLY && STAGE && (R < wide_rows<D>() || MIN_BLOCKS == kOneWaveBlocksPerSM);
+     * the wait: the thin shape (B = 1, T > 1) and the F32 one-wave form (B = 7, 8). Not the
+     * wide shape at 3 blocks per SM (B = 2 .. 6: 4% faster at B = 2, 3 and 6 with T = 4, but 3%
+     * slower at B = 4, 10% at T = 1), the BF16 one-wave form (T = 1: 2% slower), nor without
+     * staging (T = 1 at B = 1: 3% slower). */
+    constexpr bool FOLD_BEFORE_WAIT =
+        EARLY && STAGE && (R < wide_rows<D>() || (MIN_BLOCKS == kOneWaveBlocksPerSM && !BF16));
     int staged = 0; /* items staged before the wait: ring tokens only (the new ones may be the
                      * previous kernel's output) */
 
