@@ -1,10 +1,13 @@
 /* test_graph_replay.c: the replay form of the GDN op as a graph node (GATED_DELTA_NET_REPLAY,
  * whose pool and rings are in-out sources) on every backend present: a graph with the node
  * gives the bytes of a direct gdn_gated_delta_net_replay call (o, pool, rings); an in-out source
- * that is not a persistent leaf is refused at build time; and gather elision does not move a
- * gather of a ring past the node that writes that ring (results identical with the pass on). */
+ * that is not a persistent leaf is refused at build time; gather elision does not move a
+ * gather of a ring past the node that writes that ring (results identical with the pass on); and
+ * the graph gives the node the state_ready hint only when the node before it writes none of the
+ * pool, the index, the rings and the fold array. */
 #include "harness.h"
 #include "core/graph.h"
+#include "core/graph_internal.h"
 #include "core/ops.h"
 
 #include <math.h>
@@ -223,6 +226,54 @@ static void check_gather_kept(const test_backend *tb)
     }
 }
 
+/* A scale node writing tensor `target` (or, with -1, a scratch leaf that no one else reads), then
+ * the replay node over the set's tensors: the state_ready hint the graph gives the replay node.
+ * Build only: nothing runs. */
+static int hint_after_write(tensors *ts, int target)
+{
+    gdn_graph *g = NULL;
+    gdn_tensor_id ids[N_T], src = -1, dst = -1;
+    int ok = gdn_graph_init(&g) == GDN_OK;
+    for (int i = 0; ok && i < N_T; i++) {
+        const gdn_tensor t = test_device_view(&ts->t[i]);
+        const int in_out = i == POOL || i == RING_K || i == RING_V || i == RING_G || i == O;
+        ok = gdn_graph_leaf(g, "t", &t, in_out ? GDN_GRAPH_PERSISTENT : GDN_GRAPH_INPUT, &ids[i]) == GDN_OK;
+    }
+    /* The scale reads a tensor of the target's shape (q's for the scratch) and writes the target,
+     * or an intermediate the replay node does not read. */
+    gdn_tensor v = test_device_view(&ts->t[target >= 0 ? target : Q]);
+    ok = ok && gdn_graph_leaf(g, "scale_src", &v, GDN_GRAPH_INPUT, &src) == GDN_OK;
+    if (target >= 0)
+        dst = ids[target];
+    else
+        ok = ok && gdn_graph_intermediate(g, "scratch", GDN_DTYPE_F32, v.n_dims, v.ne, &dst) == GDN_OK;
+    gdn_op_params p;
+    memset(&p, 0, sizeof p);
+    p.scale.scale = 2.0f;
+    ok = ok && gdn_graph_op(g, GDN_OP_SCALE, &p, 1, &src, 1, &dst) == GDN_OK;
+    memset(&p, 0, sizeof p);
+    p.gated_delta_net = params();
+    ok = ok && gdn_graph_op(g, GDN_OP_GATED_DELTA_NET_REPLAY, &p, 11, ids, 1, &ids[O]) == GDN_OK;
+    const int hint = ok ? gdn_graph_state_ready(g, 0, 1) : -1;
+    CHECK(ok, "state_ready: graph with a scale into tensor %d: %s", target, gdn_error_detail());
+    gdn_graph_free(g);
+    return hint;
+}
+
+static void check_state_ready(const test_backend *tb)
+{
+    tensors ts;
+    memset(&ts, 0, sizeof ts);
+    if (!make(&ts, tb->backend, 11))
+        return;
+    CHECK(hint_after_write(&ts, -1) == 1, "%s: no hint after a node writing none of the replay sources", tb->label);
+    const int covered[] = {POOL, RING_K, RING_V, RING_G};
+    for (size_t i = 0; i < sizeof covered / sizeof covered[0]; i++)
+        CHECK(hint_after_write(&ts, covered[i]) == 0, "%s: the hint given after a node writing tensor %d", tb->label,
+              covered[i]);
+    drop(&ts);
+}
+
 int main(void)
 {
     test_backend backends[8];
@@ -231,6 +282,7 @@ int main(void)
     for (int b = 0; b < n; b++) {
         check_node(&backends[b]);
         check_gather_kept(&backends[b]);
+        check_state_ready(&backends[b]);
     }
     test_backends_close(backends, n);
     return test_finish("test_graph_replay");

@@ -75,6 +75,11 @@ void gdn_graph_stand_in_call(const gdn_graph *graph, const gdn_graph_node *node,
 /* The plan no longer matches the graph: the next compute re-plans (the arena is kept until then). */
 void gdn_graph_invalidate_plan(gdn_graph *graph);
 
+/* 1 if node `prev` (-1: work queued before the graph, unknown) writes nothing that the GDN
+ * node `node` lets CUDA read before the previous kernel ends: its state source and index, and
+ * replay's rings and fold array (the state_ready hint, include/gdn.h; graph_plan.c). */
+int gdn_graph_state_ready(const gdn_graph *graph, int32_t prev, int32_t node);
+
 /* Release the arena (graph_plan.c). */
 void gdn_graph_release_plan(gdn_graph *graph);
 

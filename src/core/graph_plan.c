@@ -214,14 +214,12 @@ static gdn_status concrete_view(const gdn_graph *graph, gdn_tensor_id id, gdn_te
     return GDN_OK;
 }
 
-/* 1 if node `prev` (-1: work queued before the graph, unknown) writes nothing of the GDN node's
- * state source or its index (replay: nor its rings and fold array): the op's state_ready hint
- * (include/gdn.h), which lets CUDA read them while that node's kernel still runs. Its
- * destinations and in-place sources count. */
-static int state_ready(const gdn_graph *graph, int32_t prev, const gdn_graph_node *node)
+/* The state_ready hint (graph_internal.h). Destinations and in-place sources of `prev` count. */
+int gdn_graph_state_ready(const gdn_graph *graph, int32_t prev, int32_t index)
 {
     if (prev < 0)
         return 0;
+    const gdn_graph_node *node = &graph->nodes[index];
     const gdn_graph_node *before = &graph->nodes[prev];
     const uint32_t inout = gdn_op_traits_of(before->kind)->inout_src;
     /* Sources 5 (the state) and 6 (its index, when the node reads through one: always for
@@ -259,7 +257,7 @@ gdn_status gdn_graph_compute(gdn_graph *graph, gdn_backend *backend)
         call.kind = node->kind;
         call.params = node->params;
         if (node->kind == GDN_OP_GATED_DELTA_NET || node->kind == GDN_OP_GATED_DELTA_NET_REPLAY)
-            call.params.gated_delta_net.state_ready = state_ready(graph, prev, node);
+            call.params.gated_delta_net.state_ready = gdn_graph_state_ready(graph, prev, i);
         prev = i;
         call.n_src = node->n_src;
         call.n_dst = node->n_dst;
