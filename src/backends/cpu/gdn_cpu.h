@@ -88,6 +88,9 @@ typedef struct gdn_cpu_kernels {
      * at 0 and is then added to C. */
     void (*gemm)(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_rs, int64_t a_cs, const float *B,
                  int64_t ldb, float *C, int64_t ldc);
+    /* x[i] *= s for i < n (n a multiple of 16): the chunked form's decay of a whole state, one
+     * rounded multiply an element on every level. */
+    void (*scale)(float *x, int64_t n, float s);
 } gdn_cpu_kernels;
 
 extern const gdn_cpu_kernels gdn_cpu_kernels_scalar;

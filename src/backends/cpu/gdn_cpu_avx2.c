@@ -397,9 +397,17 @@ GDN_CPU_AVX2 static void gdn_cpu_gemm_avx2(int64_t M, int64_t N, int64_t K, cons
         }
 }
 
+GDN_CPU_AVX2 static void gdn_cpu_scale_avx2(float *x, int64_t n, float s)
+{
+    const __m256 f = _mm256_set1_ps(s);
+    for (int64_t i = 0; i < n; i += 8)
+        _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), f));
+}
+
 const gdn_cpu_kernels gdn_cpu_kernels_avx2 = {
     "avx2", 32, gdn_cpu_token_avx2, gdn_cpu_fold_avx2, gdn_cpu_store_avx2, gdn_cpu_fence_avx2,
     gdn_cpu_copy_stream_avx2, gdn_cpu_load_bf16_avx2, gdn_cpu_store_bf16_avx2, gdn_cpu_gemm_avx2,
+    gdn_cpu_scale_avx2,
 };
 #else
 /* Not x86: nothing to build here (ISO C wants a non-empty file). */

@@ -365,9 +365,17 @@ GDN_CPU_AVX512 static void gdn_cpu_gemm_avx512(int64_t M, int64_t N, int64_t K, 
         }
 }
 
+GDN_CPU_AVX512 static void gdn_cpu_scale_avx512(float *x, int64_t n, float s)
+{
+    const __m512 f = _mm512_set1_ps(s);
+    for (int64_t i = 0; i < n; i += 16)
+        _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), f));
+}
+
 const gdn_cpu_kernels gdn_cpu_kernels_avx512 = {
     "avx512", 64, gdn_cpu_token_avx512, gdn_cpu_fold_avx512, gdn_cpu_store_avx512, gdn_cpu_fence_avx512,
     gdn_cpu_copy_stream_avx512, gdn_cpu_load_bf16_avx512, gdn_cpu_store_bf16_avx512, gdn_cpu_gemm_avx512,
+    gdn_cpu_scale_avx512,
 };
 #else
 /* Not x86: nothing to build here (ISO C wants a non-empty file). */

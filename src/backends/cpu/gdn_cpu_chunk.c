@@ -233,8 +233,7 @@ static void chunk_run(const gdn_cpu_chunk_job *job, gdn_cpu_chunk_buffers *buf, 
         for (int64_t i = 0; i < D; i++)
             buf->kd[t * D + i] = buf->k[t * D + i] * f;
     }
-    for (int64_t x = 0; x < D * D; x++)
-        st[x] *= decay;
+    kern->scale(st, D * D, decay); /* D * D: a multiple of 16 for every D the op takes */
     kern->gemm(D, D, C, buf->kd, 1, D, buf->d, D, st, D);
 }
 

@@ -125,7 +125,13 @@ static void gdn_cpu_gemm_scalar(int64_t M, int64_t N, int64_t K, const float *A,
         }
 }
 
+static void gdn_cpu_scale_scalar(float *x, int64_t n, float s)
+{
+    for (int64_t i = 0; i < n; i++)
+        x[i] *= s;
+}
+
 const gdn_cpu_kernels gdn_cpu_kernels_scalar = {
     "scalar", 64, gdn_cpu_token_scalar, gdn_cpu_fold_scalar, gdn_cpu_store_scalar, NULL, NULL,
-    gdn_cpu_load_bf16_scalar, gdn_cpu_store_bf16_scalar, gdn_cpu_gemm_scalar,
+    gdn_cpu_load_bf16_scalar, gdn_cpu_store_bf16_scalar, gdn_cpu_gemm_scalar, gdn_cpu_scale_scalar,
 };
