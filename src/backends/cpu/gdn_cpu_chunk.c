@@ -97,7 +97,12 @@ static inline void chunk_load_row(float *dst, const gdn_tensor *t, int64_t i1, i
         memcpy(&dst[i], row + (size_t)i * t->nb[0], sizeof(float));
 }
 
-static int64_t chunk_value_head(const gdn_cpu_chunk_job *job, int64_t hk, int64_t r);
+/* Value head r of q/k head hk (r < Hv / Hk). */
+static int64_t chunk_value_head(const gdn_cpu_chunk_job *job, int64_t hk, int64_t r)
+{
+    const int64_t Hk = job->shape->Hk, ratio = job->shape->Hv / Hk;
+    return job->broadcast == GDN_BROADCAST_TILED ? hk + Hk * r : hk * ratio + r;
+}
 
 /* A packed row of `bytes` at p into L2 (prefetcht1), one hint per 64-byte line; strided rows
  * are left to the hardware. */
@@ -235,13 +240,6 @@ static void chunk_run(const gdn_cpu_chunk_job *job, gdn_cpu_chunk_buffers *buf, 
     }
     kern->scale(st, D * D, decay); /* D * D: a multiple of 16 for every D the op takes */
     kern->gemm(D, D, C, buf->kd, 1, D, buf->d, D, st, D);
-}
-
-/* Value head r of q/k head hk (r < Hv / Hk). */
-static int64_t chunk_value_head(const gdn_cpu_chunk_job *job, int64_t hk, int64_t r)
-{
-    const int64_t Hk = job->shape->Hk, ratio = job->shape->Hv / Hk;
-    return job->broadcast == GDN_BROADCAST_TILED ? hk + Hk * r : hk * ratio + r;
 }
 
 static void chunk_task(const gdn_cpu_chunk_job *job, gdn_cpu_chunk_buffers *buf, int64_t task)
