@@ -238,7 +238,7 @@ assert [(r["T"], r["B"]) for r in rows] == [(40, 1), (100, 1)], rows
 for r in rows:
     assert r["serial_ms"] > 0 and r["chunked_ms"] > 0 and r["chunk"] == 32, r
     assert r["serial_o_max_rel"] < 1e-5 and r["chunked_o_max_rel"] < 1e-4 and r["chunked_state_max_rel"] < 1e-4, r
-    assert r["auto"] == ("chunked" if r["T"] >= 96 else "serial"), r
+    assert r["auto"] == ("chunked" if r["T"] >= 64 else "serial"), r
 PY
 then ok; else fail "gdn bench --prefill: $(cat "$work/prefill.json" "$work/err")"; fi
 "$gdn" bench --prefill --backend cpu --chunk 48 >/dev/null 2>&1 && fail "bad --chunk accepted" || ok

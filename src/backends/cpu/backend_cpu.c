@@ -114,11 +114,11 @@ static gdn_status gdn_cpu_init(gdn_backend *backend, const gdn_backend_options *
     context->n_threads = n_threads;
     context->simd = simd;
     context->kernels = gdn_cpu_kernels_for(simd);
-    /* From this T on, chunk 0 takes the chunked form (32-token chunks): on a 2-core EPYC VM
-     * (AVX2) it was 1.25-1.6x the token-by-token op at T = 96 for B = 1 and 4 in every one of
-     * seven alternated rounds, 1.4x at 128 and 1.6-2.2x from 512 on; at T = 64 and 80 it won by
-     * 1.0-2.0x with a spread too wide to rely on (docs/PERF.md, "CPU chunk threshold"). */
-    backend->chunk_min_tokens = 96;
+    /* From this T on, chunk 0 takes the chunked form (32-token chunks): on a 2-core EPYC VM with
+     * AVX-512 it was 1.30-1.56x the token-by-token op at T = 64 for B = 1 and 4 in three runs
+     * (0.96-1.09x at 48), and with the AVX2 kernels on the same VM 1.04-1.18x at 64 (0.76-0.87x
+     * at 48) (docs/PERF.md, "CPU chunk threshold: 64"). */
+    backend->chunk_min_tokens = 64;
     context->stream_threshold = gdn_cpu_l2_bytes() * (size_t)n_threads;
     backend->context = context;
     snprintf(backend->name, sizeof backend->name, "cpu (%s, %d thread%s)", context->kernels->name,
