@@ -234,7 +234,7 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
      * whole grid writes nothing (and no copy staged before the wait outlives the block). */
     if (a.index != nullptr || a.states_index != nullptr) {
         if (a.check_in_kernel) {
-            __shared__ long long scratch[kWarpsPerBlock]; /* block_min: a slot per warp */
+            __shared__ long long scratch[2 * kWarpsPerBlock]; /* block_first: a pair per warp */
             if (!index_verdict<kWarpsPerBlock * kWarpSize>(a, scratch, blockIdx.x == 0)) {
                 if constexpr (FOLD_BEFORE_WAIT)
                     cp_async_wait<0>();

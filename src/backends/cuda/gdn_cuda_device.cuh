@@ -696,27 +696,42 @@ __device__ void state_range(const char *base, const long long *nb, long long D, 
     *hi = *lo + (unsigned long long)((D - 1) * nb[0] + (D - 1) * nb[1] + (Hv - 1) * nb[2] + esize);
 }
 
-/* Block-wide minimum of `value` over THREADS threads (every thread gets it): a shuffle butterfly
- * per warp, then each thread takes the minimum of the warps' results, two barriers in all. (A
- * tree over shared memory took log2(THREADS) + 2 barriers, and the replay kernel's in-kernel
- * verdict calls this three times before its first token.) */
-template <int THREADS>
-__device__ long long block_min(long long value, long long *scratch)
-{
-    static_assert(THREADS % kWarpSize == 0 && THREADS / kWarpSize <= kWarpSize, "whole warps, one scratch slot each");
-#pragma unroll
-    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-        const long long other = __shfl_xor_sync(kFullMask, value, offset);
-        value = other < value ? other : value;
+/* The verdict's failures in the order they are reported (index_check above): a failure of a
+ * lower category wins, then the lower code (a position b or a pair code) within one. */
+enum gdn_cuda_failure { kBadSlot, kBadWrite, kSharedWrite, kBadFold, kSharedSlot, kOverlap, kNoFailure };
+
+/* A thread's first failure so far; `add` keeps the earlier of two in report order. */
+struct gdn_cuda_first {
+    int category = kNoFailure;
+    long long code = LLONG_MAX;
+
+    __device__ __forceinline__ void add(int c, long long p)
+    {
+        if (c < category || (c == category && p < code))
+            category = c, code = p;
     }
-    if (threadIdx.x % kWarpSize == 0)
-        scratch[threadIdx.x / kWarpSize] = value;
-    __syncthreads();
-    long long result = scratch[0];
+};
+
+/* The block-wide first failure over THREADS threads (every thread gets it): a shuffle butterfly
+ * per warp, then each thread takes the first of the warps' results; two barriers. scratch holds
+ * 2 * THREADS / 32 values. (The verdict used to take a minimum per check, one after the other:
+ * three block reductions before the replay kernel's first token, each behind the last.) */
+template <int THREADS>
+__device__ gdn_cuda_first block_first(gdn_cuda_first f, long long *scratch)
+{
+    static_assert(THREADS % kWarpSize == 0 && THREADS / kWarpSize <= kWarpSize, "whole warps, one scratch pair each");
 #pragma unroll
-    for (int w = 1; w < THREADS / kWarpSize; w++)
-        result = scratch[w] < result ? scratch[w] : result;
-    __syncthreads(); /* every thread has read scratch before the next call writes it */
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+        f.add(__shfl_xor_sync(kFullMask, f.category, offset), __shfl_xor_sync(kFullMask, f.code, offset));
+    const int w = threadIdx.x / kWarpSize;
+    if (threadIdx.x % kWarpSize == 0)
+        scratch[2 * w] = f.category, scratch[2 * w + 1] = f.code;
+    __syncthreads();
+    gdn_cuda_first result;
+#pragma unroll
+    for (int i = 0; i < THREADS / kWarpSize; i++)
+        result.add((int)scratch[2 * i], scratch[2 * i + 1]);
+    __syncthreads(); /* every thread has read scratch before anything writes it again */
     return result;
 }
 
@@ -726,114 +741,164 @@ __device__ __forceinline__ int index_at(const char *index, long long nb, long lo
     return *reinterpret_cast<const int *>(index + b * nb);
 }
 
-/* The first pair code b * B + b' (b' < b) with index[b] == index[b'] over a whole block (LLONG_MAX
- * if the B values are distinct). */
-template <int THREADS>
-__device__ long long first_equal_pair(const char *index, long long nb, long long B, long long *scratch)
+/* Adds the first pair code b * B + b' (b' < b) with index[b] == index[b'] among this thread's
+ * pairs. BY_ROW: the thread's values of b, each against every b' < b, without division (a warp's
+ * lanes read the same index[b'] together): the check kernel's form, where B is large (the loop
+ * over pair codes took two 64-bit divisions a pair, ~66 instructions, 65536 pairs at B = 256 for
+ * one block). Otherwise the thread's pair codes: one or two a thread inside the op's kernel
+ * (B <= 16), whose register allocation the short loop leaves as it was. */
+template <bool BY_ROW>
+__device__ __forceinline__ void first_equal_pair(gdn_cuda_first &f, int category, const char *index, long long nb,
+                                                 long long B)
 {
-    long long shared = LLONG_MAX;
-    for (long long p = threadIdx.x; p < B * B; p += blockDim.x) {
-        const long long b = p / B, b2 = p % B;
-        if (b2 < b && p < shared && index_at(index, nb, b) == index_at(index, nb, b2))
-            shared = p;
+    if constexpr (BY_ROW) {
+        for (long long b = threadIdx.x; b < B; b += blockDim.x) {
+            const int mine = index_at(index, nb, b);
+            int first = INT_MAX; /* b' < b <= INT_MAX (B is an int) */
+#pragma unroll 4
+            for (int b2 = 0; b2 < b; b2++)
+                first = index_at(index, nb, b2) == mine && b2 < first ? b2 : first;
+            if (first != INT_MAX)
+                f.add(category, b * B + first);
+        }
+    } else {
+        for (long long p = threadIdx.x; p < B * B; p += blockDim.x) {
+            const long long b = p / B, b2 = p % B;
+            if (b2 < b && index_at(index, nb, b) == index_at(index, nb, b2))
+                f.add(category, p);
+        }
     }
-    return block_min<THREADS>(shared, scratch);
 }
 
 /* The verdict on the index, snapshot index and fold values, computed by one whole block of
- * THREADS threads (scratch: THREADS / 32 values of shared memory): true when all are valid. With
- * `report`, thread 0 stores the verdict in index_check (as described above, {-1, 0, -1, -1}
- * when valid). Every condition that decides a block_min is the same in all threads. */
-template <int THREADS>
+ * THREADS threads (scratch: 2 * THREADS / 32 values of shared memory): true when all are valid.
+ * Every check runs at once and one block reduction picks the failure to report: the first in the
+ * order of index_check's description, as if the checks ran one after the other. (Values used
+ * only to form addresses, never dereferenced, may be out of range meanwhile.) With `report`,
+ * thread 0 stores the verdict in index_check ({-1, 0, -1, -1} when valid). BY_ROW: the check
+ * kernel's loops over pairs, one row of pairs a thread (first_equal_pair). */
+template <int THREADS, bool BY_ROW = false>
 __device__ bool index_verdict(const gdn_cuda_gdn_args &a, long long *scratch, bool report)
 {
-    constexpr long long NONE = LLONG_MAX;
-    long long bad = NONE;
-    for (long long b = threadIdx.x; a.index != nullptr && b < a.B; b += blockDim.x) {
-        const int slot = index_at(a.index, a.index_nb, b);
-        if ((slot < 0 || slot >= a.S) && b < bad)
-            bad = b;
-    }
-    const long long first_bad = block_min<THREADS>(bad, scratch);
-    /* The snapshot index: values in range, then one writer per slot (pair code b * B + b'). */
-    long long first_wbad = NONE, first_wshared = NONE;
-    if (first_bad == NONE && a.states_index != nullptr) {
-        long long wbad = NONE;
-        for (long long b = threadIdx.x; b < a.B; b += blockDim.x) {
-            const int to = index_at(a.states_index, a.states_index_nb, b);
-            if ((to < 0 || to >= a.S_write) && b < wbad)
-                wbad = b;
+    gdn_cuda_first f;
+    for (long long b = threadIdx.x; b < a.B; b += blockDim.x) {
+        if (a.index != nullptr) {
+            const int slot = index_at(a.index, a.index_nb, b);
+            if (slot < 0 || slot >= a.S)
+                f.add(kBadSlot, b);
         }
-        first_wbad = block_min<THREADS>(wbad, scratch);
-        if (first_wbad == NONE)
-            first_wshared = first_equal_pair<THREADS>(a.states_index, a.states_index_nb, a.B, scratch);
-    }
-    const bool indices_ok = first_bad == NONE && first_wbad == NONE && first_wshared == NONE;
-    /* Replay: the fold entries, then distinct slots (pair code b * B + b', b' < b). */
-    long long first_fold = NONE, first_shared = NONE;
-    if (indices_ok && a.fold != nullptr) {
-        long long fold_bad = NONE;
-        for (long long b = threadIdx.x; b < a.B; b += blockDim.x) {
+        if (a.states_index != nullptr) {
+            const int to = index_at(a.states_index, a.states_index_nb, b);
+            if (to < 0 || to >= a.S_write)
+                f.add(kBadWrite, b);
+        }
+        if (a.fold != nullptr) {
             const char *fold = a.fold + b * a.fold_nb[1];
             const int start = *reinterpret_cast<const int *>(fold);
             const int count = *reinterpret_cast<const int *>(fold + a.fold_nb[0]);
-            if ((start < 0 || start >= a.L || count < 0 || count > a.L - a.T) && b < fold_bad)
-                fold_bad = b;
+            if (start < 0 || start >= a.L || count < 0 || count > a.L - a.T)
+                f.add(kBadFold, b);
         }
-        first_fold = block_min<THREADS>(fold_bad, scratch);
-        if (first_fold == NONE)
-            first_shared = first_equal_pair<THREADS>(a.index, a.index_nb, a.B, scratch);
     }
+    /* The snapshot index: one writer per slot. Replay: distinct slots. */
+    if (a.states_index != nullptr)
+        first_equal_pair<BY_ROW>(f, kSharedWrite, a.states_index, a.states_index_nb, a.B);
+    if (a.fold != nullptr)
+        first_equal_pair<BY_ROW>(f, kSharedSlot, a.index, a.index_nb, a.B);
     /* The in-place rule, over (b, s, b') in that order: pair code (b * n_write + s) * B + b'. */
-    long long first_overlap = NONE;
-    if (indices_ok && a.pool_check) {
-        long long overlap = NONE;
-        const long long pairs = (long long)a.B * a.n_write * a.B;
+    if (a.pool_check) {
         const long long esize = a.bf16 ? 2 : 4;
-        for (long long p = threadIdx.x; p < pairs; p += blockDim.x) {
-            const long long b = p / (a.n_write * a.B), s = (p / a.B) % a.n_write, b2 = p % a.B;
-            const long long to = a.states_index != nullptr ? index_at(a.states_index, a.states_index_nb, b2) : b2;
-            const char *read = a.state.data + index_at(a.index, a.index_nb, b) * a.state.nb[3];
-            const char *snap = a.states.data + s * a.states.nb[4] + to * a.states.nb[3];
+        if constexpr (BY_ROW) {
+            /* A thread per (b, s): b's read range [lo, hi) against every snapshot b' writes at s,
+             * whose range starts at base_s + to * nb3 (to = the slot b' writes) and is `extent`
+             * long; they meet iff lo - extent - base_s < to * nb3 < hi - base_s. No division in
+             * the loop (the pair-code loop took three 64-bit divisions a pair). */
+            const bool same_strides = a.states.nb[0] == a.state.nb[0] && a.states.nb[1] == a.state.nb[1] &&
+                                      a.states.nb[2] == a.state.nb[2];
             unsigned long long lo, hi, slo, shi;
-            state_range(read, a.state.nb, a.D, a.Hv, esize, &lo, &hi);
-            state_range(snap, a.states.nb, a.D, a.Hv, esize, &slo, &shi);
-            if (hi <= slo || shi <= lo)
-                continue;
-            const bool exact = b2 == b && snap == read && a.states.nb[0] == a.state.nb[0] &&
-                               a.states.nb[1] == a.state.nb[1] && a.states.nb[2] == a.state.nb[2];
-            if (!exact && p < overlap)
-                overlap = p;
+            state_range(a.states.data, a.states.nb, a.D, a.Hv, esize, &slo, &shi);
+            const long long extent = (long long)(shi - slo), nb3 = a.states.nb[3];
+            for (long long r = threadIdx.x; r < (long long)a.B * a.n_write; r += blockDim.x) {
+                const long long b = r / a.n_write, s = r % a.n_write;
+                const char *read = a.state.data + index_at(a.index, a.index_nb, b) * a.state.nb[3];
+                state_range(read, a.state.nb, a.D, a.Hv, esize, &lo, &hi);
+                const long long base_s = (long long)(a.states.data + s * a.states.nb[4]);
+                const long long above = (long long)lo - extent - base_s, below = (long long)hi - base_s;
+                /* b's own snapshot may be exactly its read state (the in-place case) */
+                const char *windex = a.states_index;
+                const long long wnb = a.states_index_nb;
+                const int B = a.B, own = (int)b;
+                const long long own_at = (windex != nullptr ? index_at(windex, wnb, b) : b) * nb3;
+                const bool own_exact = same_strides && (const char *)(base_s + own_at) == read;
+                int first = INT_MAX;
+                if (windex != nullptr) {
+#pragma unroll 4
+                    for (int b2 = 0; b2 < B; b2++) {
+                        const long long at = index_at(windex, wnb, b2) * nb3;
+                        first = above < at && at < below && b2 < first && !(b2 == own && own_exact) ? b2 : first;
+                    }
+                } else {
+#pragma unroll 4
+                    for (int b2 = 0; b2 < B; b2++) {
+                        const long long at = b2 * nb3;
+                        first = above < at && at < below && b2 < first && !(b2 == own && own_exact) ? b2 : first;
+                    }
+                }
+                if (first != INT_MAX)
+                    f.add(kOverlap, r * a.B + first);
+            }
+        } else {
+            const long long pairs = (long long)a.B * a.n_write * a.B;
+            for (long long p = threadIdx.x; p < pairs; p += blockDim.x) {
+                const long long b = p / (a.n_write * a.B), s = (p / a.B) % a.n_write, b2 = p % a.B;
+                const long long to = a.states_index != nullptr ? index_at(a.states_index, a.states_index_nb, b2) : b2;
+                const char *read = a.state.data + index_at(a.index, a.index_nb, b) * a.state.nb[3];
+                const char *snap = a.states.data + s * a.states.nb[4] + to * a.states.nb[3];
+                unsigned long long lo, hi, slo, shi;
+                state_range(read, a.state.nb, a.D, a.Hv, esize, &lo, &hi);
+                state_range(snap, a.states.nb, a.D, a.Hv, esize, &slo, &shi);
+                if (hi <= slo || shi <= lo)
+                    continue;
+                const bool exact = b2 == b && snap == read && a.states.nb[0] == a.state.nb[0] &&
+                                   a.states.nb[1] == a.state.nb[1] && a.states.nb[2] == a.state.nb[2];
+                if (!exact)
+                    f.add(kOverlap, p);
+            }
         }
-        first_overlap = block_min<THREADS>(overlap, scratch);
     }
+    f = block_first<THREADS>(f, scratch);
     if (report && threadIdx.x == 0) {
         int64_t *c = a.index_check;
-        if (first_bad != NONE) {
-            c[0] = first_bad, c[1] = index_at(a.index, a.index_nb, first_bad), c[2] = -1, c[3] = -1;
-        } else if (first_wbad != NONE) {
-            c[0] = first_wbad, c[1] = index_at(a.states_index, a.states_index_nb, first_wbad);
-            c[2] = kWriteBad, c[3] = -1;
-        } else if (first_wshared != NONE) {
-            const long long b = first_wshared / a.B;
-            c[0] = b, c[1] = index_at(a.states_index, a.states_index_nb, b);
-            c[2] = kWriteShared, c[3] = first_wshared % a.B;
-        } else if (first_fold != NONE) {
-            const char *fold = a.fold + first_fold * a.fold_nb[1];
-            c[0] = first_fold, c[1] = *reinterpret_cast<const int *>(fold);
+        const long long p = f.code;
+        switch (f.category) {
+        case kBadSlot:
+            c[0] = p, c[1] = index_at(a.index, a.index_nb, p), c[2] = -1, c[3] = -1;
+            break;
+        case kBadWrite:
+            c[0] = p, c[1] = index_at(a.states_index, a.states_index_nb, p), c[2] = kWriteBad, c[3] = -1;
+            break;
+        case kSharedWrite:
+            c[0] = p / a.B, c[1] = index_at(a.states_index, a.states_index_nb, p / a.B);
+            c[2] = kWriteShared, c[3] = p % a.B;
+            break;
+        case kBadFold: {
+            const char *fold = a.fold + p * a.fold_nb[1];
+            c[0] = p, c[1] = *reinterpret_cast<const int *>(fold);
             c[2] = kFoldBad, c[3] = *reinterpret_cast<const int *>(fold + a.fold_nb[0]);
-        } else if (first_shared != NONE) {
-            const long long b = first_shared / a.B;
-            c[0] = b, c[1] = index_at(a.index, a.index_nb, b), c[2] = kSlotShared, c[3] = first_shared % a.B;
-        } else if (first_overlap != NONE) {
-            const long long b = first_overlap / (a.n_write * a.B);
-            c[0] = b, c[1] = index_at(a.index, a.index_nb, b);
-            c[2] = (first_overlap / a.B) % a.n_write, c[3] = first_overlap % a.B;
-        } else {
+            break;
+        }
+        case kSharedSlot:
+            c[0] = p / a.B, c[1] = index_at(a.index, a.index_nb, p / a.B), c[2] = kSlotShared, c[3] = p % a.B;
+            break;
+        case kOverlap:
+            c[0] = p / (a.n_write * a.B), c[1] = index_at(a.index, a.index_nb, p / (a.n_write * a.B));
+            c[2] = (p / a.B) % a.n_write, c[3] = p % a.B;
+            break;
+        default:
             c[0] = -1, c[1] = 0, c[2] = -1, c[3] = -1;
         }
     }
-    return indices_ok && first_fold == NONE && first_shared == NONE && first_overlap == NONE;
+    return f.category == kNoFailure;
 }
 
 __global__ void __launch_bounds__(kCheckThreads) gdn_cuda_index_check_kernel(const gdn_cuda_gdn_args a)
@@ -842,8 +907,8 @@ __global__ void __launch_bounds__(kCheckThreads) gdn_cuda_index_check_kernel(con
     asm volatile("griddepcontrol.wait;" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;" :::);
 #endif
-    __shared__ long long scratch[kCheckThreads / kWarpSize]; /* block_min: a slot per warp */
-    index_verdict<kCheckThreads>(a, scratch, true);
+    __shared__ long long scratch[2 * kCheckThreads / kWarpSize]; /* block_first: a pair per warp */
+    index_verdict<kCheckThreads, true>(a, scratch, true);
 }
 
 } // namespace
