@@ -29,6 +29,8 @@ static const op_case cases[] = {
     {2, 4, 2, 2, 64, 2, GDN_BROADCAST_INTERLEAVED, 0, 0.25f, LAYOUT_SPACED_INNER, 0},
     {1, 9, 1, 2, 128, 9, GDN_BROADCAST_TILED, 1, 0.f, LAYOUT_SPACED_INNER, 0},
     {5, 1, 16, 32, 128, 1, GDN_BROADCAST_TILED, 1, 0.f, LAYOUT_CONTIGUOUS, 0},     /* Qwen3.6 heads */
+    /* CUDA on 132 SMs: 448 blocks, one wave at 4 blocks per SM (the B = 7, 8 decode form) */
+    {7, 1, 16, 32, 128, 1, GDN_BROADCAST_TILED, 0, 0.f, LAYOUT_CONTIGUOUS, 0},
     /* |q|^2, |k|^2 near the eps of the l2norm (1e-6): its exact form matters */
     {2, 3, 1, 2, 16, 2, GDN_BROADCAST_TILED, 1, 0.f, LAYOUT_CONTIGUOUS, 2e-4},
     {1, 2, 2, 4, 128, 2, GDN_BROADCAST_INTERLEAVED, 1, 0.f, LAYOUT_PADDED, 1e-4},

@@ -546,6 +546,10 @@ gdn_status launch_rows(const gdn_cuda_gdn_args &a, bool vector, const gdn_cuda_l
     if (REPLAY && !thin && vector && blocks > wave && blocks <= wave4)
         return a.state_ready ? launch<D, WIDE, true, REPLAY, BF16, true, kOneWaveBlocksPerSM>(a, how)
                              : launch<D, WIDE, true, REPLAY, BF16, false, kOneWaveBlocksPerSM>(a, how);
+    /* F32 decode likewise (B = 7, 8): one wave at 4 blocks per SM, without the state_ready form
+     * (B = 8: 13.43 -> 12.93 us; early, that form measured 14.1, docs/PERF.md). */
+    if (!REPLAY && !BF16 && a.T == 1 && !thin && vector && blocks > wave && blocks <= wave4)
+        return launch<D, WIDE, true, false, false, false, kOneWaveBlocksPerSM>(a, how);
     const bool early = a.state_ready && vector && blocks <= wave && (a.T == 1 || REPLAY);
     /* Replay in the thin shape with T > 1 stages its tokens (STAGE_THIN in the kernel). */
     if constexpr (REPLAY)
