@@ -173,6 +173,18 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
         EARLY && STAGE && (R < wide_rows<D>() || (MIN_BLOCKS == kOneWaveBlocksPerSM && !BF16));
     int staged = 0; /* items staged before the wait: ring tokens only (the new ones may be the
                      * previous kernel's output) */
+    __shared__ long long scratch[2 * kWarpsPerBlock]; /* the index verdict's block_first: a pair per warp */
+    /* With state_ready the previous kernel writes neither the index nor the fold entries, so the
+     * verdict on them may be reached before the wait too (unless it also reads the snapshot index,
+     * outside that promise); it is acted on after the wait (a block that returned before it would
+     * let the next kernel start before the previous one ends). Measured in replay's thin staged
+     * form (B = 1, T > 1: T=4 5.64 -> 4.94 us) and its one-wave forms (B = 7, 8: T=4 18.7 ->
+     * 17.8, T=1 15.4 -> 14.5); not taken where it measured slower: the thin form at T = 1
+     * (3.54 -> 3.73) and the 3-blocks-per-SM wide form (B = 2 8% faster, but B = 4 T=1 4% slower,
+     * the pattern of the early staging in that form, docs/PERF.md). */
+    constexpr bool VERDICT_EARLY = EARLY && REPLAY && (STAGE_THIN || MIN_BLOCKS == kOneWaveBlocksPerSM);
+    bool verdict_early = false;
+    gdn_cuda_first early_first;
 
     if constexpr (EARLY) { /* the other form keeps the statement order it was tuned with */
         slot = at.b;
@@ -207,6 +219,10 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
                     }
             }
         }
+        if (VERDICT_EARLY && a.check_in_kernel && a.index != nullptr && a.states_index == nullptr) {
+            early_first = index_first<kWarpsPerBlock * kWarpSize>(a, scratch);
+            verdict_early = true;
+        }
     }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -234,8 +250,9 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
      * whole grid writes nothing (and no copy staged before the wait outlives the block). */
     if (a.index != nullptr || a.states_index != nullptr) {
         if (a.check_in_kernel) {
-            __shared__ long long scratch[2 * kWarpsPerBlock]; /* block_first: a pair per warp */
-            if (!index_verdict<kWarpsPerBlock * kWarpSize>(a, scratch, blockIdx.x == 0)) {
+            const bool ok = verdict_early ? report_verdict(a, early_first, blockIdx.x == 0)
+                                          : index_verdict<kWarpsPerBlock * kWarpSize>(a, scratch, blockIdx.x == 0);
+            if (!ok) {
                 if constexpr (FOLD_BEFORE_WAIT)
                     cp_async_wait<0>();
                 return;

@@ -770,15 +770,15 @@ __device__ __forceinline__ void first_equal_pair(gdn_cuda_first &f, int category
     }
 }
 
-/* The verdict on the index, snapshot index and fold values, computed by one whole block of
- * THREADS threads (scratch: 2 * THREADS / 32 values of shared memory): true when all are valid.
- * Every check runs at once and one block reduction picks the failure to report: the first in the
- * order of index_check's description, as if the checks ran one after the other. (Values used
- * only to form addresses, never dereferenced, may be out of range meanwhile.) With `report`,
- * thread 0 stores the verdict in index_check ({-1, 0, -1, -1} when valid). BY_ROW: the check
- * kernel's loops over pairs, one row of pairs a thread (first_equal_pair). */
+/* The first failure of the index, snapshot index and fold values, computed by one whole block of
+ * THREADS threads (scratch: 2 * THREADS / 32 values of shared memory), every thread getting it
+ * (kNoFailure when all are valid). Every check runs at once and one block reduction picks the
+ * failure to report: the first in the order of index_check's description, as if the checks ran
+ * one after the other. (Values used only to form addresses, never dereferenced, may be out of
+ * range meanwhile.) It reads only the index, the snapshot index and the fold entries. BY_ROW: the
+ * check kernel's loops over pairs, one row of pairs a thread (first_equal_pair). */
 template <int THREADS, bool BY_ROW = false>
-__device__ bool index_verdict(const gdn_cuda_gdn_args &a, long long *scratch, bool report)
+__device__ gdn_cuda_first index_first(const gdn_cuda_gdn_args &a, long long *scratch)
 {
     gdn_cuda_first f;
     for (long long b = threadIdx.x; b < a.B; b += blockDim.x) {
@@ -866,7 +866,13 @@ __device__ bool index_verdict(const gdn_cuda_gdn_args &a, long long *scratch, bo
             }
         }
     }
-    f = block_first<THREADS>(f, scratch);
+    return block_first<THREADS>(f, scratch);
+}
+
+/* The verdict of index_first's result: true when all values are valid. With `report`, thread 0
+ * stores it in index_check ({-1, 0, -1, -1} when valid). */
+__device__ bool report_verdict(const gdn_cuda_gdn_args &a, const gdn_cuda_first &f, bool report)
+{
     if (report && threadIdx.x == 0) {
         int64_t *c = a.index_check;
         const long long p = f.code;
@@ -899,6 +905,12 @@ __device__ bool index_verdict(const gdn_cuda_gdn_args &a, long long *scratch, bo
         }
     }
     return f.category == kNoFailure;
+}
+
+template <int THREADS, bool BY_ROW = false>
+__device__ bool index_verdict(const gdn_cuda_gdn_args &a, long long *scratch, bool report)
+{
+    return report_verdict(a, index_first<THREADS, BY_ROW>(a, scratch), report);
 }
 
 __global__ void __launch_bounds__(kCheckThreads) gdn_cuda_index_check_kernel(const gdn_cuda_gdn_args a)
