@@ -17,6 +17,13 @@ static const op_case indexed_cases[] = {
     {3, 1, 2, 4, 128, 1, GDN_BROADCAST_TILED, 0, 0.f, LAYOUT_CONTIGUOUS, 0},      /* decode: CUDA's state_ready form */
 };
 
+/* Snapshots written through the index at a batch large enough for CUDA's one-block check kernel
+ * (B > 16) and for its loops over pairs to run whole unrolled groups of b' (4 at a time). */
+static const op_case large_write_cases[] = {
+    {20, 1, 1, 2, 16, 1, GDN_BROADCAST_TILED, 0, 0.f, LAYOUT_CONTIGUOUS, 0},
+    {37, 2, 1, 1, 16, 2, GDN_BROADCAST_TILED, 0, 0.f, LAYOUT_CONTIGUOUS, 0},
+};
+
 /* Prefill into the cache through the index: the chunked form (see main). */
 static const op_case chunked_cases[] = {
     {3, 100, 2, 4, 128, 3, GDN_BROADCAST_INTERLEAVED, 1, 0.f, LAYOUT_PADDED, 0},
@@ -349,8 +356,10 @@ static void check_write_indexed(const test_backend *tb, int case_index, const op
     unsigned char *after = malloc(cache.bytes), *o_after = malloc(ts.t[O].bytes);
     ok = ok && after && o_after;
 
-    /* Bad snapshot indices (B >= 2): each refused, nothing written. The last swaps the slots
-     * sequences 0 and 1 write, so each writes the slot the other reads. */
+    /* Bad snapshot indices (B >= 2): each refused, nothing written. The third swaps the slots
+     * sequences 0 and 1 write, so each writes the slot the other reads. The fourth (B >= 20)
+     * gives two pairs of sequences one slot each, (17, 9) and (19, 3): the first sequence of the
+     * two, 17, must be named, whichever pair a check finds first. */
     const struct {
         int at;
         int32_t value;
@@ -358,10 +367,11 @@ static void check_write_indexed(const test_backend *tb, int case_index, const op
         int32_t value2;
         gdn_status want;
         const char *says;
-    } bad[3] = {{0, (int32_t)S, 0, (int32_t)S, GDN_ERROR_INVALID_ARGUMENT, "states_index[0]="},
+    } bad[4] = {{0, (int32_t)S, 0, (int32_t)S, GDN_ERROR_INVALID_ARGUMENT, "states_index[0]="},
                 {1, slots[0], 1, slots[0], GDN_ERROR_INVALID_ARGUMENT, "states_index[1]="},
-                {0, slots[1 % B], 1, slots[0], GDN_ERROR_OVERLAP, "written by sequence 1"}};
-    for (int m = 0; ok && B > 1 && m < 3; m++) {
+                {0, slots[1 % B], 1, slots[0], GDN_ERROR_OVERLAP, "written by sequence 1"},
+                {17, slots[9 % B], 19 % B, slots[3], GDN_ERROR_INVALID_ARGUMENT, "states_index[17]="}};
+    for (int m = 0; ok && B > 1 && m < (B >= 20 ? 4 : 3); m++) {
         test_tensor wrong;
         ok = test_tensor_init(&wrong, LAYOUT_CONTIGUOUS, GDN_DTYPE_I32, 1, ne_index);
         if (!ok)
@@ -455,6 +465,8 @@ int main(void)
          * token, both through the index, in place. */
         for (size_t i = 0; i < sizeof chunked_cases / sizeof chunked_cases[0]; i++)
             check_write_indexed(&backends[b], 20 + (int)i, &chunked_cases[i], i == 0 ? 32 : 64);
+        for (size_t i = 0; i < sizeof large_write_cases / sizeof large_write_cases[0]; i++)
+            check_write_indexed(&backends[b], 30 + (int)i, &large_write_cases[i], -1);
     }
     test_backends_close(backends, n);
     return test_finish("test_gdn_slots");
