@@ -139,9 +139,10 @@ gdn_cuda_gated_delta_net_kernel(const gdn_cuda_gdn_args a)
      * state_ready (the caller's promise that the previous kernel writes neither the state nor
      * its index, nor replay's fold array and rings): then the state rows are loaded first, so
      * that their DRAM latency overlaps the previous kernel, and in some replay forms the fold
-     * entry and the first ring tokens to fold too (FOLD_BEFORE_WAIT below); a slot or fold entry
-     * out of range is not used to read (the index verdict below then stops the grid). On older
-     * GPUs (or launches without the attribute) both are no-ops. */
+     * entry, the first ring tokens to fold and the index verdict too (FOLD_BEFORE_WAIT,
+     * VERDICT_EARLY below); a slot or fold entry out of range is not used to read (the index
+     * verdict then stops the grid after the wait). On older GPUs (or launches without the
+     * attribute) both are no-ops. */
     float S[C::ROWS][C::ELEMS];
     long long slot; /* the slot this sequence starts from: its own, or index[b] of the pool */
     char *state;
