@@ -427,8 +427,14 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_scan_kernel(chunk_args a)
     using L = chunk_layout<D, C>;
     constexpr int LD = row_pitch<D>(), LK = kmajor_pitch<D>(), LJ = kmajor_pitch<JB>(), LO = row_pitch<JB>();
     constexpr int LC = row_pitch<C>();
-    /* step 1: 16-row tiles of [W'; Qe] by 16 columns; step 2: 16 x 16; step 4: 16 x (8 NN4) */
-    constexpr int M1 = 2 * C / 16, N1 = JB / 16, M2 = C / 16, N2 = JB / 16;
+    /* step 1: 16-row tiles of [W'; Qe] by 16 columns; step 2: outputs 16 x (8 NO), state 16 x
+     * (8 NN4). The outputs are single 16 x 8 tiles (NO = 1): at C = 32, JB = 32 the 8 state and 8
+     * output items then give every warp one of each. With 16 x 16 output tiles 4 warps took a
+     * state and an output item while 4 waited at the barrier (ncu at B = 1: 14% of the scan's
+     * stall samples on barriers); with gamma_C loaded ahead too, T=4096 B=1 0.775 -> 0.736 ms
+     * (docs/PERF.md). Each output is the same sum in the same order either way. */
+    constexpr int NO = 1;
+    constexpr int M1 = 2 * C / 16, N1 = JB / 16, M2 = C / 16, N2 = JB / (8 * NO);
     constexpr int NN4 = D >= 32 ? 4 : D / 8, M4 = JB / 16, N4 = D / (8 * NN4);
     constexpr bool AHEAD = (3 * C * D + C * JB + C * C) / kThreads <= 64;
     /* Kd a chunk ahead too: 5% faster with SPLIT at B = 1 T = 4096 on an H100, but 11% slower in
@@ -452,6 +458,10 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_scan_kernel(chunk_args a)
     block_regs<C, D> w, q, kd;
     block_regs<C, JB> u;
     block_regs<C, C> p;
+    /* AHEAD: gamma_C of the chunk about to run, loaded with its factors: read at the top of each
+     * chunk, it had every warp wait on memory before the first barrier (ncu: 8% of the stall
+     * samples at B = 1). */
+    float gam_last = 0.0f;
     if (AHEAD) {
         const float *first = chunk_scratch<D, C>(a, b, h, 0);
         w.load(first + L::W, D);
@@ -460,6 +470,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_scan_kernel(chunk_args a)
         p.load(first + L::P, C);
         if (KD_AHEAD)
             kd.load(first + L::KD, D);
+        gam_last = first[L::GAM + C - 1];
     }
     for (long long c = 0; c < a.c_count; c++) {
         const float *in = chunk_scratch<D, C>(a, b, h, c);
@@ -473,7 +484,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_scan_kernel(chunk_args a)
         q.store(QK, LD);
         u.store(Dl, LJ);
         p.store(P, LC);
-        const float decay = expf(in[L::GAM + C - 1]);
+        const float decay = expf(AHEAD ? gam_last : in[L::GAM + C - 1]);
         __syncthreads();
         if (!KD_AHEAD)
             kd.load(in + L::KD, D);
@@ -483,6 +494,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_scan_kernel(chunk_args a)
             q.load(next + L::QE, D);
             u.load(next + L::U + j0, D);
             p.load(next + L::P, C);
+            gam_last = next[L::GAM + C - 1];
         }
         for (int item = warp; item < M1 * N1; item += kWarps) { /* 1 */
             const int tm = item / N1, tn = item % N1;
@@ -524,16 +536,17 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_scan_kernel(chunk_args a)
                     tile_store<LD>(rows + 8 * n, acc[n], 1.0f);
             } else { /* outputs: tokens tm, columns tn */
                 const int tm = (item - M4 * N4) / N2, tn = (item - M4 * N4) % N2;
-                float acc[2][4];
-                tile_load<LO>(acc[0], Os + tm * 16 * LO + tn * 16, 1.0f);
-                tile_load<LO>(acc[1], Os + tm * 16 * LO + tn * 16 + 8, 1.0f);
-                mma_rows<C, 2, SPLIT, LC, 1, LJ, 1>(acc, P + tm * 16 * LC, Dl + tn * 16);
+                float acc[NO][4];
+#pragma unroll
+                for (int n = 0; n < NO; n++)
+                    tile_load<LO>(acc[n], Os + tm * 16 * LO + tn * 8 * NO + 8 * n, 1.0f);
+                mma_rows<C, NO, SPLIT, LC, 1, LJ, 1>(acc, P + tm * 16 * LC, Dl + tn * 8 * NO);
                 const long long t0 = (a.c_first + c) * C + tm * 16;
 #pragma unroll
-                for (int n = 0; n < 2; n++)
+                for (int n = 0; n < NO; n++)
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
-                        const int row = g + (e & 2 ? 8 : 0), col = j0 + tn * 16 + n * 8 + 2 * t4 + (e & 1);
+                        const int row = g + (e & 2 ? 8 : 0), col = j0 + tn * 8 * NO + n * 8 + 2 * t4 + (e & 1);
                         if (t0 + row < a.n)
                             *at(a.o, col, h, t0 + row, b) = acc[n][e];
                     }
