@@ -421,8 +421,8 @@ __host__ __device__ constexpr size_t scan_floats()
  * Where they fit in 64 floats a thread, W', Qe, U, P and (KD_AHEAD) Kd of the next chunk are
  * loaded into registers while a chunk computes (at B = 1 the scan's few blocks wait on these
  * loads); else Kd is loaded while step 1 runs. */
-template <int D, int C, int JB, bool SPLIT>
-__global__ void __launch_bounds__(kThreads, 2) chunk_scan_kernel(chunk_args a)
+template <int D, int C, int JB, bool SPLIT, int MIN_BLOCKS>
+__global__ void __launch_bounds__(kThreads, MIN_BLOCKS) chunk_scan_kernel(chunk_args a)
 {
     using L = chunk_layout<D, C>;
     constexpr int LD = row_pitch<D>(), LK = kmajor_pitch<D>(), LJ = kmajor_pitch<JB>(), LO = row_pitch<JB>();
@@ -615,7 +615,14 @@ gdn_status run(gdn_cuda_context *context, chunk_args a, long long B)
     static_assert(prep_smem <= kMaxSmem && scan_smem <= kMaxSmem, "chunked form: shared memory");
     gdn_status st = allow_smem(chunk_prep_kernel<D, C, SPLIT>, prep_smem);
     if (st == GDN_OK)
-        st = allow_smem(chunk_scan_kernel<D, C, JB, SPLIT>, scan_smem);
+        st = allow_smem(chunk_scan_kernel<D, C, JB, SPLIT, 2>, scan_smem);
+    if (st == GDN_OK)
+        st = allow_smem(chunk_scan_kernel<D, C, JB, SPLIT, 1>, scan_smem);
+    /* A scan grid of at most one block an SM (B = 1 at Qwen3.6's shapes: 128 blocks) runs the
+     * instance compiled for one block an SM: the same code and arithmetic (every bit the same),
+     * with up to 255 registers instead of 128 (151, no spills, against 128 and 12 bytes spilled).
+     * Its chunk steps are latency-bound, and T=4096 B=1 went 0.744 -> 0.703 ms (docs/PERF.md). */
+    const bool alone = (long long)(D / JB) * a.Hv * B <= context->sm_count;
     const long long chunks = (a.n + C - 1) / C;
     const size_t per_chunk = (size_t)B * a.Hv * chunk_layout<D, C>::FLOATS * sizeof(float);
     long long window = (long long)(kScratchBytes / per_chunk);
@@ -633,7 +640,10 @@ gdn_status run(gdn_cuda_context *context, chunk_args a, long long B)
         if (st != GDN_OK)
             break;
         const dim3 scan_grid(D / JB, a.Hv, (unsigned)B);
-        chunk_scan_kernel<D, C, JB, SPLIT><<<scan_grid, kThreads, scan_smem, context->stream>>>(a);
+        if (alone)
+            chunk_scan_kernel<D, C, JB, SPLIT, 1><<<scan_grid, kThreads, scan_smem, context->stream>>>(a);
+        else
+            chunk_scan_kernel<D, C, JB, SPLIT, 2><<<scan_grid, kThreads, scan_smem, context->stream>>>(a);
         st = gdn_cuda_check(cudaGetLastError(), "chunked form: scan kernel launch");
     }
     return st;
