@@ -141,12 +141,12 @@ static void check_auto(const test_backend *tb)
     }
 }
 
-/* A sequence's results do not depend on the others in the call: B=3 against each alone. */
-static void check_batch_invariance(const test_backend *tb)
+/* A sequence's results do not depend on the others in the call: a call of c3.B sequences against
+ * each sequence alone, chunks of `chunk`. */
+static void check_batch_invariance(const test_backend *tb, op_case c3, int64_t chunk)
 {
-    const op_case c3 = {3, 150, 2, 4, 64, 2, GDN_BROADCAST_INTERLEAVED, 1, 0.f, LAYOUT_CONTIGUOUS, 0};
     gdn_gated_delta_net_params p = case_params(&c3);
-    p.chunk = 64;
+    p.chunk = chunk;
     unsigned char *o3 = NULL, *s3 = NULL;
     gdn_tensor o3v, s3v;
     int ok = run_download(tb, &c3, &p, 77, &o3, &s3, &o3v, &s3v);
@@ -158,7 +158,7 @@ static void check_batch_invariance(const test_backend *tb)
     for (int i = 0; ok && i < N_TENSORS; i++)
         ok = test_tensor_upload(&ts.t[i], tb->backend);
     int same = ok;
-    for (int64_t b = 0; ok && b < 3; b++) {
+    for (int64_t b = 0; ok && b < c3.B; b++) {
         gdn_gated_delta_net_args a = device_args(&ts);
         a.q = slice(a.q, 3, b), a.k = slice(a.k, 3, b), a.v = slice(a.v, 3, b), a.o = slice(a.o, 3, b);
         a.g = slice(a.g, 2, b), a.beta = slice(a.beta, 2, b);
@@ -174,7 +174,8 @@ static void check_batch_invariance(const test_backend *tb)
         free(s1);
     }
     CHECK(ok, "%s chunked batch invariance: %s", tb->label, gdn_error_detail());
-    CHECK(same, "%s: a sequence of a chunked B=3 call differs from the same sequence alone", tb->label);
+    CHECK(same, "%s: a sequence of a chunked B=%d call (D=%d, Hv=%d, chunk %lld) differs from the same sequence "
+          "alone", tb->label, c3.B, c3.D, c3.Hv, (long long)chunk);
     op_tensors_free(&ts);
     free(o3);
     free(s3);
@@ -306,7 +307,12 @@ int main(void)
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
             run_case(&backends[b], (int)i, &cases[i]);
         check_prefill_decode(&backends[b]);
-        check_batch_invariance(&backends[b]);
+        const op_case small = {3, 150, 2, 4, 64, 2, GDN_BROADCAST_INTERLEAVED, 1, 0.f, LAYOUT_CONTIGUOUS, 0};
+        check_batch_invariance(&backends[b], small, 64);
+        /* Qwen3.6 heads: the CUDA scan runs B=5 (640 blocks) compiled for two blocks an SM and
+         * each sequence alone (128 blocks) compiled for one, where they fit one an SM. */
+        const op_case qwen = {5, 100, 16, 32, 128, 1, GDN_BROADCAST_TILED, 1, 0.f, LAYOUT_CONTIGUOUS, 0};
+        check_batch_invariance(&backends[b], qwen, 32);
         check_auto(&backends[b]);
         check_rejections(&backends[b]);
     }
