@@ -66,6 +66,14 @@ __device__ __forceinline__ float *at(const chunk_view &v, long long i0, long lon
     return (float *)(v.data + i0 * v.nb[0] + i1 * v.nb[1] + i2 * v.nb[2] + i3 * v.nb[3]);
 }
 
+/* Row (i1, i2, i3) of a view, its elements nb[0] apart: the row's offset computed once for the
+ * many elements a thread reads from it (prep's element-wise offsets were a quarter of its
+ * instructions). */
+__device__ __forceinline__ const char *row_of(const chunk_view &v, long long i1, long long i2, long long i3)
+{
+    return v.data + i1 * v.nb[1] + i2 * v.nb[2] + i3 * v.nb[3];
+}
+
 /* Shared-memory row pitches (floats). A fragment load of a lane (g, t) = (lane / 4, lane % 4)
  * reads either two consecutive floats at row g, column 2t of a tile ("row" arrays: a float2 per
  * lane; a pitch of 8 mod 32 puts each half-warp's 16 float2s in distinct banks), or one float at
@@ -205,28 +213,44 @@ __device__ __forceinline__ void tiles_zero(float (&acc)[NN][4])
 
 /* The chunk's k and q (normalised when asked, q scaled) into Ks, Qs [C][row_pitch<D>], beta and
  * the running sum gamma of g into bet, gam [C]; tokens at or beyond a.n are zeros (they change
- * nothing). One warp per token. */
+ * nothing). One warp per token, each warp's tokens C / kWarps apart; every load of a thread is
+ * issued before the first is used, so the block waits on memory once (loading a token's k and q
+ * after the previous token's norms, ncu had a quarter of prep's stall samples on these loads). */
 template <int D, int C>
 __device__ void load_chunk(const chunk_args &a, float *Ks, float *Qs, float *gam, float *bet, int b, int h,
                            long long t0)
 {
-    constexpr int LD = row_pitch<D>();
+    static_assert(C % kWarps == 0, "chunked prep: whole tokens a warp");
+    constexpr int LD = row_pitch<D>(), R = C / kWarps, E = (D + 31) / 32;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int hk = a.interleaved ? h / (a.Hv / a.Hk) : h % a.Hk;
+    /* a lane's first element of its tokens' rows, and the steps to its next element and token */
+    const char *kp = row_of(a.k, hk, t0 + warp, b) + lane * a.k.nb[0];
+    const char *qp = row_of(a.q, hk, t0 + warp, b) + lane * a.q.nb[0];
+    const long long ke = 32 * a.k.nb[0], qe = 32 * a.q.nb[0], kt = kWarps * a.k.nb[2], qt = kWarps * a.q.nb[2];
+    float kx[R][E], qx[R][E], gx = 0.0f, bx = 0.0f;
 #pragma unroll
-    for (int r = 0; r < (C + kWarps - 1) / kWarps; r++) {
+    for (int r = 0; r < R; r++) {
+        const bool valid = t0 + warp + r * kWarps < a.n;
+#pragma unroll
+        for (int e = 0; e < E; e++) {
+            const bool in = valid && lane + 32 * e < D;
+            kx[r][e] = in ? *(const float *)(kp + r * kt + e * ke) : 0.0f;
+            qx[r][e] = in ? *(const float *)(qp + r * qt + e * qe) : 0.0f;
+        }
+    }
+    if (threadIdx.x < C && t0 + threadIdx.x < a.n) {
+        gx = load(a.g, h, t0 + threadIdx.x, b, 0);
+        bx = load(a.beta, h, t0 + threadIdx.x, b, 0);
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
         const int t = warp + r * kWarps;
-        if (t >= C)
-            break;
-        const bool valid = t0 + t < a.n;
-        float kx[(D + 31) / 32], qx[(D + 31) / 32], kk = 0.0f, qq = 0.0f;
+        float kk = 0.0f, qq = 0.0f;
 #pragma unroll
-        for (int e = 0; e < (D + 31) / 32; e++) {
-            const int i = lane + 32 * e;
-            kx[e] = valid && i < D ? load(a.k, i, hk, t0 + t, b) : 0.0f;
-            qx[e] = valid && i < D ? load(a.q, i, hk, t0 + t, b) : 0.0f;
-            kk = fmaf(kx[e], kx[e], kk);
-            qq = fmaf(qx[e], qx[e], qq);
+        for (int e = 0; e < E; e++) {
+            kk = fmaf(kx[r][e], kx[r][e], kk);
+            qq = fmaf(qx[r][e], qx[r][e], qq);
         }
 #pragma unroll
         for (int m = 16; m >= 1; m /= 2) {
@@ -236,19 +260,17 @@ __device__ void load_chunk(const chunk_args &a, float *Ks, float *Qs, float *gam
         const float ik = a.l2norm ? 1.0f / sqrtf(kk + 1e-6f) : 1.0f;
         const float iq = (a.l2norm ? 1.0f / sqrtf(qq + 1e-6f) : 1.0f) * a.scale;
 #pragma unroll
-        for (int e = 0; e < (D + 31) / 32; e++) {
+        for (int e = 0; e < E; e++) {
             const int i = lane + 32 * e;
             if (i < D) {
-                Ks[t * LD + i] = kx[e] * ik;
-                Qs[t * LD + i] = qx[e] * iq;
+                Ks[t * LD + i] = kx[r][e] * ik;
+                Qs[t * LD + i] = qx[r][e] * iq;
             }
         }
     }
     if (threadIdx.x < C) {
-        const int t = threadIdx.x;
-        const bool valid = t0 + t < a.n;
-        gam[t] = valid ? load(a.g, h, t0 + t, b, 0) : 0.0f;
-        bet[t] = valid ? load(a.beta, h, t0 + t, b, 0) : 0.0f;
+        gam[threadIdx.x] = gx;
+        bet[threadIdx.x] = bx;
     }
     __syncthreads();
     if (warp == 0) { /* inclusive scan: E consecutive values per lane, then across lanes */
@@ -301,8 +323,19 @@ __device__ __forceinline__ float *chunk_scratch(const chunk_args &a, int b, int 
     return a.scratch + (((size_t)b * a.Hv + h) * a.c_count + c) * chunk_layout<D, C>::FLOATS;
 }
 
+/* Prep blocks an SM by shared memory (228 KB an SM, 1 KB of it a block's own), at most 4: the
+ * kernel is held to the registers that let them all run (at D = 128, C = 32 it would take 78
+ * and so 3 blocks an SM: T=4096 B=1 0.656 ms held to 64, 0.671 not; docs/PERF.md). Beyond 4
+ * blocks, 64 registers would spill. */
+template <int D, int C>
+__host__ __device__ constexpr int prep_blocks()
+{
+    return (int)(233472 / (prep_floats<D, C>() * sizeof(float) + 1024)) > 4 ? 4
+           : (int)(233472 / (prep_floats<D, C>() * sizeof(float) + 1024));
+}
+
 template <int D, int C, bool SPLIT>
-__global__ void __launch_bounds__(kThreads) chunk_prep_kernel(chunk_args a)
+__global__ void __launch_bounds__(kThreads, prep_blocks<D, C>()) chunk_prep_kernel(chunk_args a)
 {
     using L = chunk_layout<D, C>;
     constexpr int LD = row_pitch<D>(), LC = row_pitch<C>(), NT = C / 16, ND = D / 16;
@@ -315,6 +348,8 @@ __global__ void __launch_bounds__(kThreads) chunk_prep_kernel(chunk_args a)
     const long long t0 = (a.c_first + c) * C;
     float *out = chunk_scratch<D, C>(a, b, h, c);
     load_chunk<D, C>(a, Ks, Xs, gam, bet, b, h, t0);
+    constexpr int VPER = C * D / kThreads;
+    static_assert(C * D % kThreads == 0, "chunked prep: whole v rows a block");
 
     /* Akk into F, Aqk into P (B = K^T: K's rows are B's columns), 16 x 16 per warp and turn. */
     for (int item = warp; item < 2 * NT * NT; item += kWarps) {
@@ -343,15 +378,34 @@ __global__ void __launch_bounds__(kThreads) chunk_prep_kernel(chunk_args a)
         fac_k[t] = bet[t] * fac_q[t];
     }
     __syncthreads();
-    /* Kd and Qe to the scratch, then K scaled by beta e^gamma and V by beta in place. */
-    for (int x = threadIdx.x; x < C * D; x += kThreads) {
-        const int t = x / D, i = x % D;
-        const float k = Ks[t * LD + i];
-        out[L::KD + x] = k * fac_kd[t];
+    /* Kd and Qe to the scratch, then K scaled by beta e^gamma in place (V by beta below). */
+#pragma unroll
+    for (int k = 0; k < VPER; k++) {
+        const int x = threadIdx.x + k * kThreads, t = x / D, i = x % D;
+        const float kv = Ks[t * LD + i];
+        out[L::KD + x] = kv * fac_kd[t];
         out[L::QE + x] = Xs[t * LD + i] * fac_q[t];
-        Ks[t * LD + i] = k * fac_k[t];
-        Xs[t * LD + i] = t0 + t < a.n ? bet[t] * load(a.v, i, h, t0 + t, b) : 0.0f;
+        Ks[t * LD + i] = kv * fac_k[t];
     }
+    /* v copied into Xs while Tinv is computed, without registers, and scaled by beta once Tinv is
+     * done (loaded where it was scaled, ncu had 28% of prep's stall samples waiting on it). Each
+     * thread copies into the elements of Xs it has just read as Q, so no barrier is needed: its
+     * element i = threadIdx.x % D of every (kThreads / D)-th token. */
+    static_assert(kThreads % D == 0, "chunked prep: whole rows a pass");
+    const char *vp = row_of(a.v, h, t0 + threadIdx.x / D, b) + (threadIdx.x % D) * a.v.nb[0];
+    const long long vt = kThreads / D * a.v.nb[2];
+#pragma unroll
+    for (int k = 0; k < VPER; k++) {
+        const int x = threadIdx.x + k * kThreads, t = x / D, i = x % D;
+        float *dst = Xs + t * LD + i;
+        if (t0 + t < a.n) {
+            const unsigned int sa = (unsigned int)__cvta_generic_to_shared(dst);
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(sa), "l"(vp + k * vt) : "memory");
+        } else {
+            *dst = 0.0f;
+        }
+    }
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
     __syncthreads();
     /* Tinv = (I - F)^-1 by 16 x 16 blocks. The diagonal blocks, all at once, column by column
      * within each: x_t = [t == col] + sum_{col <= s < t} F[t][s] x_s, PARTS lanes per column
@@ -363,9 +417,16 @@ __global__ void __launch_bounds__(kThreads) chunk_prep_kernel(chunk_args a)
     for (int t = part; t < base; t += PARTS)
         Tn[t * LC + col] = 0.0f;
     for (int t = base; t < base + 16; t++) {
+        /* s = col + part, + PARTS, ... below t, in that order, in a loop of fixed length so that
+         * the warp stays converged for the shuffles (a loop to t had the compiler wrap each
+         * shuffle in warp syncs: 12% of prep's stall samples in this loop) */
         float sum = 0.0f;
-        for (int s = col + part; s < t; s += PARTS)
-            sum = fmaf(F[t * LC + s], Tn[s * LC + col], sum);
+#pragma unroll
+        for (int j = 0; j < (16 + PARTS - 1) / PARTS; j++) {
+            const int s = col + part + j * PARTS;
+            if (s < t)
+                sum = fmaf(F[t * LC + s], Tn[s * LC + col], sum);
+        }
 #pragma unroll
         for (int m = 1; m < PARTS; m *= 2)
             sum += __shfl_xor_sync(0xffffffffu, sum, m);
@@ -393,6 +454,13 @@ __global__ void __launch_bounds__(kThreads) chunk_prep_kernel(chunk_args a)
         }
         __syncthreads();
     }
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+#pragma unroll
+    for (int k = 0; k < VPER; k++) {
+        const int x = threadIdx.x + k * kThreads, t = x / D, i = x % D;
+        Xs[t * LD + i] *= bet[t];
+    }
+    __syncthreads();
     /* W' = -Tinv (beta e^gamma K), U = Tinv (beta V), stored straight to the scratch. */
     for (int item = warp; item < 2 * NT * ND; item += kWarps) {
         const int which = item / (NT * ND), tm = item % (NT * ND) / ND, tn = item % ND;
