@@ -85,7 +85,7 @@ t = dict(tensors); t["q"] = ("I32",) + t["q"][1:]; write("q_i32", header, t)
 t = dict(tensors); s = t["q"][1]; t["q"] = ("F32", [s[1], s[0]] + s[2:], t["q"][2]); write("q_swapped", header, t)
 t = dict(tensors); s = t["g"][1]; t["g"] = ("F32", [s[0] * s[1], s[2]], t["g"][2]); write("g_2dims", header, t)
 for key, value in [("K", "zero"), ("K", "0"), ("broadcast", "diagonal"), ("l2norm", "2"), ("scale", "-1"),
-                   ("chunk", "48")]:
+                   ("chunk", "48"), ("chunk_tf32", "yes")]:
     h = dict(header); h["__metadata__"] = dict(meta, **{key: value}); write(f"meta_{key}_{value}", h, tensors)
 open(f"{work}/garbage.safetensors", "wb").write(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
 # the state stored as BF16 (nearest even): a good input whose outputs follow (checked below)
