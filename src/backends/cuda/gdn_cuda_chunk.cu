@@ -540,6 +540,18 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) chunk_scan_kernel(chunk_
             kd.load(first + L::KD, D);
         gam_last = first[L::GAM + C - 1];
     }
+    /* One state item and one output item a warp (D = 128, C = 32): their two chains of products
+     * are independent, so the warp runs them side by side rather than one after the other
+     * (T=4096 on an H100: B=1 0.641 -> 0.600 ms, TF32 0.508 -> 0.483, B=8 4.61 -> 4.49,
+     * docs/PERF.md). Every sum is the same as in the loop. The output item is then the same
+     * every chunk; in the one-pass kernel its elements' addresses are set once (o_mine: the
+     * thread's first output element of the chunk; TF32 B=1 0.483 -> 0.474, B=8 3.63 -> 3.59),
+     * not with SPLIT, whose two-block instance then spilled and lost 1.3% at B = 8. */
+    constexpr bool PAIRED = M4 * N4 == kWarps && M2 * N2 == kWarps;
+    char *o_mine = nullptr;
+    if (PAIRED && !SPLIT)
+        o_mine = a.o.data + (long long)h * a.o.nb[1] + (long long)b * a.o.nb[3] +
+                 (a.c_first * C + warp / N2 * 16 + g) * a.o.nb[2] + (long long)(j0 + warp % N2 * 8 * NO + 2 * t4) * a.o.nb[0];
     for (long long c = 0; c < a.c_count; c++) {
         const float *in = chunk_scratch<D, C>(a, b, h, c);
         if (!AHEAD) {
@@ -590,34 +602,81 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) chunk_scan_kernel(chunk_
         if (KD_AHEAD && c + 1 < a.c_count)
             kd.load(chunk_scratch<D, C>(a, b, h, c + 1) + L::KD, D);
         __syncthreads();
-        for (int item = warp; item < M4 * N4 + M2 * N2; item += kWarps) {
-            if (item < M4 * N4) { /* the state's rows tm, columns tn of NN4 tiles */
-                const int tm = item / N4, tn = item % N4;
-                float acc[NN4][4];
-                float *rows = S + tm * 16 * LD + tn * 8 * NN4;
+        /* The state's rows tm, columns tn of NN4 tiles (item < M4 N4): decay S, then the product
+         * (loads and tensor-core products only) and the store, apart so that a warp may run two
+         * items' products together. */
+        auto state_load = [&](int item, float (&acc)[NN4][4]) {
+            const int tm = item / N4, tn = item % N4;
 #pragma unroll
-                for (int n = 0; n < NN4; n++)
-                    tile_load<LD>(acc[n], rows + 8 * n, decay);
-                mma_rows<C, NN4, SPLIT, 1, LJ, LK, 1>(acc, Dl + tm * 16, QK + tn * 8 * NN4);
+            for (int n = 0; n < NN4; n++)
+                tile_load<LD>(acc[n], S + tm * 16 * LD + tn * 8 * NN4 + 8 * n, decay);
+        };
+        auto state_product = [&](int item, float (&acc)[NN4][4]) {
+            const int tm = item / N4, tn = item % N4;
+            mma_rows<C, NN4, SPLIT, 1, LJ, LK, 1>(acc, Dl + tm * 16, QK + tn * 8 * NN4);
+        };
+        auto state_store = [&](int item, const float (&acc)[NN4][4]) {
+            const int tm = item / N4, tn = item % N4;
 #pragma unroll
-                for (int n = 0; n < NN4; n++)
-                    tile_store<LD>(rows + 8 * n, acc[n], 1.0f);
-            } else { /* outputs: tokens tm, columns tn */
-                const int tm = (item - M4 * N4) / N2, tn = (item - M4 * N4) % N2;
-                float acc[NO][4];
+            for (int n = 0; n < NN4; n++)
+                tile_store<LD>(S + tm * 16 * LD + tn * 8 * NN4 + 8 * n, acc[n], 1.0f);
+        };
+        /* The outputs of tokens tm, columns tn (output item o < M2 N2), likewise. */
+        auto out_load = [&](int o, float (&acc)[NO][4]) {
+            const int tm = o / N2, tn = o % N2;
+#pragma unroll
+            for (int n = 0; n < NO; n++)
+                tile_load<LO>(acc[n], Os + tm * 16 * LO + tn * 8 * NO + 8 * n, 1.0f);
+        };
+        auto out_product = [&](int o, float (&acc)[NO][4]) {
+            const int tm = o / N2, tn = o % N2;
+            mma_rows<C, NO, SPLIT, LC, 1, LJ, 1>(acc, P + tm * 16 * LC, Dl + tn * 8 * NO);
+        };
+        auto out_store = [&](int o, const float (&acc)[NO][4]) {
+            const int tm = o / N2, tn = o % N2;
+            const long long t0 = (a.c_first + c) * C + tm * 16;
+#pragma unroll
+            for (int n = 0; n < NO; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int row = g + (e & 2 ? 8 : 0), col = j0 + tn * 8 * NO + n * 8 + 2 * t4 + (e & 1);
+                    if (t0 + row < a.n)
+                        *at(a.o, col, h, t0 + row, b) = acc[n][e];
+                }
+        };
+        if constexpr (PAIRED) {
+            float sacc[NN4][4], oacc[NO][4];
+            state_load(warp, sacc);
+            out_load(warp, oacc);
+            state_product(warp, sacc);
+            out_product(warp, oacc);
+            state_store(warp, sacc);
+            if constexpr (SPLIT) {
+                out_store(warp, oacc);
+            } else {
+                const long long t0 = (a.c_first + c) * C + warp / N2 * 16; /* the warp's first token */
 #pragma unroll
                 for (int n = 0; n < NO; n++)
-                    tile_load<LO>(acc[n], Os + tm * 16 * LO + tn * 8 * NO + 8 * n, 1.0f);
-                mma_rows<C, NO, SPLIT, LC, 1, LJ, 1>(acc, P + tm * 16 * LC, Dl + tn * 8 * NO);
-                const long long t0 = (a.c_first + c) * C + tm * 16;
 #pragma unroll
-                for (int n = 0; n < NO; n++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const int row = g + (e & 2 ? 8 : 0), col = j0 + tn * 8 * NO + n * 8 + 2 * t4 + (e & 1);
-                        if (t0 + row < a.n)
-                            *at(a.o, col, h, t0 + row, b) = acc[n][e];
-                    }
+                    for (int e = 0; e < 4; e++)
+                        if (t0 + g + (e & 2 ? 8 : 0) < a.n)
+                            *(float *)(o_mine + (e & 2 ? 8 * a.o.nb[2] : 0) + (e & 1 ? a.o.nb[0] : 0) +
+                                       n * 8 * a.o.nb[0]) = oacc[n][e];
+                o_mine += C * a.o.nb[2];
+            }
+        } else {
+            for (int item = warp; item < M4 * N4 + M2 * N2; item += kWarps) {
+                if (item < M4 * N4) {
+                    float acc[NN4][4];
+                    state_load(item, acc);
+                    state_product(item, acc);
+                    state_store(item, acc);
+                } else {
+                    float acc[NO][4];
+                    out_load(item - M4 * N4, acc);
+                    out_product(item - M4 * N4, acc);
+                    out_store(item - M4 * N4, acc);
+                }
             }
         }
         __syncthreads();
