@@ -473,13 +473,30 @@ __global__ void __launch_bounds__(kThreads, prep_blocks<D, C>()) chunk_prep_kern
     }
 }
 
-/* Shared memory of the scan (floats): S [JB][row], W' [C][row], Qe then Kd [C][row] (Qe is done
- * with before Kd is needed; sharing the buffer lets D = 256 with C = 64 fit), Dl [C][k-major],
- * Oq [C][row], P [C][row]. */
+/* Shared memory of the scan (floats): S [JB][row], the staged set (W' [C][row], Qe then Kd
+ * [C][row]: Qe is done with before Kd is needed, and sharing the buffer lets D = 256 with C = 64
+ * fit; Dl [C][k-major], P [C][row]), Oq [C][row]. */
 template <int D, int C, int JB>
+__host__ __device__ constexpr bool scan_ahead()
+{
+    return (3 * C * D + C * JB + C * C) / kThreads <= 64;
+}
+
+/* One chunk's staged factors: W' and Qe [C][row], with DOUBLE Kd [C][k-major] of its own (else
+ * Kd takes Qe's place), Dl [C][k-major], P [C][row]. */
+template <int D, int C, int JB, bool DOUBLE>
+__host__ __device__ constexpr size_t scan_set_floats()
+{
+    return (size_t)C * (2 * row_pitch<D>() + (DOUBLE ? kmajor_pitch<D>() : 0) + kmajor_pitch<JB>() + row_pitch<C>());
+}
+
+/* DOUBLE (the SPLIT scan instance of one block an SM, where its factors fit registers): two sets,
+ * the next chunk's staged while this one computes. */
+template <int D, int C, int JB, bool DOUBLE>
 __host__ __device__ constexpr size_t scan_floats()
 {
-    return (size_t)(JB + 2 * C) * row_pitch<D>() + (size_t)C * (kmajor_pitch<JB>() + row_pitch<JB>() + row_pitch<C>());
+    return (size_t)JB * row_pitch<D>() + (DOUBLE ? 2 : 1) * scan_set_floats<D, C, JB, DOUBLE>() +
+           (size_t)C * row_pitch<JB>();
 }
 
 /* The chunks of a window in order, for JB state rows j0.. of a head: per chunk
@@ -504,12 +521,22 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) chunk_scan_kernel(chunk_
     constexpr int NO = 1;
     constexpr int M1 = 2 * C / 16, N1 = JB / 16, M2 = C / 16, N2 = JB / (8 * NO);
     constexpr int NN4 = D >= 32 ? 4 : D / 8, M4 = JB / 16, N4 = D / (8 * NN4);
-    constexpr bool AHEAD = (3 * C * D + C * JB + C * C) / kThreads <= 64;
+    constexpr bool AHEAD = scan_ahead<D, C, JB>();
+    /* Double-buffered staging (SPLIT, one block an SM, factors a chunk ahead in registers): the
+     * next chunk's W', Qe, Kd, U and P go to the other set while this chunk's step 1 runs, so a
+     * chunk has two barriers instead of four and no phase that only moves data (ncu at B = 1:
+     * 13% of the one-pass scan's stall samples were in those two phases). The same arithmetic.
+     * T=4096 B=1 on an H100: 0.611 -> 0.589 ms; the one-pass kernel went 0.476 -> 0.485, so it
+     * keeps one set (docs/PERF.md). */
+    constexpr bool DOUBLE = MIN_BLOCKS == 1 && AHEAD && SPLIT;
     /* Kd a chunk ahead too: 5% faster with SPLIT at B = 1 T = 4096 on an H100, but 11% slower in
      * the one-pass kernel (docs/PERF.md; the cause was not found), which loads it during step 1. */
     constexpr bool KD_AHEAD = AHEAD && SPLIT;
+    /* a staged set's W', Qe, Kd (Qe's place unless DOUBLE), Dl and P, from its start */
+    constexpr int SET = (int)scan_set_floats<D, C, JB, DOUBLE>(), SQ = C * LD, SK = DOUBLE ? 2 * C * LD : SQ;
+    constexpr int SD = DOUBLE ? SK + C * LK : 2 * C * LD, SP = SD + C * LJ;
     extern __shared__ __align__(128) float smem[];
-    float *S = smem, *Ws = S + JB * LD, *QK = Ws + C * LD, *Dl = QK + C * LD, *Os = Dl + C * LJ, *P = Os + C * LO;
+    float *S = smem, *Os = smem + JB * LD + (DOUBLE ? 2 : 1) * SET;
     const int j0 = blockIdx.x * JB, h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32;
     const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
 
@@ -530,6 +557,25 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) chunk_scan_kernel(chunk_
      * chunk, it had every warp wait on memory before the first barrier (ncu: 8% of the stall
      * samples at B = 1). */
     float gam_last = 0.0f;
+    auto load_ahead = [&](long long c) {
+        const float *next = chunk_scratch<D, C>(a, b, h, c);
+        w.load(next + L::W, D);
+        q.load(next + L::QE, D);
+        u.load(next + L::U + j0, D);
+        p.load(next + L::P, C);
+        if (KD_AHEAD)
+            kd.load(next + L::KD, D);
+        gam_last = next[L::GAM + C - 1];
+    };
+    auto stage = [&](float *set) {
+        w.store(set, LD);
+        q.store(set + SQ, LD);
+        u.store(set + SD, LJ);
+        p.store(set + SP, LC);
+        if (DOUBLE)
+            kd.store(set + SK, LK);
+    };
+    float decay_next = 0.0f; /* DOUBLE: e^gamma_C of the chunk staged next */
     if (AHEAD) {
         const float *first = chunk_scratch<D, C>(a, b, h, 0);
         w.load(first + L::W, D);
@@ -539,6 +585,13 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) chunk_scan_kernel(chunk_
         if (KD_AHEAD)
             kd.load(first + L::KD, D);
         gam_last = first[L::GAM + C - 1];
+    }
+    if (DOUBLE) {
+        stage(smem + JB * LD);
+        decay_next = expf(gam_last);
+        if (a.c_count > 1)
+            load_ahead(1);
+        __syncthreads();
     }
     /* One state item and one output item a warp (D = 128, C = 32): their two chains of products
      * are independent, so the warp runs them side by side rather than one after the other
@@ -554,27 +607,32 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) chunk_scan_kernel(chunk_
                  (a.c_first * C + warp / N2 * 16 + g) * a.o.nb[2] + (long long)(j0 + warp % N2 * 8 * NO + 2 * t4) * a.o.nb[0];
     for (long long c = 0; c < a.c_count; c++) {
         const float *in = chunk_scratch<D, C>(a, b, h, c);
-        if (!AHEAD) {
-            w.load(in + L::W, D);
-            q.load(in + L::QE, D);
-            u.load(in + L::U + j0, D);
-            p.load(in + L::P, C);
-        }
-        w.store(Ws, LD);
-        q.store(QK, LD);
-        u.store(Dl, LJ);
-        p.store(P, LC);
-        const float decay = expf(AHEAD ? gam_last : in[L::GAM + C - 1]);
-        __syncthreads();
-        if (!KD_AHEAD)
-            kd.load(in + L::KD, D);
-        if (AHEAD && c + 1 < a.c_count) {
-            const float *next = chunk_scratch<D, C>(a, b, h, c + 1);
-            w.load(next + L::W, D);
-            q.load(next + L::QE, D);
-            u.load(next + L::U + j0, D);
-            p.load(next + L::P, C);
-            gam_last = next[L::GAM + C - 1];
+        const int buf = DOUBLE ? (int)(c & 1) : 0;
+        float *Ws = smem + JB * LD + buf * SET, *QK = Ws + SQ, *Kd = Ws + SK, *Dl = Ws + SD, *P = Ws + SP;
+        float decay = decay_next;
+        if (!DOUBLE) {
+            if (!AHEAD) {
+                w.load(in + L::W, D);
+                q.load(in + L::QE, D);
+                u.load(in + L::U + j0, D);
+                p.load(in + L::P, C);
+            }
+            w.store(Ws, LD);
+            q.store(QK, LD);
+            u.store(Dl, LJ);
+            p.store(P, LC);
+            decay = expf(AHEAD ? gam_last : in[L::GAM + C - 1]);
+            __syncthreads();
+            if (!KD_AHEAD)
+                kd.load(in + L::KD, D);
+            if (AHEAD && c + 1 < a.c_count) {
+                const float *next = chunk_scratch<D, C>(a, b, h, c + 1);
+                w.load(next + L::W, D);
+                q.load(next + L::QE, D);
+                u.load(next + L::U + j0, D);
+                p.load(next + L::P, C);
+                gam_last = next[L::GAM + C - 1];
+            }
         }
         for (int item = warp; item < M1 * N1; item += kWarps) { /* 1 */
             const int tm = item / N1, tn = item % N1;
@@ -597,11 +655,19 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) chunk_scan_kernel(chunk_
                 tile_store<LO>(dst + 8, acc[1], 1.0f);
             }
         }
+        if (DOUBLE && c + 1 < a.c_count) { /* the next chunk's set, then the one after into registers */
+            stage(smem + JB * LD + (buf ^ 1) * SET);
+            decay_next = expf(gam_last);
+            if (c + 2 < a.c_count)
+                load_ahead(c + 2);
+        }
         __syncthreads();
-        kd.store(QK, LK);
-        if (KD_AHEAD && c + 1 < a.c_count)
-            kd.load(chunk_scratch<D, C>(a, b, h, c + 1) + L::KD, D);
-        __syncthreads();
+        if (!DOUBLE) {
+            kd.store(Kd, LK);
+            if (KD_AHEAD && c + 1 < a.c_count)
+                kd.load(chunk_scratch<D, C>(a, b, h, c + 1) + L::KD, D);
+            __syncthreads();
+        }
         /* The state's rows tm, columns tn of NN4 tiles (item < M4 N4): decay S, then the product
          * (loads and tensor-core products only) and the store, apart so that a warp may run two
          * items' products together. */
@@ -613,7 +679,7 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) chunk_scan_kernel(chunk_
         };
         auto state_product = [&](int item, float (&acc)[NN4][4]) {
             const int tm = item / N4, tn = item % N4;
-            mma_rows<C, NN4, SPLIT, 1, LJ, LK, 1>(acc, Dl + tm * 16, QK + tn * 8 * NN4);
+            mma_rows<C, NN4, SPLIT, 1, LJ, LK, 1>(acc, Dl + tm * 16, Kd + tn * 8 * NN4);
         };
         auto state_store = [&](int item, const float (&acc)[NN4][4]) {
             const int tm = item / N4, tn = item % N4;
@@ -738,13 +804,15 @@ gdn_status run(gdn_cuda_context *context, chunk_args a, long long B)
 {
     constexpr int JB = rows_per_block<D>();
     constexpr size_t prep_smem = prep_floats<D, C>() * sizeof(float);
-    constexpr size_t scan_smem = scan_floats<D, C, JB>() * sizeof(float);
-    static_assert(prep_smem <= kMaxSmem && scan_smem <= kMaxSmem, "chunked form: shared memory");
+    constexpr size_t scan_smem = scan_floats<D, C, JB, false>() * sizeof(float);
+    constexpr size_t alone_smem = scan_floats<D, C, JB, scan_ahead<D, C, JB>() && SPLIT>() * sizeof(float);
+    static_assert(prep_smem <= kMaxSmem && scan_smem <= kMaxSmem && alone_smem <= kMaxSmem,
+                  "chunked form: shared memory");
     gdn_status st = allow_smem(chunk_prep_kernel<D, C, SPLIT>, prep_smem);
     if (st == GDN_OK)
         st = allow_smem(chunk_scan_kernel<D, C, JB, SPLIT, 2>, scan_smem);
     if (st == GDN_OK)
-        st = allow_smem(chunk_scan_kernel<D, C, JB, SPLIT, 1>, scan_smem);
+        st = allow_smem(chunk_scan_kernel<D, C, JB, SPLIT, 1>, alone_smem);
     /* A scan grid of at most one block an SM (B = 1 at Qwen3.6's shapes: 128 blocks) runs the
      * instance compiled for one block an SM: the same code and arithmetic (every bit the same),
      * with up to 255 registers instead of 128 (151, no spills, against 128 and 12 bytes spilled).
@@ -768,7 +836,7 @@ gdn_status run(gdn_cuda_context *context, chunk_args a, long long B)
             break;
         const dim3 scan_grid(D / JB, a.Hv, (unsigned)B);
         if (alone)
-            chunk_scan_kernel<D, C, JB, SPLIT, 1><<<scan_grid, kThreads, scan_smem, context->stream>>>(a);
+            chunk_scan_kernel<D, C, JB, SPLIT, 1><<<scan_grid, kThreads, alone_smem, context->stream>>>(a);
         else
             chunk_scan_kernel<D, C, JB, SPLIT, 2><<<scan_grid, kThreads, scan_smem, context->stream>>>(a);
         st = gdn_cuda_check(cudaGetLastError(), "chunked form: scan kernel launch");
