@@ -49,6 +49,7 @@ struct chunk_args {
     const char *state_index, *final_index;
     long long state_index_nb, final_index_nb;
     int Hk, Hv, interleaved, l2norm;
+    int qk_vec, v_vec;          /* 1: k and q (v) rows are 16-byte aligned runs of floats */
     float scale;
     long long n;                /* tokens run in chunks */
     long long c_first, c_count; /* this window's chunks */
@@ -224,19 +225,32 @@ __device__ void load_chunk(const chunk_args &a, float *Ks, float *Qs, float *gam
     constexpr int LD = row_pitch<D>(), R = C / kWarps, E = (D + 31) / 32;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int hk = a.interleaved ? h / (a.Hv / a.Hk) : h % a.Hk;
-    /* a lane's first element of its tokens' rows, and the steps to its next element and token */
-    const char *kp = row_of(a.k, hk, t0 + warp, b) + lane * a.k.nb[0];
-    const char *qp = row_of(a.q, hk, t0 + warp, b) + lane * a.q.nb[0];
-    const long long ke = 32 * a.k.nb[0], qe = 32 * a.q.nb[0], kt = kWarps * a.k.nb[2], qt = kWarps * a.q.nb[2];
+    /* Lane l holds elements E l .. E l + E - 1 of its tokens' rows (float4 loads where the rows
+     * allow, else E loads nb[0] apart: the same elements, so the same sums either way); its first
+     * element's address, and the step to its next token. */
+    const bool lane_in = E * lane < D;
+    const char *kp = row_of(a.k, hk, t0 + warp, b) + E * lane * a.k.nb[0];
+    const char *qp = row_of(a.q, hk, t0 + warp, b) + E * lane * a.q.nb[0];
+    const long long kt = kWarps * a.k.nb[2], qt = kWarps * a.q.nb[2];
     float kx[R][E], qx[R][E], gx = 0.0f, bx = 0.0f;
 #pragma unroll
     for (int r = 0; r < R; r++) {
-        const bool valid = t0 + warp + r * kWarps < a.n;
+        const bool in = lane_in && t0 + warp + r * kWarps < a.n;
+        if (E % 4 == 0 && a.qk_vec) {
 #pragma unroll
-        for (int e = 0; e < E; e++) {
-            const bool in = valid && lane + 32 * e < D;
-            kx[r][e] = in ? *(const float *)(kp + r * kt + e * ke) : 0.0f;
-            qx[r][e] = in ? *(const float *)(qp + r * qt + e * qe) : 0.0f;
+            for (int e = 0; e < E; e += 4) {
+                const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                const float4 kv = in ? *(const float4 *)(kp + r * kt + 4 * e) : zero;
+                const float4 qv = in ? *(const float4 *)(qp + r * qt + 4 * e) : zero;
+                kx[r][e] = kv.x, kx[r][e + 1] = kv.y, kx[r][e + 2] = kv.z, kx[r][e + 3] = kv.w;
+                qx[r][e] = qv.x, qx[r][e + 1] = qv.y, qx[r][e + 2] = qv.z, qx[r][e + 3] = qv.w;
+            }
+        } else {
+#pragma unroll
+            for (int e = 0; e < E; e++) {
+                kx[r][e] = in ? *(const float *)(kp + r * kt + e * a.k.nb[0]) : 0.0f;
+                qx[r][e] = in ? *(const float *)(qp + r * qt + e * a.q.nb[0]) : 0.0f;
+            }
         }
     }
     if (threadIdx.x < C && t0 + threadIdx.x < a.n) {
@@ -259,12 +273,18 @@ __device__ void load_chunk(const chunk_args &a, float *Ks, float *Qs, float *gam
         }
         const float ik = a.l2norm ? 1.0f / sqrtf(kk + 1e-6f) : 1.0f;
         const float iq = (a.l2norm ? 1.0f / sqrtf(qq + 1e-6f) : 1.0f) * a.scale;
+        if (lane_in) {
 #pragma unroll
-        for (int e = 0; e < E; e++) {
-            const int i = lane + 32 * e;
-            if (i < D) {
-                Ks[t * LD + i] = kx[r][e] * ik;
-                Qs[t * LD + i] = qx[r][e] * iq;
+            for (int e = 0; e < E; e++) {
+                if (E % 4 == 0 && e % 4 == 0) { /* 16-byte aligned (row pitch and E l multiples of 4) */
+                    *(float4 *)(Ks + t * LD + E * lane + e) = make_float4(
+                        kx[r][e] * ik, kx[r][e + 1] * ik, kx[r][e + 2] * ik, kx[r][e + 3] * ik);
+                    *(float4 *)(Qs + t * LD + E * lane + e) = make_float4(
+                        qx[r][e] * iq, qx[r][e + 1] * iq, qx[r][e + 2] * iq, qx[r][e + 3] * iq);
+                } else if (E % 4 != 0) {
+                    Ks[t * LD + E * lane + e] = kx[r][e] * ik;
+                    Qs[t * LD + E * lane + e] = qx[r][e] * iq;
+                }
             }
         }
     }
@@ -348,8 +368,10 @@ __global__ void __launch_bounds__(kThreads, prep_blocks<D, C>()) chunk_prep_kern
     const long long t0 = (a.c_first + c) * C;
     float *out = chunk_scratch<D, C>(a, b, h, c);
     load_chunk<D, C>(a, Ks, Xs, gam, bet, b, h, t0);
-    constexpr int VPER = C * D / kThreads;
-    static_assert(C * D % kThreads == 0, "chunked prep: whole v rows a block");
+    /* The element-wise passes over [C][D] below go by groups of 4 consecutive elements, group
+     * x4 = threadIdx.x + k kThreads holding elements 4 x4 .. 4 x4 + 3 (float4 accesses). */
+    constexpr int G = C * D / 4, GPER = (G + kThreads - 1) / kThreads;
+    static_assert(D % 4 == 0 && 4 * kThreads % D == 0, "chunked prep: whole groups a row, whole rows a pass");
 
     /* Akk into F, Aqk into P (B = K^T: K's rows are B's columns), 16 x 16 per warp and turn. */
     for (int item = warp; item < 2 * NT * NT; item += kWarps) {
@@ -380,29 +402,40 @@ __global__ void __launch_bounds__(kThreads, prep_blocks<D, C>()) chunk_prep_kern
     __syncthreads();
     /* Kd and Qe to the scratch, then K scaled by beta e^gamma in place (V by beta below). */
 #pragma unroll
-    for (int k = 0; k < VPER; k++) {
-        const int x = threadIdx.x + k * kThreads, t = x / D, i = x % D;
-        const float kv = Ks[t * LD + i];
-        out[L::KD + x] = kv * fac_kd[t];
-        out[L::QE + x] = Xs[t * LD + i] * fac_q[t];
-        Ks[t * LD + i] = kv * fac_k[t];
+    for (int k = 0; k < GPER; k++) {
+        const int x = 4 * (threadIdx.x + k * kThreads), t = x / D, i = x % D;
+        if (G % kThreads == 0 || x < C * D) {
+            const float4 kv = *(const float4 *)(Ks + t * LD + i), qv = *(const float4 *)(Xs + t * LD + i);
+            const float fkd = fac_kd[t], fq = fac_q[t], fk = fac_k[t];
+            *(float4 *)(out + L::KD + x) = make_float4(kv.x * fkd, kv.y * fkd, kv.z * fkd, kv.w * fkd);
+            *(float4 *)(out + L::QE + x) = make_float4(qv.x * fq, qv.y * fq, qv.z * fq, qv.w * fq);
+            *(float4 *)(Ks + t * LD + i) = make_float4(kv.x * fk, kv.y * fk, kv.z * fk, kv.w * fk);
+        }
     }
     /* v copied into Xs while Tinv is computed, without registers, and scaled by beta once Tinv is
      * done (loaded where it was scaled, ncu had 28% of prep's stall samples waiting on it). Each
      * thread copies into the elements of Xs it has just read as Q, so no barrier is needed: its
-     * element i = threadIdx.x % D of every (kThreads / D)-th token. */
-    static_assert(kThreads % D == 0, "chunked prep: whole rows a pass");
-    const char *vp = row_of(a.v, h, t0 + threadIdx.x / D, b) + (threadIdx.x % D) * a.v.nb[0];
-    const long long vt = kThreads / D * a.v.nb[2];
+     * group's elements 4 x4 % D .. + 3 of every (4 kThreads / D)-th token; 16 bytes a copy where
+     * v's rows allow. */
+    const char *vp = row_of(a.v, h, t0 + 4 * threadIdx.x / D, b) + (4 * threadIdx.x % D) * a.v.nb[0];
+    const long long vt = 4 * kThreads / D * a.v.nb[2];
 #pragma unroll
-    for (int k = 0; k < VPER; k++) {
-        const int x = threadIdx.x + k * kThreads, t = x / D, i = x % D;
+    for (int k = 0; k < GPER; k++) {
+        const int x = 4 * (threadIdx.x + k * kThreads), t = x / D, i = x % D;
         float *dst = Xs + t * LD + i;
-        if (t0 + t < a.n) {
+        if (G % kThreads != 0 && x >= C * D) {
+        } else if (t0 + t < a.n && a.v_vec) {
             const unsigned int sa = (unsigned int)__cvta_generic_to_shared(dst);
-            asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(sa), "l"(vp + k * vt) : "memory");
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa), "l"(vp + k * vt) : "memory");
+        } else if (t0 + t < a.n) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const unsigned int sa = (unsigned int)__cvta_generic_to_shared(dst + e);
+                asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(sa), "l"(vp + k * vt + e * a.v.nb[0])
+                             : "memory");
+            }
         } else {
-            *dst = 0.0f;
+            *(float4 *)dst = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
     }
     asm volatile("cp.async.commit_group;\n" ::: "memory");
@@ -456,9 +489,13 @@ __global__ void __launch_bounds__(kThreads, prep_blocks<D, C>()) chunk_prep_kern
     }
     asm volatile("cp.async.wait_all;\n" ::: "memory");
 #pragma unroll
-    for (int k = 0; k < VPER; k++) {
-        const int x = threadIdx.x + k * kThreads, t = x / D, i = x % D;
-        Xs[t * LD + i] *= bet[t];
+    for (int k = 0; k < GPER; k++) {
+        const int x = 4 * (threadIdx.x + k * kThreads), t = x / D, i = x % D;
+        if (G % kThreads == 0 || x < C * D) {
+            const float4 v = *(const float4 *)(Xs + t * LD + i);
+            const float bt = bet[t];
+            *(float4 *)(Xs + t * LD + i) = make_float4(v.x * bt, v.y * bt, v.z * bt, v.w * bt);
+        }
     }
     __syncthreads();
     /* W' = -Tinv (beta e^gamma K), U = Tinv (beta V), stored straight to the scratch. */
@@ -758,6 +795,18 @@ __host__ __device__ constexpr int rows_per_block()
     return D >= 256 ? 16 : D < 32 ? D : 32;
 }
 
+/* 1 when every row of the 4-dimensional view t (elements along dim 0) is a run of floats starting
+ * on a 16-byte boundary. */
+int rows_of_float4s(const gdn_tensor *t)
+{
+    if (t->nb[0] != sizeof(float) || (uintptr_t)t->data % 16 != 0)
+        return 0;
+    for (int i = 1; i < 4; i++)
+        if (t->ne[i] > 1 && t->nb[i] % 16 != 0)
+            return 0;
+    return 1;
+}
+
 chunk_view view_of(const gdn_tensor *t)
 {
     chunk_view v;
@@ -887,6 +936,8 @@ gdn_status gdn_cuda_gated_delta_net_chunked(gdn_backend *backend, const gdn_gate
     a.Hv = (int)shape->Hv;
     a.interleaved = params->broadcast == GDN_BROADCAST_INTERLEAVED;
     a.l2norm = params->l2norm;
+    a.qk_vec = rows_of_float4s(&args->q) && rows_of_float4s(&args->k);
+    a.v_vec = rows_of_float4s(&args->v);
     a.scale = shape->scale;
     a.n = n;
     a.c_first = a.c_count = 0;
