@@ -440,32 +440,30 @@ __global__ void __launch_bounds__(kThreads, prep_blocks<D, C>()) chunk_prep_kern
     }
     asm volatile("cp.async.commit_group;\n" ::: "memory");
     __syncthreads();
-    /* Tinv = (I - F)^-1 by 16 x 16 blocks. The diagonal blocks, all at once, column by column
-     * within each: x_t = [t == col] + sum_{col <= s < t} F[t][s] x_s, PARTS lanes per column
-     * (adjacent lanes of one warp), each summing every PARTS-th s, then a fixed tree; 16 steps
-     * instead of C. Then block row by block row, T_ij = T_ii (sum_{j <= k < i} F_ik T_kj), on
-     * tensor cores in three passes whatever SPLIT (Tinv multiplies every delta). */
-    constexpr int PARTS = kThreads / C, NB = C / 16, LX = row_pitch<16>();
-    const int col = threadIdx.x / PARTS, part = threadIdx.x % PARTS, base = col / 16 * 16;
-    for (int t = part; t < base; t += PARTS)
-        Tn[t * LC + col] = 0.0f;
-    for (int t = base; t < base + 16; t++) {
-        /* s = col + part, + PARTS, ... below t, in that order, in a loop of fixed length so that
-         * the warp stays converged for the shuffles (a loop to t had the compiler wrap each
-         * shuffle in warp syncs: 12% of prep's stall samples in this loop) */
-        float sum = 0.0f;
+    /* Tinv = (I - F)^-1 by 16 x 16 blocks. The diagonal blocks by forward substitution, one lane
+     * per column (C lanes), the column's 16 values in its registers: x_t = [t == c] + sum_{s<t}
+     * F[t][s] x_s in order of s, with x_s = 0 above the diagonal (exact zeros, which change no
+     * sum); each x_t waits only on the last product of its sum, so a block takes about 16
+     * dependent steps of one fma. (Eight lanes a column with a shuffle tree and a warp sync per
+     * step took a quarter of prep's stall samples, ncu at B = 1.) Then block row by block row,
+     * T_ij = T_ii (sum_{j <= k < i} F_ik T_kj), on tensor cores in three passes whatever SPLIT
+     * (Tinv multiplies every delta). */
+    constexpr int NB = C / 16, LX = row_pitch<16>();
+    if (threadIdx.x < C) {
+        const int col = threadIdx.x, base = col / 16 * 16, c0 = col % 16;
+        for (int t = 0; t < base; t++)
+            Tn[t * LC + col] = 0.0f;
+        const float *Fb = F + base * LC + base;
+        float x[16];
 #pragma unroll
-        for (int j = 0; j < (16 + PARTS - 1) / PARTS; j++) {
-            const int s = col + part + j * PARTS;
-            if (s < t)
-                sum = fmaf(F[t * LC + s], Tn[s * LC + col], sum);
+        for (int t = 0; t < 16; t++) {
+            float sum = 0.0f;
+#pragma unroll
+            for (int s2 = 0; s2 < t; s2++)
+                sum = fmaf(Fb[t * LC + s2], x[s2], sum);
+            x[t] = t < c0 ? 0.0f : t == c0 ? 1.0f : sum;
+            Tn[(base + t) * LC + col] = x[t];
         }
-#pragma unroll
-        for (int m = 1; m < PARTS; m *= 2)
-            sum += __shfl_xor_sync(0xffffffffu, sum, m);
-        if (part == 0)
-            Tn[t * LC + col] = t < col ? 0.0f : t == col ? 1.0f : sum;
-        __syncwarp();
     }
     __syncthreads();
     for (int i = 1; i < NB; i++) {
