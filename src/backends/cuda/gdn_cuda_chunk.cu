@@ -445,9 +445,10 @@ __global__ void __launch_bounds__(kThreads, prep_blocks<D, C>()) chunk_prep_kern
      * F[t][s] x_s in order of s, with x_s = 0 above the diagonal (exact zeros, which change no
      * sum); each x_t waits only on the last product of its sum, so a block takes about 16
      * dependent steps of one fma. (Eight lanes a column with a shuffle tree and a warp sync per
-     * step took a quarter of prep's stall samples, ncu at B = 1.) Then block row by block row,
-     * T_ij = T_ii (sum_{j <= k < i} F_ik T_kj), on tensor cores in three passes whatever SPLIT
-     * (Tinv multiplies every delta). */
+     * step took a quarter of prep's stall samples, ncu at B = 1, but the other blocks of the SM
+     * filled most of that: T=512 B=1 4% faster, T=4096 B=8 1.3%; docs/PERF.md.) Then block row by
+     * block row, T_ij = T_ii (sum_{j <= k < i} F_ik T_kj), on tensor cores in three passes
+     * whatever SPLIT (Tinv multiplies every delta). */
     constexpr int NB = C / 16, LX = row_pitch<16>();
     if (threadIdx.x < C) {
         const int col = threadIdx.x, base = col / 16 * 16, c0 = col % 16;
@@ -560,7 +561,7 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) chunk_scan_kernel(chunk_
     /* Double-buffered staging (SPLIT, one block an SM, factors a chunk ahead in registers): the
      * next chunk's W', Qe, Kd, U and P go to the other set while this chunk's step 1 runs, so a
      * chunk has two barriers instead of four and no phase that only moves data (ncu at B = 1:
-     * 13% of the one-pass scan's stall samples were in those two phases). The same arithmetic.
+     * 13-14% of the scan's stall samples were in those two phases). The same arithmetic.
      * T=4096 B=1 on an H100: 0.611 -> 0.589 ms; the one-pass kernel went 0.476 -> 0.485, so it
      * keeps one set (docs/PERF.md). */
     constexpr bool DOUBLE = MIN_BLOCKS == 1 && AHEAD && SPLIT;
@@ -639,7 +640,8 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) chunk_scan_kernel(chunk_
     char *o_mine = nullptr;
     if (PAIRED && !SPLIT)
         o_mine = a.o.data + (long long)h * a.o.nb[1] + (long long)b * a.o.nb[3] +
-                 (a.c_first * C + warp / N2 * 16 + g) * a.o.nb[2] + (long long)(j0 + warp % N2 * 8 * NO + 2 * t4) * a.o.nb[0];
+                 (a.c_first * C + warp / N2 * 16 + g) * a.o.nb[2] +
+                 (long long)(j0 + warp % N2 * 8 * NO + 2 * t4) * a.o.nb[0];
     for (long long c = 0; c < a.c_count; c++) {
         const float *in = chunk_scratch<D, C>(a, b, h, c);
         const int buf = DOUBLE ? (int)(c & 1) : 0;
