@@ -612,16 +612,8 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) chunk_scan_kernel(chunk_
             kd.store(set + SK, LK);
     };
     float decay_next = 0.0f; /* DOUBLE: e^gamma_C of the chunk staged next */
-    if (AHEAD) {
-        const float *first = chunk_scratch<D, C>(a, b, h, 0);
-        w.load(first + L::W, D);
-        q.load(first + L::QE, D);
-        u.load(first + L::U + j0, D);
-        p.load(first + L::P, C);
-        if (KD_AHEAD)
-            kd.load(first + L::KD, D);
-        gam_last = first[L::GAM + C - 1];
-    }
+    if (AHEAD)
+        load_ahead(0);
     if (DOUBLE) {
         stage(smem + JB * LD);
         decay_next = expf(gam_last);
