@@ -13,15 +13,15 @@
  *     Qe = diag(e^gamma) Q, all stored to the scratch: none of it depends on the state.
  *   scan (one block per JB state rows of a head and sequence; the window's chunks in order): per
  *     chunk the deltas Dl = U + W' S^T and Oq = Qe S^T in one product over the rows [W'; Qe],
- *     then the outputs O = Oq + P Dl and the new state S = e^gamma_C S + Dl^T Kd; the JB rows of
- *     S stay in shared memory, and a block writes the outputs of its JB columns. Fusing the
- *     outputs into the scan keeps the per-chunk states out of memory (fla stores them, D^2
- *     floats a chunk, and reads them again in a third kernel).
+ *     then the outputs O = Oq + P Dl and the new state S = e^gamma_C S + Dl^T Kd; the state stays
+ *     in registers (each warp 16 rows by half the columns), and a block writes the outputs of
+ *     its JB columns. Fusing the outputs into the scan keeps the per-chunk states out of memory
+ *     (fla stores them, D^2 floats a chunk, and reads them again in a third kernel).
  * The deltas solve (I - F) Dl = diag(beta) (V - e^gamma K S^T), which is the recurrence's
  * d_t + beta_t sum_{s<t} e^(gamma_t - gamma_s) (k_t . k_s) d_s = beta_t (v_t - e^gamma_t S k_t).
  *
  * Products: PTX mma.m16n8k8 with TF32 inputs and FP32 accumulation, fragments loaded from
- * shared memory by hand. By default every product runs as three TF32 products (x = hi + lo with
+ * shared memory (or, for the scan's state, kept in registers) by hand. By default every product runs as three TF32 products (x = hi + lo with
  * hi = x rounded to TF32 and lo = x - hi, exact; lo*hi + hi*lo + hi*hi, accumulated in FP32),
  * which keeps about FP32 accuracy (the lo*lo term and the tensor cores' truncation of lo to TF32
  * are below 2^-21 of a term); with params.chunk_tf32 one pass (hi*hi: inputs rounded to TF32,
@@ -75,50 +75,14 @@ __device__ __forceinline__ const char *row_of(const chunk_view &v, long long i1,
     return v.data + i1 * v.nb[1] + i2 * v.nb[2] + i3 * v.nb[3];
 }
 
-/* Shared-memory row pitches (floats). A fragment load of a lane (g, t) = (lane / 4, lane % 4)
- * reads either two consecutive floats at row g, column 2t of a tile ("row" arrays: a float2 per
- * lane; a pitch of 8 mod 32 puts each half-warp's 16 float2s in distinct banks), or one float at
- * row 2t (or 2t + 1), column g ("k-major" arrays: a pitch of 4 mod 32 puts 8t + g in distinct
- * banks). Both keep rows 16-byte aligned for the float4 staging. */
+/* Prep's shared-memory row pitch (floats). A fragment load of a lane (g, t) = (lane / 4, lane % 4)
+ * reads two consecutive floats at row g, column 2t of a tile: a pitch of 8 mod 32 puts each
+ * half-warp's 16 float2s in distinct banks, and keeps rows 16-byte aligned for float4s. */
 template <int N>
 __host__ __device__ constexpr int row_pitch()
 {
     return N + 8;
 }
-
-template <int N>
-__host__ __device__ constexpr int kmajor_pitch()
-{
-    return N + 4;
-}
-
-/* A ROWS x COLS block of floats (COLS a multiple of 4, rows 16-byte aligned) moved by the whole
- * block in float4s: every load of a thread issued before its first store, so one memory latency
- * covers the block. */
-template <int ROWS, int COLS>
-struct block_regs {
-    static constexpr int V = COLS / 4, N = ROWS * V, PER = (N + kThreads - 1) / kThreads;
-    float4 r[PER];
-
-    __device__ __forceinline__ void load(const float *src, size_t ld)
-    {
-#pragma unroll
-        for (int k = 0; k < PER; k++) {
-            const int x = threadIdx.x + k * kThreads;
-            if (N % kThreads == 0 || x < N)
-                r[k] = *(const float4 *)(src + (size_t)(x / V) * ld + (x % V) * 4);
-        }
-    }
-    __device__ __forceinline__ void store(float *dst, size_t ld) const
-    {
-#pragma unroll
-        for (int k = 0; k < PER; k++) {
-            const int x = threadIdx.x + k * kThreads;
-            if (N % kThreads == 0 || x < N)
-                *(float4 *)(dst + (size_t)(x / V) * ld + (x % V) * 4) = r[k];
-        }
-    }
-};
 
 /* x rounded to TF32 (10-bit mantissa; to nearest, ties away from zero, as cvt.rna.tf32 does,
  * without its NaN and overflow tests: two instructions instead of four). */
@@ -187,15 +151,7 @@ __device__ __forceinline__ void mma_rows(float (&acc)[NN][4], const float *a, co
 }
 
 /* A lane's four accumulator elements of a 16 x 8 tile: (g, 2t), (g, 2t + 1), (g + 8, 2t),
- * (g + 8, 2t + 1), from and to row-major floats with pitch LDP (scaled on the way in). */
-template <int LDP>
-__device__ __forceinline__ void tile_load(float (&c)[4], const float *p, float scale)
-{
-    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const float2 r0 = *(const float2 *)(p + g * LDP + 2 * t), r1 = *(const float2 *)(p + (g + 8) * LDP + 2 * t);
-    c[0] = r0.x * scale, c[1] = r0.y * scale, c[2] = r1.x * scale, c[3] = r1.y * scale;
-}
-
+ * (g + 8, 2t + 1), to row-major floats with pitch LDP (scaled). */
 template <int LDP>
 __device__ __forceinline__ void tile_store(float *p, const float (&c)[4], float scale)
 {
@@ -321,14 +277,39 @@ __device__ void load_chunk(const chunk_args &a, float *Ks, float *Qs, float *gam
     __syncthreads();
 }
 
-/* The scratch of one chunk of one head (floats; every part starts at an even offset):
- *   W'  [C][D]  -Tinv diag(beta e^gamma) K          U   [C][D]  Tinv diag(beta) V
- *   Kd  [C][D]  e^(gamma_C - gamma_t) k_t           Qe  [C][D]  e^gamma_t q_t
- *   P   [C][C]  the output factors                  gam [C] */
+/* Column swizzles of the scratch and of the scan's shared memory (rows dense, 16-byte runs kept):
+ * element (r, c) of a W-float row-major array sits at column c ^ swz(r). The scan's fragment
+ * loads then meet no bank conflicts: swz_row for float2 loads at rows g (W' and Qe by D, P by C),
+ * swz_kmajor for single floats at rows 2t and 2t + 1, columns g (Kd, U). */
+template <int W>
+__host__ __device__ constexpr int swz_row(int r)
+{
+    return W >= 32 ? (r & 3) << 3 : ((r >> 1) & 1) << 3;
+}
+
+template <int W>
+__host__ __device__ constexpr int swz_kmajor(int r)
+{
+    return W >= 32 ? ((r >> 1) & 3) << 3 : ((r >> 1) & 1) << 3;
+}
+
+/* The scratch of one chunk of one head (floats), each part as the scan keeps it in shared memory
+ * (swizzled), so that the scan moves a chunk in four copies:
+ *   W'  [C][D]  -Tinv diag(beta e^gamma) K   (swz_row)      Qe [C][D]  e^gamma_t q_t  (swz_row)
+ *   P   [C][C]  the output factors           (swz_row)
+ *   U   [D / UB][C][UB]  Tinv diag(beta) V by blocks of UB columns (swz_kmajor; a scan block's
+ *                        columns are one run)
+ *   gam [C]     the running sum of g          Kd [C][D]  e^(gamma_C - gamma_t) k_t (swz_kmajor)
+ * Every part starts on 16 bytes. */
 template <int D, int C>
 struct chunk_layout {
-    static constexpr size_t W = 0, U = (size_t)C * D, KD = 2 * (size_t)C * D, QE = 3 * (size_t)C * D;
-    static constexpr size_t P = 4 * (size_t)C * D, GAM = P + (size_t)C * C, FLOATS = GAM + C;
+    static constexpr int UB = D < 32 ? D : 32;
+    static constexpr size_t W = 0, QE = (size_t)C * D, P = 2 * (size_t)C * D, U = P + (size_t)C * C;
+    static constexpr size_t GAM = U + (size_t)C * D, KD = GAM + C, FLOATS = KD + (size_t)C * D;
+    __host__ __device__ static constexpr size_t u_at(int t, int j) /* element (t, j) of U */
+    {
+        return U + (size_t)(j / UB) * C * UB + (size_t)t * UB + ((j % UB) ^ swz_kmajor<UB>(t));
+    }
 };
 
 template <int D, int C>
@@ -389,7 +370,7 @@ __global__ void __launch_bounds__(kThreads, prep_blocks<D, C>()) chunk_prep_kern
         const float rel = s <= t ? expf(gam[t] - gam[s]) : 0.0f;
         F[t * LC + s] = s < t ? -bet[t] * rel * F[t * LC + s] : 0.0f;
         P[t * LC + s] *= rel;
-        out[L::P + x] = P[t * LC + s];
+        out[L::P + t * C + (s ^ swz_row<C>(t))] = P[t * LC + s];
     }
     if (threadIdx.x < C) {
         const int t = threadIdx.x;
@@ -407,8 +388,10 @@ __global__ void __launch_bounds__(kThreads, prep_blocks<D, C>()) chunk_prep_kern
         if (G % kThreads == 0 || x < C * D) {
             const float4 kv = *(const float4 *)(Ks + t * LD + i), qv = *(const float4 *)(Xs + t * LD + i);
             const float fkd = fac_kd[t], fq = fac_q[t], fk = fac_k[t];
-            *(float4 *)(out + L::KD + x) = make_float4(kv.x * fkd, kv.y * fkd, kv.z * fkd, kv.w * fkd);
-            *(float4 *)(out + L::QE + x) = make_float4(qv.x * fq, qv.y * fq, qv.z * fq, qv.w * fq);
+            *(float4 *)(out + L::KD + t * D + (i ^ swz_kmajor<D>(t))) =
+                make_float4(kv.x * fkd, kv.y * fkd, kv.z * fkd, kv.w * fkd);
+            *(float4 *)(out + L::QE + t * D + (i ^ swz_row<D>(t))) =
+                make_float4(qv.x * fq, qv.y * fq, qv.z * fq, qv.w * fq);
             *(float4 *)(Ks + t * LD + i) = make_float4(kv.x * fk, kv.y * fk, kv.z * fk, kv.w * fk);
         }
     }
@@ -503,78 +486,141 @@ __global__ void __launch_bounds__(kThreads, prep_blocks<D, C>()) chunk_prep_kern
         float acc[2][4];
         tiles_zero(acc);
         mma_rows<C, 2, SPLIT, LC, 1, LD, 1>(acc, Tn + tm * 16 * LC, (which ? Xs : Ks) + tn * 16);
-        float *dst = out + (which ? L::U : L::W) + tm * 16 * D + tn * 16;
-        tile_store<D>(dst, acc[0], which ? 1.0f : -1.0f);
-        tile_store<D>(dst + 8, acc[1], which ? 1.0f : -1.0f);
+        const int lane = threadIdx.x % 32, r0 = tm * 16 + lane / 4;
+#pragma unroll
+        for (int e = 0; e < 4; e++) { /* (row, column) pairs of the two tiles: e & 1 rows + 8, e & 2 columns + 8 */
+            const int r = r0 + (e & 1 ? 8 : 0), col = tn * 16 + (e & 2 ? 8 : 0) + 2 * (lane % 4);
+            const float(&x)[4] = acc[e >> 1];
+            const float2 v = e & 1 ? make_float2(x[2], x[3]) : make_float2(x[0], x[1]);
+            if (which) /* a 16-column tile lies in one block of U */
+                *(float2 *)(out + L::u_at(r, col)) = v;
+            else
+                *(float2 *)(out + L::W + r * D + (col ^ swz_row<D>(r))) = make_float2(-v.x, -v.y);
+        }
     }
 }
 
-/* Shared memory of the scan (floats): S [JB][row], the staged set (W' [C][row], Qe then Kd
- * [C][row]: Qe is done with before Kd is needed, and sharing the buffer lets D = 256 with C = 64
- * fit; Dl [C][k-major], P [C][row]), Oq [C][row]. */
+/* The scan keeps the state in registers. A warp owns 16 state rows (value columns) and half of
+ * their D columns (the "Dk half"), as the accumulators of 16 x 8 tiles: lane (g, t) holds rows g
+ * and g + 8, columns 8 j + 2t and 8 j + 2t + 1 of tile j. That is also the A fragment of a
+ * product over those columns in the order mma_rows uses (k = 2t, 2t + 1 of every 8), so step 1
+ * reads the state without moving it. Per chunk, for a warp's rows:
+ *   1. [Dl; Oq] (its rows, all C tokens) over its Dk half: Dl = U + S W'^T, Oq = S Qe^T.
+ *   2. The warp and its partner (the other Dk half of the same rows) swap halves through shared
+ *      memory: each then has Dl whole, and Oq whole for its half of the tokens.
+ *   3. S = e^gamma_C S + Dl Kd over its Dk half (Dl's accumulators are the A fragments again).
+ *   4. O = Oq + Dl P^T for its half of the tokens (P is causal: the first half needs only the
+ *      first half of Dl), stored.
+ * The factors of a chunk (W', Qe, Kd, P, the block's columns of U, gamma) are copied into shared
+ * memory by the copy engine (cp.async.bulk) while the previous chunk computes (two sets where they
+ * fit; else one, with Kd copied into W's place after step 1). Every warp does the same arithmetic
+ * whatever the block's rows JB, so results do not depend on B. (Before, S sat in shared memory and the scan was bound
+ * by shared-memory traffic: 77% of the L1/shared peak at B = 1, ncu; docs/PERF.md.) */
+/* Floats of a set (with Kd of its own or not), of the pairs' exchange, and the bytes of a
+ * block: two sets where they fit, else one. */
+__host__ __device__ constexpr int scan_set_floats(int D, int C, int JB, bool own_kd)
+{
+    return 2 * C * D + C * C + C * JB + 4 + (own_kd ? C * D : 0);
+}
+
+__host__ __device__ constexpr int scan_xch_floats(int C, int JB)
+{
+    return JB / 16 * 2 * (C / 8 + C / 16) * 128;
+}
+
+__host__ __device__ constexpr bool scan_double(int D, int C, int JB)
+{
+    return (size_t)(2 * scan_set_floats(D, C, JB, true) + scan_xch_floats(C, JB) + 4) * sizeof(float) <= kMaxSmem;
+}
+
+__host__ __device__ constexpr size_t scan_bytes(int D, int C, int JB)
+{
+    return (size_t)((scan_double(D, C, JB) ? 2 * scan_set_floats(D, C, JB, true) : scan_set_floats(D, C, JB, false)) +
+                    scan_xch_floats(C, JB) + 4) *
+           sizeof(float);
+}
+
 template <int D, int C, int JB>
-__host__ __device__ constexpr bool scan_ahead()
+struct scan_smem {
+    /* a set: W', Qe and P as in the scratch, the block's blocks of U, gamma's last 4, Kd [C][D]
+     * of its own (DOUBLE) or in W's place */
+    static constexpr bool DOUBLE = scan_double(D, C, JB);
+    static constexpr int QE = C * D, P = 2 * C * D, U = P + C * C, GAM = U + C * JB, KD = DOUBLE ? GAM + 4 : 0;
+    static constexpr int SETS = DOUBLE ? 2 : 1, SET = scan_set_floats(D, C, JB, DOUBLE);
+    static constexpr int XT = C / 8 + C / 16; /* tiles a warp hands its partner */
+    static constexpr int BARS = SETS * SET + scan_xch_floats(C, JB); /* two mbarriers (8 bytes each) */
+    static constexpr size_t BYTES = scan_bytes(D, C, JB);
+};
+
+/* d += a b (one TF32 product, or with SPLIT three: lo hi + hi lo + hi hi, small terms first). */
+template <bool SPLIT>
+__device__ __forceinline__ void mma_x(float (&d)[4], const uint32_t (&ah)[4], const uint32_t (&al)[4],
+                                      const uint32_t (&bh)[2], const uint32_t (&bl)[2])
 {
-    return (3 * C * D + C * JB + C * C) / kThreads <= 64;
+    if (SPLIT) {
+        mma_tf32(d, al, bh);
+        mma_tf32(d, ah, bl);
+    }
+    mma_tf32(d, ah, bh);
 }
 
-/* One chunk's staged factors: W' and Qe [C][row], with DOUBLE Kd [C][k-major] of its own (else
- * Kd takes Qe's place), Dl [C][k-major], P [C][row]. */
-template <int D, int C, int JB, bool DOUBLE>
-__host__ __device__ constexpr size_t scan_set_floats()
+/* An accumulator tile as the A fragment of a product over its columns (k = 2t, 2t + 1), split. */
+__device__ __forceinline__ void a_of_tile(const float (&c)[4], uint32_t (&hi)[4], uint32_t (&lo)[4])
 {
-    return (size_t)C * (2 * row_pitch<D>() + (DOUBLE ? kmajor_pitch<D>() : 0) + kmajor_pitch<JB>() + row_pitch<C>());
+    const float x[4] = {c[0], c[2], c[1], c[3]};
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        hi[e] = tf32_hi(x[e]);
+        lo[e] = __float_as_uint(x[e] - __uint_as_float(hi[e]));
+    }
 }
 
-/* DOUBLE (the SPLIT scan instance of one block an SM, where its factors fit registers): two sets,
- * the next chunk's staged while this one computes. */
-template <int D, int C, int JB, bool DOUBLE>
-__host__ __device__ constexpr size_t scan_floats()
+__device__ __forceinline__ void b_split(float y0, float y1, uint32_t (&hi)[2], uint32_t (&lo)[2])
 {
-    return (size_t)JB * row_pitch<D>() + (DOUBLE ? 2 : 1) * scan_set_floats<D, C, JB, DOUBLE>() +
-           (size_t)C * row_pitch<JB>();
+    hi[0] = tf32_hi(y0), hi[1] = tf32_hi(y1);
+    lo[0] = __float_as_uint(y0 - __uint_as_float(hi[0]));
+    lo[1] = __float_as_uint(y1 - __uint_as_float(hi[1]));
 }
 
-/* The chunks of a window in order, for JB state rows j0.. of a head: per chunk
- *   1. [Dl; Oq] = [U; 0] + [W'; Qe] S^T            (2C x JB, over D)
- *   2. O = Oq + P Dl, stored                      (C x JB, over C)
- *      S = e^gamma_C S + Dl^T Kd                  (JB x D, over C; beside 2, on other warps)
- * Where they fit in 64 floats a thread, W', Qe, U, P and (KD_AHEAD) Kd of the next chunk are
- * loaded into registers while a chunk computes (at B = 1 the scan's few blocks wait on these
- * loads); else Kd is loaded while step 1 runs. */
-template <int D, int C, int JB, bool SPLIT, int MIN_BLOCKS>
-__global__ void __launch_bounds__(kThreads, MIN_BLOCKS) chunk_scan_kernel(chunk_args a)
+__device__ __forceinline__ unsigned smem_at(const void *p)
+{
+    return (unsigned)__cvta_generic_to_shared(p);
+}
+
+/* bytes from global to shared memory by the copy engine, counted on the mbarrier bar */
+__device__ __forceinline__ void bulk_copy(float *to, const float *from, unsigned bytes, uint64_t *bar)
+{
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                     smem_at(to)),
+                 "l"(from), "r"(bytes), "r"(smem_at(bar))
+                 : "memory");
+}
+
+__device__ __forceinline__ void mbar_wait(uint64_t *bar, unsigned parity)
+{
+    unsigned done = 0;
+    while (!done)
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(smem_at(bar)), "r"(parity)
+                     : "memory");
+}
+
+template <int D, int C, int JB, bool SPLIT>
+__global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
 {
     using L = chunk_layout<D, C>;
-    constexpr int LD = row_pitch<D>(), LK = kmajor_pitch<D>(), LJ = kmajor_pitch<JB>(), LO = row_pitch<JB>();
-    constexpr int LC = row_pitch<C>();
-    /* step 1: 16-row tiles of [W'; Qe] by 16 columns; step 2: outputs 16 x (8 NO), state 16 x
-     * (8 NN4). The outputs are single 16 x 8 tiles (NO = 1): at C = 32, JB = 32 the 8 state and 8
-     * output items then give every warp one of each. With 16 x 16 output tiles 4 warps took a
-     * state and an output item while 4 waited at the barrier (ncu at B = 1: 14% of the scan's
-     * stall samples on barriers); with gamma_C loaded ahead too, T=4096 B=1 0.775 -> 0.736 ms
-     * (docs/PERF.md). Each output is the same sum in the same order either way. */
-    constexpr int NO = 1;
-    constexpr int M1 = 2 * C / 16, N1 = JB / 16, M2 = C / 16, N2 = JB / (8 * NO);
-    constexpr int NN4 = D >= 32 ? 4 : D / 8, M4 = JB / 16, N4 = D / (8 * NN4);
-    constexpr bool AHEAD = scan_ahead<D, C, JB>();
-    /* Double-buffered staging (SPLIT, one block an SM, factors a chunk ahead in registers): the
-     * next chunk's W', Qe, Kd, U and P go to the other set while this chunk's step 1 runs, so a
-     * chunk has two barriers instead of four and no phase that only moves data (ncu at B = 1:
-     * 13-14% of the scan's stall samples were in those two phases). The same arithmetic.
-     * T=4096 B=1 on an H100: 0.611 -> 0.589 ms; the one-pass kernel went 0.476 -> 0.485, so it
-     * keeps one set (docs/PERF.md). */
-    constexpr bool DOUBLE = MIN_BLOCKS == 1 && AHEAD && SPLIT;
-    /* Kd a chunk ahead too: 5% faster with SPLIT at B = 1 T = 4096 on an H100, but 11% slower in
-     * the one-pass kernel (docs/PERF.md; the cause was not found), which loads it during step 1. */
-    constexpr bool KD_AHEAD = AHEAD && SPLIT;
-    /* a staged set's W', Qe, Kd (Qe's place unless DOUBLE), Dl and P, from its start */
-    constexpr int SET = (int)scan_set_floats<D, C, JB, DOUBLE>(), SQ = C * LD, SK = DOUBLE ? 2 * C * LD : SQ;
-    constexpr int SD = DOUBLE ? SK + C * LK : 2 * C * LD, SP = SD + C * LJ;
+    using M = scan_smem<D, C, JB>;
+    constexpr int DH = D / 2, NK = DH / 8, NC = C / 8, NH = C / 16;
+    constexpr int UB = L::UB;
+    static_assert(D >= 16 && C >= 16 && JB % 16 == 0 && JB / 16 <= 15, "chunked scan: tile shapes");
     extern __shared__ __align__(128) float smem[];
-    float *S = smem, *Os = smem + JB * LD + (DOUBLE ? 2 : 1) * SET;
-    const int j0 = blockIdx.x * JB, h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32;
-    const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+    float4 *xch = (float4 *)(smem + M::SETS * M::SET);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+    const int half = warp & 1, m0 = warp / 2 * 16, k0 = half * DH, o0 = half * (C / 2);
+    const int j0 = blockIdx.x * JB, h = blockIdx.y, b = blockIdx.z;
+    /* the swizzles of the rows a lane reads (they depend on g or t only) */
+    const int swW = swz_row<D>(g), swP = swz_row<C>(g), swK = swz_kmajor<D>(2 * t4), swU = swz_kmajor<UB>(2 * t4);
 
     int slot = b, out_slot = b;
     if (a.state_index != nullptr)
@@ -583,208 +629,194 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) chunk_scan_kernel(chunk_
         out_slot = *(const int *)(a.final_index + b * a.final_index_nb);
     const chunk_view &from = a.first_window ? a.state : a.final;
     const int from_slot = a.first_window ? slot : out_slot;
-    for (int x = threadIdx.x; x < JB * D; x += kThreads)
-        S[x / D * LD + x % D] = load(from, x % D, j0 + x / D, h, from_slot);
+    /* element e of tile j: row j0 + m0 + g (+ 8 for e >= 2), column k0 + 8 j + 2 t4 (+ 1 for odd e) */
+    float S[NK][4];
+#pragma unroll
+    for (int j = 0; j < NK; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            S[j][e] = load(from, k0 + 8 * j + 2 * t4 + (e & 1), j0 + m0 + g + (e & 2 ? 8 : 0), h, from_slot);
 
-    block_regs<C, D> w, q, kd;
-    block_regs<C, JB> u;
-    block_regs<C, C> p;
-    /* AHEAD: gamma_C of the chunk about to run, loaded with its factors: read at the top of each
-     * chunk, it had every warp wait on memory before the first barrier (ncu: 8% of the stall
-     * samples at B = 1). */
-    float gam_last = 0.0f;
-    auto load_ahead = [&](long long c) {
-        const float *next = chunk_scratch<D, C>(a, b, h, c);
-        w.load(next + L::W, D);
-        q.load(next + L::QE, D);
-        u.load(next + L::U + j0, D);
-        p.load(next + L::P, C);
-        if (KD_AHEAD)
-            kd.load(next + L::KD, D);
-        gam_last = next[L::GAM + C - 1];
-    };
-    auto stage = [&](float *set) {
-        w.store(set, LD);
-        q.store(set + SQ, LD);
-        u.store(set + SD, LJ);
-        p.store(set + SP, LC);
-        if (DOUBLE)
-            kd.store(set + SK, LK);
-    };
-    float decay_next = 0.0f; /* DOUBLE: e^gamma_C of the chunk staged next */
-    if (AHEAD)
-        load_ahead(0);
-    if (DOUBLE) {
-        stage(smem + JB * LD);
-        decay_next = expf(gam_last);
-        if (a.c_count > 1)
-            load_ahead(1);
-        __syncthreads();
-    }
-    /* One state item and one output item a warp (D = 128, C = 32): their two chains of products
-     * are independent, so the warp runs them side by side rather than one after the other
-     * (T=4096 on an H100: B=1 0.641 -> 0.600 ms, TF32 0.508 -> 0.483, B=8 4.61 -> 4.49,
-     * docs/PERF.md). Every sum is the same as in the loop. The output item is then the same
-     * every chunk; in the one-pass kernel its elements' addresses are set once (o_mine: the
-     * thread's first output element of the chunk; TF32 B=1 0.483 -> 0.474, B=8 3.63 -> 3.59),
-     * not with SPLIT, whose two-block instance then spilled and lost 1.3% at B = 8. */
-    constexpr bool PAIRED = M4 * N4 == kWarps && M2 * N2 == kWarps;
-    char *o_mine = nullptr;
-    if (PAIRED && !SPLIT)
-        o_mine = a.o.data + (long long)h * a.o.nb[1] + (long long)b * a.o.nb[3] +
-                 (a.c_first * C + warp / N2 * 16 + g) * a.o.nb[2] +
-                 (long long)(j0 + warp % N2 * 8 * NO + 2 * t4) * a.o.nb[0];
-    for (long long c = 0; c < a.c_count; c++) {
+    /* Thread 0 has the copy engine move a chunk's factors into a set, four copies (the scratch has
+     * the set's layout), and counts their bytes on the set's mbarrier; every thread waits on it.
+     * (Copied by every thread with cp.async, the copies' issue and address arithmetic took most
+     * of a B = 1 chunk, ncu; a row a copy, the copy engine took longer than the chunk.) */
+    uint64_t *bars = (uint64_t *)(smem + M::BARS);
+    auto stage = [&](float *set, long long c, bool main_part, bool kd, uint64_t *bar) {
+        if (warp != 0 || lane != 0)
+            return;
         const float *in = chunk_scratch<D, C>(a, b, h, c);
-        const int buf = DOUBLE ? (int)(c & 1) : 0;
-        float *Ws = smem + JB * LD + buf * SET, *QK = Ws + SQ, *Kd = Ws + SK, *Dl = Ws + SD, *P = Ws + SP;
-        float decay = decay_next;
-        if (!DOUBLE) {
-            if (!AHEAD) {
-                w.load(in + L::W, D);
-                q.load(in + L::QE, D);
-                u.load(in + L::U + j0, D);
-                p.load(in + L::P, C);
-            }
-            w.store(Ws, LD);
-            q.store(QK, LD);
-            u.store(Dl, LJ);
-            p.store(P, LC);
-            decay = expf(AHEAD ? gam_last : in[L::GAM + C - 1]);
-            __syncthreads();
-            if (!KD_AHEAD)
-                kd.load(in + L::KD, D);
-            if (AHEAD && c + 1 < a.c_count) {
-                const float *next = chunk_scratch<D, C>(a, b, h, c + 1);
-                w.load(next + L::W, D);
-                q.load(next + L::QE, D);
-                u.load(next + L::U + j0, D);
-                p.load(next + L::P, C);
-                gam_last = next[L::GAM + C - 1];
-            }
+        constexpr unsigned MAIN = (unsigned)M::U * 4, UBYTES = C * JB * 4, KBYTES = C * D * 4;
+        const unsigned bytes = (main_part ? MAIN + UBYTES + 16 : 0) + (kd ? KBYTES : 0);
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_at(bar)), "r"(bytes)
+                     : "memory");
+        /* the set was read through the generic proxy; the copies write through the async one */
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        if (main_part) /* the block's columns of U */
+            bulk_copy(set + M::U, in + L::u_at(0, j0), UBYTES, bar);
+        if (main_part) {
+            bulk_copy(set, in, MAIN, bar); /* W', Qe, P */
+            bulk_copy(set + M::GAM, in + L::GAM + C - 4, 16, bar);
         }
-        for (int item = warp; item < M1 * N1; item += kWarps) { /* 1 */
-            const int tm = item / N1, tn = item % N1;
-            const bool delta = tm < C / 16;
-            float acc[2][4];
-            if (delta) {
-                tile_load<LJ>(acc[0], Dl + tm * 16 * LJ + tn * 16, 1.0f);
-                tile_load<LJ>(acc[1], Dl + tm * 16 * LJ + tn * 16 + 8, 1.0f);
-            } else {
-                tiles_zero(acc);
-            }
-            const float *rows = delta ? Ws + tm * 16 * LD : QK + (tm - C / 16) * 16 * LD;
-            mma_rows<D, 2, SPLIT, LD, 1, 1, LD>(acc, rows, S + tn * 16 * LD);
-            float *dst = delta ? Dl + tm * 16 * LJ + tn * 16 : Os + (tm - C / 16) * 16 * LO + tn * 16;
-            if (delta) {
-                tile_store<LJ>(dst, acc[0], 1.0f);
-                tile_store<LJ>(dst + 8, acc[1], 1.0f);
-            } else {
-                tile_store<LO>(dst, acc[0], 1.0f);
-                tile_store<LO>(dst + 8, acc[1], 1.0f);
-            }
-        }
-        if (DOUBLE && c + 1 < a.c_count) { /* the next chunk's set, then the one after into registers */
-            stage(smem + JB * LD + (buf ^ 1) * SET);
-            decay_next = expf(gam_last);
-            if (c + 2 < a.c_count)
-                load_ahead(c + 2);
-        }
-        __syncthreads();
-        if (!DOUBLE) {
-            kd.store(Kd, LK);
-            if (KD_AHEAD && c + 1 < a.c_count)
-                kd.load(chunk_scratch<D, C>(a, b, h, c + 1) + L::KD, D);
-            __syncthreads();
-        }
-        /* The state's rows tm, columns tn of NN4 tiles (item < M4 N4): decay S, then the product
-         * (loads and tensor-core products only) and the store, apart so that a warp may run two
-         * items' products together. */
-        auto state_load = [&](int item, float (&acc)[NN4][4]) {
-            const int tm = item / N4, tn = item % N4;
-#pragma unroll
-            for (int n = 0; n < NN4; n++)
-                tile_load<LD>(acc[n], S + tm * 16 * LD + tn * 8 * NN4 + 8 * n, decay);
-        };
-        auto state_product = [&](int item, float (&acc)[NN4][4]) {
-            const int tm = item / N4, tn = item % N4;
-            mma_rows<C, NN4, SPLIT, 1, LJ, LK, 1>(acc, Dl + tm * 16, Kd + tn * 8 * NN4);
-        };
-        auto state_store = [&](int item, const float (&acc)[NN4][4]) {
-            const int tm = item / N4, tn = item % N4;
-#pragma unroll
-            for (int n = 0; n < NN4; n++)
-                tile_store<LD>(S + tm * 16 * LD + tn * 8 * NN4 + 8 * n, acc[n], 1.0f);
-        };
-        /* The outputs of tokens tm, columns tn (output item o < M2 N2), likewise. */
-        auto out_load = [&](int o, float (&acc)[NO][4]) {
-            const int tm = o / N2, tn = o % N2;
-#pragma unroll
-            for (int n = 0; n < NO; n++)
-                tile_load<LO>(acc[n], Os + tm * 16 * LO + tn * 8 * NO + 8 * n, 1.0f);
-        };
-        auto out_product = [&](int o, float (&acc)[NO][4]) {
-            const int tm = o / N2, tn = o % N2;
-            mma_rows<C, NO, SPLIT, LC, 1, LJ, 1>(acc, P + tm * 16 * LC, Dl + tn * 8 * NO);
-        };
-        auto out_store = [&](int o, const float (&acc)[NO][4]) {
-            const int tm = o / N2, tn = o % N2;
-            const long long t0 = (a.c_first + c) * C + tm * 16;
-#pragma unroll
-            for (int n = 0; n < NO; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int row = g + (e & 2 ? 8 : 0), col = j0 + tn * 8 * NO + n * 8 + 2 * t4 + (e & 1);
-                    if (t0 + row < a.n)
-                        *at(a.o, col, h, t0 + row, b) = acc[n][e];
-                }
-        };
-        if constexpr (PAIRED) {
-            float sacc[NN4][4], oacc[NO][4];
-            state_load(warp, sacc);
-            out_load(warp, oacc);
-            state_product(warp, sacc);
-            out_product(warp, oacc);
-            state_store(warp, sacc);
-            if constexpr (SPLIT) {
-                out_store(warp, oacc);
-            } else {
-                const long long t0 = (a.c_first + c) * C + warp / N2 * 16; /* the warp's first token */
-#pragma unroll
-                for (int n = 0; n < NO; n++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++)
-                        if (t0 + g + (e & 2 ? 8 : 0) < a.n)
-                            *(float *)(o_mine + (e & 2 ? 8 * a.o.nb[2] : 0) + (e & 1 ? a.o.nb[0] : 0) +
-                                       n * 8 * a.o.nb[0]) = oacc[n][e];
-                o_mine += C * a.o.nb[2];
-            }
+        if (kd)
+            bulk_copy(set + M::KD, in + L::KD, KBYTES, bar);
+    };
+    if (threadIdx.x < 2)
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_at(bars + threadIdx.x)) : "memory");
+    __syncthreads();
+
+    if (M::DOUBLE)
+        stage(smem, 0, true, true, bars);
+    for (long long c = 0; c < a.c_count; c++) {
+        float *set = smem + (M::DOUBLE ? (int)(c & 1) * M::SET : 0);
+        if (M::DOUBLE) {
+            mbar_wait(bars + (c & 1), (unsigned)(c >> 1) & 1);
+            __syncthreads(); /* every warp is done with the other set */
+            if (c + 1 < a.c_count)
+                stage(smem + (int)((c + 1) & 1) * M::SET, c + 1, true, true, bars + ((c + 1) & 1));
         } else {
-            for (int item = warp; item < M4 * N4 + M2 * N2; item += kWarps) {
-                if (item < M4 * N4) {
-                    float acc[NN4][4];
-                    state_load(item, acc);
-                    state_product(item, acc);
-                    state_store(item, acc);
-                } else {
-                    float acc[NO][4];
-                    out_load(item - M4 * N4, acc);
-                    out_product(item - M4 * N4, acc);
-                    out_store(item - M4 * N4, acc);
-                }
+            if (c > 0)
+                __syncthreads(); /* every warp is done with the set */
+            stage(set, c, true, false, bars);
+            mbar_wait(bars, (unsigned)c & 1);
+        }
+        const float *Ws = set, *Qs = set + M::QE, *Ps = set + M::P;
+        const float *Us = set + M::U + m0 / UB * C * UB; /* the block of U with the warp's rows */
+        const float decay = expf(set[M::GAM + 3]);
+
+        /* 1. Dl (U in the first Dk half's sum) and Oq over the warp's Dk half */
+        float dl[NC][4], oq[NC][4];
+#pragma unroll
+        for (int n = 0; n < NC; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                dl[n][e] = half == 0 ? Us[(8 * n + 2 * t4 + (e & 1)) * UB + ((m0 % UB + g + (e & 2 ? 8 : 0)) ^ swU)]
+                                      : 0.0f;
+                oq[n][e] = 0.0f;
+            }
+#pragma unroll
+        for (int kk = 0; kk < NK; kk++) {
+            uint32_t ah[4], al[4];
+            a_of_tile(S[kk], ah, al);
+            const int col = k0 + 8 * kk + 2 * t4;
+#pragma unroll
+            for (int n = 0; n < NC; n++) {
+                uint32_t bh[2], bl[2];
+                const float2 y = *(const float2 *)(Ws + (8 * n + g) * D + (col ^ swW));
+                b_split(y.x, y.y, bh, bl);
+                mma_x<SPLIT>(dl[n], ah, al, bh, bl);
+            }
+#pragma unroll
+            for (int n = 0; n < NC; n++) {
+                uint32_t bh[2], bl[2];
+                const float2 y = *(const float2 *)(Qs + (8 * n + g) * D + (col ^ swW));
+                b_split(y.x, y.y, bh, bl);
+                mma_x<SPLIT>(oq[n], ah, al, bh, bl);
             }
         }
-        __syncthreads();
+
+        /* 2. the partner's half of the sums: all of Dl, Oq of this warp's tokens */
+        float4 *mine = xch + warp * M::XT * 32 + lane, *theirs = xch + (warp ^ 1) * M::XT * 32 + lane;
+#pragma unroll
+        for (int n = 0; n < NC; n++)
+            mine[n * 32] = make_float4(dl[n][0], dl[n][1], dl[n][2], dl[n][3]);
+#pragma unroll
+        for (int n = 0; n < NH; n++) {
+            const float(&x)[4] = oq[(1 - half) * NH + n];
+            mine[(NC + n) * 32] = make_float4(x[0], x[1], x[2], x[3]);
+        }
+        asm volatile("bar.sync %0, 64;\n" ::"r"(1 + warp / 2) : "memory");
+        float om[NH][4];
+#pragma unroll
+        for (int n = 0; n < NC; n++) {
+            const float4 y = theirs[n * 32];
+            dl[n][0] += y.x, dl[n][1] += y.y, dl[n][2] += y.z, dl[n][3] += y.w;
+        }
+#pragma unroll
+        for (int n = 0; n < NH; n++) {
+            const float4 y = theirs[(NC + n) * 32];
+            const float(&x)[4] = oq[half * NH + n];
+            om[n][0] = x[0] + y.x, om[n][1] = x[1] + y.y, om[n][2] = x[2] + y.z, om[n][3] = x[3] + y.w;
+        }
+
+        if (!M::DOUBLE) {
+            __syncthreads(); /* every warp is done with W' */
+            stage(set, c, false, true, bars + 1);
+            mbar_wait(bars + 1, (unsigned)c & 1);
+        }
+        const float *Ks = set + M::KD;
+        /* 3. the state: decayed, plus Dl Kd over the warp's Dk half */
+#pragma unroll
+        for (int j = 0; j < NK; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                S[j][e] *= decay;
+#pragma unroll
+        for (int i = 0; i < NC; i++) {
+            uint32_t ah[4], al[4];
+            a_of_tile(dl[i], ah, al);
+            const float *k_rows = Ks + (8 * i + 2 * t4) * D;
+#pragma unroll
+            for (int j = 0; j < NK; j++) {
+                uint32_t bh[2], bl[2];
+                const int col = (k0 + 8 * j + g) ^ swK;
+                b_split(k_rows[col], k_rows[D + col], bh, bl);
+                mma_x<SPLIT>(S[j], ah, al, bh, bl);
+            }
+        }
+
+        /* 4. the outputs of the warp's tokens o0 .. o0 + C/2 - 1: P[t][s] = 0 for s > t */
+#pragma unroll
+        for (int i = 0; i < NC; i++) {
+            if (half == 0 && i >= NH)
+                break;
+            uint32_t ah[4], al[4];
+            a_of_tile(dl[i], ah, al);
+#pragma unroll
+            for (int n = 0; n < NH; n++) {
+                uint32_t bh[2], bl[2];
+                const float2 y = *(const float2 *)(Ps + (o0 + 8 * n + g) * C + ((8 * i + 2 * t4) ^ swP));
+                b_split(y.x, y.y, bh, bl);
+                mma_x<SPLIT>(om[n], ah, al, bh, bl);
+            }
+        }
+        const long long t0 = (a.c_first + c) * C + o0;
+#pragma unroll
+        for (int n = 0; n < NH; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const long long t = t0 + 8 * n + 2 * t4 + (e & 1);
+                if (t < a.n)
+                    *at(a.o, j0 + m0 + g + (e & 2 ? 8 : 0), h, t, b) = om[n][e];
+            }
     }
-    for (int x = threadIdx.x; x < JB * D; x += kThreads)
-        *at(a.final, x % D, j0 + x / D, h, out_slot) = S[x / D * LD + x % D];
+#pragma unroll
+    for (int j = 0; j < NK; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            *at(a.final, k0 + 8 * j + 2 * t4 + (e & 1), j0 + m0 + g + (e & 2 ? 8 : 0), h, out_slot) = S[j][e];
 }
 
-/* State rows per scan block: 32 (16 at D = 256, to fit shared memory; D itself when smaller). */
-template <int D>
-__host__ __device__ constexpr int rows_per_block()
+/* State rows per scan block: 32 where the grid then fits one wave (B = 1 at Qwen3.6's shapes: 128
+ * blocks of 4 warps), else the most of 128 and 64 whose shared memory fits (a head's factors are
+ * staged once for more of its rows). D itself where smaller. */
+template <int D, int C>
+__host__ __device__ constexpr int rows_few()
 {
-    return D >= 256 ? 16 : D < 32 ? D : 32;
+    return D < 32 ? D : 32;
+}
+
+template <int D, int C, int JB = 128>
+__host__ __device__ constexpr int rows_many()
+{
+    if constexpr (JB < 64)
+        return rows_few<D, C>();
+    else if constexpr (D < JB)
+        return rows_many<D, C, JB / 2>();
+    else if constexpr (scan_bytes(D, C, JB) <= kMaxSmem)
+        return JB;
+    else
+        return rows_many<D, C, JB / 2>();
 }
 
 /* 1 when every row of the 4-dimensional view t (elements along dim 0) is a run of floats starting
@@ -843,22 +875,16 @@ gdn_status allow_smem(Kernel kernel, size_t bytes)
 template <int D, int C, bool SPLIT>
 gdn_status run(gdn_cuda_context *context, chunk_args a, long long B)
 {
-    constexpr int JB = rows_per_block<D>();
+    constexpr int JF = rows_few<D, C>(), JM = rows_many<D, C>();
     constexpr size_t prep_smem = prep_floats<D, C>() * sizeof(float);
-    constexpr size_t scan_smem = scan_floats<D, C, JB, false>() * sizeof(float);
-    constexpr size_t alone_smem = scan_floats<D, C, JB, scan_ahead<D, C, JB>() && SPLIT>() * sizeof(float);
-    static_assert(prep_smem <= kMaxSmem && scan_smem <= kMaxSmem && alone_smem <= kMaxSmem,
-                  "chunked form: shared memory");
+    static_assert(prep_smem <= kMaxSmem && scan_smem<D, C, JF>::BYTES <= kMaxSmem &&
+                  scan_smem<D, C, JM>::BYTES <= kMaxSmem, "chunked form: shared memory");
     gdn_status st = allow_smem(chunk_prep_kernel<D, C, SPLIT>, prep_smem);
     if (st == GDN_OK)
-        st = allow_smem(chunk_scan_kernel<D, C, JB, SPLIT, 2>, scan_smem);
+        st = allow_smem(chunk_scan_kernel<D, C, JF, SPLIT>, scan_smem<D, C, JF>::BYTES);
     if (st == GDN_OK)
-        st = allow_smem(chunk_scan_kernel<D, C, JB, SPLIT, 1>, alone_smem);
-    /* A scan grid of at most one block an SM (B = 1 at Qwen3.6's shapes: 128 blocks) runs the
-     * instance compiled for one block an SM: the same code and arithmetic (every bit the same),
-     * with up to 255 registers instead of 128 (151, no spills, against 128 and 12 bytes spilled).
-     * Its chunk steps are latency-bound, and T=4096 B=1 went 0.744 -> 0.703 ms (docs/PERF.md). */
-    const bool alone = (long long)(D / JB) * a.Hv * B <= context->sm_count;
+        st = allow_smem(chunk_scan_kernel<D, C, JM, SPLIT>, scan_smem<D, C, JM>::BYTES);
+    const bool few = (long long)(D / JF) * a.Hv * B <= context->sm_count;
     const long long chunks = (a.n + C - 1) / C;
     const size_t per_chunk = (size_t)B * a.Hv * chunk_layout<D, C>::FLOATS * sizeof(float);
     long long window = (long long)(kScratchBytes / per_chunk);
@@ -875,11 +901,12 @@ gdn_status run(gdn_cuda_context *context, chunk_args a, long long B)
         st = gdn_cuda_check(cudaGetLastError(), "chunked form: prep kernel launch");
         if (st != GDN_OK)
             break;
-        const dim3 scan_grid(D / JB, a.Hv, (unsigned)B);
-        if (alone)
-            chunk_scan_kernel<D, C, JB, SPLIT, 1><<<scan_grid, kThreads, alone_smem, context->stream>>>(a);
+        if (few)
+            chunk_scan_kernel<D, C, JF, SPLIT><<<dim3(D / JF, a.Hv, (unsigned)B), 4 * JF,
+                                                 scan_smem<D, C, JF>::BYTES, context->stream>>>(a);
         else
-            chunk_scan_kernel<D, C, JB, SPLIT, 2><<<scan_grid, kThreads, scan_smem, context->stream>>>(a);
+            chunk_scan_kernel<D, C, JM, SPLIT><<<dim3(D / JM, a.Hv, (unsigned)B), 4 * JM,
+                                                 scan_smem<D, C, JM>::BYTES, context->stream>>>(a);
         st = gdn_cuda_check(cudaGetLastError(), "chunked form: scan kernel launch");
     }
     return st;
