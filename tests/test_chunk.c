@@ -31,6 +31,10 @@ static const chunk_case cases[] = {
     {{2, 130, 16, 32, 128, 1, GDN_BROADCAST_TILED, 1, 0.f, LAYOUT_CONTIGUOUS, 0}, 64, 0},    /* Qwen3.6 heads */
     {{2, 300, 2, 4, 128, 2, GDN_BROADCAST_TILED, 1, 0.f, LAYOUT_PADDED, 0}, 32, 1},       /* TF32 products */
     {{1, 200, 1, 2, 64, 1, GDN_BROADCAST_INTERLEAVED, 1, 0.f, LAYOUT_CONTIGUOUS, 0}, 16, 1},
+    /* D = 256 over many blocks: CUDA's scan with 128 rows a block (C = 32) and 64 (C = 64), each
+     * with one set of factors in shared memory */
+    {{2, 100, 4, 12, 256, 1, GDN_BROADCAST_TILED, 1, 0.f, LAYOUT_CONTIGUOUS, 0}, 32, 0},
+    {{2, 100, 4, 12, 256, 1, GDN_BROADCAST_INTERLEAVED, 1, 0.f, LAYOUT_CONTIGUOUS, 0}, 64, 0},
 };
 
 /* The chunked form's sums run in another order than the recurrence's, over up to C terms, and
@@ -309,8 +313,8 @@ int main(void)
         check_prefill_decode(&backends[b]);
         const op_case small = {3, 150, 2, 4, 64, 2, GDN_BROADCAST_INTERLEAVED, 1, 0.f, LAYOUT_CONTIGUOUS, 0};
         check_batch_invariance(&backends[b], small, 64);
-        /* Qwen3.6 heads: the CUDA scan runs B=5 (640 blocks) compiled for two blocks an SM and
-         * each sequence alone (128 blocks) compiled for one, where they fit one an SM. */
+        /* Qwen3.6 heads: the CUDA scan runs B=5 with 128 state rows a block (160 blocks) and each
+         * sequence alone with 32 (128 blocks, one wave). */
         const op_case qwen = {5, 100, 16, 32, 128, 1, GDN_BROADCAST_TILED, 1, 0.f, LAYOUT_CONTIGUOUS, 0};
         check_batch_invariance(&backends[b], qwen, 32);
         check_auto(&backends[b]);
