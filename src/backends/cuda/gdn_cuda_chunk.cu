@@ -587,6 +587,16 @@ __device__ __forceinline__ unsigned smem_at(const void *p)
     return (unsigned)__cvta_generic_to_shared(p);
 }
 
+/* The scan's factors reach shared memory by the copy engine on sm_90 (cp.async.bulk, counted on
+ * an mbarrier); an sm_80 build has none, and there every thread copies 16-byte pieces with
+ * cp.async into the same layout. */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define GDN_CHUNK_BULK 0
+#else
+#define GDN_CHUNK_BULK 1
+#endif
+
+#if GDN_CHUNK_BULK
 /* bytes from global to shared memory by the copy engine, counted on the mbarrier bar */
 __device__ __forceinline__ void bulk_copy(float *to, const float *from, unsigned bytes, uint64_t *bar)
 {
@@ -595,15 +605,37 @@ __device__ __forceinline__ void bulk_copy(float *to, const float *from, unsigned
                  "l"(from), "r"(bytes), "r"(smem_at(bar))
                  : "memory");
 }
+#endif
 
-__device__ __forceinline__ void mbar_wait(uint64_t *bar, unsigned parity)
+/* N floats (a multiple of 4) from global to shared memory by the block's T threads, 16 bytes a
+ * cp.async (sm_80) */
+template <int N, int T>
+__device__ __forceinline__ void copy_floats(float *to, const float *from)
 {
+#pragma unroll
+    for (int k = 0; k < (N / 4 + T - 1) / T; k++) {
+        const int x = threadIdx.x + k * T;
+        if (N / 4 % T == 0 || x < N / 4)
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_at(to + 4 * x)), "l"(from + 4 * x)
+                         : "memory");
+    }
+}
+
+/* Wait until a set's copies have landed: on the mbarrier bar's phase `parity` (sm_90), or on
+ * this thread's cp.async copies and then the block's (sm_80). */
+__device__ __forceinline__ void wait_set(uint64_t *bar, unsigned parity)
+{
+#if GDN_CHUNK_BULK
     unsigned done = 0;
     while (!done)
         asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
                      : "=r"(done)
                      : "r"(smem_at(bar)), "r"(parity)
                      : "memory");
+#else
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    __syncthreads();
+#endif
 }
 
 template <int D, int C, int JB, bool SPLIT>
@@ -642,6 +674,7 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
      * (Copied by every thread with cp.async, the copies' issue and address arithmetic took most
      * of a B = 1 chunk, ncu; a row a copy, the copy engine took longer than the chunk.) */
     uint64_t *bars = (uint64_t *)(smem + M::BARS);
+#if GDN_CHUNK_BULK
     auto stage = [&](float *set, long long c, bool main_part, bool kd, uint64_t *bar) {
         if (warp != 0 || lane != 0)
             return;
@@ -663,6 +696,20 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
     };
     if (threadIdx.x < 2)
         asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_at(bars + threadIdx.x)) : "memory");
+#else
+    auto stage = [&](float *set, long long c, bool main_part, bool kd, uint64_t *) {
+        const float *in = chunk_scratch<D, C>(a, b, h, c);
+        if (main_part) {
+            copy_floats<C * JB, 4 * JB>(set + M::U, in + L::u_at(0, j0));
+            copy_floats<M::U, 4 * JB>(set, in); /* W', Qe, P */
+            if (threadIdx.x == 0)
+                copy_floats<4, 1>(set + M::GAM, in + L::GAM + C - 4);
+        }
+        if (kd)
+            copy_floats<C * D, 4 * JB>(set + M::KD, in + L::KD);
+        asm volatile("cp.async.commit_group;\n" ::: "memory");
+    };
+#endif
     __syncthreads();
 
     if (M::DOUBLE)
@@ -670,7 +717,7 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
     for (long long c = 0; c < a.c_count; c++) {
         float *set = smem + (M::DOUBLE ? (int)(c & 1) * M::SET : 0);
         if (M::DOUBLE) {
-            mbar_wait(bars + (c & 1), (unsigned)(c >> 1) & 1);
+            wait_set(bars + (c & 1), (unsigned)(c >> 1) & 1);
             __syncthreads(); /* every warp is done with the other set */
             if (c + 1 < a.c_count)
                 stage(smem + (int)((c + 1) & 1) * M::SET, c + 1, true, true, bars + ((c + 1) & 1));
@@ -678,7 +725,7 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
             if (c > 0)
                 __syncthreads(); /* every warp is done with the set */
             stage(set, c, true, false, bars);
-            mbar_wait(bars, (unsigned)c & 1);
+            wait_set(bars, (unsigned)c & 1);
         }
         const float *Ws = set, *Qs = set + M::QE, *Ps = set + M::P;
         const float *Us = set + M::U + m0 / UB * C * UB; /* the block of U with the warp's rows */
@@ -742,7 +789,7 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
         if (!M::DOUBLE) {
             __syncthreads(); /* every warp is done with W' */
             stage(set, c, false, true, bars + 1);
-            mbar_wait(bars + 1, (unsigned)c & 1);
+            wait_set(bars + 1, (unsigned)c & 1);
         }
         const float *Ks = set + M::KD;
         /* 3. the state: decayed, plus Dl Kd over the warp's Dk half */
