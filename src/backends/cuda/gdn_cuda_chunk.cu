@@ -589,8 +589,8 @@ __device__ __forceinline__ unsigned smem_at(const void *p)
 
 /* The scan's factors reach shared memory by the copy engine on sm_90 (cp.async.bulk, counted on
  * an mbarrier); an sm_80 build has none, and there every thread copies 16-byte pieces with
- * cp.async into the same layout. */
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+ * cp.async into the same layout (-DGDN_CHUNK_NO_BULK takes that path on sm_90 too, to test it). */
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ < 900 || defined(GDN_CHUNK_NO_BULK))
 #define GDN_CHUNK_BULK 0
 #else
 #define GDN_CHUNK_BULK 1
