@@ -1,0 +1,112 @@
+/* gdn_cuda_chunk.cuh: what the two kernels of the CUDA chunked form share (gdn_cuda_chunk.cu, the
+ * prep kernel and the launches; gdn_cuda_chunk_scan.cuh, the scan kernel): the kernels' argument
+ * struct and views, the scratch's layout and swizzles, and the TF32 tensor-core product. Included
+ * by gdn_cuda_chunk.cu only (everything in an anonymous namespace). */
+#ifndef GDN_CUDA_CHUNK_CUH
+#define GDN_CUDA_CHUNK_CUH
+
+#include <stdint.h>
+
+#include "cuda_internal.h"
+
+namespace {
+
+/* Shared memory one block may take on sm_90 (227 KB). */
+constexpr size_t kMaxSmem = 232448;
+
+struct chunk_view {
+    char *data;
+    long long nb[4];
+};
+
+struct chunk_args {
+    chunk_view q, k, v, g, beta, o, state, final;
+    const char *state_index, *final_index;
+    long long state_index_nb, final_index_nb;
+    int Hk, Hv, interleaved, l2norm;
+    int qk_vec, v_vec;          /* 1: k and q (v) rows are 16-byte aligned runs of floats */
+    float scale;
+    long long n;                /* tokens run in chunks */
+    long long c_first, c_count; /* this window's chunks */
+    int first_window;           /* 1: the state comes from `state`; 0: from `final` (the last window's) */
+    float *scratch;             /* [B][Hv][c_count][chunk_layout::FLOATS] */
+};
+
+__device__ __forceinline__ float load(const chunk_view &v, long long i0, long long i1, long long i2, long long i3)
+{
+    return *(const float *)(v.data + i0 * v.nb[0] + i1 * v.nb[1] + i2 * v.nb[2] + i3 * v.nb[3]);
+}
+
+__device__ __forceinline__ float *at(const chunk_view &v, long long i0, long long i1, long long i2, long long i3)
+{
+    return (float *)(v.data + i0 * v.nb[0] + i1 * v.nb[1] + i2 * v.nb[2] + i3 * v.nb[3]);
+}
+
+/* Row (i1, i2, i3) of a view, its elements nb[0] apart: the row's offset computed once for the
+ * many elements a thread reads from it (prep's element-wise offsets were a quarter of its
+ * instructions). */
+__device__ __forceinline__ const char *row_of(const chunk_view &v, long long i1, long long i2, long long i3)
+{
+    return v.data + i1 * v.nb[1] + i2 * v.nb[2] + i3 * v.nb[3];
+}
+
+/* x rounded to TF32 (10-bit mantissa; to nearest, ties away from zero, as cvt.rna.tf32 does,
+ * without its NaN and overflow tests: two instructions instead of four). */
+__device__ __forceinline__ uint32_t tf32_hi(float x)
+{
+    return (__float_as_uint(x) + 0x1000u) & 0xffffe000u;
+}
+
+/* d += a b for one 16 x 8 tile, k = 8 (PTX mma.m16n8k8, A row-major, B column-major). */
+__device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2])
+{
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+/* Column swizzles of the scratch and of the scan's shared memory (rows dense, 16-byte runs kept):
+ * element (r, c) of a W-float row-major array sits at column c ^ swz(r). The scan's fragment
+ * loads then meet no bank conflicts: swz_row for float2 loads at rows g (W' and Qe by D, P by C),
+ * swz_kmajor for single floats at rows 2t and 2t + 1, columns g (Kd, U). */
+template <int W>
+__host__ __device__ constexpr int swz_row(int r)
+{
+    return W >= 32 ? (r & 3) << 3 : ((r >> 1) & 1) << 3;
+}
+
+template <int W>
+__host__ __device__ constexpr int swz_kmajor(int r)
+{
+    return W >= 32 ? ((r >> 1) & 3) << 3 : ((r >> 1) & 1) << 3;
+}
+
+/* The scratch of one chunk of one head (floats), each part as the scan keeps it in shared memory
+ * (swizzled), so that the scan moves a chunk in four copies:
+ *   W'  [C][D]  -Tinv diag(beta e^gamma) K   (swz_row)      Qe [C][D]  e^gamma_t q_t  (swz_row)
+ *   P   [C][C]  the output factors           (swz_row)
+ *   U   [D / UB][C][UB]  Tinv diag(beta) V by blocks of UB columns (swz_kmajor; a scan block's
+ *                        columns are one run)
+ *   gam [C]     the running sum of g          Kd [C][D]  e^(gamma_C - gamma_t) k_t (swz_kmajor)
+ * Every part starts on 16 bytes. */
+template <int D, int C>
+struct chunk_layout {
+    static constexpr int UB = D < 32 ? D : 32;
+    static constexpr size_t W = 0, QE = (size_t)C * D, P = 2 * (size_t)C * D, U = P + (size_t)C * C;
+    static constexpr size_t GAM = U + (size_t)C * D, KD = GAM + C, FLOATS = KD + (size_t)C * D;
+    __host__ __device__ static constexpr size_t u_at(int t, int j) /* element (t, j) of U */
+    {
+        return U + (size_t)(j / UB) * C * UB + (size_t)t * UB + ((j % UB) ^ swz_kmajor<UB>(t));
+    }
+};
+
+template <int D, int C>
+__device__ __forceinline__ float *chunk_scratch(const chunk_args &a, int b, int h, long long c)
+{
+    return a.scratch + (((size_t)b * a.Hv + h) * a.c_count + c) * chunk_layout<D, C>::FLOATS;
+}
+
+} // namespace
+
+#endif
