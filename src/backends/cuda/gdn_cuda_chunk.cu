@@ -23,11 +23,12 @@
  * d_t + beta_t sum_{s<t} e^(gamma_t - gamma_s) (k_t . k_s) d_s = beta_t (v_t - e^gamma_t S k_t).
  *
  * Products: PTX mma.m16n8k8 with TF32 inputs and FP32 accumulation, fragments loaded from
- * shared memory (or, for the scan's state, kept in registers) by hand. By default every product runs as three TF32 products (x = hi + lo with
- * hi = x rounded to TF32 and lo = x - hi, exact; lo*hi + hi*lo + hi*hi, accumulated in FP32),
- * which keeps about FP32 accuracy (the lo*lo term and the tensor cores' truncation of lo to TF32
- * are below 2^-21 of a term); with params.chunk_tf32 one pass (hi*hi: inputs rounded to TF32,
- * to nearest, ties away from zero). The measured errors against float64 are in docs/PERF.md.
+ * shared memory (or, for the scan's state, kept in registers) by hand. By default every product
+ * runs as three TF32 products (x = hi + lo with hi = x rounded to TF32 and lo = x - hi, exact;
+ * lo*hi + hi*lo + hi*hi, accumulated in FP32), which keeps about FP32 accuracy (the lo*lo term
+ * and the tensor cores' truncation of lo to TF32 are below 2^-21 of a term); with
+ * params.chunk_tf32 one pass (hi*hi: inputs rounded to TF32, to nearest, ties away from zero).
+ * The measured errors against float64 are in docs/PERF.md.
  * Results are deterministic (fixed tiles, fixed order) and do not depend on B. */
 #include "gdn_cuda_chunk.cuh"
 #include "gdn_cuda_chunk_scan.cuh"

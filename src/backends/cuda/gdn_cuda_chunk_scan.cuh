@@ -21,8 +21,10 @@ namespace {
  * The factors of a chunk (W', Qe, Kd, P, the block's columns of U, gamma) are copied into shared
  * memory by the copy engine (cp.async.bulk) while the previous chunk computes (two sets where they
  * fit; else one, with Kd copied into W's place after step 1). Every warp does the same arithmetic
- * whatever the block's rows JB, so results do not depend on B. (Before, S sat in shared memory and the scan was bound
- * by shared-memory traffic: 77% of the L1/shared peak at B = 1, ncu; docs/PERF.md.) */
+ * whatever the block's rows JB, so results do not depend on B. (Before, S sat in shared memory
+ * and the scan was bound by shared-memory traffic: 77% of the L1/shared peak at B = 1, ncu;
+ * docs/PERF.md.) */
+
 /* Floats of a set (with Kd of its own or not), of the pairs' exchange, and the bytes of a
  * block: two sets where they fit, else one. */
 __host__ __device__ constexpr int scan_set_floats(int D, int C, int JB, bool own_kd)
@@ -135,7 +137,8 @@ __device__ __forceinline__ void wait_set(uint64_t *bar, unsigned parity)
 #if GDN_CHUNK_BULK
     unsigned done = 0;
     while (!done)
-        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                     "selp.u32 %0, 1, 0, p;\n}\n"
                      : "=r"(done)
                      : "r"(smem_at(bar)), "r"(parity)
                      : "memory");
