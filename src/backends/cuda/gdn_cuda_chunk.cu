@@ -11,10 +11,13 @@
  *         P[t][s] = e^(gamma_t - gamma_s) Aqk[t][s]          (s <= t),
  *     Tinv = (I - F)^-1 by 16 x 16 blocks (forward substitution inside the diagonal blocks,
  *     tensor-core products below them), and
- *     W' = -Tinv diag(beta e^gamma) K, U = Tinv diag(beta) V, Kd = e^(gamma_C - gamma) K,
- *     Qe = diag(e^gamma) Q, all stored to the scratch: none of it depends on the state.
+ *     W' = -Tinv diag(beta e^gamma) K, U = Tinv diag(beta) V and the decays e^gamma,
+ *     e^(gamma_C - gamma), all stored to the scratch (none of it depends on the state), with K
+ *     and Q once per q/k head (the value heads that share them scale them in the scan: Kd =
+ *     diag(e^(gamma_C - gamma)) K and Qe = diag(e^gamma) Q per value head took a quarter more
+ *     scratch bytes, written and read again).
  *   scan (one block per JB state rows of a head and sequence; the window's chunks in order): per
- *     chunk the deltas Dl = U + W' S^T and Oq = Qe S^T in one product over the rows [W'; Qe],
+ *     chunk the deltas Dl = U + W' S^T and Oq = Qe S^T in one product over the rows [W'; Q],
  *     then the outputs O = Oq + P Dl and the new state S = e^gamma_C S + Dl^T Kd; the state stays
  *     in registers (each warp 16 rows by half the columns), and a block writes the outputs of
  *     its JB columns. Fusing the outputs into the scan keeps the per-chunk states out of memory
@@ -128,7 +131,7 @@ __device__ void load_chunk(const chunk_args &a, float *Ks, float *Qs, float *gam
     static_assert(C % kWarps == 0, "chunked prep: whole tokens a warp");
     constexpr int LD = row_pitch<D>(), R = C / kWarps, E = (D + 31) / 32;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int hk = a.interleaved ? h / (a.Hv / a.Hk) : h % a.Hk;
+    const int hk = qk_head(a, h);
     /* Lane l holds elements E l .. E l + E - 1 of its tokens' rows (float4 loads where the rows
      * allow, else E loads nb[0] apart: the same elements, so the same sums either way); its first
      * element's address, and the step to its next token. */
@@ -255,6 +258,8 @@ __global__ void __launch_bounds__(kThreads, prep_blocks<D, C>()) chunk_prep_kern
     const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32;
     const long long t0 = (a.c_first + c) * C;
     float *out = chunk_scratch<D, C>(a, b, h, c);
+    /* q and k to the scratch once per q/k head, by the block of its first value head */
+    float *out_qk = first_of_qk_head(a, h) ? chunk_scratch_qk<D, C>(a, b, qk_head(a, h), c) : nullptr;
     load_chunk<D, C>(a, Ks, Xs, gam, bet, b, h, t0);
     /* The element-wise passes over [C][D] below go by groups of 4 consecutive elements, group
      * x4 = threadIdx.x + k kThreads holding elements 4 x4 .. 4 x4 + 3 (float4 accesses). */
@@ -281,24 +286,26 @@ __global__ void __launch_bounds__(kThreads, prep_blocks<D, C>()) chunk_prep_kern
     }
     if (threadIdx.x < C) {
         const int t = threadIdx.x;
-        out[L::GAM + t] = gam[t];
-        /* the per-token factors, once each (the loop below would take 3 C D exponentials) */
+        /* the per-token factors, once each (the loop below would take C D exponentials) */
         fac_kd[t] = expf(gam[C - 1] - gam[t]);
         fac_q[t] = expf(gam[t]);
         fac_k[t] = bet[t] * fac_q[t];
+        out[L::EQ + t] = fac_q[t];
+        out[L::EKD + t] = fac_kd[t];
     }
     __syncthreads();
-    /* Kd and Qe to the scratch, then K scaled by beta e^gamma in place (V by beta below). */
+    /* k and q to the scratch (the first value head of their q/k head), then K scaled by beta
+     * e^gamma in place (V by beta below). */
 #pragma unroll
     for (int k = 0; k < GPER; k++) {
         const int x = 4 * (threadIdx.x + k * kThreads), t = x / D, i = x % D;
         if (G % kThreads == 0 || x < C * D) {
             const float4 kv = *(const float4 *)(Ks + t * LD + i), qv = *(const float4 *)(Xs + t * LD + i);
-            const float fkd = fac_kd[t], fq = fac_q[t], fk = fac_k[t];
-            *(float4 *)(out + L::KD + t * D + (i ^ swz_kmajor<D>(t))) =
-                make_float4(kv.x * fkd, kv.y * fkd, kv.z * fkd, kv.w * fkd);
-            *(float4 *)(out + L::QE + t * D + (i ^ swz_row<D>(t))) =
-                make_float4(qv.x * fq, qv.y * fq, qv.z * fq, qv.w * fq);
+            const float fk = fac_k[t];
+            if (out_qk != nullptr) {
+                *(float4 *)(out_qk + L::KH + t * D + (i ^ swz_kmajor<D>(t))) = kv;
+                *(float4 *)(out_qk + L::QH + t * D + (i ^ swz_row<D>(t))) = qv;
+            }
             *(float4 *)(Ks + t * LD + i) = make_float4(kv.x * fk, kv.y * fk, kv.z * fk, kv.w * fk);
         }
     }
@@ -473,7 +480,8 @@ gdn_status run(gdn_cuda_context *context, chunk_args a, long long B)
         st = allow_smem(chunk_scan_kernel<D, C, JM, SPLIT>, scan_smem<D, C, JM>::BYTES);
     const bool few = (long long)(D / JF) * a.Hv * B <= context->sm_count;
     const long long chunks = (a.n + C - 1) / C;
-    const size_t per_chunk = (size_t)B * a.Hv * chunk_layout<D, C>::FLOATS * sizeof(float);
+    const size_t per_chunk =
+        (size_t)B * (a.Hv * chunk_layout<D, C>::FLOATS + a.Hk * chunk_layout<D, C>::K_FLOATS) * sizeof(float);
     long long window = (long long)(kScratchBytes / per_chunk);
     window = window < 1 ? 1 : window > chunks ? chunks : window;
     if (st == GDN_OK)
@@ -482,6 +490,7 @@ gdn_status run(gdn_cuda_context *context, chunk_args a, long long B)
     for (long long first = 0; st == GDN_OK && first < chunks; first += window) {
         a.c_first = first;
         a.c_count = chunks - first < window ? chunks - first : window;
+        a.scratch_qk = a.scratch + (size_t)B * a.Hv * a.c_count * chunk_layout<D, C>::FLOATS;
         a.first_window = first == 0;
         const dim3 per_chunk_grid((unsigned)a.c_count, a.Hv, (unsigned)B);
         chunk_prep_kernel<D, C, SPLIT><<<per_chunk_grid, kThreads, prep_smem, context->stream>>>(a);
@@ -548,7 +557,7 @@ gdn_status gdn_cuda_gated_delta_net_chunked(gdn_backend *backend, const gdn_gate
     a.n = n;
     a.c_first = a.c_count = 0;
     a.first_window = 1;
-    a.scratch = nullptr;
+    a.scratch = a.scratch_qk = nullptr;
     const bool tf32 = params->chunk_tf32 != 0;
     switch (shape->D) {
     case 16: return run_for_chunk<16>(context, a, shape->B, chunk, tf32);

@@ -30,6 +30,7 @@ struct chunk_args {
     long long c_first, c_count; /* this window's chunks */
     int first_window;           /* 1: the state comes from `state`; 0: from `final` (the last window's) */
     float *scratch;             /* [B][Hv][c_count][chunk_layout::FLOATS] */
+    float *scratch_qk;          /* [B][Hk][c_count][chunk_layout::K_FLOATS] */
 };
 
 __device__ __forceinline__ float load(const chunk_view &v, long long i0, long long i1, long long i2, long long i3)
@@ -82,29 +83,49 @@ __host__ __device__ constexpr int swz_kmajor(int r)
     return W >= 32 ? ((r >> 1) & 3) << 3 : ((r >> 1) & 1) << 3;
 }
 
-/* The scratch of one chunk of one head (floats), each part as the scan keeps it in shared memory
- * (swizzled), so that the scan moves a chunk in four copies:
- *   W'  [C][D]  -Tinv diag(beta e^gamma) K   (swz_row)      Qe [C][D]  e^gamma_t q_t  (swz_row)
- *   P   [C][C]  the output factors           (swz_row)
+/* The scratch of one chunk, each part as the scan keeps it in shared memory (swizzled), so that
+ * the scan moves a chunk in four copies. Per value head (from the chunk's gamma and beta):
+ *   W'  [C][D]  -Tinv diag(beta e^gamma) K   (swz_row)      P  [C][C]  the output factors (swz_row)
+ *   EQ  [C]     e^gamma_t                      EKD [C]    e^(gamma_C - gamma_t)
  *   U   [D / UB][C][UB]  Tinv diag(beta) V by blocks of UB columns (swz_kmajor; a scan block's
  *                        columns are one run)
- *   gam [C]     the running sum of g          Kd [C][D]  e^(gamma_C - gamma_t) k_t (swz_kmajor)
+ * and per q/k head, shared by the value heads that read it (the scan scales them by EQ and EKD):
+ *   QH  [C][D]  q_t as the op takes it (normalised, scaled) (swz_row)
+ *   KH  [C][D]  k_t likewise (swz_kmajor)
  * Every part starts on 16 bytes. */
 template <int D, int C>
 struct chunk_layout {
     static constexpr int UB = D < 32 ? D : 32;
-    static constexpr size_t W = 0, QE = (size_t)C * D, P = 2 * (size_t)C * D, U = P + (size_t)C * C;
-    static constexpr size_t GAM = U + (size_t)C * D, KD = GAM + C, FLOATS = KD + (size_t)C * D;
+    static constexpr size_t W = 0, P = (size_t)C * D, EQ = P + (size_t)C * C, EKD = EQ + C, U = EKD + C;
+    static constexpr size_t FLOATS = U + (size_t)C * D; /* a value head's */
+    static constexpr size_t QH = 0, KH = (size_t)C * D, K_FLOATS = 2 * (size_t)C * D; /* a q/k head's */
     __host__ __device__ static constexpr size_t u_at(int t, int j) /* element (t, j) of U */
     {
         return U + (size_t)(j / UB) * C * UB + (size_t)t * UB + ((j % UB) ^ swz_kmajor<UB>(t));
     }
 };
 
+/* The q/k head value head h reads (the op's broadcast rule), and whether h is the first such. */
+__device__ __forceinline__ int qk_head(const chunk_args &a, int h)
+{
+    return a.interleaved ? h / (a.Hv / a.Hk) : h % a.Hk;
+}
+
+__device__ __forceinline__ bool first_of_qk_head(const chunk_args &a, int h)
+{
+    return a.interleaved ? h % (a.Hv / a.Hk) == 0 : h < a.Hk;
+}
+
 template <int D, int C>
 __device__ __forceinline__ float *chunk_scratch(const chunk_args &a, int b, int h, long long c)
 {
     return a.scratch + (((size_t)b * a.Hv + h) * a.c_count + c) * chunk_layout<D, C>::FLOATS;
+}
+
+template <int D, int C>
+__device__ __forceinline__ float *chunk_scratch_qk(const chunk_args &a, int b, int hk, long long c)
+{
+    return a.scratch_qk + (((size_t)b * a.Hk + hk) * a.c_count + c) * chunk_layout<D, C>::K_FLOATS;
 }
 
 } // namespace

@@ -12,15 +12,18 @@ namespace {
  * and g + 8, columns 8 j + 2t and 8 j + 2t + 1 of tile j. That is also the A fragment of a
  * product over those columns in the order mma_rows uses (k = 2t, 2t + 1 of every 8), so step 1
  * reads the state without moving it. Per chunk, for a warp's rows:
- *   1. [Dl; Oq] (its rows, all C tokens) over its Dk half: Dl = U + S W'^T, Oq = S Qe^T.
+ *   1. [Dl; Oq] (its rows, all C tokens) over its Dk half: Dl = U + S W'^T, Oq = S Q^T.
  *   2. The warp and its partner (the other Dk half of the same rows) swap halves through shared
- *      memory: each then has Dl whole, and Oq whole for its half of the tokens.
- *   3. S = e^gamma_C S + Dl Kd over its Dk half (Dl's accumulators are the A fragments again).
+ *      memory: each then has Dl whole, and Oq whole for its half of the tokens (scaled by
+ *      e^gamma_t, token t's column).
+ *   3. S = e^gamma_C S + Dl Kd over its Dk half, Kd = diag(e^(gamma_C - gamma)) K applied to Dl's
+ *      columns (Dl's accumulators, so scaled, are the A fragments again).
  *   4. O = Oq + Dl P^T for its half of the tokens (P is causal: the first half needs only the
  *      first half of Dl), stored.
- * The factors of a chunk (W', Qe, Kd, P, the block's columns of U, gamma) are copied into shared
- * memory by the copy engine (cp.async.bulk) while the previous chunk computes (two sets where they
- * fit; else one, with Kd copied into W's place after step 1). Every warp does the same arithmetic
+ * The factors of a chunk (W', P, the decays, the block's columns of U; Q and K of the head's q/k
+ * head, scaled by the decays in steps 2 and 3) are copied into shared memory by the copy engine
+ * (cp.async.bulk) while the previous chunk computes (two sets where they fit; else one, with K
+ * copied into W's place after step 1). Every warp does the same arithmetic
  * whatever the block's rows JB, so results do not depend on B. (Before, S sat in shared memory
  * and the scan was bound by shared-memory traffic: 77% of the L1/shared peak at B = 1, ncu;
  * docs/PERF.md.) */
@@ -29,7 +32,7 @@ namespace {
  * block: two sets where they fit, else one. */
 __host__ __device__ constexpr int scan_set_floats(int D, int C, int JB, bool own_kd)
 {
-    return 2 * C * D + C * C + C * JB + 4 + (own_kd ? C * D : 0);
+    return 2 * C * D + C * C + 2 * C + C * JB + (own_kd ? C * D : 0);
 }
 
 __host__ __device__ constexpr int scan_xch_floats(int C, int JB)
@@ -51,10 +54,11 @@ __host__ __device__ constexpr size_t scan_bytes(int D, int C, int JB)
 
 template <int D, int C, int JB>
 struct scan_smem {
-    /* a set: W', Qe and P as in the scratch, the block's blocks of U, gamma's last 4, Kd [C][D]
-     * of its own (DOUBLE) or in W's place */
+    /* a set: QH, then W', P, EQ and EKD as in the value head's scratch, the block's blocks of U,
+     * KH [C][D] of its own (DOUBLE) or in W's place */
     static constexpr bool DOUBLE = scan_double(D, C, JB);
-    static constexpr int QE = C * D, P = 2 * C * D, U = P + C * C, GAM = U + C * JB, KD = DOUBLE ? GAM + 4 : 0;
+    static constexpr int QH = 0, W = C * D, P = 2 * C * D, EQ = P + C * C, EKD = EQ + C, U = EKD + C;
+    static constexpr int KD = DOUBLE ? U + C * JB : W;
     static constexpr int SETS = DOUBLE ? 2 : 1, SET = scan_set_floats(D, C, JB, DOUBLE);
     static constexpr int XT = C / 8 + C / 16; /* tiles a warp hands its partner */
     static constexpr int BARS = SETS * SET + scan_xch_floats(C, JB); /* two mbarriers (8 bytes each) */
@@ -160,7 +164,7 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
     float4 *xch = (float4 *)(smem + M::SETS * M::SET);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
     const int half = warp & 1, m0 = warp / 2 * 16, k0 = half * DH, o0 = half * (C / 2);
-    const int j0 = blockIdx.x * JB, h = blockIdx.y, b = blockIdx.z;
+    const int j0 = blockIdx.x * JB, h = blockIdx.y, b = blockIdx.z, hk = qk_head(a, h);
     /* the swizzles of the rows a lane reads (they depend on g or t only) */
     const int swW = swz_row<D>(g), swP = swz_row<C>(g), swK = swz_kmajor<D>(2 * t4), swU = swz_kmajor<UB>(2 * t4);
 
@@ -188,9 +192,9 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
     auto stage = [&](float *set, long long c, bool main_part, bool kd, uint64_t *bar) {
         if (warp != 0 || lane != 0)
             return;
-        const float *in = chunk_scratch<D, C>(a, b, h, c);
-        constexpr unsigned MAIN = (unsigned)M::U * 4, UBYTES = C * JB * 4, KBYTES = C * D * 4;
-        const unsigned bytes = (main_part ? MAIN + UBYTES + 16 : 0) + (kd ? KBYTES : 0);
+        const float *in = chunk_scratch<D, C>(a, b, h, c), *in_qk = chunk_scratch_qk<D, C>(a, b, hk, c);
+        constexpr unsigned MAIN = (unsigned)(M::U - M::W) * 4, UBYTES = C * JB * 4, KBYTES = C * D * 4;
+        const unsigned bytes = (main_part ? MAIN + UBYTES + KBYTES : 0) + (kd ? KBYTES : 0);
         asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_at(bar)), "r"(bytes)
                      : "memory");
         /* the set was read through the generic proxy; the copies write through the async one */
@@ -198,25 +202,24 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
         if (main_part) /* the block's columns of U */
             bulk_copy(set + M::U, in + L::u_at(0, j0), UBYTES, bar);
         if (main_part) {
-            bulk_copy(set, in, MAIN, bar); /* W', Qe, P */
-            bulk_copy(set + M::GAM, in + L::GAM + C - 4, 16, bar);
+            bulk_copy(set + M::W, in, MAIN, bar); /* W', P, EQ, EKD */
+            bulk_copy(set + M::QH, in_qk + L::QH, KBYTES, bar);
         }
         if (kd)
-            bulk_copy(set + M::KD, in + L::KD, KBYTES, bar);
+            bulk_copy(set + M::KD, in_qk + L::KH, KBYTES, bar);
     };
     if (threadIdx.x < 2)
         asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_at(bars + threadIdx.x)) : "memory");
 #else
     auto stage = [&](float *set, long long c, bool main_part, bool kd, uint64_t *) {
-        const float *in = chunk_scratch<D, C>(a, b, h, c);
+        const float *in = chunk_scratch<D, C>(a, b, h, c), *in_qk = chunk_scratch_qk<D, C>(a, b, hk, c);
         if (main_part) {
             copy_floats<C * JB, 4 * JB>(set + M::U, in + L::u_at(0, j0));
-            copy_floats<M::U, 4 * JB>(set, in); /* W', Qe, P */
-            if (threadIdx.x == 0)
-                copy_floats<4, 1>(set + M::GAM, in + L::GAM + C - 4);
+            copy_floats<M::U - M::W, 4 * JB>(set + M::W, in); /* W', P, EQ, EKD */
+            copy_floats<C * D, 4 * JB>(set + M::QH, in_qk + L::QH);
         }
         if (kd)
-            copy_floats<C * D, 4 * JB>(set + M::KD, in + L::KD);
+            copy_floats<C * D, 4 * JB>(set + M::KD, in_qk + L::KH);
         asm volatile("cp.async.commit_group;\n" ::: "memory");
     };
 #endif
@@ -237,11 +240,12 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
             stage(set, c, true, false, bars);
             wait_set(bars, (unsigned)c & 1);
         }
-        const float *Ws = set, *Qs = set + M::QE, *Ps = set + M::P;
+        const float *Ws = set + M::W, *Qs = set + M::QH, *Ps = set + M::P, *eq = set + M::EQ, *ekd = set + M::EKD;
         const float *Us = set + M::U + m0 / UB * C * UB; /* the block of U with the warp's rows */
-        const float decay = expf(set[M::GAM + 3]);
+        const float decay = eq[C - 1];
 
-        /* 1. Dl (U in the first Dk half's sum) and Oq over the warp's Dk half */
+        /* 1. Dl (U in the first Dk half's sum) and Oq over the warp's Dk half (of S q_t, e^gamma_t
+         *    applied after the swap) */
         float dl[NC][4], oq[NC][4];
 #pragma unroll
         for (int n = 0; n < NC; n++)
@@ -293,7 +297,9 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
         for (int n = 0; n < NH; n++) {
             const float4 y = theirs[(NC + n) * 32];
             const float(&x)[4] = oq[half * NH + n];
-            om[n][0] = x[0] + y.x, om[n][1] = x[1] + y.y, om[n][2] = x[2] + y.z, om[n][3] = x[3] + y.w;
+            const float2 f = *(const float2 *)(eq + o0 + 8 * n + 2 * t4);
+            om[n][0] = (x[0] + y.x) * f.x, om[n][1] = (x[1] + y.y) * f.y;
+            om[n][2] = (x[2] + y.z) * f.x, om[n][3] = (x[3] + y.w) * f.y;
         }
 
         if (!M::DOUBLE) {
@@ -302,7 +308,7 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
             wait_set(bars + 1, (unsigned)c & 1);
         }
         const float *Ks = set + M::KD;
-        /* 3. the state: decayed, plus Dl Kd over the warp's Dk half */
+        /* 3. the state: decayed, plus Dl diag(EKD) KH over the warp's Dk half */
 #pragma unroll
         for (int j = 0; j < NK; j++)
 #pragma unroll
@@ -311,7 +317,9 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
 #pragma unroll
         for (int i = 0; i < NC; i++) {
             uint32_t ah[4], al[4];
-            a_of_tile(dl[i], ah, al);
+            const float2 f = *(const float2 *)(ekd + 8 * i + 2 * t4);
+            const float dk[4] = {dl[i][0] * f.x, dl[i][1] * f.y, dl[i][2] * f.x, dl[i][3] * f.y};
+            a_of_tile(dk, ah, al);
             const float *k_rows = Ks + (8 * i + 2 * t4) * D;
 #pragma unroll
             for (int j = 0; j < NK; j++) {
