@@ -316,8 +316,8 @@ typedef struct gdn_gated_delta_net_args {
 
 /* The smallest T from which the backend chooses the chunked form by itself (params.chunk 0):
  * where it measured the chunked form faster than token by token for one Qwen3.6 GDN layer
- * (docs/PERF.md): 64 on the CPU (B = 1 and 4), 64 on CUDA (B = 1, 8 and 64). 0 when it never
- * does. */
+ * (docs/PERF.md): 64 on the CPU (B = 1 and 4), 48 on CUDA (B = 1 and 8; even at B = 64). 0 when
+ * it never does. */
 int64_t gdn_backend_chunk_min_tokens(const gdn_backend *backend);
 
 /* Run the op on `backend`. Validates every shape, dtype, stride and overlap first; on failure

@@ -63,9 +63,11 @@ gdn_status gdn_cuda_gated_delta_net_chunked(gdn_backend *backend, const gdn_gate
                                             const gdn_tensor *final_index);
 
 /* From this T on, gated_delta_net with chunk 0 takes the chunked form; 0: never by itself.
- * Measured on an H100 (docs/PERF.md, 2026-11-24): the chunked form is 0.85-0.96x token by token
- * at T = 32 and 1.05-1.32x at T = 64, for B = 1, 8 and 64, and gains with T from there. */
-#define GDN_CUDA_CHUNK_MIN_TOKENS 64
+ * Measured on an H100 (docs/PERF.md, 2026-11-25, "q and k once per q/k head"), two runs: the
+ * chunked form against token by token at T = 32 is 1.12-1.15x (B = 1), 1.03-1.05x (B = 8) and
+ * 0.96x (B = 64); at T = 48 1.41-1.43x, 1.12-1.13x and 0.99x; at T = 64 1.80-1.88x, 1.45-1.46x
+ * and 1.28-1.29x. 48 gives up 1% at B = 64 there for 40% at B = 1. */
+#define GDN_CUDA_CHUNK_MIN_TOKENS 48
 
 /* ---------------------------------------------------------------------------------------------
  * The op table on CUDA (ops_cuda.cu, ops_cuda_elementwise.cu, ops_cuda_data.cu,
