@@ -228,6 +228,20 @@ __device__ void load_chunk(const chunk_args &a, float *Ks, float *Qs, float *gam
     __syncthreads();
 }
 
+/* A factor the scan takes as a B operand, as prep stores it: with one TF32 pass already rounded
+ * (as the scan's split would round it, so the products are the same and the scan skips it). */
+template <bool SPLIT>
+__device__ __forceinline__ float as_operand(float x)
+{
+    return SPLIT ? x : __uint_as_float(tf32_hi(x));
+}
+
+template <bool SPLIT>
+__device__ __forceinline__ float4 as_operand(float4 x)
+{
+    return make_float4(as_operand<SPLIT>(x.x), as_operand<SPLIT>(x.y), as_operand<SPLIT>(x.z), as_operand<SPLIT>(x.w));
+}
+
 template <int D, int C>
 __host__ __device__ constexpr size_t prep_floats()
 {
@@ -257,6 +271,8 @@ __global__ void __launch_bounds__(kThreads, prep_blocks<D, C>()) chunk_prep_kern
     float *Xb = fac_q + C; /* [C / 16][16][row_pitch<16>]: Tinv's block sums */
     const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32;
     const long long t0 = (a.c_first + c) * C;
+    /* the op's inputs may come from the grid before, and the scratch is read by the scan before */
+    gdn_cuda_wait_previous_grid();
     float *out = chunk_scratch<D, C>(a, b, h, c);
     /* q and k to the scratch once per q/k head, by the block of its first value head */
     float *out_qk = first_of_qk_head(a, h) ? chunk_scratch_qk<D, C>(a, b, qk_head(a, h), c) : nullptr;
@@ -282,7 +298,7 @@ __global__ void __launch_bounds__(kThreads, prep_blocks<D, C>()) chunk_prep_kern
         const float rel = s <= t ? expf(gam[t] - gam[s]) : 0.0f;
         F[t * LC + s] = s < t ? -bet[t] * rel * F[t * LC + s] : 0.0f;
         P[t * LC + s] *= rel;
-        out[L::P + t * C + (s ^ swz_row<C>(t))] = P[t * LC + s];
+        out[L::P + t * C + (s ^ swz_row<C>(t))] = as_operand<SPLIT>(P[t * LC + s]);
     }
     if (threadIdx.x < C) {
         const int t = threadIdx.x;
@@ -303,8 +319,8 @@ __global__ void __launch_bounds__(kThreads, prep_blocks<D, C>()) chunk_prep_kern
             const float4 kv = *(const float4 *)(Ks + t * LD + i), qv = *(const float4 *)(Xs + t * LD + i);
             const float fk = fac_k[t];
             if (out_qk != nullptr) {
-                *(float4 *)(out_qk + L::KH + t * D + (i ^ swz_kmajor<D>(t))) = kv;
-                *(float4 *)(out_qk + L::QH + t * D + (i ^ swz_row<D>(t))) = qv;
+                *(float4 *)(out_qk + L::KH + t * D + (i ^ swz_kmajor<D>(t))) = as_operand<SPLIT>(kv);
+                *(float4 *)(out_qk + L::QH + t * D + (i ^ swz_row<D>(t))) = as_operand<SPLIT>(qv);
             }
             *(float4 *)(Ks + t * LD + i) = make_float4(kv.x * fk, kv.y * fk, kv.z * fk, kv.w * fk);
         }
@@ -409,7 +425,8 @@ __global__ void __launch_bounds__(kThreads, prep_blocks<D, C>()) chunk_prep_kern
             if (which) /* a 16-column tile lies in one block of U */
                 *(float2 *)(out + L::u_at(r, col)) = v;
             else
-                *(float2 *)(out + L::W + r * D + (col ^ swz_row<D>(r))) = make_float2(-v.x, -v.y);
+                *(float2 *)(out + L::W + r * D + (col ^ swz_row<D>(r))) =
+                    make_float2(as_operand<SPLIT>(-v.x), as_operand<SPLIT>(-v.y));
         }
     }
 }
@@ -466,6 +483,25 @@ gdn_status allow_smem(Kernel kernel, size_t bytes)
                           "chunked form: kernel shared memory");
 }
 
+/* A chunked-form kernel on the context's stream, with programmatic dependent launch where the
+ * device and the context allow it: prep waits for the grid before it first thing, the scan
+ * after loading its state. */
+gdn_status launch(const gdn_cuda_context *context, void (*kernel)(chunk_args), dim3 grid, unsigned threads,
+                  size_t smem, const chunk_args &a, const char *what)
+{
+    cudaLaunchAttribute attribute;
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = dim3(threads);
+    config.dynamicSmemBytes = smem;
+    config.stream = context->stream;
+    config.attrs = &attribute;
+    config.numAttrs = context->cc_major >= 9 && context->dependent_launch ? 1 : 0;
+    return gdn_cuda_check(cudaLaunchKernelEx(&config, kernel, a), what);
+}
+
 template <int D, int C, bool SPLIT>
 gdn_status run(gdn_cuda_context *context, chunk_args a, long long B)
 {
@@ -493,17 +529,16 @@ gdn_status run(gdn_cuda_context *context, chunk_args a, long long B)
         a.scratch_qk = a.scratch + (size_t)B * a.Hv * a.c_count * chunk_layout<D, C>::FLOATS;
         a.first_window = first == 0;
         const dim3 per_chunk_grid((unsigned)a.c_count, a.Hv, (unsigned)B);
-        chunk_prep_kernel<D, C, SPLIT><<<per_chunk_grid, kThreads, prep_smem, context->stream>>>(a);
-        st = gdn_cuda_check(cudaGetLastError(), "chunked form: prep kernel launch");
+        st = launch(context, chunk_prep_kernel<D, C, SPLIT>, per_chunk_grid, kThreads, prep_smem, a,
+                    "chunked form: prep kernel launch");
         if (st != GDN_OK)
             break;
         if (few)
-            chunk_scan_kernel<D, C, JF, SPLIT><<<dim3(D / JF, a.Hv, (unsigned)B), 4 * JF,
-                                                 scan_smem<D, C, JF>::BYTES, context->stream>>>(a);
+            st = launch(context, chunk_scan_kernel<D, C, JF, SPLIT>, dim3(D / JF, a.Hv, (unsigned)B), 4 * JF,
+                        scan_smem<D, C, JF>::BYTES, a, "chunked form: scan kernel launch");
         else
-            chunk_scan_kernel<D, C, JM, SPLIT><<<dim3(D / JM, a.Hv, (unsigned)B), 4 * JM,
-                                                 scan_smem<D, C, JM>::BYTES, context->stream>>>(a);
-        st = gdn_cuda_check(cudaGetLastError(), "chunked form: scan kernel launch");
+            st = launch(context, chunk_scan_kernel<D, C, JM, SPLIT>, dim3(D / JM, a.Hv, (unsigned)B), 4 * JM,
+                        scan_smem<D, C, JM>::BYTES, a, "chunked form: scan kernel launch");
     }
     return st;
 }

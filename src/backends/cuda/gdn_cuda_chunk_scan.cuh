@@ -88,8 +88,16 @@ __device__ __forceinline__ void a_of_tile(const float (&c)[4], uint32_t (&hi)[4]
     }
 }
 
+/* A B fragment's pair from shared memory, split (SPLIT; with one pass, prep stored the factors
+ * already rounded to TF32, so their bits go to the product as they are). */
+template <bool SPLIT>
 __device__ __forceinline__ void b_split(float y0, float y1, uint32_t (&hi)[2], uint32_t (&lo)[2])
 {
+    if (!SPLIT) {
+        hi[0] = __float_as_uint(y0), hi[1] = __float_as_uint(y1);
+        lo[0] = lo[1] = 0;
+        return;
+    }
     hi[0] = tf32_hi(y0), hi[1] = tf32_hi(y1);
     lo[0] = __float_as_uint(y0 - __uint_as_float(hi[0]));
     lo[1] = __float_as_uint(y1 - __uint_as_float(hi[1]));
@@ -224,6 +232,9 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
     };
 #endif
     __syncthreads();
+    /* Up to here (the state, which prep does not write) the scan may run beside prep's last
+     * blocks; the factors need prep complete (programmatic dependent launch, run()). */
+    gdn_cuda_grid_wait();
 
     if (M::DOUBLE)
         stage(smem, 0, true, true, bars);
@@ -264,14 +275,14 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
             for (int n = 0; n < NC; n++) {
                 uint32_t bh[2], bl[2];
                 const float2 y = *(const float2 *)(Ws + (8 * n + g) * D + (col ^ swW));
-                b_split(y.x, y.y, bh, bl);
+                b_split<SPLIT>(y.x, y.y, bh, bl);
                 mma_x<SPLIT>(dl[n], ah, al, bh, bl);
             }
 #pragma unroll
             for (int n = 0; n < NC; n++) {
                 uint32_t bh[2], bl[2];
                 const float2 y = *(const float2 *)(Qs + (8 * n + g) * D + (col ^ swW));
-                b_split(y.x, y.y, bh, bl);
+                b_split<SPLIT>(y.x, y.y, bh, bl);
                 mma_x<SPLIT>(oq[n], ah, al, bh, bl);
             }
         }
@@ -325,7 +336,7 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
             for (int j = 0; j < NK; j++) {
                 uint32_t bh[2], bl[2];
                 const int col = (k0 + 8 * j + g) ^ swK;
-                b_split(k_rows[col], k_rows[D + col], bh, bl);
+                b_split<SPLIT>(k_rows[col], k_rows[D + col], bh, bl);
                 mma_x<SPLIT>(S[j], ah, al, bh, bl);
             }
         }
@@ -341,7 +352,7 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
             for (int n = 0; n < NH; n++) {
                 uint32_t bh[2], bl[2];
                 const float2 y = *(const float2 *)(Ps + (o0 + 8 * n + g) * C + ((8 * i + 2 * t4) ^ swP));
-                b_split(y.x, y.y, bh, bl);
+                b_split<SPLIT>(y.x, y.y, bh, bl);
                 mma_x<SPLIT>(om[n], ah, al, bh, bl);
             }
         }
