@@ -23,10 +23,9 @@ namespace {
  * The factors of a chunk (W', P, the decays, the block's columns of U; Q and K of the head's q/k
  * head, scaled by the decays in steps 2 and 3) are copied into shared memory by the copy engine
  * (cp.async.bulk) while the previous chunk computes (two sets where they fit; else one, with K
- * copied into W's place after step 1). Every warp does the same arithmetic
- * whatever the block's rows JB, so results do not depend on B. (Before, S sat in shared memory
- * and the scan was bound by shared-memory traffic: 77% of the L1/shared peak at B = 1, ncu;
- * docs/PERF.md.) */
+ * copied into W's place after step 1). Every warp does the same arithmetic whatever the block's
+ * rows JB, so results do not depend on B. (Before, S sat in shared memory and the scan was bound
+ * by shared-memory traffic: 77% of the L1/shared peak at B = 1, ncu; docs/PERF.md.) */
 
 /* Floats of a set (with Kd of its own or not), of the pairs' exchange, and the bytes of a
  * block: two sets where they fit, else one. */
