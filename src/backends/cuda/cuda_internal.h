@@ -174,22 +174,32 @@ static __device__ __forceinline__ float gdn_cuda_load(const gdn_cuda_view &v, in
     return *(const float *)(v.data + off);
 }
 
-/* Launch `kernel` on the context's stream with one args struct, with programmatic dependent
- * launch where the device and the context allow it; the launch is checked. */
+/* Launch `kernel` on the context's stream with one args struct (a grid of any shape, `smem` bytes
+ * of dynamic shared memory), with programmatic dependent launch where the device and the context
+ * allow it; the launch is checked. */
 template <typename Args>
-static inline gdn_status gdn_cuda_launch_op(const gdn_cuda_context *context, void (*kernel)(Args), unsigned blocks,
-                                            unsigned threads, const Args &args, const char *what)
+static inline gdn_status gdn_cuda_launch_grid(const gdn_cuda_context *context, void (*kernel)(Args), dim3 grid,
+                                              unsigned threads, size_t smem, const Args &args, const char *what)
 {
     cudaLaunchAttribute attribute;
     attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attribute.val.programmaticStreamSerializationAllowed = 1;
     cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(blocks);
+    config.gridDim = grid;
     config.blockDim = dim3(threads);
+    config.dynamicSmemBytes = smem;
     config.stream = context->stream;
     config.attrs = &attribute;
     config.numAttrs = context->cc_major >= 9 && context->dependent_launch ? 1 : 0;
     return gdn_cuda_check(cudaLaunchKernelEx(&config, kernel, args), what);
+}
+
+/* The same for the op table's one-dimensional grids without dynamic shared memory. */
+template <typename Args>
+static inline gdn_status gdn_cuda_launch_op(const gdn_cuda_context *context, void (*kernel)(Args), unsigned blocks,
+                                            unsigned threads, const Args &args, const char *what)
+{
+    return gdn_cuda_launch_grid(context, kernel, dim3(blocks), threads, 0, args, what);
 }
 
 /* Blocks for `items` work items of `per_block` each, capped (kernels loop grid-stride). */

@@ -483,25 +483,6 @@ gdn_status allow_smem(Kernel kernel, size_t bytes)
                           "chunked form: kernel shared memory");
 }
 
-/* A chunked-form kernel on the context's stream, with programmatic dependent launch where the
- * device and the context allow it: prep waits for the grid before it first thing, the scan
- * after loading its state. */
-gdn_status launch(const gdn_cuda_context *context, void (*kernel)(chunk_args), dim3 grid, unsigned threads,
-                  size_t smem, const chunk_args &a, const char *what)
-{
-    cudaLaunchAttribute attribute;
-    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute.val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = grid;
-    config.blockDim = dim3(threads);
-    config.dynamicSmemBytes = smem;
-    config.stream = context->stream;
-    config.attrs = &attribute;
-    config.numAttrs = context->cc_major >= 9 && context->dependent_launch ? 1 : 0;
-    return gdn_cuda_check(cudaLaunchKernelEx(&config, kernel, a), what);
-}
-
 template <int D, int C, bool SPLIT>
 gdn_status run(gdn_cuda_context *context, chunk_args a, long long B)
 {
@@ -529,16 +510,19 @@ gdn_status run(gdn_cuda_context *context, chunk_args a, long long B)
         a.scratch_qk = a.scratch + (size_t)B * a.Hv * a.c_count * chunk_layout<D, C>::FLOATS;
         a.first_window = first == 0;
         const dim3 per_chunk_grid((unsigned)a.c_count, a.Hv, (unsigned)B);
-        st = launch(context, chunk_prep_kernel<D, C, SPLIT>, per_chunk_grid, kThreads, prep_smem, a,
-                    "chunked form: prep kernel launch");
+        /* by programmatic dependent launch where allowed: prep waits for the grid before it first
+         * thing, the scan after loading its state (which prep does not write) */
+        st = gdn_cuda_launch_grid(context, chunk_prep_kernel<D, C, SPLIT>, per_chunk_grid, kThreads, prep_smem, a,
+                                  "chunked form: prep kernel launch");
         if (st != GDN_OK)
             break;
+        const dim3 few_grid(D / JF, a.Hv, (unsigned)B), many_grid(D / JM, a.Hv, (unsigned)B);
         if (few)
-            st = launch(context, chunk_scan_kernel<D, C, JF, SPLIT>, dim3(D / JF, a.Hv, (unsigned)B), 4 * JF,
-                        scan_smem<D, C, JF>::BYTES, a, "chunked form: scan kernel launch");
+            st = gdn_cuda_launch_grid(context, chunk_scan_kernel<D, C, JF, SPLIT>, few_grid, 4 * JF,
+                                      scan_smem<D, C, JF>::BYTES, a, "chunked form: scan kernel launch");
         else
-            st = launch(context, chunk_scan_kernel<D, C, JM, SPLIT>, dim3(D / JM, a.Hv, (unsigned)B), 4 * JM,
-                        scan_smem<D, C, JM>::BYTES, a, "chunked form: scan kernel launch");
+            st = gdn_cuda_launch_grid(context, chunk_scan_kernel<D, C, JM, SPLIT>, many_grid, 4 * JM,
+                                      scan_smem<D, C, JM>::BYTES, a, "chunked form: scan kernel launch");
     }
     return st;
 }
