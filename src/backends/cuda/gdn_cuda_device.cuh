@@ -915,15 +915,19 @@ __device__ bool index_verdict(const gdn_cuda_gdn_args &a, long long *scratch, bo
 
 /* With state_ready the previous kernel writes neither the index nor the fold entries, so the
  * verdict on them is reached while that kernel runs and only stored after the wait (the previous
- * kernel reads index_check). Not with a snapshot index, which the promise does not cover. */
+ * kernel reads index_check). Not with a snapshot index, which the promise does not cover.
+ * The op's kernel is let in first thing: it waits for this grid, and this one for the previous
+ * kernel, so it only takes its blocks' places (and, with state_ready, reads its state) while the
+ * previous kernel ends; this block itself starts only once that kernel's last blocks have. */
 __global__ void __launch_bounds__(kCheckThreads) gdn_cuda_index_check_kernel(const gdn_cuda_gdn_args a)
 {
     __shared__ long long scratch[2 * kCheckThreads / kWarpSize]; /* block_first: a pair per warp */
+    gdn_cuda_grid_release();
     const bool early = a.state_ready && a.states_index == nullptr;
     gdn_cuda_first f;
     if (early)
         f = index_first<kCheckThreads, true>(a, scratch);
-    gdn_cuda_wait_previous_grid();
+    gdn_cuda_grid_wait();
     if (!early)
         f = index_first<kCheckThreads, true>(a, scratch);
     report_verdict(a, f, true);
