@@ -320,6 +320,14 @@ typedef struct gdn_gated_delta_net_args {
  * it never does. */
 int64_t gdn_backend_chunk_min_tokens(const gdn_backend *backend);
 
+/* 1 when the backend's chunked form runs states of D x D with chunks of `chunk` tokens (16, 32 or
+ * 64) on its device, else 0. The CPU runs every one. CUDA runs every one on Hopper (227 KB of
+ * shared memory a block); GPUs with less (A100: 163 KB; sm_86, sm_89: 99 KB) take kernels with
+ * fewer state rows a block, and refuse what still does not fit (D = 128 and D = 256 with chunks
+ * of 64). There params.chunk 0 runs token by token, and an explicit chunk fails with
+ * GDN_ERROR_UNSUPPORTED. */
+int gdn_backend_chunk_fits(const gdn_backend *backend, int64_t D, int64_t chunk);
+
 /* Run the op on `backend`. Validates every shape, dtype, stride and overlap first; on failure
  * nothing has been written. */
 gdn_status gdn_gated_delta_net(gdn_backend *backend, const gdn_gated_delta_net_params *params,

@@ -55,6 +55,22 @@ static double *alloc_ref(gdn_tensor *t)
     return t->data;
 }
 
+/* Whether a call left o and states as they were uploaded (nothing written). */
+static int unwritten(const op_tensors *ts)
+{
+    unsigned char *o = malloc(ts->t[O].bytes), *s = malloc(ts->t[STATES].bytes);
+    const int same = o && s && test_buffer_download(&ts->t[O].device, o) &&
+                     test_buffer_download(&ts->t[STATES].device, s) &&
+                     memcmp(o, ts->t[O].host_bytes, ts->t[O].bytes) == 0 &&
+                     memcmp(s, ts->t[STATES].host_bytes, ts->t[STATES].bytes) == 0;
+    free(o);
+    free(s);
+    return same;
+}
+
+/* A case runs with its chunk length where the backend says it fits the device
+ * (gdn_backend_chunk_fits); elsewhere that call must be refused without writing, and the call
+ * with chunk 0 runs instead (token by token, or chunks of 32 where those fit). */
 static void run_case(const test_backend *tb, int case_index, const chunk_case *cc)
 {
     const op_case *c = &cc->c;
@@ -85,6 +101,16 @@ static void run_case(const test_backend *tb, int case_index, const chunk_case *c
     if (ok) {
         gdn_gated_delta_net_args a = device_args(&ts);
         gdn_status st = gdn_gated_delta_net(tb->backend, &p, &a);
+        if (!gdn_backend_chunk_fits(tb->backend, c->D, cc->chunk)) {
+            CHECK(st == GDN_ERROR_UNSUPPORTED && strstr(gdn_error_detail(), "shared memory") != NULL,
+                  "%s chunk case %d (chunk %d does not fit): got %d (%s)", tb->label, case_index, cc->chunk, (int)st,
+                  gdn_error_detail());
+            CHECK(unwritten(&ts), "%s chunk case %d: the refused call wrote an output", tb->label, case_index);
+            printf("  %-10s chunk case %2d: chunk %d refused (shared memory), run with chunk 0\n", tb->label,
+                   case_index, cc->chunk);
+            p.chunk = 0;
+            st = gdn_gated_delta_net(tb->backend, &p, &a);
+        }
         CHECK(st == GDN_OK, "%s chunk case %d: %s", tb->label, case_index, gdn_error_detail());
         CHECK(gdn_backend_synchronize(tb->backend) == GDN_OK, "%s: synchronize", tb->label);
         test_compare_output("o", tb->label, case_index, &ts.t[O], &o_ref, tol_l2, tol_max);
@@ -224,7 +250,8 @@ static void check_prefill_decode(const test_backend *tb)
             a.state.n_dims = 4;
             a.state.ne[4] = 1;
         }
-        p.chunk = t0 == 0 ? 64 : -1;
+        /* chunks of 64 where the device runs them, else 32 (which every backend runs at D = 128) */
+        p.chunk = t0 > 0 ? -1 : gdn_backend_chunk_fits(tb->backend, c.D, 64) ? 64 : 32;
         ok = gdn_gated_delta_net(tb->backend, &p, &a) == GDN_OK;
     }
     CHECK(ok, "%s prefill then decode: %s", tb->label, gdn_error_detail());
@@ -260,15 +287,30 @@ static void check_rejections(const test_backend *tb)
         const char *says = m == 0 ? "chunk=48" : "BF16";
         CHECK(st == want && strstr(gdn_error_detail(), says) != NULL, "%s chunk refusal %d gave %d (%s), expected %d",
               tb->label, m, (int)st, gdn_error_detail(), (int)want);
-        unsigned char *o = malloc(ts.t[O].bytes), *s = malloc(ts.t[STATES].bytes);
-        CHECK(o && s && test_buffer_download(&ts.t[O].device, o) && test_buffer_download(&ts.t[STATES].device, s) &&
-                  memcmp(o, ts.t[O].host_bytes, ts.t[O].bytes) == 0 &&
-                  memcmp(s, ts.t[STATES].host_bytes, ts.t[STATES].bytes) == 0,
-              "%s chunk refusal %d wrote an output", tb->label, m);
-        free(o);
-        free(s);
+        CHECK(ok && unwritten(&ts), "%s chunk refusal %d wrote an output", tb->label, m);
         op_tensors_free(&ts);
     }
+}
+
+/* What gdn_backend_chunk_fits says: no chunk length but 16, 32 and 64; the CPU runs every D; every
+ * backend runs Qwen3.6's D = 128 with the default chunks of 32. Where GDN_CUDA_SMEM_LIMIT holds
+ * CUDA below Hopper's 227 KB a block (the kernels of smaller GPUs, tests/CMakeLists.txt), it
+ * refuses D = 128 with chunks of 64 (include/gdn.h). */
+static void check_fits(const test_backend *tb)
+{
+    const int cpu = gdn_backend_kind_of(tb->backend) == GDN_BACKEND_CPU;
+    const char *limit = getenv("GDN_CUDA_SMEM_LIMIT");
+    const int small = !cpu && limit != NULL && strtoull(limit, NULL, 10) < 232448;
+    for (int64_t D = 16; D <= 256; D *= 2)
+        for (int chunk = 8; chunk <= 128; chunk *= 2) {
+            const int fits = gdn_backend_chunk_fits(tb->backend, D, chunk);
+            const int valid = chunk >= 16 && chunk <= 64;
+            if (!valid || cpu || (D == 128 && chunk == 32))
+                CHECK(fits == (valid ? 1 : 0), "%s: chunk_fits(D=%lld, chunk=%d) = %d", tb->label, (long long)D,
+                      chunk, fits);
+            if (small && D == 128 && chunk == 64)
+                CHECK(!fits, "%s with GDN_CUDA_SMEM_LIMIT=%s: D=128 with chunks of 64 fits", tb->label, limit);
+        }
 }
 
 /* The CPU backend: the thread count must not change a bit of a chunked call. With one thread a
@@ -304,6 +346,12 @@ static void check_threads(void)
 
 int main(void)
 {
+    const char *why = NULL;
+    if (getenv("GDN_CUDA_SMEM_LIMIT") != NULL && !gdn_backend_available(GDN_BACKEND_CUDA, &why)) {
+        printf("test_chunk: skipped: GDN_CUDA_SMEM_LIMIT is for the CUDA backend, which is absent (%s)\n",
+               why != NULL ? why : "");
+        return 77;
+    }
     test_backend backends[8];
     int n = test_backends_open(backends, 8);
     CHECK(n >= 1, "no backend could be opened");
@@ -319,6 +367,7 @@ int main(void)
         check_batch_invariance(&backends[b], qwen, 32);
         check_auto(&backends[b]);
         check_rejections(&backends[b]);
+        check_fits(&backends[b]);
     }
     check_threads();
     test_backends_close(backends, n);

@@ -37,6 +37,9 @@ typedef struct gdn_backend_ops {
                                           const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape,
                                           int64_t n, int64_t chunk, const gdn_tensor *final,
                                           const gdn_tensor *final_index);
+    /* Whether gated_delta_net_chunked runs states of D x D with chunks of `chunk` tokens on the
+     * backend's device (1) or not (0); NULL where it runs every one. */
+    int (*gated_delta_net_chunk_fits)(const gdn_backend *backend, int64_t D, int64_t chunk);
     /* Any op of the op table (src/core/ops.h), arguments validated by gdn_op_check. NULL, or
      * GDN_ERROR_UNSUPPORTED for a kind it lacks, where a backend does not run it. */
     gdn_status (*run_op)(gdn_backend *backend, const gdn_op_call *call);

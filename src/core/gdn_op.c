@@ -447,6 +447,14 @@ int64_t gdn_backend_chunk_min_tokens(const gdn_backend *backend)
     return backend != NULL && backend->ops->gated_delta_net_chunked != NULL ? backend->chunk_min_tokens : 0;
 }
 
+int gdn_backend_chunk_fits(const gdn_backend *backend, int64_t D, int64_t chunk)
+{
+    if (backend == NULL || backend->ops->gated_delta_net_chunked == NULL ||
+        (chunk != 16 && chunk != 32 && chunk != 64))
+        return 0;
+    return backend->ops->gated_delta_net_chunk_fits == NULL || backend->ops->gated_delta_net_chunk_fits(backend, D, chunk);
+}
+
 /* The chunk length a validated call runs with, 0 for token by token; GDN_ERROR_UNSUPPORTED
  * when params ask for chunks the backend cannot run here. */
 static gdn_status chunk_of(const gdn_backend *backend, const gdn_gated_delta_net_params *params,
@@ -463,6 +471,8 @@ static gdn_status chunk_of(const gdn_backend *backend, const gdn_gated_delta_net
     else if (backend->recording)
         why = "ops are being recorded (the chunked form may read the index on the host and grow its "
               "scratch memory)";
+    else if (!gdn_backend_chunk_fits(backend, shape->D, params->chunk == 0 ? 32 : params->chunk))
+        why = "its kernels for this D and chunk length need more shared memory than the device has";
     if (params->chunk == 0) {
         if (why == NULL && backend->chunk_min_tokens > 0 && shape->T >= backend->chunk_min_tokens)
             *chunk = 32; /* the CPU's fastest of 16, 32 and 64; within 3% of CUDA's (16) (docs/PERF.md) */

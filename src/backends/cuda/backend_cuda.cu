@@ -129,6 +129,10 @@ static gdn_status cuda_init_context(gdn_cuda_context *context, const gdn_backend
     context->cc_major = prop.major;
     context->cc_minor = prop.minor;
     context->l2_bytes = (size_t)prop.l2CacheSize;
+    context->smem_optin = prop.sharedMemPerBlockOptin;
+    const char *smem_limit = getenv("GDN_CUDA_SMEM_LIMIT");
+    if (smem_limit != NULL && strtoull(smem_limit, NULL, 10) < context->smem_optin)
+        context->smem_optin = (size_t)strtoull(smem_limit, NULL, 10);
     const char *dependent = getenv("GDN_CUDA_DEPENDENT_LAUNCH");
     context->dependent_launch = !(dependent != NULL && strcmp(dependent, "0") == 0);
     snprintf(context->device_name, sizeof context->device_name, "%s", prop.name);
@@ -333,6 +337,7 @@ extern "C" const gdn_backend_ops gdn_cuda_backend_ops = {
     cuda_timer_stop,  /* timer_stop */
     gdn_cuda_gated_delta_net, /* gated_delta_net */
     gdn_cuda_gated_delta_net_chunked, /* gated_delta_net_chunked (gdn_cuda_chunk.cu) */
+    gdn_cuda_gated_delta_net_chunk_fits, /* gated_delta_net_chunk_fits (gdn_cuda_chunk.cu) */
     gdn_cuda_run_op,          /* run_op: the op table's other ops (ops_cuda.cu) */
     cuda_supports_op,         /* supports_op */
     cuda_record_begin,        /* record_begin */

@@ -19,6 +19,9 @@ typedef struct gdn_cuda_context {
     int sm_count;            /* streaming multiprocessors */
     int cc_major, cc_minor;  /* compute capability */
     size_t l2_bytes;         /* L2 cache size */
+    size_t smem_optin;       /* shared memory a block may take (opt-in); GDN_CUDA_SMEM_LIMIT=N in the
+                                environment lowers it to N bytes, so that the tests run the kernel
+                                shapes of smaller GPUs on a larger one */
     char device_name[256];   /* cudaDeviceProp::name */
     int dependent_launch;    /* 1: launch kernels with programmatic dependent launch (sm_90+);
                                 GDN_CUDA_DEPENDENT_LAUNCH=0 in the environment turns it off */
@@ -61,6 +64,10 @@ gdn_status gdn_cuda_gated_delta_net_chunked(gdn_backend *backend, const gdn_gate
                                             const gdn_gated_delta_net_args *args, const gdn_gdn_shape *shape,
                                             int64_t n, int64_t chunk, const gdn_tensor *final,
                                             const gdn_tensor *final_index);
+
+/* The gated_delta_net_chunk_fits entry (gdn_cuda_chunk.cu): whether the chunked form's kernels for
+ * D and `chunk` fit this GPU's shared memory. */
+int gdn_cuda_gated_delta_net_chunk_fits(const gdn_backend *backend, int64_t D, int64_t chunk);
 
 /* From this T on, gated_delta_net with chunk 0 takes the chunked form; 0: never by itself.
  * Measured on an H100 (docs/PERF.md, 2026-11-25, "q and k once per q/k head"), two runs: the

@@ -483,18 +483,33 @@ gdn_status allow_smem(Kernel kernel, size_t bytes)
                           "chunked form: kernel shared memory");
 }
 
-template <int D, int C, bool SPLIT>
+/* The kernels' shapes for blocks of at most LIMIT bytes of shared memory: the scan's blocks of
+ * few rows (B = 1) and of many, with two sets of factors each where they fit; FITS: prep and
+ * both scans fit. */
+template <int D, int C, size_t LIMIT>
+struct chunk_plan {
+    static constexpr int JF = rows_few<D, C>(), JM = rows_many<D, C, LIMIT>();
+    static constexpr int SF = scan_sets(D, C, JF, LIMIT), SM = scan_sets(D, C, JM, LIMIT);
+    static constexpr size_t PREP = prep_floats<D, C>() * sizeof(float);
+    static constexpr bool FITS = PREP <= LIMIT && scan_smem<D, C, JF, SF>::BYTES <= LIMIT &&
+                                 scan_smem<D, C, JM, SM>::BYTES <= LIMIT;
+};
+
+/* The two tiers of shapes: Hopper's 227 KB a block, and 99 KB, the least of the GPUs gdn is built
+ * for (sm_86, sm_89; an A100's 163 KB takes this tier too). */
+constexpr size_t kSmemSmall = 101376;
+
+template <int D, int C, bool SPLIT, size_t LIMIT>
 gdn_status run(gdn_cuda_context *context, chunk_args a, long long B)
 {
-    constexpr int JF = rows_few<D, C>(), JM = rows_many<D, C>();
-    constexpr size_t prep_smem = prep_floats<D, C>() * sizeof(float);
-    static_assert(prep_smem <= kMaxSmem && scan_smem<D, C, JF>::BYTES <= kMaxSmem &&
-                  scan_smem<D, C, JM>::BYTES <= kMaxSmem, "chunked form: shared memory");
-    gdn_status st = allow_smem(chunk_prep_kernel<D, C, SPLIT>, prep_smem);
+    using P = chunk_plan<D, C, LIMIT>;
+    constexpr int JF = P::JF, JM = P::JM;
+    static_assert(P::FITS, "chunked form: shared memory");
+    gdn_status st = allow_smem(chunk_prep_kernel<D, C, SPLIT>, P::PREP);
     if (st == GDN_OK)
-        st = allow_smem(chunk_scan_kernel<D, C, JF, SPLIT>, scan_smem<D, C, JF>::BYTES);
+        st = allow_smem(chunk_scan_kernel<D, C, JF, SPLIT, P::SF>, scan_smem<D, C, JF, P::SF>::BYTES);
     if (st == GDN_OK)
-        st = allow_smem(chunk_scan_kernel<D, C, JM, SPLIT>, scan_smem<D, C, JM>::BYTES);
+        st = allow_smem(chunk_scan_kernel<D, C, JM, SPLIT, P::SM>, scan_smem<D, C, JM, P::SM>::BYTES);
     const bool few = (long long)(D / JF) * a.Hv * B <= context->sm_count;
     const long long chunks = (a.n + C - 1) / C;
     const size_t per_chunk =
@@ -512,31 +527,77 @@ gdn_status run(gdn_cuda_context *context, chunk_args a, long long B)
         const dim3 per_chunk_grid((unsigned)a.c_count, a.Hv, (unsigned)B);
         /* by programmatic dependent launch where allowed: prep waits for the grid before it first
          * thing, the scan after loading its state (which prep does not write) */
-        st = gdn_cuda_launch_grid(context, chunk_prep_kernel<D, C, SPLIT>, per_chunk_grid, kThreads, prep_smem, a,
+        st = gdn_cuda_launch_grid(context, chunk_prep_kernel<D, C, SPLIT>, per_chunk_grid, kThreads, P::PREP, a,
                                   "chunked form: prep kernel launch");
         if (st != GDN_OK)
             break;
         const dim3 few_grid(D / JF, a.Hv, (unsigned)B), many_grid(D / JM, a.Hv, (unsigned)B);
         if (few)
-            st = gdn_cuda_launch_grid(context, chunk_scan_kernel<D, C, JF, SPLIT>, few_grid, 4 * JF,
-                                      scan_smem<D, C, JF>::BYTES, a, "chunked form: scan kernel launch");
+            st = gdn_cuda_launch_grid(context, chunk_scan_kernel<D, C, JF, SPLIT, P::SF>, few_grid, 4 * JF,
+                                      scan_smem<D, C, JF, P::SF>::BYTES, a, "chunked form: scan kernel launch");
         else
-            st = gdn_cuda_launch_grid(context, chunk_scan_kernel<D, C, JM, SPLIT>, many_grid, 4 * JM,
-                                      scan_smem<D, C, JM>::BYTES, a, "chunked form: scan kernel launch");
+            st = gdn_cuda_launch_grid(context, chunk_scan_kernel<D, C, JM, SPLIT, P::SM>, many_grid, 4 * JM,
+                                      scan_smem<D, C, JM, P::SM>::BYTES, a, "chunked form: scan kernel launch");
     }
     return st;
+}
+
+/* run, where the tier's kernels fit (chunk_of in src/core/gdn_op.c asks gdn_backend_chunk_fits
+ * first, so the refusal here is a second line). */
+template <int D, int C, bool SPLIT, size_t LIMIT>
+gdn_status run_fitting(gdn_cuda_context *context, const chunk_args &a, long long B)
+{
+    if constexpr (chunk_plan<D, C, LIMIT>::FITS) {
+        return run<D, C, SPLIT, LIMIT>(context, a, B);
+    } else {
+        (void)context, (void)a, (void)B;
+        return gdn_fail(GDN_ERROR_UNSUPPORTED, "gated_delta_net: the chunked form at D=%d with chunks of %d "
+                        "needs more shared memory a block than this GPU has", D, C);
+    }
+}
+
+/* The tier of kernel shapes this GPU's shared memory takes (0: none). */
+size_t smem_tier(const gdn_cuda_context *context)
+{
+    return context->smem_optin >= kMaxSmem ? kMaxSmem : context->smem_optin >= kSmemSmall ? kSmemSmall : 0;
+}
+
+template <int D, int C, bool SPLIT>
+gdn_status run_on_tier(gdn_cuda_context *context, const chunk_args &a, long long B)
+{
+    static_assert(chunk_plan<D, C, kMaxSmem>::FITS, "chunked form: every shape fits Hopper");
+    switch (smem_tier(context)) {
+    case kMaxSmem: return run<D, C, SPLIT, kMaxSmem>(context, a, B);
+    case kSmemSmall: return run_fitting<D, C, SPLIT, kSmemSmall>(context, a, B);
+    default:
+        return gdn_fail(GDN_ERROR_UNSUPPORTED, "gated_delta_net: the chunked form needs %zu bytes of shared "
+                        "memory a block; this GPU has %zu", kSmemSmall, context->smem_optin);
+    }
 }
 
 template <int D>
 gdn_status run_for_chunk(gdn_cuda_context *context, const chunk_args &a, long long B, int64_t chunk, bool tf32)
 {
     switch (chunk) {
-    case 16: return tf32 ? run<D, 16, false>(context, a, B) : run<D, 16, true>(context, a, B);
-    case 32: return tf32 ? run<D, 32, false>(context, a, B) : run<D, 32, true>(context, a, B);
-    case 64: return tf32 ? run<D, 64, false>(context, a, B) : run<D, 64, true>(context, a, B);
+    case 16: return tf32 ? run_on_tier<D, 16, false>(context, a, B) : run_on_tier<D, 16, true>(context, a, B);
+    case 32: return tf32 ? run_on_tier<D, 32, false>(context, a, B) : run_on_tier<D, 32, true>(context, a, B);
+    case 64: return tf32 ? run_on_tier<D, 64, false>(context, a, B) : run_on_tier<D, 64, true>(context, a, B);
     default:
         return gdn_fail(GDN_ERROR_UNSUPPORTED, "gated_delta_net: chunk=%lld has no CUDA kernel", (long long)chunk);
     }
+}
+
+template <int D, int C>
+bool fits(size_t tier)
+{
+    return tier == kMaxSmem ? chunk_plan<D, C, kMaxSmem>::FITS
+                            : tier == kSmemSmall && chunk_plan<D, C, kSmemSmall>::FITS;
+}
+
+template <int D>
+bool fits_for_chunk(size_t tier, int64_t chunk)
+{
+    return chunk == 16 ? fits<D, 16>(tier) : chunk == 32 ? fits<D, 32>(tier) : chunk == 64 && fits<D, 64>(tier);
 }
 
 } // namespace
@@ -587,5 +648,18 @@ gdn_status gdn_cuda_gated_delta_net_chunked(gdn_backend *backend, const gdn_gate
     default:
         return gdn_fail(GDN_ERROR_UNSUPPORTED, "gated_delta_net: D=%lld has no chunked CUDA kernel",
                         (long long)shape->D);
+    }
+}
+
+int gdn_cuda_gated_delta_net_chunk_fits(const gdn_backend *backend, int64_t D, int64_t chunk)
+{
+    const size_t tier = smem_tier((const gdn_cuda_context *)backend->context);
+    switch (D) {
+    case 16: return fits_for_chunk<16>(tier, chunk);
+    case 32: return fits_for_chunk<32>(tier, chunk);
+    case 64: return fits_for_chunk<64>(tier, chunk);
+    case 128: return fits_for_chunk<128>(tier, chunk);
+    case 256: return fits_for_chunk<256>(tier, chunk);
+    default: return 0;
     }
 }

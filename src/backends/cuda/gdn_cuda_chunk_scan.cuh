@@ -27,8 +27,8 @@ namespace {
  * rows JB, so results do not depend on B. (Before, S sat in shared memory and the scan was bound
  * by shared-memory traffic: 77% of the L1/shared peak at B = 1, ncu; docs/PERF.md.) */
 
-/* Floats of a set (with Kd of its own or not), of the pairs' exchange, and the bytes of a
- * block: two sets where they fit, else one. */
+/* Floats of a set (with Kd of its own or not), of the pairs' exchange, and of a block with n sets
+ * (two: each with its own Kd; one: Kd copied into W's place after step 1), mbarriers included. */
 __host__ __device__ constexpr int scan_set_floats(int D, int C, int JB, bool own_kd)
 {
     return 2 * C * D + C * C + 2 * C + C * JB + (own_kd ? C * D : 0);
@@ -39,29 +39,30 @@ __host__ __device__ constexpr int scan_xch_floats(int C, int JB)
     return JB / 16 * 2 * (C / 8 + C / 16) * 128;
 }
 
-__host__ __device__ constexpr bool scan_double(int D, int C, int JB)
+__host__ __device__ constexpr size_t scan_bytes(int D, int C, int JB, int sets)
 {
-    return (size_t)(2 * scan_set_floats(D, C, JB, true) + scan_xch_floats(C, JB) + 4) * sizeof(float) <= kMaxSmem;
+    return (size_t)(sets * scan_set_floats(D, C, JB, sets == 2) + scan_xch_floats(C, JB) + 4) * sizeof(float);
 }
 
-__host__ __device__ constexpr size_t scan_bytes(int D, int C, int JB)
+/* Two sets where they fit in `limit` bytes (a chunk's copies then go out while the previous
+ * chunk computes), else one. */
+__host__ __device__ constexpr int scan_sets(int D, int C, int JB, size_t limit)
 {
-    return (size_t)((scan_double(D, C, JB) ? 2 * scan_set_floats(D, C, JB, true) : scan_set_floats(D, C, JB, false)) +
-                    scan_xch_floats(C, JB) + 4) *
-           sizeof(float);
+    return scan_bytes(D, C, JB, 2) <= limit ? 2 : 1;
 }
 
-template <int D, int C, int JB>
+template <int D, int C, int JB, int SETS>
 struct scan_smem {
     /* a set: QH, then W', P, EQ and EKD as in the value head's scratch, the block's blocks of U,
      * KH [C][D] of its own (DOUBLE) or in W's place */
-    static constexpr bool DOUBLE = scan_double(D, C, JB);
+    static_assert(SETS == 1 || SETS == 2, "chunked scan: one or two sets");
+    static constexpr bool DOUBLE = SETS == 2;
     static constexpr int QH = 0, W = C * D, P = 2 * C * D, EQ = P + C * C, EKD = EQ + C, U = EKD + C;
     static constexpr int KD = DOUBLE ? U + C * JB : W;
-    static constexpr int SETS = DOUBLE ? 2 : 1, SET = scan_set_floats(D, C, JB, DOUBLE);
+    static constexpr int SET = scan_set_floats(D, C, JB, DOUBLE);
     static constexpr int XT = C / 8 + C / 16; /* tiles a warp hands its partner */
     static constexpr int BARS = SETS * SET + scan_xch_floats(C, JB); /* two mbarriers (8 bytes each) */
-    static constexpr size_t BYTES = scan_bytes(D, C, JB);
+    static constexpr size_t BYTES = scan_bytes(D, C, JB, SETS);
 };
 
 /* d += a b (one TF32 product, or with SPLIT three: lo hi + hi lo + hi hi, small terms first). */
@@ -159,16 +160,16 @@ __device__ __forceinline__ void wait_set(uint64_t *bar, unsigned parity)
 #endif
 }
 
-template <int D, int C, int JB, bool SPLIT>
+template <int D, int C, int JB, bool SPLIT, int SETS>
 __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
 {
     using L = chunk_layout<D, C>;
-    using M = scan_smem<D, C, JB>;
+    using M = scan_smem<D, C, JB, SETS>;
     constexpr int DH = D / 2, NK = DH / 8, NC = C / 8, NH = C / 16;
     constexpr int UB = L::UB;
     static_assert(D >= 16 && C >= 16 && JB % 16 == 0 && JB / 16 <= 15, "chunked scan: tile shapes");
     extern __shared__ __align__(128) float smem[];
-    float4 *xch = (float4 *)(smem + M::SETS * M::SET);
+    float4 *xch = (float4 *)(smem + SETS * M::SET);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
     const int half = warp & 1, m0 = warp / 2 * 16, k0 = half * DH, o0 = half * (C / 2);
     const int j0 = blockIdx.x * JB, h = blockIdx.y, b = blockIdx.z, hk = qk_head(a, h);
@@ -373,25 +374,25 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
 }
 
 /* State rows per scan block: 32 where the grid then fits one wave (B = 1 at Qwen3.6's shapes: 128
- * blocks of 4 warps), else the most of 128 and 64 whose shared memory fits (a head's factors are
- * staged once for more of its rows). D itself where smaller. */
+ * blocks of 4 warps), else the most of 128 and 64 whose shared memory fits `LIMIT` (a head's
+ * factors are staged once for more of its rows). D itself where smaller. */
 template <int D, int C>
 __host__ __device__ constexpr int rows_few()
 {
     return D < 32 ? D : 32;
 }
 
-template <int D, int C, int JB = 128>
+template <int D, int C, size_t LIMIT, int JB = 128>
 __host__ __device__ constexpr int rows_many()
 {
     if constexpr (JB < 64)
         return rows_few<D, C>();
     else if constexpr (D < JB)
-        return rows_many<D, C, JB / 2>();
-    else if constexpr (scan_bytes(D, C, JB) <= kMaxSmem)
+        return rows_many<D, C, LIMIT, JB / 2>();
+    else if constexpr (scan_bytes(D, C, JB, scan_sets(D, C, JB, LIMIT)) <= LIMIT)
         return JB;
     else
-        return rows_many<D, C, JB / 2>();
+        return rows_many<D, C, LIMIT, JB / 2>();
 }
 } // namespace
 
