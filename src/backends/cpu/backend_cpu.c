@@ -152,14 +152,6 @@ static void gdn_cpu_dealloc(gdn_backend *backend, void *ptr)
     free(ptr);
 }
 
-/* Host memory is backend memory: upload and download are plain copies. */
-static gdn_status gdn_cpu_memcpy(gdn_backend *backend, void *dst, const void *src, size_t bytes)
-{
-    (void)backend;
-    memcpy(dst, src, bytes);
-    return GDN_OK;
-}
-
 typedef struct gdn_cpu_copy_job {
     char *dst;
     const char *src;
@@ -172,7 +164,12 @@ typedef struct gdn_cpu_copy_job {
 /* Threads claim large 4 KiB-aligned pieces and copy them. Benchmarks use this copy as the
  * machine's copy-bandwidth ceiling, so large copies stream their stores past the cache, as the
  * Gated DeltaNet kernel does for its snapshots: each destination byte is then written once
- * instead of read for ownership and written back. */
+ * instead of read for ownership and written back. Host memory is backend memory, so upload and
+ * download are this copy too: a large buffer's pages are then first touched by the pool's
+ * threads, piece by piece (gdn_backend_zero of a new state cache included), which on a machine
+ * of several NUMA nodes spreads them over the nodes the threads run on instead of placing all of
+ * them on the calling thread's (the op hands out its work dynamically as well, so no one thread
+ * owns a range). */
 static void gdn_cpu_copy_worker(void *ctx, int thread_index, int n_threads)
 {
     (void)thread_index;
@@ -250,8 +247,8 @@ const gdn_backend_ops gdn_cpu_backend_ops = {
     .free = gdn_cpu_free,
     .alloc = gdn_cpu_alloc,
     .dealloc = gdn_cpu_dealloc,
-    .upload = gdn_cpu_memcpy,
-    .download = gdn_cpu_memcpy,
+    .upload = gdn_cpu_copy,
+    .download = gdn_cpu_copy,
     .copy = gdn_cpu_copy,
     .synchronize = gdn_cpu_synchronize,
     .timer_start = gdn_cpu_timer_start,
