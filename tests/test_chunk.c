@@ -184,6 +184,7 @@ static void check_batch_invariance(const test_backend *tb, op_case c3, int64_t c
     test_rng rng;
     test_rng_seed(&rng, 77);
     op_tensors ts;
+    memset(&ts, 0, sizeof ts); /* freed below even when the B=3 call failed */
     ok = ok && op_tensors_init(&ts, &c3, GDN_DTYPE_F32, &rng);
     for (int i = 0; ok && i < N_TENSORS; i++)
         ok = test_tensor_upload(&ts.t[i], tb->backend);

@@ -130,6 +130,7 @@ static gdn_status cuda_init_context(gdn_cuda_context *context, const gdn_backend
     context->cc_minor = prop.minor;
     context->l2_bytes = (size_t)prop.l2CacheSize;
     context->smem_optin = prop.sharedMemPerBlockOptin;
+    context->smem_per_sm = prop.sharedMemPerMultiprocessor;
     const char *smem_limit = getenv("GDN_CUDA_SMEM_LIMIT");
     if (smem_limit != NULL && strtoull(smem_limit, NULL, 10) < context->smem_optin)
         context->smem_optin = (size_t)strtoull(smem_limit, NULL, 10);

@@ -22,6 +22,7 @@ typedef struct gdn_cuda_context {
     size_t smem_optin;       /* shared memory a block may take (opt-in); GDN_CUDA_SMEM_LIMIT=N in the
                                 environment lowers it to N bytes, so that the tests run the kernel
                                 shapes of smaller GPUs on a larger one */
+    size_t smem_per_sm;      /* shared memory of one multiprocessor */
     char device_name[256];   /* cudaDeviceProp::name */
     int dependent_launch;    /* 1: launch kernels with programmatic dependent launch (sm_90+);
                                 GDN_CUDA_DEPENDENT_LAUNCH=0 in the environment turns it off */

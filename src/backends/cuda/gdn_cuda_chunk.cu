@@ -10,18 +10,20 @@
  *         F[t][s] = -beta_t e^(gamma_t - gamma_s) Akk[t][s]  (s < t),
  *         P[t][s] = e^(gamma_t - gamma_s) Aqk[t][s]          (s <= t),
  *     Tinv = (I - F)^-1 by 16 x 16 blocks (forward substitution inside the diagonal blocks,
- *     tensor-core products below them), and
- *     W' = -Tinv diag(beta e^gamma) K, U = Tinv diag(beta) V and the decays e^gamma,
+ *     tensor-core products below them), M = Tinv diag(beta) and the decays e^gamma,
  *     e^(gamma_C - gamma), all stored to the scratch (none of it depends on the state), with K
- *     and Q once per q/k head (the value heads that share them scale them in the scan: Kd =
- *     diag(e^(gamma_C - gamma)) K and Qe = diag(e^gamma) Q per value head took a quarter more
- *     scratch bytes, written and read again).
+ *     and Q once per q/k head (the value heads that share them scale them in the scan).
  *   scan (one block per JB state rows of a head and sequence; the window's chunks in order): per
- *     chunk the deltas Dl = U + W' S^T and Oq = Qe S^T in one product over the rows [W'; Q],
- *     then the outputs O = Oq + P Dl and the new state S = e^gamma_C S + Dl^T Kd; the state stays
- *     in registers (each warp 16 rows by half the columns), and a block writes the outputs of
- *     its JB columns. Fusing the outputs into the scan keeps the per-chunk states out of memory
- *     (fla stores them, D^2 floats a chunk, and reads them again in a third kernel).
+ *     chunk X = K S^T and Oq = Q S^T in one product over the rows [K; Q], the deltas
+ *     Dl = M (V - diag(e^gamma) X) with V the op's own v, then the outputs
+ *     O = diag(e^gamma) Oq + P Dl and the new state S = e^gamma_C S + Dl^T Kd,
+ *     Kd = diag(e^(gamma_C - gamma)) K; the state stays in registers (each warp 16 rows by half
+ *     the columns), and a block writes the outputs of its JB columns. Fusing the outputs into
+ *     the scan keeps the per-chunk states out of memory (fla stores them, D^2 floats a chunk, and
+ *     reads them again in a third kernel); forming Dl in the scan keeps C x D factors a value
+ *     head out of the scratch (prep stored W' = -M diag(e^gamma) K and U = M V before: 37 KB a
+ *     chunk and value head at D = 128, C = 32 instead of 8 KB, written and read again;
+ *     docs/PERF.md).
  * The deltas solve (I - F) Dl = diag(beta) (V - e^gamma K S^T), which is the recurrence's
  * d_t + beta_t sum_{s<t} e^(gamma_t - gamma_s) (k_t . k_s) d_s = beta_t (v_t - e^gamma_t S k_t).
  *
@@ -111,13 +113,6 @@ __device__ __forceinline__ void tile_store(float *p, const float (&c)[4], float 
     *(float2 *)(p + (g + 8) * LDP + 2 * t) = make_float2(c[2] * scale, c[3] * scale);
 }
 
-template <int NN>
-__device__ __forceinline__ void tiles_zero(float (&acc)[NN][4])
-{
-#pragma unroll
-    for (int n = 0; n < NN; n++)
-        acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-}
 
 /* The chunk's k and q (normalised when asked, q scaled) into Ks, Qs [C][row_pitch<D>], beta and
  * the running sum gamma of g into bet, gam [C]; tokens at or beyond a.n are zeros (they change
@@ -245,7 +240,7 @@ __device__ __forceinline__ float4 as_operand(float4 x)
 template <int D, int C>
 __host__ __device__ constexpr size_t prep_floats()
 {
-    return 2 * (size_t)C * row_pitch<D>() + 2 * (size_t)C * row_pitch<C>() + 5 * C + (size_t)C * row_pitch<16>();
+    return 2 * (size_t)C * row_pitch<D>() + 2 * (size_t)C * row_pitch<C>() + 2 * C + (size_t)C * row_pitch<16>();
 }
 
 /* Prep blocks an SM by shared memory (228 KB an SM, 1 KB of it a block's own), at most 4: the
@@ -263,12 +258,12 @@ template <int D, int C, bool SPLIT>
 __global__ void __launch_bounds__(kThreads, prep_blocks<D, C>()) chunk_prep_kernel(chunk_args a)
 {
     using L = chunk_layout<D, C>;
-    constexpr int LD = row_pitch<D>(), LC = row_pitch<C>(), NT = C / 16, ND = D / 16;
+    constexpr int LD = row_pitch<D>(), LC = row_pitch<C>(), NT = C / 16;
     extern __shared__ __align__(128) float smem[];
     /* Tn takes P's place once P is in the scratch (two blocks fit an SM). */
     float *Ks = smem, *Xs = Ks + C * LD, *F = Xs + C * LD, *P = F + C * LC, *Tn = P;
-    float *gam = P + C * LC, *bet = gam + C, *fac_kd = bet + C, *fac_k = fac_kd + C, *fac_q = fac_k + C;
-    float *Xb = fac_q + C; /* [C / 16][16][row_pitch<16>]: Tinv's block sums */
+    float *gam = P + C * LC, *bet = gam + C;
+    float *Xb = bet + C; /* [C / 16][16][row_pitch<16>]: Tinv's block sums */
     const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32;
     const long long t0 = (a.c_first + c) * C;
     /* the op's inputs may come from the grid before, and the scratch is read by the scan before */
@@ -303,56 +298,20 @@ __global__ void __launch_bounds__(kThreads, prep_blocks<D, C>()) chunk_prep_kern
     if (threadIdx.x < C) {
         const int t = threadIdx.x;
         /* the per-token factors, once each (the loop below would take C D exponentials) */
-        fac_kd[t] = expf(gam[C - 1] - gam[t]);
-        fac_q[t] = expf(gam[t]);
-        fac_k[t] = bet[t] * fac_q[t];
-        out[L::EQ + t] = fac_q[t];
-        out[L::EKD + t] = fac_kd[t];
+        out[L::EQ + t] = expf(gam[t]);
+        out[L::EKD + t] = expf(gam[C - 1] - gam[t]);
     }
     __syncthreads();
-    /* k and q to the scratch (the first value head of their q/k head), then K scaled by beta
-     * e^gamma in place (V by beta below). */
+    /* k and q to the scratch, by the first value head of their q/k head */
 #pragma unroll
     for (int k = 0; k < GPER; k++) {
         const int x = 4 * (threadIdx.x + k * kThreads), t = x / D, i = x % D;
-        if (G % kThreads == 0 || x < C * D) {
+        if (out_qk != nullptr && (G % kThreads == 0 || x < C * D)) {
             const float4 kv = *(const float4 *)(Ks + t * LD + i), qv = *(const float4 *)(Xs + t * LD + i);
-            const float fk = fac_k[t];
-            if (out_qk != nullptr) {
-                *(float4 *)(out_qk + L::KH + t * D + (i ^ swz_kmajor<D>(t))) = as_operand<SPLIT>(kv);
-                *(float4 *)(out_qk + L::QH + t * D + (i ^ swz_row<D>(t))) = as_operand<SPLIT>(qv);
-            }
-            *(float4 *)(Ks + t * LD + i) = make_float4(kv.x * fk, kv.y * fk, kv.z * fk, kv.w * fk);
+            *(float4 *)(out_qk + L::KH + t * D + (i ^ swz_k<D>(t))) = as_operand<SPLIT>(kv);
+            *(float4 *)(out_qk + L::QH + t * D + (i ^ swz_row<D>(t))) = as_operand<SPLIT>(qv);
         }
     }
-    /* v copied into Xs while Tinv is computed, without registers, and scaled by beta once Tinv is
-     * done (loaded where it was scaled, ncu had 28% of prep's stall samples waiting on it). Each
-     * thread copies into the elements of Xs it has just read as Q, so no barrier is needed: its
-     * group's elements 4 x4 % D .. + 3 of every (4 kThreads / D)-th token; 16 bytes a copy where
-     * v's rows allow. */
-    const char *vp = row_of(a.v, h, t0 + 4 * threadIdx.x / D, b) + (4 * threadIdx.x % D) * a.v.nb[0];
-    const long long vt = 4 * kThreads / D * a.v.nb[2];
-#pragma unroll
-    for (int k = 0; k < GPER; k++) {
-        const int x = 4 * (threadIdx.x + k * kThreads), t = x / D, i = x % D;
-        float *dst = Xs + t * LD + i;
-        if (G % kThreads != 0 && x >= C * D) {
-        } else if (t0 + t < a.n && a.v_vec) {
-            const unsigned int sa = (unsigned int)__cvta_generic_to_shared(dst);
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa), "l"(vp + k * vt) : "memory");
-        } else if (t0 + t < a.n) {
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const unsigned int sa = (unsigned int)__cvta_generic_to_shared(dst + e);
-                asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(sa), "l"(vp + k * vt + e * a.v.nb[0])
-                             : "memory");
-            }
-        } else {
-            *(float4 *)dst = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        }
-    }
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-    __syncthreads();
     /* Tinv = (I - F)^-1 by 16 x 16 blocks. The diagonal blocks by forward substitution, one lane
      * per column (C lanes), the column's 16 values in its registers: x_t = [t == c] + sum_{s<t}
      * F[t][s] x_s in order of s, with x_s = 0 above the diagonal (exact zeros, which change no
@@ -399,37 +358,14 @@ __global__ void __launch_bounds__(kThreads, prep_blocks<D, C>()) chunk_prep_kern
         }
         __syncthreads();
     }
-    asm volatile("cp.async.wait_all;\n" ::: "memory");
-#pragma unroll
-    for (int k = 0; k < GPER; k++) {
-        const int x = 4 * (threadIdx.x + k * kThreads), t = x / D, i = x % D;
-        if (G % kThreads == 0 || x < C * D) {
-            const float4 v = *(const float4 *)(Xs + t * LD + i);
-            const float bt = bet[t];
-            *(float4 *)(Xs + t * LD + i) = make_float4(v.x * bt, v.y * bt, v.z * bt, v.w * bt);
-        }
-    }
-    __syncthreads();
-    /* W' = -Tinv (beta e^gamma K), U = Tinv (beta V), stored straight to the scratch. */
-    for (int item = warp; item < 2 * NT * ND; item += kWarps) {
-        const int which = item / (NT * ND), tm = item % (NT * ND) / ND, tn = item % ND;
-        float acc[2][4];
-        tiles_zero(acc);
-        mma_rows<C, 2, SPLIT, LC, 1, LD, 1>(acc, Tn + tm * 16 * LC, (which ? Xs : Ks) + tn * 16);
-        const int lane = threadIdx.x % 32, r0 = tm * 16 + lane / 4;
-#pragma unroll
-        for (int e = 0; e < 4; e++) { /* (row, column) pairs of the two tiles: e & 1 rows + 8, e & 2 columns + 8 */
-            const int r = r0 + (e & 1 ? 8 : 0), col = tn * 16 + (e & 2 ? 8 : 0) + 2 * (lane % 4);
-            const float(&x)[4] = acc[e >> 1];
-            const float2 v = e & 1 ? make_float2(x[2], x[3]) : make_float2(x[0], x[1]);
-            if (which) /* a 16-column tile lies in one block of U */
-                *(float2 *)(out + L::u_at(r, col)) = v;
-            else
-                *(float2 *)(out + L::W + r * D + (col ^ swz_row<D>(r))) =
-                    make_float2(as_operand<SPLIT>(-v.x), as_operand<SPLIT>(-v.y));
-        }
+    /* M = Tinv diag(beta), stored straight to the scratch (lower triangular: Tinv is, and its
+     * entries above the diagonal are exact zeros) */
+    for (int x = threadIdx.x; x < C * C; x += kThreads) {
+        const int t = x / C, s = x % C;
+        out[L::M + t * C + (s ^ swz_row<C>(t))] = as_operand<SPLIT>(Tn[t * LC + s] * bet[s]);
     }
 }
+
 /* 1 when every row of the 4-dimensional view t (elements along dim 0) is a run of floats starting
  * on a 16-byte boundary. */
 int rows_of_float4s(const gdn_tensor *t)
@@ -488,7 +424,7 @@ gdn_status allow_smem(Kernel kernel, size_t bytes)
  * both scans fit. */
 template <int D, int C, size_t LIMIT>
 struct chunk_plan {
-    static constexpr int JF = rows_few<D, C>(), JM = rows_many<D, C, LIMIT>();
+    static constexpr int JF = rows_few<D, C, LIMIT>(), JM = rows_many<D, C, LIMIT>();
     static constexpr int SF = scan_sets(D, C, JF, LIMIT), SM = scan_sets(D, C, JM, LIMIT);
     static constexpr size_t PREP = prep_floats<D, C>() * sizeof(float);
     static constexpr bool FITS = PREP <= LIMIT && scan_smem<D, C, JF, SF>::BYTES <= LIMIT &&
@@ -505,11 +441,18 @@ gdn_status run(gdn_cuda_context *context, chunk_args a, long long B)
     using P = chunk_plan<D, C, LIMIT>;
     constexpr int JF = P::JF, JM = P::JM;
     static_assert(P::FITS, "chunked form: shared memory");
+    /* The few-rows grid fits one wave, one block an SM: its shared memory is padded past half an
+     * SM's, so that its blocks, started early (programmatic dependent launch, while prep's last
+     * blocks run), cannot pair up on one SM. (Two blocks of 107 KB did on an H100: T=4096 B=1
+     * 0.49 ms without the early start, 0.71 with it; docs/PERF.md.) */
+    size_t few_smem = scan_smem<D, C, JF, P::SF>::BYTES;
+    if (few_smem < context->smem_per_sm / 2)
+        few_smem = context->smem_per_sm / 2 < LIMIT ? context->smem_per_sm / 2 : LIMIT;
     gdn_status st = allow_smem(chunk_prep_kernel<D, C, SPLIT>, P::PREP);
-    if (st == GDN_OK)
-        st = allow_smem(chunk_scan_kernel<D, C, JF, SPLIT, P::SF>, scan_smem<D, C, JF, P::SF>::BYTES);
-    if (st == GDN_OK)
+    if (st == GDN_OK) /* (the few-rows limit last: where JF = JM the two are one kernel) */
         st = allow_smem(chunk_scan_kernel<D, C, JM, SPLIT, P::SM>, scan_smem<D, C, JM, P::SM>::BYTES);
+    if (st == GDN_OK)
+        st = allow_smem(chunk_scan_kernel<D, C, JF, SPLIT, P::SF>, few_smem);
     const bool few = (long long)(D / JF) * a.Hv * B <= context->sm_count;
     const long long chunks = (a.n + C - 1) / C;
     const size_t per_chunk =
@@ -533,8 +476,8 @@ gdn_status run(gdn_cuda_context *context, chunk_args a, long long B)
             break;
         const dim3 few_grid(D / JF, a.Hv, (unsigned)B), many_grid(D / JM, a.Hv, (unsigned)B);
         if (few)
-            st = gdn_cuda_launch_grid(context, chunk_scan_kernel<D, C, JF, SPLIT, P::SF>, few_grid, 4 * JF,
-                                      scan_smem<D, C, JF, P::SF>::BYTES, a, "chunked form: scan kernel launch");
+            st = gdn_cuda_launch_grid(context, chunk_scan_kernel<D, C, JF, SPLIT, P::SF>, few_grid, 4 * JF, few_smem,
+                                      a, "chunked form: scan kernel launch");
         else
             st = gdn_cuda_launch_grid(context, chunk_scan_kernel<D, C, JM, SPLIT, P::SM>, many_grid, 4 * JM,
                                       scan_smem<D, C, JM, P::SM>::BYTES, a, "chunked form: scan kernel launch");

@@ -67,10 +67,22 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+template <int NN>
+__device__ __forceinline__ void tiles_zero(float (&acc)[NN][4])
+{
+#pragma unroll
+    for (int n = 0; n < NN; n++)
+        acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+}
+
 /* Column swizzles of the scratch and of the scan's shared memory (rows dense, 16-byte runs kept):
  * element (r, c) of a W-float row-major array sits at column c ^ swz(r). The scan's fragment
- * loads then meet no bank conflicts: swz_row for float2 loads at rows g (W' and Qe by D, P by C),
- * swz_kmajor for single floats at rows 2t and 2t + 1, columns g (Kd, U). */
+ * loads then meet no bank conflicts: swz_row for float2 loads at rows g (Q by D; M and P by C),
+ * swz_kmajor for single floats at rows 2t and 2t + 1, columns g (V), and swz_k for K, which the
+ * scan loads both ways (float2s at rows 8n + g in step 1, single floats at rows 8i + 2t and
+ * 8i + 2t + 1 in step 3): row bits 0-1 XOR bit 2 differ across the four rows g = 0..3 (and 4..7)
+ * of a half warp's float2s, and across the four rows 2t (and 2t + 1) of a warp's floats, and
+ * depend on r mod 8 only (so a lane's offsets do not change with the tile). */
 template <int W>
 __host__ __device__ constexpr int swz_row(int r)
 {
@@ -83,26 +95,29 @@ __host__ __device__ constexpr int swz_kmajor(int r)
     return W >= 32 ? ((r >> 1) & 3) << 3 : ((r >> 1) & 1) << 3;
 }
 
+template <int W>
+__host__ __device__ constexpr int swz_k(int r)
+{
+    return W >= 32 ? ((r ^ ((r >> 2) & 1)) & 3) << 3 : swz_kmajor<W>(r);
+}
+
 /* The scratch of one chunk, each part as the scan keeps it in shared memory (swizzled), so that
- * the scan moves a chunk in four copies. Per value head (from the chunk's gamma and beta):
- *   W'  [C][D]  -Tinv diag(beta e^gamma) K   (swz_row)      P  [C][C]  the output factors (swz_row)
- *   EQ  [C]     e^gamma_t                      EKD [C]    e^(gamma_C - gamma_t)
- *   U   [D / UB][C][UB]  Tinv diag(beta) V by blocks of UB columns (swz_kmajor; a scan block's
- *                        columns are one run)
- * and per q/k head, shared by the value heads that read it (the scan scales them by EQ and EKD):
+ * the scan moves a chunk's factors in two copies. Per value head (from the chunk's gamma and
+ * beta):
+ *   M   [C][C]  Tinv diag(beta), lower triangular (swz_row)    P  [C][C]  the output factors (swz_row)
+ *   EQ  [C]     e^gamma_t                                       EKD [C]    e^(gamma_C - gamma_t)
+ * and per q/k head, shared by the value heads that read it (the scan scales by EQ and EKD):
  *   QH  [C][D]  q_t as the op takes it (normalised, scaled) (swz_row)
- *   KH  [C][D]  k_t likewise (swz_kmajor)
- * Every part starts on 16 bytes. */
+ *   KH  [C][D]  k_t likewise (swz_k)
+ * Every part starts on 16 bytes. v is not in the scratch: the scan reads the op's own. (Prep
+ * used to store W' = -Tinv diag(beta e^gamma) K and U = Tinv diag(beta) V too, C x D each, for
+ * Dl = U + W' S^T in the scan; with Dl = M (V - diag(e^gamma) K S^T) formed in the scan, a
+ * chunk's scratch per value head is 8 KB instead of 37 KB at D = 128, C = 32: docs/PERF.md.) */
 template <int D, int C>
 struct chunk_layout {
-    static constexpr int UB = D < 32 ? D : 32;
-    static constexpr size_t W = 0, P = (size_t)C * D, EQ = P + (size_t)C * C, EKD = EQ + C, U = EKD + C;
-    static constexpr size_t FLOATS = U + (size_t)C * D; /* a value head's */
+    static constexpr size_t M = 0, P = (size_t)C * C, EQ = P + (size_t)C * C, EKD = EQ + C;
+    static constexpr size_t FLOATS = EKD + C; /* a value head's */
     static constexpr size_t QH = 0, KH = (size_t)C * D, K_FLOATS = 2 * (size_t)C * D; /* a q/k head's */
-    __host__ __device__ static constexpr size_t u_at(int t, int j) /* element (t, j) of U */
-    {
-        return U + (size_t)(j / UB) * C * UB + (size_t)t * UB + ((j % UB) ^ swz_kmajor<UB>(t));
-    }
 };
 
 /* The q/k head value head h reads (the op's broadcast rule), and whether h is the first such. */

@@ -12,36 +12,37 @@ namespace {
  * and g + 8, columns 8 j + 2t and 8 j + 2t + 1 of tile j. That is also the A fragment of a
  * product over those columns in the order mma_rows uses (k = 2t, 2t + 1 of every 8), so step 1
  * reads the state without moving it. Per chunk, for a warp's rows:
- *   1. [Dl; Oq] (its rows, all C tokens) over its Dk half: Dl = U + S W'^T, Oq = S Q^T.
+ *   1. [X; Oq] (its rows, all C tokens) over its Dk half: X = S K^T, Oq = S Q^T.
  *   2. The warp and its partner (the other Dk half of the same rows) swap halves through shared
- *      memory: each then has Dl whole, and Oq whole for its half of the tokens (scaled by
- *      e^gamma_t, token t's column).
+ *      memory: each then has X whole, and Oq whole for its half of the tokens (scaled by
+ *      e^gamma_t, token t's column). Both form Dl = (V - X diag(e^gamma)) M^T for their rows,
+ *      the same sums in the same order (M is lower triangular: token tile n of Dl takes tiles
+ *      i <= n of X).
  *   3. S = e^gamma_C S + Dl Kd over its Dk half, Kd = diag(e^(gamma_C - gamma)) K applied to Dl's
  *      columns (Dl's accumulators, so scaled, are the A fragments again).
  *   4. O = Oq + Dl P^T for its half of the tokens (P is causal: the first half needs only the
  *      first half of Dl), stored.
- * The factors of a chunk (W', P, the decays, the block's columns of U; Q and K of the head's q/k
- * head, scaled by the decays in steps 2 and 3) are copied into shared memory by the copy engine
- * (cp.async.bulk) while the previous chunk computes (two sets where they fit; else one, with K
- * copied into W's place after step 1). Every warp does the same arithmetic whatever the block's
- * rows JB, so results do not depend on B. (Before, S sat in shared memory and the scan was bound
- * by shared-memory traffic: 77% of the L1/shared peak at B = 1, ncu; docs/PERF.md.) */
+ * The factors of a chunk (Q and K of the head's q/k head, M, P, the decays) are copied into
+ * shared memory by the copy engine (cp.async.bulk), and the block's columns of the op's v by its
+ * threads (cp.async), while the previous chunk computes (two sets where they fit; else one).
+ * Every warp does the same arithmetic whatever the block's rows JB, so results do not depend on
+ * B. (Before, S sat in shared memory and the scan was bound by shared-memory traffic: 77% of the
+ * L1/shared peak at B = 1, ncu; docs/PERF.md.) */
 
-/* Floats of a set (with Kd of its own or not), of the pairs' exchange, and of a block with n sets
- * (two: each with its own Kd; one: Kd copied into W's place after step 1), mbarriers included. */
-__host__ __device__ constexpr int scan_set_floats(int D, int C, int JB, bool own_kd)
+/* Floats of a set, of the pairs' exchange, and of a block with n sets, mbarriers included. */
+__host__ __device__ constexpr int scan_set_floats(int D, int C, int JB)
 {
-    return 2 * C * D + C * C + 2 * C + C * JB + (own_kd ? C * D : 0);
+    return 2 * C * D + 2 * C * C + 2 * C + C * JB;
 }
 
 __host__ __device__ constexpr int scan_xch_floats(int C, int JB)
 {
-    return JB / 16 * 2 * (C / 8 + C / 16) * 128;
+    return JB / 16 * 2 * (C / 4) * 128;
 }
 
 __host__ __device__ constexpr size_t scan_bytes(int D, int C, int JB, int sets)
 {
-    return (size_t)(sets * scan_set_floats(D, C, JB, sets == 2) + scan_xch_floats(C, JB) + 4) * sizeof(float);
+    return (size_t)(sets * scan_set_floats(D, C, JB) + scan_xch_floats(C, JB) + 4) * sizeof(float);
 }
 
 /* Two sets where they fit in `limit` bytes (a chunk's copies then go out while the previous
@@ -53,14 +54,15 @@ __host__ __device__ constexpr int scan_sets(int D, int C, int JB, size_t limit)
 
 template <int D, int C, int JB, int SETS>
 struct scan_smem {
-    /* a set: QH, then W', P, EQ and EKD as in the value head's scratch, the block's blocks of U,
-     * KH [C][D] of its own (DOUBLE) or in W's place */
+    /* a set: QH and KH as in the q/k head's scratch, M, P, EQ and EKD as in the value head's, the
+     * block's columns of v by blocks of VB columns ([JB / VB][C][VB], swz_kmajor<VB>) */
     static_assert(SETS == 1 || SETS == 2, "chunked scan: one or two sets");
     static constexpr bool DOUBLE = SETS == 2;
-    static constexpr int QH = 0, W = C * D, P = 2 * C * D, EQ = P + C * C, EKD = EQ + C, U = EKD + C;
-    static constexpr int KD = DOUBLE ? U + C * JB : W;
-    static constexpr int SET = scan_set_floats(D, C, JB, DOUBLE);
-    static constexpr int XT = C / 8 + C / 16; /* tiles a warp hands its partner */
+    static constexpr int VB = (D < 32 ? D : 32) < JB ? (D < 32 ? D : 32) : JB; /* JB = 16: rows_few */
+    static constexpr int QH = 0, KH = C * D, M = 2 * C * D, P = M + C * C, EQ = P + C * C, EKD = EQ + C, V = EKD + C;
+    static constexpr int SET = scan_set_floats(D, C, JB);
+    static_assert(V + C * JB == SET && V % 4 == 0, "chunked scan: the set's parts");
+    static constexpr int XT = C / 4; /* tiles a warp puts in the exchange: X's, then Oq's */
     static constexpr int BARS = SETS * SET + scan_xch_floats(C, JB); /* two mbarriers (8 bytes each) */
     static constexpr size_t BYTES = scan_bytes(D, C, JB, SETS);
 };
@@ -142,8 +144,9 @@ __device__ __forceinline__ void copy_floats(float *to, const float *from)
     }
 }
 
-/* Wait until a set's copies have landed: on the mbarrier bar's phase `parity` (sm_90), or on
- * this thread's cp.async copies and then the block's (sm_80). */
+/* Wait until a set's copies have landed: the copy engine's on the mbarrier bar's phase `parity`
+ * (sm_90), then this thread's cp.async copies, then every thread's (the block's barrier, which
+ * also tells the caller that every warp is done with the other set). */
 __device__ __forceinline__ void wait_set(uint64_t *bar, unsigned parity)
 {
 #if GDN_CHUNK_BULK
@@ -155,9 +158,39 @@ __device__ __forceinline__ void wait_set(uint64_t *bar, unsigned parity)
                      : "r"(smem_at(bar)), "r"(parity)
                      : "memory");
 #else
+    (void)bar, (void)parity;
+#endif
     asm volatile("cp.async.wait_all;\n" ::: "memory");
     __syncthreads();
-#endif
+}
+
+/* The block's columns j0 .. j0 + JB - 1 of v for tokens t0 .. t0 + C - 1 into a set's V part
+ * ([JB / VB][C][VB], swz_kmajor<VB>), by the block's T threads with cp.async: 16 bytes a copy
+ * where v's rows are 16-byte runs (swizzles move whole 16-byte runs), else 4; zeros for tokens
+ * at or beyond n (M's columns there are zero, but 0 times a stale NaN would not be). */
+template <int C, int JB, int VB, int T>
+__device__ __forceinline__ void copy_v(float *to, const chunk_args &a, int b, int h, long long t0, int j0)
+{
+    constexpr int PIECES = C * JB / 4, PER = (PIECES + T - 1) / T;
+#pragma unroll
+    for (int k = 0; k < PER; k++) {
+        const int x = threadIdx.x + k * T, t = x / (JB / 4), j = 4 * (x % (JB / 4));
+        if (PIECES % T != 0 && x >= PIECES)
+            break;
+        float *dst = to + j / VB * C * VB + t * VB + ((j % VB) ^ swz_kmajor<VB>(t));
+        const char *src = row_of(a.v, h, t0 + t, b) + (j0 + j) * a.v.nb[0];
+        if (t0 + t >= a.n) {
+            *(float4 *)dst = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        } else if (a.v_vec) {
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_at(dst)), "l"(src) : "memory");
+        } else {
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_at(dst + e)),
+                             "l"(src + e * a.v.nb[0])
+                             : "memory");
+        }
+    }
 }
 
 template <int D, int C, int JB, bool SPLIT, int SETS>
@@ -166,7 +199,7 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
     using L = chunk_layout<D, C>;
     using M = scan_smem<D, C, JB, SETS>;
     constexpr int DH = D / 2, NK = DH / 8, NC = C / 8, NH = C / 16;
-    constexpr int UB = L::UB;
+    constexpr int VB = M::VB;
     static_assert(D >= 16 && C >= 16 && JB % 16 == 0 && JB / 16 <= 15, "chunked scan: tile shapes");
     extern __shared__ __align__(128) float smem[];
     float4 *xch = (float4 *)(smem + SETS * M::SET);
@@ -174,7 +207,8 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
     const int half = warp & 1, m0 = warp / 2 * 16, k0 = half * DH, o0 = half * (C / 2);
     const int j0 = blockIdx.x * JB, h = blockIdx.y, b = blockIdx.z, hk = qk_head(a, h);
     /* the swizzles of the rows a lane reads (they depend on g or t only) */
-    const int swW = swz_row<D>(g), swP = swz_row<C>(g), swK = swz_kmajor<D>(2 * t4), swU = swz_kmajor<UB>(2 * t4);
+    const int swQ = swz_row<D>(g), swP = swz_row<C>(g), swV = swz_kmajor<VB>(2 * t4);
+    const int swK = swz_k<D>(g), swK0 = swz_k<D>(2 * t4), swK1 = swz_k<D>(2 * t4 + 1);
 
     int slot = b, out_slot = b;
     if (a.state_index != nullptr)
@@ -191,45 +225,38 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
         for (int e = 0; e < 4; e++)
             S[j][e] = load(from, k0 + 8 * j + 2 * t4 + (e & 1), j0 + m0 + g + (e & 2 ? 8 : 0), h, from_slot);
 
-    /* Thread 0 has the copy engine move a chunk's factors into a set, four copies (the scratch has
-     * the set's layout), and counts their bytes on the set's mbarrier; every thread waits on it.
-     * (Copied by every thread with cp.async, the copies' issue and address arithmetic took most
-     * of a B = 1 chunk, ncu; a row a copy, the copy engine took longer than the chunk.) */
+    /* A chunk's factors into a set: the block's columns of v by every thread (cp.async), the rest
+     * by the copy engine in two copies (the scratch has the set's layout), which thread 0 counts
+     * on the set's mbarrier. (Copied by every thread with cp.async, the factors' issue and
+     * address arithmetic took most of a B = 1 chunk, ncu; a row a copy, the copy engine took
+     * longer than the chunk.) */
     uint64_t *bars = (uint64_t *)(smem + M::BARS);
+    static_assert(M::KH - M::QH == (int)L::KH && M::M + (int)L::FLOATS == M::V, "chunked scan: the scratch's layout");
+    auto stage = [&](float *set, long long c, uint64_t *bar) {
+        const float *in = chunk_scratch<D, C>(a, b, h, c), *in_qk = chunk_scratch_qk<D, C>(a, b, hk, c);
+        copy_v<C, JB, VB, 4 * JB>(set + M::V, a, b, h, (a.c_first + c) * C, j0);
 #if GDN_CHUNK_BULK
-    auto stage = [&](float *set, long long c, bool main_part, bool kd, uint64_t *bar) {
+        constexpr unsigned QK_BYTES = 2 * C * D * 4, MP_BYTES = (unsigned)L::FLOATS * 4;
+        asm volatile("cp.async.commit_group;\n" ::: "memory");
         if (warp != 0 || lane != 0)
             return;
-        const float *in = chunk_scratch<D, C>(a, b, h, c), *in_qk = chunk_scratch_qk<D, C>(a, b, hk, c);
-        constexpr unsigned MAIN = (unsigned)(M::U - M::W) * 4, UBYTES = C * JB * 4, KBYTES = C * D * 4;
-        const unsigned bytes = (main_part ? MAIN + UBYTES + KBYTES : 0) + (kd ? KBYTES : 0);
-        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_at(bar)), "r"(bytes)
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_at(bar)),
+                     "r"(QK_BYTES + MP_BYTES)
                      : "memory");
         /* the set was read through the generic proxy; the copies write through the async one */
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-        if (main_part) /* the block's columns of U */
-            bulk_copy(set + M::U, in + L::u_at(0, j0), UBYTES, bar);
-        if (main_part) {
-            bulk_copy(set + M::W, in, MAIN, bar); /* W', P, EQ, EKD */
-            bulk_copy(set + M::QH, in_qk + L::QH, KBYTES, bar);
-        }
-        if (kd)
-            bulk_copy(set + M::KD, in_qk + L::KH, KBYTES, bar);
+        bulk_copy(set + M::QH, in_qk, QK_BYTES, bar); /* QH, KH */
+        bulk_copy(set + M::M, in, MP_BYTES, bar);     /* M, P, EQ, EKD */
+#else
+        (void)bar;
+        copy_floats<2 * C * D, 4 * JB>(set + M::QH, in_qk);
+        copy_floats<(int)L::FLOATS, 4 * JB>(set + M::M, in);
+        asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
     };
+#if GDN_CHUNK_BULK
     if (threadIdx.x < 2)
         asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_at(bars + threadIdx.x)) : "memory");
-#else
-    auto stage = [&](float *set, long long c, bool main_part, bool kd, uint64_t *) {
-        const float *in = chunk_scratch<D, C>(a, b, h, c), *in_qk = chunk_scratch_qk<D, C>(a, b, hk, c);
-        if (main_part) {
-            copy_floats<C * JB, 4 * JB>(set + M::U, in + L::u_at(0, j0));
-            copy_floats<M::U - M::W, 4 * JB>(set + M::W, in); /* W', P, EQ, EKD */
-            copy_floats<C * D, 4 * JB>(set + M::QH, in_qk + L::QH);
-        }
-        if (kd)
-            copy_floats<C * D, 4 * JB>(set + M::KD, in_qk + L::KH);
-        asm volatile("cp.async.commit_group;\n" ::: "memory");
-    };
 #endif
     __syncthreads();
     /* Up to here (the state, which prep does not write) the scan may run beside prep's last
@@ -237,35 +264,28 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
     gdn_cuda_grid_wait();
 
     if (M::DOUBLE)
-        stage(smem, 0, true, true, bars);
+        stage(smem, 0, bars);
     for (long long c = 0; c < a.c_count; c++) {
         float *set = smem + (M::DOUBLE ? (int)(c & 1) * M::SET : 0);
         if (M::DOUBLE) {
-            wait_set(bars + (c & 1), (unsigned)(c >> 1) & 1);
-            __syncthreads(); /* every warp is done with the other set */
+            wait_set(bars + (c & 1), (unsigned)(c >> 1) & 1); /* and every warp is done with the other set */
             if (c + 1 < a.c_count)
-                stage(smem + (int)((c + 1) & 1) * M::SET, c + 1, true, true, bars + ((c + 1) & 1));
+                stage(smem + (int)((c + 1) & 1) * M::SET, c + 1, bars + ((c + 1) & 1));
         } else {
             if (c > 0)
                 __syncthreads(); /* every warp is done with the set */
-            stage(set, c, true, false, bars);
+            stage(set, c, bars);
             wait_set(bars, (unsigned)c & 1);
         }
-        const float *Ws = set + M::W, *Qs = set + M::QH, *Ps = set + M::P, *eq = set + M::EQ, *ekd = set + M::EKD;
-        const float *Us = set + M::U + m0 / UB * C * UB; /* the block of U with the warp's rows */
+        const float *Qs = set + M::QH, *Ks = set + M::KH, *Ms = set + M::M, *Ps = set + M::P;
+        const float *eq = set + M::EQ, *ekd = set + M::EKD;
+        const float *Vs = set + M::V + m0 / VB * C * VB; /* the block of v with the warp's rows */
         const float decay = eq[C - 1];
 
-        /* 1. Dl (U in the first Dk half's sum) and Oq over the warp's Dk half (of S q_t, e^gamma_t
-         *    applied after the swap) */
+        /* 1. X and Oq over the warp's Dk half (of S k_t and S q_t; e^gamma_t applied after the swap) */
         float dl[NC][4], oq[NC][4];
-#pragma unroll
-        for (int n = 0; n < NC; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                dl[n][e] = half == 0 ? Us[(8 * n + 2 * t4 + (e & 1)) * UB + ((m0 % UB + g + (e & 2 ? 8 : 0)) ^ swU)]
-                                      : 0.0f;
-                oq[n][e] = 0.0f;
-            }
+        tiles_zero(dl);
+        tiles_zero(oq);
 #pragma unroll
         for (int kk = 0; kk < NK; kk++) {
             uint32_t ah[4], al[4];
@@ -274,51 +294,62 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
 #pragma unroll
             for (int n = 0; n < NC; n++) {
                 uint32_t bh[2], bl[2];
-                const float2 y = *(const float2 *)(Ws + (8 * n + g) * D + (col ^ swW));
+                const float2 y = *(const float2 *)(Ks + (8 * n + g) * D + (col ^ swK));
                 b_split<SPLIT>(y.x, y.y, bh, bl);
                 mma_x<SPLIT>(dl[n], ah, al, bh, bl);
             }
 #pragma unroll
             for (int n = 0; n < NC; n++) {
                 uint32_t bh[2], bl[2];
-                const float2 y = *(const float2 *)(Qs + (8 * n + g) * D + (col ^ swW));
+                const float2 y = *(const float2 *)(Qs + (8 * n + g) * D + (col ^ swQ));
                 b_split<SPLIT>(y.x, y.y, bh, bl);
                 mma_x<SPLIT>(oq[n], ah, al, bh, bl);
             }
         }
 
-        /* 2. the partner's half of the sums: all of Dl, Oq of this warp's tokens */
+        /* 2. the partner's half of the sums: all of X, Oq of this warp's tokens. Oq's halves both
+         *    wait in the exchange until step 4 (fewer registers live through the products
+         *    between; the partner writes its part again only after the next chunk's barrier). */
         float4 *mine = xch + warp * M::XT * 32 + lane, *theirs = xch + (warp ^ 1) * M::XT * 32 + lane;
 #pragma unroll
         for (int n = 0; n < NC; n++)
             mine[n * 32] = make_float4(dl[n][0], dl[n][1], dl[n][2], dl[n][3]);
 #pragma unroll
-        for (int n = 0; n < NH; n++) {
-            const float(&x)[4] = oq[(1 - half) * NH + n];
-            mine[(NC + n) * 32] = make_float4(x[0], x[1], x[2], x[3]);
-        }
+        for (int n = 0; n < NC; n++)
+            mine[(NC + n) * 32] = make_float4(oq[n][0], oq[n][1], oq[n][2], oq[n][3]);
         asm volatile("bar.sync %0, 64;\n" ::"r"(1 + warp / 2) : "memory");
-        float om[NH][4];
 #pragma unroll
-        for (int n = 0; n < NC; n++) {
+        for (int n = 0; n < NC; n++) { /* (both warps of the pair hold the same X: a sum of two commutes) */
             const float4 y = theirs[n * 32];
             dl[n][0] += y.x, dl[n][1] += y.y, dl[n][2] += y.z, dl[n][3] += y.w;
         }
+        /* Dl = (V - X diag(e^gamma)) M^T, its token tiles n from the last: tile n takes Y's tiles
+         *    i <= n (M is lower triangular) and then takes X's tile n's registers, which no later
+         *    tile needs. Y's A fragments are formed again for each n; forming each once into a
+         *    second set of accumulators spilled more in the 128-row three-pass instance (80 bytes
+         *    against 72) and ran 2% slower at T=4096 B=8 (docs/PERF.md). */
 #pragma unroll
-        for (int n = 0; n < NH; n++) {
-            const float4 y = theirs[(NC + n) * 32];
-            const float(&x)[4] = oq[half * NH + n];
-            const float2 f = *(const float2 *)(eq + o0 + 8 * n + 2 * t4);
-            om[n][0] = (x[0] + y.x) * f.x, om[n][1] = (x[1] + y.y) * f.y;
-            om[n][2] = (x[2] + y.z) * f.x, om[n][3] = (x[3] + y.w) * f.y;
+        for (int n = NC - 1; n >= 0; n--) {
+            float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+            for (int i = 0; i <= n; i++) {
+                const float2 f = *(const float2 *)(eq + 8 * i + 2 * t4);
+                float y[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    y[e] = Vs[(8 * i + 2 * t4 + (e & 1)) * VB + ((m0 % VB + g + (e & 2 ? 8 : 0)) ^ swV)] -
+                           dl[i][e] * (e & 1 ? f.y : f.x);
+                uint32_t ah[4], al[4], bh[2], bl[2];
+                a_of_tile(y, ah, al);
+                const float2 m = *(const float2 *)(Ms + (8 * n + g) * C + ((8 * i + 2 * t4) ^ swP));
+                b_split<SPLIT>(m.x, m.y, bh, bl);
+                mma_x<SPLIT>(acc, ah, al, bh, bl);
+            }
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                dl[n][e] = acc[e];
         }
 
-        if (!M::DOUBLE) {
-            __syncthreads(); /* every warp is done with W' */
-            stage(set, c, false, true, bars + 1);
-            wait_set(bars + 1, (unsigned)c & 1);
-        }
-        const float *Ks = set + M::KD;
         /* 3. the state: decayed, plus Dl diag(EKD) KH over the warp's Dk half */
 #pragma unroll
         for (int j = 0; j < NK; j++)
@@ -335,13 +366,21 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
 #pragma unroll
             for (int j = 0; j < NK; j++) {
                 uint32_t bh[2], bl[2];
-                const int col = (k0 + 8 * j + g) ^ swK;
-                b_split<SPLIT>(k_rows[col], k_rows[D + col], bh, bl);
+                const int col = k0 + 8 * j + g;
+                b_split<SPLIT>(k_rows[col ^ swK0], k_rows[D + (col ^ swK1)], bh, bl);
                 mma_x<SPLIT>(S[j], ah, al, bh, bl);
             }
         }
 
         /* 4. the outputs of the warp's tokens o0 .. o0 + C/2 - 1: P[t][s] = 0 for s > t */
+        float om[NH][4];
+#pragma unroll
+        for (int n = 0; n < NH; n++) {
+            const float4 x = mine[(NC + o0 / 8 + n) * 32], y = theirs[(NC + o0 / 8 + n) * 32];
+            const float2 f = *(const float2 *)(eq + o0 + 8 * n + 2 * t4);
+            om[n][0] = (x.x + y.x) * f.x, om[n][1] = (x.y + y.y) * f.y;
+            om[n][2] = (x.z + y.z) * f.x, om[n][3] = (x.w + y.w) * f.y;
+        }
 #pragma unroll
         for (int i = 0; i < NC; i++) {
             if (half == 0 && i >= NH)
@@ -374,19 +413,20 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
 }
 
 /* State rows per scan block: 32 where the grid then fits one wave (B = 1 at Qwen3.6's shapes: 128
- * blocks of 4 warps), else the most of 128 and 64 whose shared memory fits `LIMIT` (a head's
- * factors are staged once for more of its rows). D itself where smaller. */
-template <int D, int C>
+ * blocks of 4 warps; 16 where 32 rows' shared memory does not fit `LIMIT`), else the most of 128
+ * and 64 whose shared memory fits (a head's factors are staged once for more of its rows). D
+ * itself where smaller. */
+template <int D, int C, size_t LIMIT>
 __host__ __device__ constexpr int rows_few()
 {
-    return D < 32 ? D : 32;
+    return D < 32 ? D : scan_bytes(D, C, 32, 1) <= LIMIT ? 32 : 16;
 }
 
 template <int D, int C, size_t LIMIT, int JB = 128>
 __host__ __device__ constexpr int rows_many()
 {
     if constexpr (JB < 64)
-        return rows_few<D, C>();
+        return rows_few<D, C, LIMIT>();
     else if constexpr (D < JB)
         return rows_many<D, C, LIMIT, JB / 2>();
     else if constexpr (scan_bytes(D, C, JB, scan_sets(D, C, JB, LIMIT)) <= LIMIT)
