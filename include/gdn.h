@@ -297,7 +297,7 @@ typedef struct gdn_gated_delta_net_params {
                               * accuracy (CPU: FP32; CUDA: each product as three TF32 products on
                               * tensor cores); 1 lets CUDA take one TF32 product (10-bit
                               * mantissa inputs, FP32 accumulation): faster, with the error in
-                              * docs/PERF.md (about 5e-4 of max |o|). The CPU ignores it. */
+                              * docs/PERF.md (about 7e-4 of max |o|). The CPU ignores it. */
 } gdn_gated_delta_net_params;
 
 /* Defaults: n_snapshots 1, tiled, scale 0 (1/sqrt(Dk)), l2norm 0, state_ready 0, chunk 0,

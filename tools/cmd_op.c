@@ -23,7 +23,7 @@ static const char usage[] =
     "             backend choose it for long T (the CPU from T = 128; include/gdn.h), -1 never,\n"
     "             16/32/64 always, with chunks of that many tokens\n"
     "  chunk_tf32 0 | 1 (default 0): 1 lets CUDA run the chunked form's products as one TF32\n"
-    "             product each (faster, about 5e-4 relative error); the CPU ignores it\n"
+    "             product each (faster, about 7e-4 relative error); the CPU ignores it\n"
     "OUT receives o [B,T,Hv,Dv] and states [min(T,K),B,Hv,Dv,Dk], newest first (states[0] is the\n"
     "state after the last token), states in the dtype of state (BF16: rounded after every token).\n"
     "Requires Dk = Dv in {16,32,64,128,256} and Hv a multiple of Hk.\n"
