@@ -113,7 +113,6 @@ __device__ __forceinline__ void tile_store(float *p, const float (&c)[4], float 
     *(float2 *)(p + (g + 8) * LDP + 2 * t) = make_float2(c[2] * scale, c[3] * scale);
 }
 
-
 /* The chunk's k and q (normalised when asked, q scaled) into Ks, Qs [C][row_pitch<D>], beta and
  * the running sum gamma of g into bet, gam [C]; tokens at or beyond a.n are zeros (they change
  * nothing). One warp per token, each warp's tokens C / kWarps apart; every load of a thread is
@@ -297,7 +296,7 @@ __global__ void __launch_bounds__(kThreads, prep_blocks<D, C>()) chunk_prep_kern
     }
     if (threadIdx.x < C) {
         const int t = threadIdx.x;
-        /* the per-token factors, once each (the loop below would take C D exponentials) */
+        /* the per-token decays, once each (the scan scales rows and columns by them) */
         out[L::EQ + t] = expf(gam[t]);
         out[L::EKD + t] = expf(gam[C - 1] - gam[t]);
     }
