@@ -20,7 +20,7 @@ static const char usage[] =
     "  scale      multiplier of S q, a positive number (default 1/sqrt(Dk))\n"
     "  l2norm     0 | 1 (default 0): L2-normalise q and k inside the op\n"
     "  chunk      0 | -1 | 16 | 32 | 64 (default 0): the chunked (prefill) form: 0 lets the\n"
-    "             backend choose it for long T (the CPU from T = 128; include/gdn.h), -1 never,\n"
+    "             backend choose it for long T (the CPU from T = 64, CUDA from 48), -1 never,\n"
     "             16/32/64 always, with chunks of that many tokens\n"
     "  chunk_tf32 0 | 1 (default 0): 1 lets CUDA run the chunked form's products as one TF32\n"
     "             product each (faster, about 7e-4 relative error); the CPU ignores it\n"

@@ -333,18 +333,39 @@ GDN_CPU_AVX512 static void gdn_cpu_store_bf16_avx512(uint16_t *dst, const float 
     }
 }
 
-/* The chunked form's products: tiles of 8 rows x 16 columns (8 accumulators) where 8 rows
- * remain, then single rows. */
+/* The chunked form's products: tiles of 8 rows x 32 columns (16 accumulators: two B loads and
+ * eight broadcasts a k step for 16 multiply-adds; 8 x 16 took nine loads for eight, and the chunked
+ * form at T=4096 was 10% slower with it: docs/PERF.md), 8 x 16 for a last 16 columns, then single
+ * rows. Every element's sum runs over k in order, as before. */
 GDN_CPU_AVX512 static void gdn_cpu_gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_rs,
                                               int64_t a_cs, const float *B, int64_t ldb, float *C, int64_t ldc)
 {
     int64_t m = 0;
-    for (; m + 8 <= M; m += 8)
-        for (int64_t n0 = 0; n0 < N; n0 += 16) {
+    for (; m + 8 <= M; m += 8) {
+        const float *a = A + m * a_rs;
+        int64_t n0 = 0;
+        for (; n0 + 32 <= N; n0 += 32) {
+            __m512 c[8][2];
+            for (int r = 0; r < 8; r++)
+                c[r][0] = c[r][1] = _mm512_setzero_ps();
+            for (int64_t k = 0; k < K; k++) {
+                const __m512 b0 = _mm512_loadu_ps(B + k * ldb + n0), b1 = _mm512_loadu_ps(B + k * ldb + n0 + 16);
+                for (int r = 0; r < 8; r++) {
+                    const __m512 x = _mm512_set1_ps(a[r * a_rs + k * a_cs]);
+                    c[r][0] = _mm512_fmadd_ps(x, b0, c[r][0]);
+                    c[r][1] = _mm512_fmadd_ps(x, b1, c[r][1]);
+                }
+            }
+            for (int r = 0; r < 8; r++) {
+                float *y = C + (m + r) * ldc + n0;
+                _mm512_storeu_ps(y, _mm512_add_ps(_mm512_loadu_ps(y), c[r][0]));
+                _mm512_storeu_ps(y + 16, _mm512_add_ps(_mm512_loadu_ps(y + 16), c[r][1]));
+            }
+        }
+        for (; n0 < N; n0 += 16) {
             __m512 c[8];
             for (int r = 0; r < 8; r++)
                 c[r] = _mm512_setzero_ps();
-            const float *a = A + m * a_rs;
             for (int64_t k = 0; k < K; k++) {
                 const __m512 b = _mm512_loadu_ps(B + k * ldb + n0);
                 for (int r = 0; r < 8; r++)
@@ -355,14 +376,17 @@ GDN_CPU_AVX512 static void gdn_cpu_gemm_avx512(int64_t M, int64_t N, int64_t K, 
                 _mm512_storeu_ps(y, _mm512_add_ps(_mm512_loadu_ps(y), c[r]));
             }
         }
-    for (; m < M; m++)
-        for (int64_t n0 = 0; n0 < N; n0 += 16) {
+    }
+    for (; m < M; m++) {
+        int64_t n0 = 0;
+        for (; n0 < N; n0 += 16) {
             __m512 c = _mm512_setzero_ps();
             for (int64_t k = 0; k < K; k++)
                 c = _mm512_fmadd_ps(_mm512_set1_ps(A[m * a_rs + k * a_cs]), _mm512_loadu_ps(B + k * ldb + n0), c);
             float *y = C + m * ldc + n0;
             _mm512_storeu_ps(y, _mm512_add_ps(_mm512_loadu_ps(y), c));
         }
+    }
 }
 
 GDN_CPU_AVX512 static void gdn_cpu_scale_avx512(float *x, int64_t n, float s)
