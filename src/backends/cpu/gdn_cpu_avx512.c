@@ -377,16 +377,14 @@ GDN_CPU_AVX512 static void gdn_cpu_gemm_avx512(int64_t M, int64_t N, int64_t K, 
             }
         }
     }
-    for (; m < M; m++) {
-        int64_t n0 = 0;
-        for (; n0 < N; n0 += 16) {
+    for (; m < M; m++)
+        for (int64_t n0 = 0; n0 < N; n0 += 16) {
             __m512 c = _mm512_setzero_ps();
             for (int64_t k = 0; k < K; k++)
                 c = _mm512_fmadd_ps(_mm512_set1_ps(A[m * a_rs + k * a_cs]), _mm512_loadu_ps(B + k * ldb + n0), c);
             float *y = C + m * ldc + n0;
             _mm512_storeu_ps(y, _mm512_add_ps(_mm512_loadu_ps(y), c));
         }
-    }
 }
 
 GDN_CPU_AVX512 static void gdn_cpu_scale_avx512(float *x, int64_t n, float s)
