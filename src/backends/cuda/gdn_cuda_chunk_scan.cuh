@@ -14,14 +14,14 @@ namespace {
  * reads the state without moving it. Per chunk, for a warp's rows:
  *   1. [X; Oq] (its rows, all C tokens) over its Dk half: X = S K^T, Oq = S Q^T.
  *   2. The warp and its partner (the other Dk half of the same rows) swap halves through shared
- *      memory: each then has X whole, and Oq whole for its half of the tokens (scaled by
- *      e^gamma_t, token t's column). Both form Dl = (V - X diag(e^gamma)) M^T for their rows,
+ *      memory: each then has X whole, and Oq whole for its half of the token tiles (scaled by
+ *      e^gamma_t, token t's column; out_tile says which tiles). Both form Dl = (V - X diag(e^gamma)) M^T for their rows,
  *      the same sums in the same order (M is lower triangular: token tile n of Dl takes tiles
  *      i <= n of X).
  *   3. S = e^gamma_C S + Dl Kd over its Dk half, Kd = diag(e^(gamma_C - gamma)) K applied to Dl's
  *      columns (Dl's accumulators, so scaled, are the A fragments again).
- *   4. O = Oq + Dl P^T for its half of the tokens (P is causal: the first half needs only the
- *      first half of Dl), stored.
+ *   4. O = Oq + Dl P^T for its half of the token tiles (P is causal: tile n needs Dl's tiles
+ *      up to n), stored.
  * The factors of a chunk (Q and K of the head's q/k head, M, P, the decays) are copied into
  * shared memory by the copy engine (cp.async.bulk), and the block's columns of the op's v by its
  * threads (cp.async), while the previous chunk computes (two sets where they fit; else one).
@@ -167,29 +167,71 @@ __device__ __forceinline__ void wait_set(uint64_t *bar, unsigned parity)
 /* The block's columns j0 .. j0 + JB - 1 of v for tokens t0 .. t0 + C - 1 into a set's V part
  * ([JB / VB][C][VB], swz_kmajor<VB>), by the block's T threads with cp.async: 16 bytes a copy
  * where v's rows are 16-byte runs (swizzles move whole 16-byte runs), else 4; zeros for tokens
- * at or beyond n (M's columns there are zero, but 0 times a stale NaN would not be). */
-template <int C, int JB, int VB, int T>
-__device__ __forceinline__ void copy_v(float *to, const chunk_args &a, int b, int h, long long t0, int j0)
+ * at or beyond n (M's columns there are zero, but 0 times a stale NaN would not be). A thread
+ * copies the same 4 columns of tokens T / (JB / 4) apart: `src` is its first (v_first), `left`
+ * = n - t0. (Offsets computed from the indices for every piece were
+ * 64-bit products, a tenth of a B = 1 chunk's instructions with the outputs' below, ncu.) */
+template <int JB>
+__device__ __forceinline__ const char *v_first(const chunk_args &a, int b, int h, long long t0, int j0)
 {
-    constexpr int PIECES = C * JB / 4, PER = (PIECES + T - 1) / T;
+    const int t = threadIdx.x / (JB / 4), j = 4 * (threadIdx.x % (JB / 4));
+    return row_of(a.v, h, t0 + t, b) + (j0 + j) * a.v.nb[0];
+}
+
+template <int C, int JB, int VB, int T>
+__device__ __forceinline__ void copy_v(float *to, const chunk_args &a, const char *src, long long left)
+{
+    constexpr int PIECES = C * JB / 4, PER = (PIECES + T - 1) / T, DT = T / (JB / 4);
+    static_assert(T % (JB / 4) == 0, "chunked scan: a thread's pieces in the same columns");
+    const int t = threadIdx.x / (JB / 4), j = 4 * (threadIdx.x % (JB / 4));
 #pragma unroll
     for (int k = 0; k < PER; k++) {
-        const int x = threadIdx.x + k * T, t = x / (JB / 4), j = 4 * (x % (JB / 4));
-        if (PIECES % T != 0 && x >= PIECES)
+        const int tk = t + k * DT;
+        if (PIECES % T != 0 && threadIdx.x + k * T >= PIECES)
             break;
-        float *dst = to + j / VB * C * VB + t * VB + ((j % VB) ^ swz_kmajor<VB>(t));
-        const char *src = row_of(a.v, h, t0 + t, b) + (j0 + j) * a.v.nb[0];
-        if (t0 + t >= a.n) {
+        float *dst = to + j / VB * C * VB + tk * VB + ((j % VB) ^ swz_kmajor<VB>(tk));
+        const char *s = src + k * DT * a.v.nb[2];
+        if (tk >= left) {
             *(float4 *)dst = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         } else if (a.v_vec) {
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_at(dst)), "l"(src) : "memory");
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_at(dst)), "l"(s) : "memory");
         } else {
 #pragma unroll
             for (int e = 0; e < 4; e++)
                 asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_at(dst + e)),
-                             "l"(src + e * a.v.nb[0])
+                             "l"(s + e * a.v.nb[0])
                              : "memory");
         }
+    }
+}
+
+/* The token tiles whose outputs a warp forms: the pair's tiles dealt out two by two, tile
+ * n = 2u + ((u & 1) ^ half) for u < C / 16, so that both warps of a pair take the same count of
+ * products (tile n takes n + 1; 5 and 5 at C = 32, where the first and the second half of the
+ * tokens took 4 and 8, and the first warp waited for the second at the next exchange). */
+__device__ __forceinline__ int out_tile(int u, int half)
+{
+    return 2 * u + ((u & 1) ^ half);
+}
+
+/* A warp's outputs: lane (g, t) stores rows g and g + 8 of tokens 8 n + 2t and 8 n + 2t + 1 of
+ * each of its tiles n = out_tile(u, half). `p` is the lane's row g at the chunk's token 2t, `tok`
+ * and `row8` the steps to the next token and to row g + 8; with GUARD, tokens from `left` on are
+ * not stored (the last chunk). (Each store's offset computed from its indices, 64-bit products
+ * in branches, took a fifth of a TF32 B = 1 chunk's stall samples, ncu.) */
+template <int NH, bool GUARD>
+__device__ __forceinline__ void store_out(char *p, const float (&om)[NH][4], int half, long long tok, long long row8,
+                                          long long left)
+{
+    const int t4 = threadIdx.x % 4;
+#pragma unroll
+    for (int u = 0; u < NH; u++) {
+        const int n = out_tile(u, half);
+        char *q = p + 8 * n * tok;
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            if (!GUARD || 8 * n + 2 * t4 + (e & 1) < left)
+                *(float *)(q + (e & 1) * tok + (e & 2 ? row8 : 0)) = om[u][e];
     }
 }
 
@@ -204,7 +246,7 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
     extern __shared__ __align__(128) float smem[];
     float4 *xch = (float4 *)(smem + SETS * M::SET);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
-    const int half = warp & 1, m0 = warp / 2 * 16, k0 = half * DH, o0 = half * (C / 2);
+    const int half = warp & 1, m0 = warp / 2 * 16, k0 = half * DH;
     const int j0 = blockIdx.x * JB, h = blockIdx.y, b = blockIdx.z, hk = qk_head(a, h);
     /* the swizzles of the rows a lane reads (they depend on g or t only) */
     const int swQ = swz_row<D>(g), swP = swz_row<C>(g), swV = swz_kmajor<VB>(2 * t4);
@@ -234,7 +276,8 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
     static_assert(M::KH - M::QH == (int)L::KH && M::M + (int)L::FLOATS == M::V, "chunked scan: the scratch's layout");
     auto stage = [&](float *set, long long c, uint64_t *bar) {
         const float *in = chunk_scratch<D, C>(a, b, h, c), *in_qk = chunk_scratch_qk<D, C>(a, b, hk, c);
-        copy_v<C, JB, VB, 4 * JB>(set + M::V, a, b, h, (a.c_first + c) * C, j0);
+        const long long t0 = (a.c_first + c) * C;
+        copy_v<C, JB, VB, 4 * JB>(set + M::V, a, v_first<JB>(a, b, h, t0, j0), a.n - t0);
 #if GDN_CHUNK_BULK
         constexpr unsigned QK_BYTES = 2 * C * D * 4, MP_BYTES = (unsigned)L::FLOATS * 4;
         asm volatile("cp.async.commit_group;\n" ::: "memory");
@@ -372,38 +415,38 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
             }
         }
 
-        /* 4. the outputs of the warp's tokens o0 .. o0 + C/2 - 1: P[t][s] = 0 for s > t */
+        /* 4. the outputs of the warp's token tiles out_tile(u, half), u < NH (P is causal: tile n
+         *    takes Dl's tiles i <= n) */
         float om[NH][4];
 #pragma unroll
-        for (int n = 0; n < NH; n++) {
-            const float4 x = mine[(NC + o0 / 8 + n) * 32], y = theirs[(NC + o0 / 8 + n) * 32];
-            const float2 f = *(const float2 *)(eq + o0 + 8 * n + 2 * t4);
-            om[n][0] = (x.x + y.x) * f.x, om[n][1] = (x.y + y.y) * f.y;
-            om[n][2] = (x.z + y.z) * f.x, om[n][3] = (x.w + y.w) * f.y;
+        for (int u = 0; u < NH; u++) {
+            const int n = out_tile(u, half);
+            const float4 x = mine[(NC + n) * 32], y = theirs[(NC + n) * 32];
+            const float2 f = *(const float2 *)(eq + 8 * n + 2 * t4);
+            om[u][0] = (x.x + y.x) * f.x, om[u][1] = (x.y + y.y) * f.y;
+            om[u][2] = (x.z + y.z) * f.x, om[u][3] = (x.w + y.w) * f.y;
         }
 #pragma unroll
         for (int i = 0; i < NC; i++) {
-            if (half == 0 && i >= NH)
-                break;
             uint32_t ah[4], al[4];
             a_of_tile(dl[i], ah, al);
 #pragma unroll
-            for (int n = 0; n < NH; n++) {
+            for (int u = 0; u < NH; u++) {
+                if (i > 2 * u + 1 || (i == 2 * u + 1 && out_tile(u, half) == 2 * u))
+                    continue;
                 uint32_t bh[2], bl[2];
-                const float2 y = *(const float2 *)(Ps + (o0 + 8 * n + g) * C + ((8 * i + 2 * t4) ^ swP));
+                const float2 y = *(const float2 *)(Ps + (8 * out_tile(u, half) + g) * C + ((8 * i + 2 * t4) ^ swP));
                 b_split<SPLIT>(y.x, y.y, bh, bl);
-                mma_x<SPLIT>(om[n], ah, al, bh, bl);
+                mma_x<SPLIT>(om[u], ah, al, bh, bl);
             }
         }
-        const long long t0 = (a.c_first + c) * C + o0;
-#pragma unroll
-        for (int n = 0; n < NH; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const long long t = t0 + 8 * n + 2 * t4 + (e & 1);
-                if (t < a.n)
-                    *at(a.o, j0 + m0 + g + (e & 2 ? 8 : 0), h, t, b) = om[n][e];
-            }
+        /* (the lane's row g at the chunk's token 2 t4) */
+        const long long t0 = (a.c_first + c) * C, left = a.n - t0;
+        char *o_chunk = (char *)at(a.o, j0 + m0 + g, h, t0 + 2 * t4, b);
+        if (left >= C)
+            store_out<NH, false>(o_chunk, om, half, a.o.nb[2], 8 * a.o.nb[0], left);
+        else
+            store_out<NH, true>(o_chunk, om, half, a.o.nb[2], 8 * a.o.nb[0], left);
     }
 #pragma unroll
     for (int j = 0; j < NK; j++)
