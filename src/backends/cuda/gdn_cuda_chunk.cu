@@ -29,9 +29,9 @@
  *
  * Products: PTX mma.m16n8k8 with TF32 inputs and FP32 accumulation, fragments loaded from
  * shared memory (or, for the scan's state, kept in registers) by hand. By default every product
- * runs as three TF32 products (x = hi + lo with hi = x rounded to TF32 and lo = x - hi, exact;
+ * runs as three TF32 products (x = hi + lo with hi = x truncated to TF32 and lo = x - hi, exact;
  * lo*hi + hi*lo + hi*hi, accumulated in FP32), which keeps about FP32 accuracy (the lo*lo term
- * and the tensor cores' truncation of lo to TF32 are below 2^-21 of a term); with
+ * and the tensor cores' truncation of lo to TF32 are below 2^-20 of a term); with
  * params.chunk_tf32 one pass (hi*hi: inputs rounded to TF32, to nearest, ties away from zero).
  * The measured errors against float64 are in docs/PERF.md.
  * Results are deterministic (fixed tiles, fixed order) and do not depend on B. */
@@ -75,7 +75,7 @@ __device__ __forceinline__ void mma_rows(float (&acc)[NN][4], const float *a, co
         uint32_t a_hi[4], a_lo[4];
 #pragma unroll
         for (int e = 0; e < 4; e++) {
-            a_hi[e] = tf32_hi(x[e]);
+            a_hi[e] = SPLIT ? tf32_split_hi(x[e]) : tf32_hi(x[e]);
             a_lo[e] = __float_as_uint(x[e] - __uint_as_float(a_hi[e]));
         }
 #pragma unroll
@@ -91,7 +91,7 @@ __device__ __forceinline__ void mma_rows(float (&acc)[NN][4], const float *a, co
             uint32_t b_hi[2], b_lo[2];
 #pragma unroll
             for (int e = 0; e < 2; e++) {
-                b_hi[e] = tf32_hi(y[e]);
+                b_hi[e] = SPLIT ? tf32_split_hi(y[e]) : tf32_hi(y[e]);
                 b_lo[e] = __float_as_uint(y[e] - __uint_as_float(b_hi[e]));
             }
             if (SPLIT) {

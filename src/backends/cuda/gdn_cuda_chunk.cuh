@@ -58,6 +58,15 @@ __device__ __forceinline__ uint32_t tf32_hi(float x)
     return (__float_as_uint(x) + 0x1000u) & 0xffffe000u;
 }
 
+/* x's high part for three passes: x truncated to TF32 (one instruction; rounding took two, and
+ * the splits were half of the three-pass scan's instructions, ncu). x = hi + lo exactly either way; truncated,
+ * |lo| < 2^-10 |x| where rounded it was 2^-11, so the terms the passes drop (lo lo, and lo's bits
+ * beyond TF32's) stay below 2^-20 of a product. With one pass the factor is rounded (tf32_hi). */
+__device__ __forceinline__ uint32_t tf32_split_hi(float x)
+{
+    return __float_as_uint(x) & 0xffffe000u;
+}
+
 /* d += a b for one 16 x 8 tile, k = 8 (PTX mma.m16n8k8, A row-major, B column-major). */
 __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2])
 {

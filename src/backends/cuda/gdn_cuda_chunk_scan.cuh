@@ -79,13 +79,15 @@ __device__ __forceinline__ void mma_x(float (&d)[4], const uint32_t (&ah)[4], co
     mma_tf32(d, ah, bh);
 }
 
-/* An accumulator tile as the A fragment of a product over its columns (k = 2t, 2t + 1), split. */
+/* An accumulator tile as the A fragment of a product over its columns (k = 2t, 2t + 1): split
+ * (SPLIT), else rounded to TF32 (lo unused). */
+template <bool SPLIT>
 __device__ __forceinline__ void a_of_tile(const float (&c)[4], uint32_t (&hi)[4], uint32_t (&lo)[4])
 {
     const float x[4] = {c[0], c[2], c[1], c[3]};
 #pragma unroll
     for (int e = 0; e < 4; e++) {
-        hi[e] = tf32_hi(x[e]);
+        hi[e] = SPLIT ? tf32_split_hi(x[e]) : tf32_hi(x[e]);
         lo[e] = __float_as_uint(x[e] - __uint_as_float(hi[e]));
     }
 }
@@ -100,7 +102,7 @@ __device__ __forceinline__ void b_split(float y0, float y1, uint32_t (&hi)[2], u
         lo[0] = lo[1] = 0;
         return;
     }
-    hi[0] = tf32_hi(y0), hi[1] = tf32_hi(y1);
+    hi[0] = tf32_split_hi(y0), hi[1] = tf32_split_hi(y1);
     lo[0] = __float_as_uint(y0 - __uint_as_float(hi[0]));
     lo[1] = __float_as_uint(y1 - __uint_as_float(hi[1]));
 }
@@ -332,7 +334,7 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
 #pragma unroll
         for (int kk = 0; kk < NK; kk++) {
             uint32_t ah[4], al[4];
-            a_of_tile(S[kk], ah, al);
+            a_of_tile<SPLIT>(S[kk], ah, al);
             const int col = k0 + 8 * kk + 2 * t4;
 #pragma unroll
             for (int n = 0; n < NC; n++) {
@@ -383,7 +385,7 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
                     y[e] = Vs[(8 * i + 2 * t4 + (e & 1)) * VB + ((m0 % VB + g + (e & 2 ? 8 : 0)) ^ swV)] -
                            dl[i][e] * (e & 1 ? f.y : f.x);
                 uint32_t ah[4], al[4], bh[2], bl[2];
-                a_of_tile(y, ah, al);
+                a_of_tile<SPLIT>(y, ah, al);
                 const float2 m = *(const float2 *)(Ms + (8 * n + g) * C + ((8 * i + 2 * t4) ^ swP));
                 b_split<SPLIT>(m.x, m.y, bh, bl);
                 mma_x<SPLIT>(acc, ah, al, bh, bl);
@@ -404,7 +406,7 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
             uint32_t ah[4], al[4];
             const float2 f = *(const float2 *)(ekd + 8 * i + 2 * t4);
             const float dk[4] = {dl[i][0] * f.x, dl[i][1] * f.y, dl[i][2] * f.x, dl[i][3] * f.y};
-            a_of_tile(dk, ah, al);
+            a_of_tile<SPLIT>(dk, ah, al);
             const float *k_rows = Ks + (8 * i + 2 * t4) * D;
 #pragma unroll
             for (int j = 0; j < NK; j++) {
@@ -429,7 +431,7 @@ __global__ void __launch_bounds__(4 * JB, 1) chunk_scan_kernel(chunk_args a)
 #pragma unroll
         for (int i = 0; i < NC; i++) {
             uint32_t ah[4], al[4];
-            a_of_tile(dl[i], ah, al);
+            a_of_tile<SPLIT>(dl[i], ah, al);
 #pragma unroll
             for (int u = 0; u < NH; u++) {
                 if (i > 2 * u + 1 || (i == 2 * u + 1 && out_tile(u, half) == 2 * u))
