@@ -475,7 +475,8 @@ static gdn_status chunk_of(const gdn_backend *backend, const gdn_gated_delta_net
         why = "its kernels for this D and chunk length need more shared memory than the device has";
     if (params->chunk == 0) {
         if (why == NULL && backend->chunk_min_tokens > 0 && shape->T >= backend->chunk_min_tokens)
-            *chunk = 32; /* the CPU's fastest of 16, 32 and 64; within 3% of CUDA's (16) (docs/PERF.md) */
+            *chunk = 32; /* the fastest of 16, 32 and 64 on the CPU, and on CUDA at B = 1 and with TF32;
+                          * within 3% of 16 at B = 8 in three passes (docs/PERF.md) */
         return GDN_OK;
     }
     if (why != NULL)
