@@ -59,9 +59,10 @@ __device__ __forceinline__ uint32_t tf32_hi(float x)
 }
 
 /* x's high part for three passes: x truncated to TF32 (one instruction; rounding took two, and
- * the splits were half of the three-pass scan's instructions, ncu). x = hi + lo exactly either way; truncated,
- * |lo| < 2^-10 |x| where rounded it was 2^-11, so the terms the passes drop (lo lo, and lo's bits
- * beyond TF32's) stay below 2^-20 of a product. With one pass the factor is rounded (tf32_hi). */
+ * the splits were half of the three-pass scan's instructions, ncu). x = hi + lo exactly either
+ * way; truncated, |lo| < 2^-10 |x| where rounded it was 2^-11, so the terms the passes drop (lo
+ * lo, and lo's bits beyond TF32's) stay below 2^-20 of a product. With one pass the factor is
+ * rounded (tf32_hi). */
 __device__ __forceinline__ uint32_t tf32_split_hi(float x)
 {
     return __float_as_uint(x) & 0xffffe000u;

@@ -14,10 +14,10 @@ namespace {
  * reads the state without moving it. Per chunk, for a warp's rows:
  *   1. [X; Oq] (its rows, all C tokens) over its Dk half: X = S K^T, Oq = S Q^T.
  *   2. The warp and its partner (the other Dk half of the same rows) swap halves through shared
- *      memory: each then has X whole, and Oq whole for its half of the token tiles (scaled by
- *      e^gamma_t, token t's column; out_tile says which tiles). Both form Dl = (V - X diag(e^gamma)) M^T for their rows,
- *      the same sums in the same order (M is lower triangular: token tile n of Dl takes tiles
- *      i <= n of X).
+ *      memory: each then has X whole, and Oq whole for its half of the token tiles (out_tile;
+ *      scaled by e^gamma_t, token t's column). Both form Dl = (V - X diag(e^gamma)) M^T for
+ *      their rows, the same sums in the same order (M is lower triangular: token tile n of Dl
+ *      takes tiles i <= n of X).
  *   3. S = e^gamma_C S + Dl Kd over its Dk half, Kd = diag(e^(gamma_C - gamma)) K applied to Dl's
  *      columns (Dl's accumulators, so scaled, are the A fragments again).
  *   4. O = Oq + Dl P^T for its half of the token tiles (P is causal: tile n needs Dl's tiles
@@ -171,8 +171,8 @@ __device__ __forceinline__ void wait_set(uint64_t *bar, unsigned parity)
  * where v's rows are 16-byte runs (swizzles move whole 16-byte runs), else 4; zeros for tokens
  * at or beyond n (M's columns there are zero, but 0 times a stale NaN would not be). A thread
  * copies the same 4 columns of tokens T / (JB / 4) apart: `src` is its first (v_first), `left`
- * = n - t0. (Offsets computed from the indices for every piece were
- * 64-bit products, a tenth of a B = 1 chunk's instructions with the outputs' below, ncu.) */
+ * = n - t0. (Offsets computed from the indices for every piece, 64-bit products, were with the
+ * outputs' below a tenth of a B = 1 chunk's instructions, ncu.) */
 template <int JB>
 __device__ __forceinline__ const char *v_first(const chunk_args &a, int b, int h, long long t0, int j0)
 {
